@@ -1,0 +1,159 @@
+"""Settings from the environment, decoded and checked by msgspec.
+
+Every field is named after its environment variable, so a decoding error
+names the variable the operator has to fix. Secrets are wrapped in
+:class:`Secret`, whose repr and str never show the value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+
+class Secret:
+    """A credential that does not leak through repr, str, format or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class ConfigError(Exception):
+    """One line naming the variable that is missing or wrong."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    database_url: str | None = msgspec.field(default=None, name="DATABASE_URL")
+    stripe_api_key: Secret | None = msgspec.field(default=None, name="STRIPE_API_KEY")
+    # Several comma-separated secrets while a webhook secret is being rotated.
+    webhook_secrets: tuple[Secret, ...] = msgspec.field(default=(), name="STRIPE_WEBHOOK_SECRET")
+    stripe_api_base: str | None = msgspec.field(default=None, name="STRIPE_API_BASE")
+    bind: str = msgspec.field(default="127.0.0.1:8080", name="STRIPE_SYNC_BIND")
+    metrics_bind: str | None = msgspec.field(default=None, name="STRIPE_SYNC_METRICS_BIND")
+    # Requests/s for all Stripe calls of the process; None picks Stripe's
+    # default for the key's mode, 0 disables pacing (emulator, benchmarks).
+    rate_limit: float | None = msgspec.field(default=None, name="STRIPE_SYNC_RATE_LIMIT")
+    concurrency: int = msgspec.field(default=16, name="STRIPE_SYNC_CONCURRENCY")
+    batch_size: int = msgspec.field(default=32, name="STRIPE_SYNC_BATCH_SIZE")
+    sweep_interval: float = msgspec.field(default=5.0, name="STRIPE_SYNC_SWEEP_INTERVAL")
+    lease_seconds: float = msgspec.field(default=15.0, name="STRIPE_SYNC_LEASE_SECONDS")
+    max_attempts: int = msgspec.field(default=10, name="STRIPE_SYNC_MAX_ATTEMPTS")
+    retry_base_seconds: float = msgspec.field(default=1.0, name="STRIPE_SYNC_RETRY_BASE_SECONDS")
+    retry_max_seconds: float = msgspec.field(default=600.0, name="STRIPE_SYNC_RETRY_MAX_SECONDS")
+    pool_size: int = msgspec.field(default=10, name="STRIPE_SYNC_POOL_SIZE")
+    shutdown_timeout: float = msgspec.field(default=30.0, name="STRIPE_SYNC_SHUTDOWN_TIMEOUT")
+    stripe_timeout: float = msgspec.field(default=30.0, name="STRIPE_SYNC_STRIPE_TIMEOUT")
+    webhook_tolerance: int = msgspec.field(default=300, name="STRIPE_SYNC_WEBHOOK_TOLERANCE")
+    webhook_refetch: bool = msgspec.field(default=False, name="STRIPE_SYNC_WEBHOOK_REFETCH")
+    log_format: Literal["logfmt", "json"] = msgspec.field(
+        default="logfmt", name="STRIPE_SYNC_LOG_FORMAT"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = msgspec.field(
+        default="info", name="STRIPE_SYNC_LOG_LEVEL"
+    )
+
+    def __post_init__(self) -> None:
+        positive = {
+            "STRIPE_SYNC_CONCURRENCY": self.concurrency,
+            "STRIPE_SYNC_BATCH_SIZE": self.batch_size,
+            "STRIPE_SYNC_SWEEP_INTERVAL": self.sweep_interval,
+            "STRIPE_SYNC_LEASE_SECONDS": self.lease_seconds,
+            "STRIPE_SYNC_MAX_ATTEMPTS": self.max_attempts,
+            "STRIPE_SYNC_POOL_SIZE": self.pool_size,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name}: must be > 0, got {value}")
+        if self.rate_limit is not None and self.rate_limit < 0:
+            raise ValueError(f"STRIPE_SYNC_RATE_LIMIT: must be >= 0, got {self.rate_limit}")
+        if self.stripe_api_key is not None:
+            key = self.stripe_api_key.reveal()
+            if not key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_")):
+                raise ValueError(
+                    "STRIPE_API_KEY: expected a secret or restricted key "
+                    "(sk_test_…, sk_live_…, rk_test_…, rk_live_…)"
+                )
+        for secret in self.webhook_secrets:
+            if not secret.reveal().startswith("whsec_"):
+                raise ValueError("STRIPE_WEBHOOK_SECRET: each secret must start with whsec_")
+
+    @property
+    def mode(self) -> Literal["test", "live"] | None:
+        if self.stripe_api_key is None:
+            return None
+        return "live" if "_live_" in self.stripe_api_key.reveal()[:8] else "test"
+
+    @property
+    def effective_rate_limit(self) -> float:
+        """Requests/s; 0 means unpaced."""
+        if self.rate_limit is not None:
+            return self.rate_limit
+        return 100.0 if self.mode == "live" else 25.0
+
+    def require(self, *names: str) -> Settings:
+        """Fail with one line for the first required variable that is unset."""
+        for field in msgspec.structs.fields(self):
+            if field.encode_name in names and getattr(self, field.name) in (None, ()):
+                raise ConfigError(f"{field.encode_name} is not set")
+        return self
+
+
+ENV_NAMES = frozenset(f.encode_name for f in msgspec.structs.fields(Settings))
+_LIST_FIELDS = frozenset({"STRIPE_WEBHOOK_SECRET"})
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``env`` (default: os.environ); CLI flags come in as overrides.
+
+    Overrides use the environment variable names, so flags and variables
+    share one decoding path and one kind of error message.
+    """
+    source = os.environ if env is None else env
+    raw: dict[str, Any] = {k: v for k, v in source.items() if k in ENV_NAMES and v != ""}
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    for name in _LIST_FIELDS & raw.keys():
+        if isinstance(raw[name], str):
+            raw[name] = [part.strip() for part in raw[name].split(",") if part.strip()]
+    try:
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.STRIPE_SYNC_CONCURRENCY`";
+    # operators want the variable first.
+    message = str(exc)
+    if " - at `$." in message:
+        text, _, where = message.partition(" - at `$.")
+        name = where.rstrip("`").split("[")[0]
+        return f"{name}: {text}"
+    return message

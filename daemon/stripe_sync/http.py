@@ -1,0 +1,78 @@
+"""The daemon's HTTP face: the webhook endpoint, liveness and readiness.
+
+Served by Hypercorn in the daemon's own event loop. Errors are short JSON,
+never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import anyio
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger(__name__)
+
+ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+
+def create_app(webhook: Callable[[Request], Awaitable[Response]], ready: ReadyCheck) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        checks = await ready()
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.error("request failed", exc_info=exc, extra={"path": request.url.path})
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/stripe", webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+
+
+def bind_socket(address: str) -> socket.socket:
+    """Bind before serving, so the port is known (``:0`` in tests) and ready at once."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise OSError(f"STRIPE_SYNC_BIND={address}: cannot listen there ({exc})") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve_http(app: Starlette, sock: socket.socket, shutdown: anyio.Event) -> None:
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 5
+    config.keep_alive_timeout = 75  # longer than Stripe's connection reuse
+    await serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]

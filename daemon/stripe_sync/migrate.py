@@ -1,0 +1,83 @@
+"""Applies ``schema/NNNN_*.sql`` in order, once each, and refuses drift.
+
+Each file runs in its own transaction together with its ledger row, under a
+transaction-level advisory lock, so two concurrent ``migrate`` runs serialize
+and the second finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from importlib.resources import files
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+# Any constant unique to this project; pg_advisory_xact_lock takes a bigint.
+_LOCK_KEY = 0x5EED_5711C
+
+_LEDGER = """
+CREATE SCHEMA IF NOT EXISTS integration;
+CREATE TABLE IF NOT EXISTS integration.schema_migrations (
+    filename   text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    filename: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available() -> list[Migration]:
+    schema = files("stripe_sync.schema")
+    found = sorted(
+        (f for f in schema.iterdir() if f.name.endswith(".sql") and f.name[:4].isdigit()),
+        key=lambda f: f.name,
+    )
+    return [Migration(f.name, f.read_text()) for f in found]
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply what is missing; return the filenames applied (empty when up to date)."""
+    applied_now: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for migration in available():
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                conn.execute(_LEDGER)
+                row = conn.execute(
+                    "SELECT checksum FROM integration.schema_migrations WHERE filename = %s",
+                    (migration.filename,),
+                ).fetchone()
+                if row is not None:
+                    if row[0] != migration.checksum:
+                        raise MigrationError(
+                            f"{migration.filename} changed after it was applied "
+                            f"(checksum {row[0][:12]} in the database, "
+                            f"{migration.checksum[:12]} on disk); add a new migration instead"
+                        )
+                    continue
+                conn.execute(migration.sql.encode())
+                conn.execute(
+                    "INSERT INTO integration.schema_migrations (filename, checksum) "
+                    "VALUES (%s, %s)",
+                    (migration.filename, migration.checksum),
+                )
+                applied_now.append(migration.filename)
+                log.info("migration applied file=%s", migration.filename)
+    return applied_now

@@ -1,0 +1,361 @@
+"""Claim → execute → record: the one mechanism behind both pipelines.
+
+A :class:`Worker` claims due rows of one queue table in batches
+(``FOR UPDATE SKIP LOCKED``), runs its handler on each concurrently up to a
+limit, and records the outcome: done (together with the handler's own writes,
+in one transaction), retry with backoff, or failed. Claims are leases renewed
+while the work runs, so a crashed daemon's rows come back within seconds.
+
+It wakes on NOTIFY (via :meth:`Worker.wake`), when a slot frees up, when the
+next backoff retry is due, and on a periodic sweep, which also takes back
+expired leases. The wake-up flag is reset *before* each claim, so a
+notification that arrives while a claim runs is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import anyio
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from .db import bound_query
+from .errors import LeaseLost, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str  # in logs: "outbox" or "webhooks"
+    table: str  # schema-qualified
+    kind: str  # the column that says what to do: action_type or event_type
+    channel: str  # NOTIFY channel of its triggers
+    done_status: str
+
+    def query(self, name: str) -> psycopg.sql.Composed:
+        return bound_query("queue", name, table=self.table, kind=self.kind)
+
+
+OUTBOX = QueueSpec("outbox", "integration.outbox", "action_type", "stripe_sync_outbox", "done")
+WEBHOOKS = QueueSpec(
+    "webhooks", "integration.webhook_events", "event_type", "stripe_sync_webhooks", "processed"
+)
+
+
+class Job(NamedTuple):
+    id: int
+    kind: str  # action_type or event_type
+    attempts: int  # including this one
+    payload: str  # raw JSON text: handlers decode it straight into msgspec Structs
+
+
+Apply = Callable[[AsyncConnection[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Done:
+    """A handler's success: ``apply`` runs in the transaction that records it."""
+
+    apply: Apply | None = None
+    status: str | None = None  # default: the queue's done status
+    note: str | None = None  # kept in last_error, e.g. why an event was ignored
+
+
+Handler = Callable[[Job], Awaitable[Done]]
+
+
+@dataclass(frozen=True)
+class Retry:
+    max_attempts: int = 10
+    base_seconds: float = 1.0
+    max_seconds: float = 600.0
+
+    def delay(
+        self, attempts: int, retry_after: float | None = None, base: float | None = None
+    ) -> float:
+        """Exponential backoff with jitter; a server's Retry-After is a floor."""
+        step = self.base_seconds if base is None else base
+        exp = min(self.max_seconds, step * math.pow(2, max(attempts - 1, 0)))
+        delay = exp * random.uniform(0.5, 1.0)
+        return max(delay, retry_after or 0.0)
+
+
+class Worker:
+    def __init__(
+        self,
+        spec: QueueSpec,
+        pool: AsyncConnectionPool,
+        handler: Handler,
+        *,
+        worker_id: str,
+        concurrency: int = 16,
+        batch_size: int = 32,
+        lease_seconds: float = 15.0,
+        sweep_interval: float = 5.0,
+        retry: Retry | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.pool = pool
+        self.handler = handler
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.sweep_interval = sweep_interval
+        self.retry = retry or Retry()
+        self.shutdown_timeout = shutdown_timeout
+        self.in_flight: set[int] = set()
+        self.running = False
+        self._wakeup = anyio.Event()
+        self._stopping = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    # -- control ---------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight work gets ``shutdown_timeout`` to finish."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    # -- main loop -------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.running = True
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._renew_leases)
+                outer.start_soon(self._sweep)
+                async with anyio.create_task_group() as work:
+                    task_status.started()
+                    await self._claim_loop(work)
+                    await self._drain(work)
+                outer.cancel_scope.cancel()
+        finally:
+            self.running = False
+
+    async def _claim_loop(self, work: anyio.abc.TaskGroup) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            if self._wakeup.is_set():
+                self._wakeup = anyio.Event()  # reset before the claim, never after
+            wait = self.sweep_interval
+            free = self.concurrency - len(self.in_flight)
+            if free > 0:
+                want = min(free, self.batch_size)
+                try:
+                    jobs = await self._claim(want)
+                    next_due = None if jobs else await self._next_due()
+                    failures = 0
+                except (psycopg.Error, OSError) as exc:
+                    failures += 1
+                    wait = min(0.2 * 2**failures, self.sweep_interval)
+                    log.warning(
+                        "claim failed; retrying",
+                        extra={
+                            "queue": self.spec.name,
+                            "error": _one_line(exc),
+                            "retry_in": round(wait, 2),
+                        },
+                    )
+                    jobs, next_due = [], None
+                for job in jobs:
+                    self.in_flight.add(job.id)
+                    self._idle = anyio.Event()
+                    work.start_soon(self._execute, job)
+                if len(jobs) == want:
+                    continue  # more may be due: claim again before sleeping
+                if next_due is not None:
+                    wait = min(wait, max(next_due, 0.0) + 0.001)
+            with anyio.move_on_after(wait):
+                await self._wakeup.wait()
+
+    async def _claim(self, limit: int) -> list[Job]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                self.spec.query("claim"),
+                {"limit": limit, "worker": self.worker_id, "lease": self.lease_seconds},
+            )
+            return [Job(*row) for row in await cur.fetchall()]
+
+    async def _next_due(self) -> float | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self.spec.query("next_due"))
+            row = await cur.fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+    async def _drain(self, work: anyio.abc.TaskGroup) -> None:
+        """Let in-flight work finish within the timeout, then hand back what is left."""
+        if not self.in_flight:
+            return
+        log.info(
+            "waiting for in-flight work",
+            extra={
+                "queue": self.spec.name,
+                "in_flight": len(self.in_flight),
+                "timeout": self.shutdown_timeout,
+            },
+        )
+        with anyio.move_on_after(self.shutdown_timeout):
+            await self._idle.wait()
+        if self.in_flight:
+            work.cancel_scope.cancel()
+            left = sorted(self.in_flight)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._execute_query("release", {"ids": left, "worker": self.worker_id})
+                log.warning(
+                    "handed back unfinished claims", extra={"queue": self.spec.name, "ids": left}
+                )
+
+    # -- one job -----------------------------------------------------------------
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            try:
+                done = await self.handler(job)
+                await self._record_done(job, done)
+            except PermanentError as exc:
+                await self._record_failed(job, str(exc))
+            except TransientError as exc:
+                await self._record_retry(job, str(exc), exc.retry_after, exc.backoff_base)
+            except LeaseLost:
+                log.warning(
+                    "lease lost; another daemon owns the row now",
+                    extra={"queue": self.spec.name, "row_id": job.id},
+                )
+            except (psycopg.Error, OSError) as exc:
+                await self._record_retry(job, f"database error: {_one_line(exc)}", None)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            # A bug or an unclassified failure: keep the daemon going, retry
+            # with backoff, and say what it was.
+            log.exception("unexpected error", extra={"queue": self.spec.name, "row_id": job.id})
+            try:
+                await self._record_retry(job, f"unexpected {type(exc).__name__}: {exc}", None)
+            except Exception:
+                log.exception(
+                    "could not record the error; the lease will expire",
+                    extra={"queue": self.spec.name, "row_id": job.id},
+                )
+        finally:
+            self.in_flight.discard(job.id)
+            if not self.in_flight:
+                self._idle.set()
+            self.wake()  # a slot is free
+
+    async def _record_done(self, job: Job, done: Done) -> None:
+        status = done.status or self.spec.done_status
+        async with self.pool.connection() as conn, conn.transaction():
+            if done.apply is not None:
+                await done.apply(conn)
+            cur = await conn.execute(
+                self.spec.query("finish"),
+                {"id": job.id, "worker": self.worker_id, "status": status, "error": done.note},
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(job.id)  # rolls back apply
+        log.info(
+            f"{self.spec.name} row {status}",
+            extra={
+                "queue": self.spec.name,
+                "row_id": job.id,
+                "attempt": job.attempts,
+                **({"note": done.note} if done.note else {}),
+            },
+        )
+
+    async def _record_failed(self, job: Job, error: str) -> None:
+        await self._execute_query(
+            "finish", {"id": job.id, "worker": self.worker_id, "status": "failed", "error": error}
+        )
+        log.error(
+            f"{self.spec.name} row failed",
+            extra={
+                "queue": self.spec.name,
+                "row_id": job.id,
+                "attempt": job.attempts,
+                "reason": error,
+            },
+        )
+
+    async def _record_retry(
+        self, job: Job, error: str, retry_after: float | None, base: float | None = None
+    ) -> None:
+        if job.attempts >= self.retry.max_attempts:
+            await self._record_failed(job, f"{error} (gave up after {job.attempts} attempts)")
+            return
+        delay = self.retry.delay(job.attempts, retry_after, base)
+        await self._execute_query(
+            "retry", {"id": job.id, "worker": self.worker_id, "error": error, "delay": delay}
+        )
+        log.warning(
+            f"{self.spec.name} row will be retried",
+            extra={
+                "queue": self.spec.name,
+                "row_id": job.id,
+                "attempt": job.attempts,
+                "retry_in": round(delay, 3),
+                "reason": error,
+            },
+        )
+
+    async def _execute_query(self, name: str, params: dict[str, Any]) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self.spec.query(name), params)
+            return cur.rowcount
+
+    # -- background --------------------------------------------------------------
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await anyio.sleep(self.lease_seconds / 3)
+            if not self.in_flight:
+                continue
+            try:
+                await self._execute_query(
+                    "renew",
+                    {
+                        "ids": list(self.in_flight),
+                        "worker": self.worker_id,
+                        "lease": self.lease_seconds,
+                    },
+                )
+            except (psycopg.Error, OSError) as exc:
+                log.warning(
+                    "lease renewal failed", extra={"queue": self.spec.name, "error": _one_line(exc)}
+                )
+
+    async def _sweep(self) -> None:
+        """Periodically take back expired leases and look for due rows a NOTIFY missed."""
+        while True:
+            await anyio.sleep(self.sweep_interval)
+            try:
+                if n := await self._execute_query("reclaim_expired", {}):
+                    log.warning(
+                        "took back expired claims", extra={"queue": self.spec.name, "rows": n}
+                    )
+            except (psycopg.Error, OSError) as exc:
+                log.warning(
+                    "sweep failed", extra={"queue": self.spec.name, "error": _one_line(exc)}
+                )
+            self.wake()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

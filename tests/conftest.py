@@ -1,0 +1,115 @@
+"""Real PostgreSQL for every test: each test gets a fresh database cloned from a
+migrated template.
+
+The server is, in order: ``STRIPE_SYNC_TEST_DSN`` if set; a server already
+listening on 127.0.0.1:5432 (as user postgres); else a throwaway cluster
+started for the session (as the postgres user when we are root).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from stripe_sync.devcluster import ThrowawayCluster
+from stripe_sync.migrate import migrate
+
+pytest_plugins = ["stripe_sync.emulator.pytest_plugin"]
+
+_counter = itertools.count()
+
+
+def _reachable(dsn: str) -> bool:
+    try:
+        psycopg.connect(dsn, connect_timeout=2).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[dict[str, Any]]:
+    """Connection parameters of a server we may create databases on."""
+    explicit = os.environ.get("STRIPE_SYNC_TEST_DSN")
+    local = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    if explicit:
+        yield conninfo_to_dict(explicit)
+    elif _reachable(local):
+        yield conninfo_to_dict(local)
+    else:
+        with ThrowawayCluster() as cluster:
+            yield conninfo_to_dict(cluster.dsn)
+
+
+def _janitor(server: dict[str, Any], dbname: str, **kwargs: Any) -> DatabaseJanitor:
+    return DatabaseJanitor(
+        user=server.get("user", "postgres"),
+        host=server.get("host", "127.0.0.1"),
+        port=server.get("port", 5432),
+        password=server.get("password"),
+        dbname=dbname,
+        **kwargs,
+    )
+
+
+def dsn_for(server: dict[str, Any], dbname: str) -> str:
+    return make_conninfo(**{**server, "dbname": dbname})
+
+
+@pytest.fixture(scope="session")
+def db_template(pg_server: dict[str, Any]) -> Iterator[str]:
+    """A migrated template database; cloning it is much faster than migrating."""
+    name = f"stripe_sync_tmpl_{os.getpid()}"
+    janitor = _janitor(pg_server, name, as_template=True)
+    janitor.drop()
+    janitor.init()
+    migrate(dsn_for(pg_server, name))
+    try:
+        yield name
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def dsn(pg_server: dict[str, Any], db_template: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"stripe_sync_t{os.getpid()}_{next(_counter)}"
+    janitor = _janitor(pg_server, name, template_dbname=db_template)
+    janitor.drop()
+    janitor.init()
+    try:
+        yield dsn_for(pg_server, name)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def empty_dsn(pg_server: dict[str, Any]) -> Iterator[str]:
+    """A fresh database without the schema, for migration tests."""
+    name = f"stripe_sync_e{os.getpid()}_{next(_counter)}"
+    janitor = _janitor(pg_server, name)
+    janitor.drop()
+    janitor.init()
+    try:
+        yield dsn_for(pg_server, name)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """A plain autocommit connection, like a DBA's psql session."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
