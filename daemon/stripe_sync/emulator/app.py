@@ -1,0 +1,246 @@
+"""ASGI app: Stripe's v1 dialect (auth, faults, idempotency) plus `/_emulator/` control."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from . import errors, forms
+from .emulator import ApiRequest, Emulator, encode, template_for
+from .errors import StripeError
+from .faults import parse_rule
+from .idempotency import StoredResponse
+from .state import new_id
+
+
+class ConnectionDropped(Exception):
+    """Raised mid-response so the server tears the connection down (client sees a network error)."""
+
+
+def _headers(request_id: str, extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    headers = {
+        "content-type": "application/json",
+        "request-id": request_id,
+        "stripe-version": "",
+        "access-control-allow-origin": "*",
+        **(extra or {}),
+    }
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items() if v]
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _drop(send: Send) -> None:
+    # Promise more bytes than we send, then fail: the client gets an incomplete read.
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b'{"id": ', "more_body": True})
+    raise ConnectionDropped("emulated dropped connection")
+
+
+def _authenticate(emu: Emulator, authorization: str) -> tuple[str, bool]:
+    scheme, _, key = authorization.partition(" ")
+    if not authorization:
+        raise errors.authentication(
+            "You did not provide an API key. You need to provide your API key in the "
+            "Authorization header, using Bearer auth "
+            "(e.g. 'Authorization: Bearer YOUR_SECRET_KEY')."
+        )
+    key = key.strip()
+    live = key.startswith(("sk_live_", "rk_live_"))
+    allowed = emu.config.allowed_keys
+    if scheme.lower() != "bearer" or not key:
+        ok = False
+    elif allowed is not None:
+        ok = key in allowed
+    else:
+        ok = key.startswith(("sk_test_", "rk_test_")) or (live and emu.config.allow_live)
+    if not ok:
+        shown = key[:8] + "*" * max(0, len(key) - 12) + key[-4:] if len(key) > 12 else key
+        raise errors.authentication(f"Invalid API Key provided: {shown}")
+    return key, live
+
+
+class ApiApp:
+    """Handles everything outside /_emulator as Stripe would."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        emu = self.emu
+        request = Request(scope, receive)
+        method = request.method.upper()
+        path = scope["path"].rstrip("/") or "/"
+        request_id = new_id("req", 14)
+        raw_body = await request.body()
+        template = template_for(method, path)
+        emu.count_request(method, template)
+        base_headers = _headers(request_id)
+
+        async def error(err: StripeError, extra: dict[str, str] | None = None) -> None:
+            await _respond(send, err.status, encode(err.body()), _headers(request_id, extra))
+
+        try:
+            api_key, live = _authenticate(emu, request.headers.get("authorization", ""))
+            params = forms.decode(scope.get("query_string", b""))
+            if method == "POST":
+                params.update(forms.decode(raw_body))
+        except StripeError as err:
+            await error(err)
+            return
+        if not emu.rate_limiter.allow():
+            emu.count_rate_limited()
+            await error(errors.rate_limited(), {"Stripe-Should-Retry": "true"})
+            return
+
+        lose_response = False
+        delay = emu.config.latency
+        for rule in emu.faults.triggered(method, path, template):
+            if rule.kind == "latency":
+                delay += rule.seconds
+            elif rule.kind == "applied_response_lost":
+                lose_response = True
+            elif rule.kind == "drop":
+                await _drop(send)
+            elif rule.kind == "rate_limit":
+                emu.count_rate_limited()
+                await error(errors.rate_limited(), {"Stripe-Should-Retry": "true"})
+                return
+            else:
+                await error(errors.api_error(int(rule.kind)), {"Stripe-Should-Retry": "true"})
+                return
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        idem_key = request.headers.get("idempotency-key") if method in ("POST", "DELETE") else None
+        fingerprint = forms.fingerprint(params)
+        if idem_key:
+            stored = emu.idempotency.lookup(api_key, idem_key, emu.clock.now())
+            if stored is not None:
+                if (stored.method, stored.path, stored.fingerprint) != (method, path, fingerprint):
+                    await error(errors.idempotency_mismatch(idem_key))
+                    return
+                if lose_response:
+                    await _drop(send)
+                extra = {"Idempotent-Replayed": "true", "Idempotency-Key": idem_key}
+                await _respond(send, stored.status, stored.body, _headers(stored.request_id, extra))
+                return
+
+        api_request = ApiRequest(
+            method=method,
+            path=path,
+            template=template,
+            params=params,
+            path_params={},
+            request_id=request_id,
+            idempotency_key=idem_key,
+            api_key=api_key,
+            livemode=live,
+        )
+        status, body = emu.dispatch(api_request)
+        headers = base_headers
+        if idem_key:
+            entry = StoredResponse(
+                method, path, fingerprint, status, body, request_id, emu.clock.now()
+            )
+            emu.idempotency.store(api_key, idem_key, entry)
+            headers = _headers(request_id, {"Idempotency-Key": idem_key})
+        if lose_response:
+            await _drop(send)
+        await _respond(send, status, body, headers)
+
+
+# -- control API -------------------------------------------------------------------------
+def _control_routes(emu: Emulator) -> list[Route]:
+    async def requests(_: Request) -> Response:
+        return JSONResponse(emu.stats())
+
+    async def reset(_: Request) -> Response:
+        emu.reset()
+        return JSONResponse({"reset": True})
+
+    async def add_faults(request: Request) -> Response:
+        payload = await _json(request)
+        specs = payload.get("faults", [payload]) if isinstance(payload, dict) else payload
+        try:
+            rules = [emu.faults.add(parse_rule(spec)) for spec in specs]
+        except (KeyError, ValueError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"faults": [vars(rule) for rule in rules]})
+
+    async def list_faults(_: Request) -> Response:
+        return JSONResponse({"faults": [vars(rule) for rule in emu.faults.rules()]})
+
+    async def clear_faults(_: Request) -> Response:
+        emu.clear_faults()
+        return JSONResponse({"faults": []})
+
+    async def add_endpoint(request: Request) -> Response:
+        payload = await _json(request)
+        try:
+            url = str(payload["url"])
+            secrets = payload.get("secrets") or payload.get("secret")
+            options = dict(payload.get("options") or {})
+            endpoint = emu.add_webhook_endpoint(url, secrets or [], **options)
+        except (KeyError, ValueError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(endpoint.describe())
+
+    async def list_endpoints(_: Request) -> Response:
+        return JSONResponse({"data": [e.describe() for e in emu.webhooks.endpoints.values()]})
+
+    async def clock(request: Request) -> Response:
+        payload = await _json(request)
+        emu.advance_clock(float(payload.get("advance", payload.get("seconds", 0))))
+        return JSONResponse({"now": emu.clock.now(), "offset": emu.clock.offset})
+
+    async def objects(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        try:
+            data = emu.objects(kind)
+        except KeyError:
+            return JSONResponse({"error": f"unknown kind {kind!r}"}, status_code=404)
+        return JSONResponse({"kind": kind, "count": len(data), "data": data})
+
+    return [
+        Route("/_emulator/requests", requests, methods=["GET"]),
+        Route("/_emulator/reset", reset, methods=["POST"]),
+        Route("/_emulator/faults", add_faults, methods=["POST"]),
+        Route("/_emulator/faults", list_faults, methods=["GET"]),
+        Route("/_emulator/faults", clear_faults, methods=["DELETE"]),
+        Route("/_emulator/webhook_endpoints", add_endpoint, methods=["POST"]),
+        Route("/_emulator/webhook_endpoints", list_endpoints, methods=["GET"]),
+        Route("/_emulator/clock", clock, methods=["POST"]),
+        Route("/_emulator/objects/{kind}", objects, methods=["GET"]),
+    ]
+
+
+async def _json(request: Request) -> Any:
+    body = await request.body()
+    return json.loads(body) if body.strip() else {}
+
+
+def create_app(emulator: Emulator) -> Starlette:
+    api = ApiApp(emulator)
+    methods = ["GET", "POST", "DELETE", "PUT", "PATCH"]
+    routes = [
+        *_control_routes(emulator),
+        Route("/{path:path}", api, methods=methods),
+    ]
+    app = Starlette(routes=routes)
+    app.state.emulator = emulator
+    return app

@@ -1,0 +1,262 @@
+"""Money movement shared by subscriptions and payment intents: invoices, charges,
+payment success/failure. Kept apart from the HTTP handlers that drive them."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from . import shapes_billing
+from .errors import StripeError
+from .state import JSON, new_id
+
+if TYPE_CHECKING:
+    from .emulator import ApiRequest, Emulator
+
+# Stripe's test payment methods that decline (https://docs.stripe.com/testing#declined-payments).
+DECLINING_METHODS = {
+    "pm_card_chargeDeclined": "generic_decline",
+    "pm_card_visa_chargeDeclined": "generic_decline",
+    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
+    "pm_card_chargeDeclinedExpiredCard": "expired_card",
+}
+DEFAULT_PAYMENT_METHOD = "pm_card_visa"
+
+
+def add_interval(ts: int, interval: str, count: int) -> int:
+    if interval == "day":
+        return ts + 86400 * count
+    if interval == "week":
+        return ts + 7 * 86400 * count
+    start = dt.datetime.fromtimestamp(ts, dt.UTC)
+    months = count * (12 if interval == "year" else 1)
+    month_index = start.month - 1 + months
+    year, month = start.year + month_index // 12, month_index % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return int(start.replace(year=year, month=month, day=day).timestamp())
+
+
+def line_item(emu: Emulator, inv: JSON, item: JSON, start: int, end: int, amount: int) -> JSON:
+    price = item["price"]
+    product = emu.store.get("products", price["product"]) or {}
+    return {
+        "id": new_id("il"),
+        "object": "line_item",
+        "amount": amount,
+        "currency": price["currency"],
+        # Stripe's own line descriptions use the multiplication sign.
+        "description": f"{item['quantity']} × {product.get('name') or price['product']}",  # noqa: RUF001
+        "discount_amounts": [],
+        "discountable": True,
+        "discounts": [],
+        "invoice": inv["id"],
+        "livemode": inv["livemode"],
+        "metadata": {},
+        "parent": {
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": item["subscription"],
+                "subscription_item": item["id"],
+            },
+            "type": "subscription_item_details",
+        },
+        "period": {"end": end, "start": start},
+        "pretax_credit_amounts": [],
+        "pricing": {
+            "price_details": {"price": price["id"], "product": price["product"]},
+            "type": "price_details",
+            "unit_amount_decimal": price["unit_amount_decimal"],
+        },
+        "quantity": item["quantity"],
+        "subtotal": amount,
+        "taxes": [],
+    }
+
+
+def subscription_invoice(
+    emu: Emulator, req: ApiRequest, sub: JSON, reason: str, charge_amount: bool
+) -> JSON:
+    """Create, finalize and (for charge_automatically) pay a subscription's invoice."""
+    now = emu.now()
+    cus = emu.store.get("customers", sub["customer"]) or {}
+    inv = shapes_billing.invoice(
+        sub["latest_invoice"] or new_id("in"), now, sub["livemode"], emu.config.account_name
+    )
+    items = sub["items"]["data"]
+    lines = []
+    for item in items:
+        amount = (item["price"]["unit_amount"] or 0) * item["quantity"] if charge_amount else 0
+        start = item["current_period_start"]
+        lines.append(line_item(emu, inv, item, start, item["current_period_end"], amount))
+    total = sum(line["amount"] for line in lines)
+    inv["lines"]["data"] = lines
+    inv.update(
+        customer=sub["customer"],
+        customer_email=cus.get("email"),
+        customer_name=cus.get("name"),
+        customer_phone=cus.get("phone"),
+        customer_address=cus.get("address"),
+        customer_shipping=cus.get("shipping"),
+        currency=sub["currency"],
+        billing_reason=reason,
+        subscription=sub["id"],
+        parent={
+            "quote_details": None,
+            "subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
+            "type": "subscription_details",
+        },
+        amount_due=total,
+        amount_remaining=total,
+        subtotal=total,
+        subtotal_excluding_tax=total,
+        total=total,
+        total_excluding_tax=total,
+        period_start=now,
+        period_end=now,
+        auto_advance=True,
+    )
+    emu.store.put("invoices", inv)
+    emu.record_event(req, "invoice.created", inv)
+    seq = cus.get("next_invoice_sequence", 1)
+    if cus:
+        cus["next_invoice_sequence"] = seq + 1
+    inv.update(
+        status="open",
+        number=f"{cus.get('invoice_prefix') or 'EMU'}-{seq:04d}",
+        effective_at=now,
+        hosted_invoice_url=f"https://invoice.stripe.com/i/emulator/{inv['id']}",
+        invoice_pdf=f"https://pay.stripe.com/invoice/emulator/{inv['id']}/pdf",
+    )
+    inv["status_transitions"]["finalized_at"] = now
+    emu.record_event(req, "invoice.finalized", inv)
+    if total > 0:
+        pi = shapes_billing.payment_intent(new_id("pi"), now, sub["livemode"])
+        pi.update(
+            amount=total,
+            currency=sub["currency"],
+            customer=sub["customer"],
+            description="Subscription creation" if reason == "subscription_create" else None,
+            payment_method=DEFAULT_PAYMENT_METHOD,
+            status="requires_confirmation",
+        )
+        emu.store.put("payment_intents", pi)
+        emu.record_event(req, "payment_intent.created", pi)
+        succeed_payment(emu, req, pi)
+        inv["payments"]["data"] = [invoice_payment(emu, inv, pi)]
+    inv.update(
+        status="paid",
+        attempted=total > 0,
+        attempt_count=1 if total > 0 else 0,
+        amount_paid=total,
+        amount_remaining=0,
+        auto_advance=False,
+    )
+    inv["status_transitions"]["paid_at"] = now
+    emu.record_event(req, "invoice.paid", inv)
+    emu.record_event(req, "invoice.payment_succeeded", inv)
+    return inv
+
+
+def invoice_payment(emu: Emulator, inv: JSON, pi: JSON) -> JSON:
+    payment = {
+        "id": new_id("inpay"),
+        "object": "invoice_payment",
+        "amount_paid": pi["amount_received"],
+        "amount_requested": pi["amount"],
+        "created": emu.now(),
+        "currency": pi["currency"],
+        "invoice": inv["id"],
+        "is_default": True,
+        "livemode": inv["livemode"],
+        "payment": {"payment_intent": pi["id"], "type": "payment_intent"},
+        "status": "paid",
+        "status_transitions": {"canceled_at": None, "paid_at": emu.now()},
+    }
+    emu.store.put("invoice_payments", payment)
+    return payment
+
+
+def _charge_for(emu: Emulator, pi: JSON, payment_method: str) -> JSON:
+    ch = shapes_billing.charge(new_id("ch"), emu.now(), pi["livemode"])
+    ch.update(
+        amount=pi["amount"],
+        amount_captured=pi["amount"],
+        currency=pi["currency"],
+        customer=pi["customer"],
+        description=pi["description"],
+        metadata=dict(pi["metadata"]),
+        payment_intent=pi["id"],
+        payment_method=payment_method,
+        receipt_email=pi["receipt_email"],
+        balance_transaction=new_id("txn"),
+        receipt_url=f"https://pay.stripe.com/receipts/emulator/{ch['id']}",
+    )
+    emu.store.put("charges", ch)
+    return ch
+
+
+def succeed_payment(emu: Emulator, req: ApiRequest, pi: JSON) -> None:
+    method = pi["payment_method"] or DEFAULT_PAYMENT_METHOD
+    ch = _charge_for(emu, pi, method)
+    emu.record_event(req, "charge.succeeded", ch)
+    pi.update(
+        status="succeeded",
+        amount_received=pi["amount"],
+        latest_charge=ch["id"],
+        payment_method=method,
+        last_payment_error=None,
+    )
+    emu.record_event(req, "payment_intent.succeeded", pi)
+
+
+def fail_payment(emu: Emulator, req: ApiRequest, pi: JSON, method: str) -> StripeError:
+    """Declined test card: a failed charge, the intent back to requires_payment_method,
+    and the 402 card_error the caller should raise."""
+    decline = DECLINING_METHODS[method]
+    ch = _charge_for(emu, pi, method)
+    ch.update(
+        status="failed",
+        paid=False,
+        captured=False,
+        amount_captured=0,
+        failure_code="card_declined",
+        failure_message="Your card was declined.",
+        balance_transaction=None,
+    )
+    ch["outcome"].update(
+        network_status="declined_by_network",
+        reason=decline,
+        seller_message="The bank did not return any further details with this decline.",
+        type="issuer_declined",
+    )
+    emu.record_event(req, "charge.failed", ch)
+    error: dict[str, Any] = {
+        "type": "card_error",
+        "code": "card_declined",
+        "decline_code": decline,
+        "message": "Your card was declined.",
+        "charge": ch["id"],
+        "payment_method": {"id": method, "object": "payment_method", "type": "card"},
+    }
+    pi.update(
+        status="requires_payment_method",
+        latest_charge=ch["id"],
+        payment_method=None,
+        last_payment_error=error,
+    )
+    emu.record_event(req, "payment_intent.payment_failed", pi)
+    return StripeError(
+        402,
+        "Your card was declined.",
+        type="card_error",
+        code="card_declined",
+        extra={
+            "decline_code": decline,
+            "charge": ch["id"],
+            "payment_intent": dict(pi),
+        },
+    )

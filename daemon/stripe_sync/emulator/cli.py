@@ -1,0 +1,98 @@
+"""`stripe-sync emulator`: run the Stripe emulator until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from types import FrameType
+
+from .emulator import Emulator, EmulatorConfig
+from .server import EmulatorServer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stripe-sync emulator",
+        description="Run a stateful Stripe API emulator (v1 REST dialect) for tests and demos.",
+    )
+    parser.add_argument(
+        "--bind", default="127.0.0.1:12111", help="HOST:PORT to listen on (port 0: any free port)"
+    )
+    parser.add_argument(
+        "--webhook-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="deliver events to this URL (repeatable)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        action="append",
+        default=[],
+        metavar="WHSEC",
+        help="signing secret (repeatable; several sign with each, as during rotation)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="enforce N requests per second (Stripe test mode: 25); off by default",
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, metavar="SECONDS", help="added to every API request"
+    )
+    parser.add_argument("--account-id", default=None, help="id returned by GET /v1/account")
+    parser.add_argument("--api-version", default=None, help="api_version stamped on events")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="accept only these keys (default: any sk_test_/rk_test_ key)",
+    )
+    parser.add_argument(
+        "--allow-live", action="store_true", help="also accept sk_live_ keys (livemode objects)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    host, _, port_text = args.bind.rpartition(":")
+    if not host or not port_text.isdigit():
+        print(f"--bind must be HOST:PORT, got {args.bind!r}")
+        return 2
+    config = EmulatorConfig(
+        rate_limit=args.rate_limit, latency=args.latency, allow_live=args.allow_live
+    )
+    if args.account_id:
+        config.account_id = args.account_id
+    if args.api_version:
+        config.api_version = args.api_version
+    if args.api_key:
+        config.allowed_keys = set(args.api_key)
+    emulator = Emulator(config)
+    secrets = args.webhook_secret or ["whsec_emulator"]
+    for url in args.webhook_url:
+        emulator.add_webhook_endpoint(url, secrets)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = EmulatorServer(emulator, host=host, port=int(port_text))
+    try:
+        server.start()
+        hooks = f", webhooks -> {', '.join(args.webhook_url)}" if args.webhook_url else ""
+        print(f"stripe emulator listening on {server.base_url}{hooks}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,179 @@
+"""Customers, events and the account."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from . import shapes
+from .errors import no_such
+from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
+from .listing import paginate, previous_attributes, range_filter, search
+from .state import JSON, new_id
+
+if TYPE_CHECKING:
+    from .emulator import ApiRequest, Emulator
+
+
+def _live(req: ApiRequest) -> bool:
+    return req.livemode
+
+
+def _get(emu: Emulator, kind: str, label: str, object_id: str, param: str = "id") -> JSON:
+    obj = emu.store.get(kind, object_id)
+    if obj is None or object_id in emu.store.deleted:
+        raise no_such(label, object_id, param)
+    return obj
+
+
+def _set_simple(obj: JSON, params: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        if name in params:
+            value = params[name]
+            obj[name] = None if value == "" else value
+
+
+# -- customers -----------------------------------------------------------------------
+_CUSTOMER_FIELDS = ("email", "name", "description", "phone", "address", "shipping")
+_CUSTOMER_PARAMS = {
+    *_CUSTOMER_FIELDS,
+    "metadata",
+    "preferred_locales",
+    "tax_exempt",
+    "balance",
+    "invoice_settings",
+    "payment_method",
+    "invoice_prefix",
+    "test_clock",
+}
+
+
+def create_customer(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, _CUSTOMER_PARAMS)
+    cus = shapes.customer(new_id("cus", 14), emu.now(), _live(req))
+    _apply_customer(cus, p)
+    emu.store.put("customers", cus)
+    emu.record_event(req, "customer.created", cus)
+    return cus
+
+
+def _apply_customer(cus: JSON, p: dict[str, Any]) -> None:
+    _set_simple(cus, p, _CUSTOMER_FIELDS)
+    cus["metadata"] = merge_metadata(cus["metadata"], p)
+    if "preferred_locales" in p:
+        cus["preferred_locales"] = get_list(p, "preferred_locales")
+    if "tax_exempt" in p:
+        cus["tax_exempt"] = get_str(p, "tax_exempt") or "none"
+    if "balance" in p:
+        cus["balance"] = get_int(p, "balance") or 0
+    if "invoice_prefix" in p:
+        cus["invoice_prefix"] = get_str(p, "invoice_prefix")
+    settings = get_dict(p, "invoice_settings")
+    if settings:
+        cus["invoice_settings"] = {**cus["invoice_settings"], **settings}
+
+
+def retrieve_customer(emu: Emulator, req: ApiRequest) -> JSON:
+    cid = req.path_params["id"]
+    cus = emu.store.get("customers", cid)
+    if cus is None:
+        raise no_such("customer", cid)
+    if cid in emu.store.deleted:
+        return {"id": cid, "object": "customer", "deleted": True}
+    return cus
+
+
+def update_customer(emu: Emulator, req: ApiRequest) -> JSON:
+    cus = _get(emu, "customers", "customer", req.path_params["id"])
+    check_known(
+        req.params, _CUSTOMER_PARAMS - {"payment_method", "test_clock"} | {"default_source"}
+    )
+    before = copy.deepcopy(cus)
+    _apply_customer(cus, req.params)
+    changed = previous_attributes(before, cus)
+    if changed:
+        emu.record_event(req, "customer.updated", cus, changed)
+    return cus
+
+
+def delete_customer(emu: Emulator, req: ApiRequest) -> JSON:
+    cus = _get(emu, "customers", "customer", req.path_params["id"])
+    emu.store.deleted.add(cus["id"])
+    emu.record_event(req, "customer.deleted", cus)
+    return {"id": cus["id"], "object": "customer", "deleted": True}
+
+
+def list_customers(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, {"limit", "starting_after", "ending_before", "email", "created", "test_clock"})
+    email = get_str(p, "email")
+    created = range_filter(p, "created")
+    rows = [
+        c
+        for c in emu.store.newest_first("customers")
+        if (email is None or c["email"] == email) and created(c)
+    ]
+    return paginate(rows, p, "/v1/customers", "customer")
+
+
+def search_customers(emu: Emulator, req: ApiRequest) -> JSON:
+    fields = {"email", "name", "phone", "created"}
+    return search(emu.store.newest_first("customers"), req.params, "/v1/customers/search", fields)
+
+
+# -- events and account --------------------------------------------------------------
+def list_events(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(
+        p,
+        {
+            "limit",
+            "starting_after",
+            "ending_before",
+            "type",
+            "types",
+            "created",
+            "delivery_success",
+        },
+    )
+    etype = get_str(p, "type")
+    types = set(get_list(p, "types"))
+    success = get_bool(p, "delivery_success")
+    created = range_filter(p, "created")
+
+    def type_ok(t: str) -> bool:
+        if etype is not None:
+            if etype.endswith("*"):
+                return t.startswith(etype[:-1])
+            return t == etype
+        return not types or t in types
+
+    def keep(e: JSON) -> bool:
+        if success is not None and (e["pending_webhooks"] == 0) != success:
+            return False
+        return type_ok(e["type"]) and created(e)
+
+    return paginate(filter(keep, emu.store.newest_first("events")), p, "/v1/events", "event")
+
+
+def retrieve_event(emu: Emulator, req: ApiRequest) -> JSON:
+    return _get(emu, "events", "event", req.path_params["id"])
+
+
+def retrieve_account(emu: Emulator, req: ApiRequest) -> JSON:
+    cfg = emu.config
+    return shapes.account(cfg.account_id, emu.created_at, cfg.account_name)
+
+
+ROUTES = [
+    ("POST", "/v1/customers", create_customer),
+    ("GET", "/v1/customers", list_customers),
+    ("GET", "/v1/customers/search", search_customers),
+    ("GET", "/v1/customers/{id}", retrieve_customer),
+    ("POST", "/v1/customers/{id}", update_customer),
+    ("DELETE", "/v1/customers/{id}", delete_customer),
+    ("GET", "/v1/events", list_events),
+    ("GET", "/v1/events/{id}", retrieve_event),
+    ("GET", "/v1/account", retrieve_account),
+]

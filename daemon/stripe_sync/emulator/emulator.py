@@ -1,0 +1,307 @@
+"""The `Emulator` handle: state, clock, faults, webhooks, request statistics, and
+the v1 dispatcher the ASGI app calls."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import catalog, customers, errors, events, payments, subscriptions
+from .errors import StripeError
+from .faults import FaultRule, Faults, RateLimiter, parse_rule
+from .idempotency import IdempotencyStore
+from .state import JSON, Clock, Store, new_id
+
+
+def _default_api_version() -> str:
+    # The SDK pins the version it was generated for; matching it keeps typed access happy.
+    try:
+        from stripe import _api_version
+
+        return str(_api_version._ApiVersion.CURRENT)
+    except Exception:  # pragma: no cover - stripe is a dependency, but stay usable without it
+        return "2025-03-31.basil"
+
+
+@dataclass
+class EmulatorConfig:
+    account_id: str = "acct_emulator0000000000"
+    account_name: str | None = "stripe-sync emulator"
+    api_version: str = field(default_factory=_default_api_version)
+    # None: any sk_test_/rk_test_ key works; otherwise only these keys.
+    allowed_keys: set[str] | None = None
+    # Accept sk_live_/rk_live_ keys (objects then carry livemode=true).
+    allow_live: bool = False
+    rate_limit: int | None = None
+    latency: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class ApiRequest:
+    method: str
+    path: str
+    template: str
+    params: dict[str, Any]
+    path_params: dict[str, str]
+    request_id: str
+    idempotency_key: str | None
+    api_key: str
+    livemode: bool
+
+
+Handler = Callable[["Emulator", ApiRequest], JSON]
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    template: str
+    pattern: re.Pattern[str]
+    handler: Handler
+
+
+def _compile(method: str, template: str, handler: Handler) -> _Route:
+    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+    return _Route(method, template, re.compile(f"^{regex}$"), handler)
+
+
+_ROUTES = [
+    _compile(method, template, handler)
+    for module in (customers, catalog, subscriptions, payments)
+    for method, template, handler in module.ROUTES
+]
+
+
+def match_route(method: str, path: str) -> tuple[_Route | None, dict[str, str]]:
+    for route in _ROUTES:
+        if route.method != method:
+            continue
+        found = route.pattern.match(path)
+        if found:
+            return route, found.groupdict()
+    return None, {}
+
+
+def template_for(method: str, path: str) -> str:
+    route, _ = match_route(method, path)
+    return route.template if route else path
+
+
+class Emulator:
+    def __init__(self, config: EmulatorConfig | None = None, clock: Clock | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.clock = clock or Clock()
+        self.lock = threading.RLock()
+        self.store = Store()
+        self.idempotency = IdempotencyStore()
+        self.faults = Faults(self.config.seed)
+        self.rate_limiter = RateLimiter(self.config.rate_limit)
+        self.webhooks = events.Dispatcher(self._delivery_result, self.config.seed)
+        self.request_counts: Counter[str] = Counter()
+        self.total_requests = 0
+        self.rate_limited_requests = 0
+        self._pending: dict[str, set[str]] = {}
+        self._failed: dict[str, set[str]] = {}
+        self.created_at = self.clock.timestamp()
+
+    # -- control -----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all objects, events, keys, faults, endpoints and counters."""
+        with self.lock:
+            self.store.clear()
+            self.idempotency.clear()
+            self.faults.clear()
+            self.rate_limiter.reset()
+            self.request_counts.clear()
+            self.total_requests = 0
+            self.rate_limited_requests = 0
+            self._pending.clear()
+            self._failed.clear()
+        self.webhooks.reset()
+
+    def add_fault(
+        self,
+        kind: str,
+        endpoint: str | None = None,
+        *,
+        count: int | None = None,
+        rate: float | None = None,
+        seconds: float = 0.0,
+    ) -> FaultRule:
+        """e.g. add_fault("500", "POST /v1/customers", count=2) or add_fault("drop", rate=0.1)."""
+        spec: dict[str, Any] = {"kind": kind, "endpoint": endpoint, "seconds": seconds}
+        if count is not None:
+            spec["count"] = count
+        if rate is not None:
+            spec["rate"] = rate
+        return self.faults.add(parse_rule(spec))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def set_rate_limit(self, per_second: int | None) -> None:
+        self.rate_limiter.per_second = per_second
+        self.rate_limiter.reset()
+
+    def add_webhook_endpoint(
+        self, url: str, secrets: list[str] | str, **options: Any
+    ) -> events.WebhookEndpoint:
+        secret_list = [secrets] if isinstance(secrets, str) else list(secrets)
+        return self.webhooks.add_endpoint(events.make_endpoint(url, secret_list, **options))
+
+    def advance_clock(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def objects(self, kind: str) -> list[JSON]:
+        """Every object of a kind (e.g. "customers"), deleted ones flagged `deleted: true`."""
+        with self.lock:
+            if kind not in self.store.kinds():
+                raise KeyError(kind)
+            result = []
+            for obj in self.store.all(kind):
+                item = copy.deepcopy(obj)
+                if obj["id"] in self.store.deleted:
+                    item["deleted"] = True
+                result.append(item)
+            return result
+
+    def count(self, kind: str, include_deleted: bool = False) -> int:
+        with self.lock:
+            return sum(
+                1
+                for obj in self.store.all(kind)
+                if include_deleted or obj["id"] not in self.store.deleted
+            )
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "total": self.total_requests,
+                "rate_limited": self.rate_limited_requests,
+                "counts": dict(self.request_counts),
+            }
+
+    def events_of_type(self, event_type: str) -> list[JSON]:
+        with self.lock:
+            return [copy.deepcopy(e) for e in self.store.all("events") if e["type"] == event_type]
+
+    def wait_webhooks_idle(self, timeout: float = 5.0) -> bool:
+        return self.webhooks.wait_idle(timeout)
+
+    # -- used by the app -------------------------------------------------------------
+    def count_request(self, method: str, template: str) -> None:
+        with self.lock:
+            self.total_requests += 1
+            self.request_counts[f"{method} {template}"] += 1
+
+    def count_rate_limited(self) -> None:
+        with self.lock:
+            self.rate_limited_requests += 1
+
+    def dispatch(self, req: ApiRequest) -> tuple[int, bytes]:
+        route, path_params = match_route(req.method, req.path)
+        if route is None:
+            err = errors.unrecognized_url(req.method, req.path)
+            return err.status, encode(err.body())
+        req.path_params = path_params
+        req.template = route.template
+        with self.lock:
+            try:
+                body = route.handler(self, req)
+            except StripeError as err:
+                return err.status, encode(err.body())
+            expand = [str(p) for p in _as_list(req.params.get("expand"))]
+            if expand:
+                body = copy.deepcopy(body)
+                for path in expand:
+                    self._expand(body, path.split("."))
+            return 200, encode(body)
+
+    # -- helpers for resource modules ------------------------------------------------
+    def now(self) -> int:
+        return self.clock.timestamp()
+
+    def record_event(
+        self,
+        req: ApiRequest | None,
+        event_type: str,
+        obj: JSON,
+        previous: JSON | None = None,
+    ) -> JSON:
+        targets = self.webhooks.targets(event_type)
+        data: JSON = {"object": copy.deepcopy(obj)}
+        if previous is not None:
+            data["previous_attributes"] = copy.deepcopy(previous)
+        event: JSON = {
+            "id": new_id("evt"),
+            "object": "event",
+            "api_version": self.config.api_version,
+            "created": self.now(),
+            "data": data,
+            "livemode": bool(obj.get("livemode", req.livemode if req else False)),
+            "pending_webhooks": len(targets),
+            "request": {
+                "id": req.request_id if req else None,
+                "idempotency_key": req.idempotency_key if req else None,
+            },
+            "type": event_type,
+        }
+        self.store.put("events", event)
+        self._pending[event["id"]] = set(targets)
+        body = encode(event)
+        for endpoint_id in targets:
+            self.webhooks.enqueue(endpoint_id, event["id"], body)
+        return event
+
+    def delivery_failed(self, event_id: str) -> bool:
+        return bool(self._failed.get(event_id))
+
+    def _delivery_result(self, event_id: str, endpoint_id: str, ok: bool) -> None:
+        with self.lock:
+            event = self.store.get("events", event_id)
+            pending = self._pending.get(event_id)
+            if event is None or pending is None:
+                return
+            if ok:
+                pending.discard(endpoint_id)
+                self._failed.get(event_id, set()).discard(endpoint_id)
+            else:
+                self._failed.setdefault(event_id, set()).add(endpoint_id)
+            event["pending_webhooks"] = len(pending)
+
+    def _expand(self, node: Any, parts: list[str]) -> None:
+        if not parts:
+            return
+        if isinstance(node, list):
+            for item in node:
+                self._expand(item, parts)
+            return
+        if not isinstance(node, dict) or parts[0] not in node:
+            return
+        key = parts[0]
+        value = node[key]
+        if isinstance(value, str):
+            target = self.store.find(value)
+            if target is not None:
+                value = copy.deepcopy(target)
+                if target["id"] in self.store.deleted:
+                    value = {"id": target["id"], "object": target["object"], "deleted": True}
+                node[key] = value
+        self._expand(value, parts[1:])
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def encode(body: JSON) -> bytes:
+    return json.dumps(body, indent=2).encode()

@@ -1,0 +1,98 @@
+"""Stripe's error envelope and the exception handlers raise to produce it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StripeError(Exception):
+    """Raised by resource handlers; the app turns it into Stripe's JSON error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.code is not None:
+            error["code"] = self.code
+        if self.param is not None:
+            error["param"] = self.param
+        error.update(self.extra)
+        return {"error": error}
+
+
+def missing(param: str) -> StripeError:
+    return StripeError(
+        400, f"Missing required param: {param}.", code="parameter_missing", param=param
+    )
+
+
+def invalid(param: str, message: str, code: str = "parameter_invalid_empty") -> StripeError:
+    return StripeError(400, message, code=code, param=param)
+
+
+def unknown_param(param: str) -> StripeError:
+    return StripeError(
+        400,
+        f"Received unknown parameter: {param}",
+        code="parameter_unknown",
+        param=param,
+    )
+
+
+def no_such(kind: str, object_id: str, param: str = "id") -> StripeError:
+    return StripeError(404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param)
+
+
+def unrecognized_url(method: str, path: str) -> StripeError:
+    return StripeError(
+        404,
+        f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
+        "or we can help at https://support.stripe.com/.",
+    )
+
+
+def authentication(message: str) -> StripeError:
+    return StripeError(401, message)
+
+
+def rate_limited() -> StripeError:
+    return StripeError(
+        429,
+        "Request rate limit exceeded. You can learn more about rate limits here "
+        "https://stripe.com/docs/rate-limits.",
+        code="rate_limit",
+    )
+
+
+def api_error(status: int = 500) -> StripeError:
+    return StripeError(
+        status,
+        "An unknown error occurred while processing your request (emulated fault).",
+        type="api_error",
+    )
+
+
+def idempotency_mismatch(key: str) -> StripeError:
+    return StripeError(
+        400,
+        "Keys for idempotent requests can only be used with the same parameters they were "
+        f"first used with. Try using a key other than '{key}' if you meant to execute a "
+        "different request.",
+        type="idempotency_error",
+    )

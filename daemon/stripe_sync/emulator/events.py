@@ -1,0 +1,275 @@
+"""Webhook endpoints and signed, retried, per-endpoint-ordered event delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .state import new_id
+
+log = logging.getLogger(__name__)
+
+ResultCallback = Callable[[str, str, bool], None]
+
+
+def sign(payload: bytes, secrets: list[str], timestamp: int) -> str:
+    """Stripe-Signature header: one v1 per active secret so receivers mid-rotation verify."""
+    signed = f"{timestamp}.".encode() + payload
+    parts = [f"t={timestamp}"]
+    for secret in secrets:
+        digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+        parts.append(f"v1={digest}")
+    return ",".join(parts)
+
+
+@dataclass
+class WebhookEndpoint:
+    url: str
+    secrets: list[str]
+    id: str = field(default_factory=lambda: new_id("we"))
+    enabled_events: list[str] = field(default_factory=lambda: ["*"])
+    duplicates: int = 1
+    shuffle_window: float = 0.0
+    delay: float = 0.0
+    max_attempts: int = 5
+    backoff_base: float = 0.05
+    backoff_max: float = 1.0
+    timeout: float = 5.0
+    attempts: int = 0
+    deliveries: int = 0
+
+    def wants(self, event_type: str) -> bool:
+        return any(
+            pattern == "*"
+            or pattern == event_type
+            or (pattern.endswith(".*") and event_type.startswith(pattern[:-1]))
+            for pattern in self.enabled_events
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "url": self.url,
+            "enabled_events": self.enabled_events,
+            "duplicates": self.duplicates,
+            "shuffle_window": self.shuffle_window,
+            "delay": self.delay,
+            "max_attempts": self.max_attempts,
+            "backoff_base": self.backoff_base,
+            "attempts": self.attempts,
+            "deliveries": self.deliveries,
+        }
+
+
+_OPTION_TYPES: dict[str, type] = {
+    "duplicates": int,
+    "shuffle_window": float,
+    "delay": float,
+    "max_attempts": int,
+    "backoff_base": float,
+    "backoff_max": float,
+    "timeout": float,
+}
+
+
+def make_endpoint(url: str, secrets: list[str], **options: Any) -> WebhookEndpoint:
+    endpoint = WebhookEndpoint(url=url, secrets=list(secrets))
+    for name, value in options.items():
+        if name == "enabled_events":
+            endpoint.enabled_events = [str(v) for v in value]
+        elif name in _OPTION_TYPES:
+            setattr(endpoint, name, _OPTION_TYPES[name](value))
+        else:
+            raise ValueError(f"unknown webhook endpoint option {name!r}")
+    if not endpoint.secrets:
+        raise ValueError("a webhook endpoint needs at least one secret")
+    return endpoint
+
+
+class Dispatcher:
+    """One sequential sender task per endpoint keeps delivery in creation order; it
+    lives on the server's event loop, and producers on any thread hand work over."""
+
+    def __init__(self, on_result: ResultCallback, seed: int = 0) -> None:
+        self._on_result = on_result
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queues: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._backlog: list[tuple[str, str, bytes]] = []
+        self._client: httpx.AsyncClient | None = None
+        self.endpoints: dict[str, WebhookEndpoint] = {}
+        self._outstanding = 0
+        self._idle = threading.Condition(self._lock)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._loop = loop
+            backlog, self._backlog = self._backlog, []
+        for endpoint_id, event_id, body in backlog:
+            loop.call_soon_threadsafe(self._put, endpoint_id, event_id, body)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._tasks.clear()
+        self._queues.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _call_in_loop(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or self._in_loop() or loop.is_closed():
+            fn()
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+
+        loop.call_soon_threadsafe(run)
+        done.wait(5.0)
+
+    def reset(self) -> None:
+        def clear() -> None:
+            for task in self._tasks.values():
+                task.cancel()
+            self._tasks.clear()
+            self._queues.clear()
+
+        self._call_in_loop(clear)
+        with self._lock:
+            self.endpoints.clear()
+            self._backlog.clear()
+            self._outstanding = 0
+            self._idle.notify_all()
+
+    # -- producers -------------------------------------------------------------------
+    def add_endpoint(self, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+        with self._lock:
+            self.endpoints[endpoint.id] = endpoint
+        return endpoint
+
+    def remove_endpoint(self, endpoint_id: str) -> None:
+        with self._lock:
+            self.endpoints.pop(endpoint_id, None)
+
+    def targets(self, event_type: str) -> list[str]:
+        with self._lock:
+            return [e.id for e in self.endpoints.values() if e.wants(event_type)]
+
+    def enqueue(self, endpoint_id: str, event_id: str, body: bytes) -> None:
+        with self._lock:
+            self._outstanding += 1
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                self._backlog.append((endpoint_id, event_id, body))
+                return
+        if self._in_loop():
+            self._put(endpoint_id, event_id, body)
+        else:
+            loop.call_soon_threadsafe(self._put, endpoint_id, event_id, body)
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Block (from a non-loop thread) until every queued delivery has finished."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._outstanding > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    # -- loop side -------------------------------------------------------------------
+    def _put(self, endpoint_id: str, event_id: str, body: bytes) -> None:
+        queue = self._queues.get(endpoint_id)
+        if queue is None:
+            queue = asyncio.Queue()
+            self._queues[endpoint_id] = queue
+            self._tasks[endpoint_id] = asyncio.get_running_loop().create_task(
+                self._sender(endpoint_id, queue)
+            )
+        queue.put_nowait((event_id, body))
+
+    def _done(self, count: int = 1) -> None:
+        with self._idle:
+            self._outstanding = max(0, self._outstanding - count)
+            self._idle.notify_all()
+
+    async def _sender(self, endpoint_id: str, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
+        while True:
+            batch = [await queue.get()]
+            endpoint = self.endpoints.get(endpoint_id)
+            if endpoint is None:
+                self._done()
+                continue
+            if endpoint.shuffle_window > 0:
+                # Gather what arrives within the window, then send it in random order.
+                await asyncio.sleep(endpoint.shuffle_window)
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                self._rng.shuffle(batch)
+            for event_id, body in batch:
+                try:
+                    if endpoint.delay > 0:
+                        await asyncio.sleep(endpoint.delay)
+                    ok = False
+                    for _ in range(max(1, endpoint.duplicates)):
+                        ok = await self._deliver(endpoint, body) or ok
+                    self._on_result(event_id, endpoint_id, ok)
+                finally:
+                    self._done()
+
+    async def _deliver(self, endpoint: WebhookEndpoint, body: bytes) -> bool:
+        if self._client is None:
+            self._client = httpx.AsyncClient()
+        for attempt in range(max(1, endpoint.max_attempts)):
+            if attempt:
+                delay = min(endpoint.backoff_max, endpoint.backoff_base * 2 ** (attempt - 1))
+                await asyncio.sleep(delay)
+            if endpoint.id not in self.endpoints:
+                return False
+            endpoint.attempts += 1
+            # Wall time, not the emulator clock: receivers check tolerance against real time.
+            header = sign(body, endpoint.secrets, int(time.time()))
+            try:
+                response = await self._client.post(
+                    endpoint.url,
+                    content=body,
+                    headers={
+                        "Content-Type": "application/json; charset=utf-8",
+                        "Stripe-Signature": header,
+                        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+                    },
+                    timeout=endpoint.timeout,
+                )
+            except httpx.HTTPError as exc:
+                log.debug("webhook to %s failed: %r", endpoint.url, exc)
+                continue
+            if 200 <= response.status_code < 300:
+                endpoint.deliveries += 1
+                return True
+        return False

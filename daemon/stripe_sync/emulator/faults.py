@@ -1,0 +1,118 @@
+"""Scriptable faults (per endpoint, next-N or by seeded probability) and the
+optional enforced rate limit."""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("rate_limit", "500", "503", "latency", "drop", "applied_response_lost")
+
+
+@dataclass
+class FaultRule:
+    kind: str
+    method: str = "*"
+    path: str = "*"
+    count: int | None = 1
+    rate: float | None = None
+    seconds: float = 0.0
+    hits: int = field(default=0)
+
+    def matches(self, method: str, path: str, template: str) -> bool:
+        if self.method not in ("*", method):
+            return False
+        return fnmatch.fnmatchcase(template, self.path) or fnmatch.fnmatchcase(path, self.path)
+
+
+def parse_rule(spec: dict[str, Any]) -> FaultRule:
+    """JSON shape: {"kind": "500", "endpoint": "POST /v1/customers", "count": 2}
+    or {"kind": "rate_limit", "rate": 0.1} (rate rules apply until cleared)."""
+    kind = str(spec["kind"])
+    if kind not in KINDS:
+        raise ValueError(f"unknown fault kind {kind!r}; expected one of {KINDS}")
+    method, path = "*", "*"
+    endpoint = spec.get("endpoint")
+    if endpoint:
+        method, _, path = str(endpoint).strip().partition(" ")
+        if not path:
+            method, path = "*", method
+    rate = spec.get("rate")
+    count = spec.get("count", None if rate is not None else 1)
+    return FaultRule(
+        kind=kind,
+        method=method.upper() if method != "*" else "*",
+        path=path.strip() or "*",
+        count=None if count is None else int(count),
+        rate=None if rate is None else float(rate),
+        seconds=float(spec.get("seconds", 0.0)),
+    )
+
+
+class Faults:
+    def __init__(self, seed: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[FaultRule] = []
+        self._rng = random.Random(seed)
+        self.seed = seed
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self._rng = random.Random(self.seed)
+
+    def rules(self) -> list[FaultRule]:
+        with self._lock:
+            return list(self._rules)
+
+    def triggered(self, method: str, path: str, template: str) -> list[FaultRule]:
+        """Rules firing for this request, consuming next-N counts; exhausted rules go away."""
+        fired: list[FaultRule] = []
+        with self._lock:
+            for rule in list(self._rules):
+                if not rule.matches(method, path, template):
+                    continue
+                if rule.rate is not None and self._rng.random() >= rule.rate:
+                    continue
+                rule.hits += 1
+                if rule.count is not None:
+                    rule.count -= 1
+                    if rule.count <= 0:
+                        self._rules.remove(rule)
+                fired.append(rule)
+        return fired
+
+
+class RateLimiter:
+    """Sliding one-second window, like Stripe's per-account request limits."""
+
+    def __init__(self, per_second: int | None = None) -> None:
+        self.per_second = per_second
+        self._lock = threading.Lock()
+        self._hits: deque[float] = deque()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._hits.clear()
+
+    def allow(self) -> bool:
+        if not self.per_second:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            while self._hits and now - self._hits[0] >= 1.0:
+                self._hits.popleft()
+            if len(self._hits) >= self.per_second:
+                return False
+            self._hits.append(now)
+            return True

@@ -1,0 +1,308 @@
+"""Payment intents, charges and refunds."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from . import billing, shapes_billing
+from .errors import StripeError, invalid, no_such
+from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
+from .listing import paginate, previous_attributes, range_filter
+from .state import JSON, new_id
+
+if TYPE_CHECKING:
+    from .emulator import ApiRequest, Emulator
+
+_PAGE = {"limit", "starting_after", "ending_before", "created"}
+
+
+def _get(emu: Emulator, kind: str, label: str, object_id: str, param: str = "id") -> JSON:
+    obj = emu.store.get(kind, object_id)
+    if obj is None or object_id in emu.store.deleted:
+        raise no_such(label, object_id, param)
+    return obj
+
+
+def _unexpected_state(message: str) -> StripeError:
+    return StripeError(400, message, code="payment_intent_unexpected_state")
+
+
+# -- payment intents -----------------------------------------------------------------
+_PI_UPDATE = {
+    "amount",
+    "currency",
+    "customer",
+    "description",
+    "metadata",
+    "payment_method",
+    "receipt_email",
+    "statement_descriptor",
+    "statement_descriptor_suffix",
+    "setup_future_usage",
+    "shipping",
+    "payment_method_types",
+}
+_PI_CREATE = _PI_UPDATE | {
+    "confirm",
+    "automatic_payment_methods",
+    "capture_method",
+    "off_session",
+    "return_url",
+    "confirmation_method",
+}
+
+
+def _apply_pi(emu: Emulator, pi: JSON, p: dict[str, Any]) -> None:
+    for name in (
+        "description",
+        "receipt_email",
+        "statement_descriptor",
+        "statement_descriptor_suffix",
+        "setup_future_usage",
+        "payment_method",
+    ):
+        if name in p:
+            pi[name] = get_str(p, name)
+    if "customer" in p:
+        customer = get_str(p, "customer")
+        if customer is not None:
+            _get(emu, "customers", "customer", customer, "customer")
+        pi["customer"] = customer
+    if "amount" in p:
+        amount = get_int(p, "amount", required=True) or 0
+        if amount < 1:
+            raise invalid(
+                "amount",
+                "This value must be greater than or equal to 1.",
+                "parameter_invalid_integer",
+            )
+        pi["amount"] = amount
+    if "currency" in p:
+        pi["currency"] = (get_str(p, "currency", required=True) or "").lower()
+    if "payment_method_types" in p:
+        pi["payment_method_types"] = get_list(p, "payment_method_types")
+    auto = get_dict(p, "automatic_payment_methods")
+    if auto:
+        pi["automatic_payment_methods"] = {
+            "allow_redirects": "always",
+            "enabled": get_bool(auto, "enabled"),
+        }
+    pi["metadata"] = merge_metadata(pi["metadata"], p)
+
+
+def create_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, _PI_CREATE)
+    get_int(p, "amount", required=True)
+    get_str(p, "currency", required=True)
+    pi = shapes_billing.payment_intent(new_id("pi"), emu.now(), req.livemode)
+    _apply_pi(emu, pi, p)
+    pi["capture_method"] = get_str(p, "capture_method") or "automatic"
+    if pi["payment_method"]:
+        pi["status"] = "requires_confirmation"
+    emu.store.put("payment_intents", pi)
+    emu.record_event(req, "payment_intent.created", pi)
+    if get_bool(p, "confirm"):
+        _confirm(emu, req, pi, pi["payment_method"])
+    return pi
+
+
+def _confirm(emu: Emulator, req: ApiRequest, pi: JSON, method: str | None) -> None:
+    if pi["status"] not in ("requires_payment_method", "requires_confirmation"):
+        raise _unexpected_state(
+            f"This PaymentIntent's status is {pi['status']}, so it cannot be confirmed."
+        )
+    method = method or pi["payment_method"] or billing.DEFAULT_PAYMENT_METHOD
+    if method in billing.DECLINING_METHODS:
+        raise billing.fail_payment(emu, req, pi, method)
+    pi["payment_method"] = method
+    billing.succeed_payment(emu, req, pi)
+
+
+def confirm_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
+    pi = _get(emu, "payment_intents", "payment_intent", req.path_params["id"])
+    check_known(req.params, {"payment_method", "return_url", "off_session", "receipt_email"})
+    _confirm(emu, req, pi, get_str(req.params, "payment_method"))
+    return pi
+
+
+def update_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
+    pi = _get(emu, "payment_intents", "payment_intent", req.path_params["id"])
+    check_known(req.params, _PI_UPDATE)
+    if pi["status"] in ("succeeded", "canceled") and set(req.params) - {
+        "metadata",
+        "description",
+        "expand",
+    }:
+        raise _unexpected_state(
+            f"This PaymentIntent's status is {pi['status']}; it cannot be updated."
+        )
+    before = copy.deepcopy(pi)
+    _apply_pi(emu, pi, req.params)
+    changed = previous_attributes(before, pi)
+    if changed:
+        emu.record_event(req, "payment_intent.updated", pi, changed)
+    return pi
+
+
+def cancel_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
+    pi = _get(emu, "payment_intents", "payment_intent", req.path_params["id"])
+    check_known(req.params, {"cancellation_reason"})
+    if pi["status"] in ("succeeded", "canceled"):
+        raise _unexpected_state(
+            f"You cannot cancel this PaymentIntent because it has a status of {pi['status']}."
+        )
+    pi.update(
+        status="canceled",
+        canceled_at=emu.now(),
+        cancellation_reason=get_str(req.params, "cancellation_reason") or "requested_by_customer",
+    )
+    emu.record_event(req, "payment_intent.canceled", pi)
+    return pi
+
+
+def retrieve_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
+    return _get(emu, "payment_intents", "payment_intent", req.path_params["id"])
+
+
+def list_payment_intents(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, _PAGE | {"customer"})
+    customer = get_str(p, "customer")
+    created = range_filter(p, "created")
+    rows = [
+        x
+        for x in emu.store.newest_first("payment_intents")
+        if (customer is None or x["customer"] == customer) and created(x)
+    ]
+    return paginate(rows, p, "/v1/payment_intents", "payment_intent")
+
+
+# -- charges and refunds -------------------------------------------------------------
+def retrieve_charge(emu: Emulator, req: ApiRequest) -> JSON:
+    return _get(emu, "charges", "charge", req.path_params["id"])
+
+
+def list_charges(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, _PAGE | {"customer", "payment_intent"})
+    customer, pi = get_str(p, "customer"), get_str(p, "payment_intent")
+    created = range_filter(p, "created")
+    rows = [
+        x
+        for x in emu.store.newest_first("charges")
+        if (customer is None or x["customer"] == customer)
+        and (pi is None or x["payment_intent"] == pi)
+        and created(x)
+    ]
+    return paginate(rows, p, "/v1/charges", "charge")
+
+
+def create_refund(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(
+        p,
+        {
+            "charge",
+            "payment_intent",
+            "amount",
+            "reason",
+            "metadata",
+            "refund_application_fee",
+            "reverse_transfer",
+        },
+    )
+    charge_id, pi_id = get_str(p, "charge"), get_str(p, "payment_intent")
+    if charge_id is None and pi_id is None:
+        raise StripeError(
+            400,
+            "One of `charge` or `payment_intent` is required.",
+            code="parameter_missing",
+            param="charge",
+        )
+    if pi_id is not None:
+        pi = _get(emu, "payment_intents", "payment_intent", pi_id, "payment_intent")
+        if pi["status"] != "succeeded" or not pi["latest_charge"]:
+            raise _unexpected_state(
+                f"This PaymentIntent ({pi_id}) does not have a successful charge to refund."
+            )
+        charge_id = pi["latest_charge"]
+    ch = _get(emu, "charges", "charge", charge_id or "", "charge")
+    if ch["status"] != "succeeded":
+        raise invalid(
+            "charge",
+            f"Charge {ch['id']} has not succeeded and cannot be refunded.",
+            "charge_not_refundable",
+        )
+    remaining = ch["amount"] - ch["amount_refunded"]
+    if remaining <= 0:
+        raise StripeError(
+            400,
+            f"Charge {ch['id']} has already been refunded.",
+            code="charge_already_refunded",
+            param="charge",
+        )
+    amount = get_int(p, "amount")
+    amount = remaining if amount is None else amount
+    if amount <= 0 or amount > remaining:
+        raise invalid(
+            "amount",
+            f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining}).",
+            "amount_too_large",
+        )
+    reason = get_str(p, "reason")
+    if reason not in (None, "duplicate", "fraudulent", "requested_by_customer"):
+        raise invalid("reason", "Invalid reason", "parameter_invalid_string")
+    refund = shapes_billing.refund(new_id("re"), emu.now())
+    refund.update(
+        amount=amount,
+        charge=ch["id"],
+        currency=ch["currency"],
+        payment_intent=ch["payment_intent"],
+        reason=reason,
+        metadata=merge_metadata({}, p),
+        balance_transaction=new_id("txn"),
+    )
+    emu.store.put("refunds", refund)
+    before = copy.deepcopy(ch)
+    ch["amount_refunded"] += amount
+    ch["refunded"] = ch["amount_refunded"] >= ch["amount"]
+    ch["refunds"]["data"].insert(0, refund)
+    emu.record_event(req, "charge.refunded", ch, previous_attributes(before, ch))
+    emu.record_event(req, "refund.created", refund)
+    return refund
+
+
+def retrieve_refund(emu: Emulator, req: ApiRequest) -> JSON:
+    return _get(emu, "refunds", "refund", req.path_params["id"])
+
+
+def list_refunds(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, _PAGE | {"charge", "payment_intent"})
+    charge, pi = get_str(p, "charge"), get_str(p, "payment_intent")
+    created = range_filter(p, "created")
+    rows = [
+        x
+        for x in emu.store.newest_first("refunds")
+        if (charge is None or x["charge"] == charge)
+        and (pi is None or x["payment_intent"] == pi)
+        and created(x)
+    ]
+    return paginate(rows, p, "/v1/refunds", "refund")
+
+
+ROUTES = [
+    ("POST", "/v1/payment_intents", create_payment_intent),
+    ("GET", "/v1/payment_intents", list_payment_intents),
+    ("GET", "/v1/payment_intents/{id}", retrieve_payment_intent),
+    ("POST", "/v1/payment_intents/{id}", update_payment_intent),
+    ("POST", "/v1/payment_intents/{id}/confirm", confirm_payment_intent),
+    ("POST", "/v1/payment_intents/{id}/cancel", cancel_payment_intent),
+    ("GET", "/v1/charges", list_charges),
+    ("GET", "/v1/charges/{id}", retrieve_charge),
+    ("POST", "/v1/refunds", create_refund),
+    ("GET", "/v1/refunds", list_refunds),
+    ("GET", "/v1/refunds/{id}", retrieve_refund),
+]

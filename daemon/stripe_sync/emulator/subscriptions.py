@@ -1,0 +1,306 @@
+"""Subscriptions and their invoices."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from . import billing, shapes
+from .errors import StripeError, invalid, missing, no_such
+from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
+from .listing import paginate, previous_attributes, range_filter
+from .state import JSON, new_id
+
+if TYPE_CHECKING:
+    from .emulator import ApiRequest, Emulator
+
+_PAGE = {"limit", "starting_after", "ending_before", "created"}
+
+
+def _get(emu: Emulator, kind: str, label: str, object_id: str, param: str = "id") -> JSON:
+    obj = emu.store.get(kind, object_id)
+    if obj is None or object_id in emu.store.deleted:
+        raise no_such(label, object_id, param)
+    return obj
+
+
+# -- subscriptions -------------------------------------------------------------------
+_SUB_UPDATE = {
+    "items",
+    "metadata",
+    "cancel_at_period_end",
+    "cancel_at",
+    "pause_collection",
+    "description",
+    "default_payment_method",
+    "proration_behavior",
+    "payment_behavior",
+    "collection_method",
+    "days_until_due",
+    "cancellation_details",
+}
+_SUB_CREATE = (_SUB_UPDATE - {"pause_collection"}) | {
+    "customer",
+    "trial_period_days",
+    "currency",
+    "off_session",
+    "billing_cycle_anchor",
+}
+
+
+def _price_for_item(emu: Emulator, spec: dict[str, Any], index: int, currency: str | None) -> JSON:
+    param = f"items[{index}][price]"
+    price_id = get_str(spec, "price")
+    if price_id is None:
+        raise missing(param)
+    price = _get(emu, "prices", "price", price_id, param)
+    if price["type"] != "recurring":
+        raise invalid(
+            param,
+            "The price specified is set to `type=one_time` but this field only accepts "
+            "prices with `type=recurring`.",
+            "parameter_invalid_string",
+        )
+    if not price["active"]:
+        raise invalid(
+            param, f"The price specified is inactive: {price_id}", "parameter_invalid_string"
+        )
+    if currency is not None and price["currency"] != currency:
+        raise invalid(
+            param,
+            "All prices on a subscription must have the same currency.",
+            "parameter_invalid_string",
+        )
+    return price
+
+
+def _quantity(spec: dict[str, Any], index: int) -> int | None:
+    qty = get_int(spec, "quantity")
+    if qty is not None and qty < 0:
+        raise invalid(
+            f"items[{index}][quantity]", "Invalid non-negative integer", "parameter_invalid_integer"
+        )
+    return qty
+
+
+def _new_item(
+    emu: Emulator, sub: JSON, price: JSON, qty: int, spec: dict[str, Any], start: int, end: int
+) -> JSON:
+    item = shapes.subscription_item(new_id("si", 14), emu.now(), sub["id"], price, qty)
+    item["metadata"] = merge_metadata({}, spec)
+    item.update(current_period_start=start, current_period_end=end)
+    emu.store.put("subscription_items", item)
+    return item
+
+
+def create_subscription(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, _SUB_CREATE)
+    customer_id = get_str(p, "customer", required=True) or ""
+    _get(emu, "customers", "customer", customer_id, "customer")
+    specs = get_list(p, "items")
+    if not specs:
+        raise missing("items")
+    now = emu.now()
+    currency: str | None = None
+    prices = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise invalid(f"items[{i}]", "Invalid object", "parameter_invalid_object")
+        price = _price_for_item(emu, spec, i, currency)
+        currency = price["currency"]
+        prices.append(price)
+    sub = shapes.subscription(new_id("sub"), now, req.livemode)
+    trial_days = get_int(p, "trial_period_days")
+    first = prices[0]["recurring"]
+    if trial_days:
+        end = now + trial_days * 86400
+        sub.update(status="trialing", trial_start=now, trial_end=end)
+    else:
+        end = billing.add_interval(now, first["interval"], first["interval_count"])
+        sub["status"] = "active"
+    for i, (spec, price) in enumerate(zip(specs, prices, strict=True)):
+        qty = _quantity(spec, i)
+        sub["items"]["data"].append(
+            _new_item(emu, sub, price, 1 if qty is None else qty, spec, now, end)
+        )
+    sub.update(
+        customer=customer_id,
+        currency=currency,
+        metadata=merge_metadata({}, p),
+        description=get_str(p, "description"),
+        default_payment_method=get_str(p, "default_payment_method"),
+        collection_method=get_str(p, "collection_method") or "charge_automatically",
+        billing_cycle_anchor=end if trial_days else now,
+    )
+    if get_bool(p, "cancel_at_period_end"):
+        sub.update(cancel_at_period_end=True, cancel_at=end)
+    # Stripe's subscription.created already names the first invoice.
+    sub["latest_invoice"] = new_id("in")
+    emu.store.put("subscriptions", sub)
+    emu.record_event(req, "customer.subscription.created", sub)
+    billing.subscription_invoice(emu, req, sub, "subscription_create", not trial_days)
+    return sub
+
+
+def retrieve_subscription(emu: Emulator, req: ApiRequest) -> JSON:
+    return _get(emu, "subscriptions", "subscription", req.path_params["id"])
+
+
+def _update_items(emu: Emulator, sub: JSON, specs: list[Any]) -> None:
+    items: list[JSON] = sub["items"]["data"]
+    start = items[0]["current_period_start"] if items else emu.now()
+    end = items[0]["current_period_end"] if items else emu.now()
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise invalid(f"items[{i}]", "Invalid object", "parameter_invalid_object")
+        item_id = get_str(spec, "id")
+        if item_id is None:
+            price = _price_for_item(emu, spec, i, sub["currency"])
+            qty = _quantity(spec, i)
+            items.append(_new_item(emu, sub, price, 1 if qty is None else qty, spec, start, end))
+            continue
+        matches = [it for it in items if it["id"] == item_id]
+        if not matches:
+            raise no_such("subscription_item", item_id, f"items[{i}][id]")
+        item = matches[0]
+        if get_bool(spec, "deleted"):
+            items.remove(item)
+            emu.store.deleted.add(item_id)
+            continue
+        if "price" in spec:
+            item["price"] = _price_for_item(emu, spec, i, sub["currency"])
+            item["plan"] = shapes.plan_from_price(item["price"])
+        qty = _quantity(spec, i)
+        if qty is not None:
+            item["quantity"] = qty
+        item["metadata"] = merge_metadata(item["metadata"], spec)
+    if not items:
+        raise invalid(
+            "items", "A subscription must have at least one active item.", "parameter_invalid_empty"
+        )
+
+
+def update_subscription(emu: Emulator, req: ApiRequest) -> JSON:
+    sub = _get(emu, "subscriptions", "subscription", req.path_params["id"])
+    p = req.params
+    check_known(p, _SUB_UPDATE)
+    if sub["status"] == "canceled" and set(p) - {"metadata", "cancellation_details", "expand"}:
+        raise StripeError(
+            400,
+            "A canceled subscription can only update its cancellation_details and metadata.",
+        )
+    before = copy.deepcopy(sub)
+    if "items" in p:
+        _update_items(emu, sub, get_list(p, "items"))
+    sub["metadata"] = merge_metadata(sub["metadata"], p)
+    for name in ("description", "default_payment_method", "collection_method"):
+        if name in p:
+            sub[name] = get_str(p, name)
+    at_period_end = get_bool(p, "cancel_at_period_end")
+    if at_period_end is not None:
+        period_end = sub["items"]["data"][0]["current_period_end"]
+        sub.update(
+            cancel_at_period_end=at_period_end, cancel_at=period_end if at_period_end else None
+        )
+    if "cancel_at" in p:
+        sub.update(cancel_at=get_int(p, "cancel_at"), cancel_at_period_end=False)
+    if "pause_collection" in p:
+        pause = get_dict(p, "pause_collection")
+        if pause:
+            behavior = get_str(pause, "behavior", required=False)
+            if behavior not in ("keep_as_draft", "mark_uncollectible", "void"):
+                raise invalid(
+                    "pause_collection[behavior]",
+                    "Invalid pause_collection[behavior]",
+                    "parameter_invalid_string",
+                )
+            sub["pause_collection"] = {
+                "behavior": behavior,
+                "resumes_at": get_int(pause, "resumes_at"),
+            }
+        else:
+            sub["pause_collection"] = None
+    details = get_dict(p, "cancellation_details")
+    if details:
+        sub["cancellation_details"] = {**sub["cancellation_details"], **details}
+    changed = previous_attributes(before, sub)
+    if changed:
+        emu.record_event(req, "customer.subscription.updated", sub, changed)
+    return sub
+
+
+def cancel_subscription(emu: Emulator, req: ApiRequest) -> JSON:
+    sub = _get(emu, "subscriptions", "subscription", req.path_params["id"])
+    check_known(req.params, {"invoice_now", "prorate", "cancellation_details"})
+    if sub["status"] == "canceled":
+        raise StripeError(400, f"This subscription is already canceled: {sub['id']}", param="id")
+    now = emu.now()
+    sub.update(status="canceled", canceled_at=now, ended_at=now)
+    sub["cancellation_details"]["reason"] = "cancellation_requested"
+    details = get_dict(req.params, "cancellation_details")
+    if details:
+        sub["cancellation_details"].update(details)
+    emu.record_event(req, "customer.subscription.deleted", sub)
+    return sub
+
+
+def list_subscriptions(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, _PAGE | {"customer", "price", "status", "collection_method"})
+    customer, price, status = get_str(p, "customer"), get_str(p, "price"), get_str(p, "status")
+    created = range_filter(p, "created")
+
+    def keep(s: JSON) -> bool:
+        # Like Stripe, canceled subscriptions only show up when asked for.
+        if status is None and s["status"] == "canceled":
+            return False
+        if status not in (None, "all") and s["status"] != status:
+            return False
+        if price is not None and all(it["price"]["id"] != price for it in s["items"]["data"]):
+            return False
+        return (customer is None or s["customer"] == customer) and created(s)
+
+    rows = filter(keep, emu.store.newest_first("subscriptions"))
+    return paginate(rows, p, "/v1/subscriptions", "subscription")
+
+
+# -- invoices ------------------------------------------------------------------------
+def retrieve_invoice(emu: Emulator, req: ApiRequest) -> JSON:
+    return _get(emu, "invoices", "invoice", req.path_params["id"])
+
+
+def list_invoices(emu: Emulator, req: ApiRequest) -> JSON:
+    p = req.params
+    check_known(p, _PAGE | {"customer", "subscription", "status", "collection_method", "due_date"})
+    customer, sub, status = get_str(p, "customer"), get_str(p, "subscription"), get_str(p, "status")
+    created = range_filter(p, "created")
+
+    def keep(i: JSON) -> bool:
+        return (
+            (customer is None or i["customer"] == customer)
+            and (sub is None or i["subscription"] == sub)
+            and (status is None or i["status"] == status)
+            and created(i)
+        )
+
+    return paginate(filter(keep, emu.store.newest_first("invoices")), p, "/v1/invoices", "invoice")
+
+
+def list_invoice_lines(emu: Emulator, req: ApiRequest) -> JSON:
+    inv = _get(emu, "invoices", "invoice", req.path_params["id"])
+    check_known(req.params, _PAGE)
+    lines = list(inv["lines"]["data"])
+    return paginate(lines, req.params, f"/v1/invoices/{inv['id']}/lines", "line_item")
+
+
+ROUTES = [
+    ("POST", "/v1/subscriptions", create_subscription),
+    ("GET", "/v1/subscriptions", list_subscriptions),
+    ("GET", "/v1/subscriptions/{id}", retrieve_subscription),
+    ("POST", "/v1/subscriptions/{id}", update_subscription),
+    ("DELETE", "/v1/subscriptions/{id}", cancel_subscription),
+    ("GET", "/v1/invoices", list_invoices),
+    ("GET", "/v1/invoices/{id}", retrieve_invoice),
+    ("GET", "/v1/invoices/{id}/lines", list_invoice_lines),
+]

@@ -1,0 +1,74 @@
+"""Idempotency-Key semantics of the Stripe emulator, through the official SDK."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import stripe
+from stripe_sync.emulator import EmulatorServer
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+
+def _post(server: EmulatorServer, path: str, data: dict[str, str], key: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}{path}",
+        data=data,
+        headers={"Authorization": "Bearer sk_test_x", "Idempotency-Key": key},
+    )
+
+
+def test_replay_returns_first_response(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    opts: stripe.RequestOptions = {"idempotency_key": "key-1"}
+    first = stripe_client.v1.customers.create(params={"email": "a@x.io"}, options=opts)
+    second = stripe_client.v1.customers.create(params={"email": "a@x.io"}, options=opts)
+    assert first.id == second.id
+    assert emulator.emulator.count("customers") == 1
+    assert len(emulator.emulator.events_of_type("customer.created")) == 1
+    raw1 = _post(emulator, "/v1/customers", {"email": "raw"}, "key-raw")
+    raw2 = _post(emulator, "/v1/customers", {"email": "raw"}, "key-raw")
+    assert raw2.status_code == raw1.status_code == 200 and raw2.content == raw1.content
+    assert raw2.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in raw1.headers
+
+
+def test_errors_are_replayed(emulator: EmulatorServer) -> None:
+    first = _post(emulator, "/v1/prices", {"currency": "usd"}, "bad-1")
+    assert first.status_code == 400
+    second = _post(emulator, "/v1/prices", {"currency": "usd"}, "bad-1")
+    assert second.status_code == 400 and second.content == first.content
+    assert second.headers["idempotent-replayed"] == "true"
+
+
+def test_different_parameters_conflict(stripe_client: stripe.StripeClient) -> None:
+    opts: stripe.RequestOptions = {"idempotency_key": "key-2"}
+    stripe_client.v1.customers.create(params={"email": "a@x.io"}, options=opts)
+    with pytest.raises(stripe.IdempotencyError) as err:
+        stripe_client.v1.customers.create(params={"email": "b@x.io"}, options=opts)
+    assert err.value.http_status == 400
+    assert err.value.error is not None and err.value.error.type == "idempotency_error"
+    with pytest.raises(stripe.IdempotencyError):
+        stripe_client.v1.products.create(params={"name": "other endpoint"}, options=opts)
+
+
+def test_keys_expire_after_24_hours(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    opts: stripe.RequestOptions = {"idempotency_key": "key-3"}
+    first = stripe_client.v1.customers.create(options=opts)
+    emulator.emulator.advance_clock(23 * 3600)
+    assert stripe_client.v1.customers.create(options=opts).id == first.id
+    httpx.post(f"{emulator.base_url}/_emulator/clock", json={"advance": 3600})
+    assert stripe_client.v1.customers.create(options=opts).id != first.id
+    assert emulator.emulator.count("customers") == 2
+
+
+def test_keys_are_per_api_key(emulator: EmulatorServer) -> None:
+    one = _post(emulator, "/v1/customers", {}, "shared")
+    other = httpx.post(
+        f"{emulator.base_url}/v1/customers",
+        headers={"Authorization": "Bearer sk_test_other", "Idempotency-Key": "shared"},
+    )
+    assert one.json()["id"] != other.json()["id"]

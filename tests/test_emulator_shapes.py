@@ -1,0 +1,67 @@
+"""Emulated objects carry every top-level field Stripe's published fixtures have
+(tests/data/stripe_openapi_fixtures.json, from stripe/openapi; see LICENSE-stripe-openapi.txt)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import stripe
+from stripe_sync.emulator import EmulatorServer
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+FIXTURES = json.loads(
+    (Path(__file__).parent / "data" / "stripe_openapi_fixtures.json").read_text()
+)["resources"]
+
+
+def _raw(server: EmulatorServer, path: str) -> dict[str, Any]:
+    response = httpx.get(f"{server.base_url}{path}", headers={"Authorization": "Bearer sk_test_x"})
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_every_fixture_field_present(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    cus = stripe_client.v1.customers.create(params={"email": "shape@x.io"})
+    product = stripe_client.v1.products.create(params={"name": "Shape"})
+    price = stripe_client.v1.prices.create(
+        params={
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount": 700,
+            "recurring": {"interval": "month"},
+        }
+    )
+    sub = stripe_client.v1.subscriptions.create(
+        params={"customer": cus.id, "items": [{"price": price.id}]}
+    )
+    invoice = _raw(emulator, f"/v1/invoices/{sub.latest_invoice}")
+    pi_id = invoice["payments"]["data"][0]["payment"]["payment_intent"]
+    payment_intent = _raw(emulator, f"/v1/payment_intents/{pi_id}")
+    refund = stripe_client.v1.refunds.create(params={"payment_intent": pi_id})
+    subscription = _raw(emulator, f"/v1/subscriptions/{sub.id}")
+    ours = {
+        "customer": _raw(emulator, f"/v1/customers/{cus.id}"),
+        "product": _raw(emulator, f"/v1/products/{product.id}"),
+        "price": _raw(emulator, f"/v1/prices/{price.id}"),
+        "subscription": subscription,
+        "subscription_item": subscription["items"]["data"][0],
+        "invoice": invoice,
+        "payment_intent": payment_intent,
+        "charge": _raw(emulator, f"/v1/charges/{payment_intent['latest_charge']}"),
+        "refund": _raw(emulator, f"/v1/refunds/{refund.id}"),
+        "event": _raw(emulator, "/v1/events")["data"][0],
+        "account": _raw(emulator, "/v1/account"),
+    }
+    assert set(ours) == set(FIXTURES)
+    for name, fixture in FIXTURES.items():
+        missing = sorted(set(fixture) - set(ours[name]))
+        assert not missing, f"{name} lacks {missing}"
+        assert ours[name]["object"] == fixture["object"]
