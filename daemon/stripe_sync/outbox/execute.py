@@ -1,0 +1,33 @@
+"""The outbox dispatch table: one small executor per action_type."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..errors import PermanentError
+from ..queue import Done, Handler, Job
+from . import customers, prices, products
+from .family import Context
+
+Executor = Callable[[Context, Job], Awaitable[Done]]
+
+EXECUTORS: dict[str, Executor] = {
+    "create_stripe_customer": customers.create,
+    "update_stripe_customer": customers.update,
+    "create_stripe_product": products.create,
+    "update_stripe_product": products.update,
+    "archive_stripe_product": products.archive,
+    "create_stripe_price": prices.create,
+    "update_stripe_price": prices.update,
+    "archive_stripe_price": prices.archive,
+}
+
+
+def make_handler(ctx: Context) -> Handler:
+    async def handle(job: Job) -> Done:
+        executor = EXECUTORS.get(job.kind)
+        if executor is None:  # the CHECK constraint and this table disagree
+            raise PermanentError(f"action_type {job.kind!r}: no executor in this daemon version")
+        return await executor(ctx, job)
+
+    return handle

@@ -1,0 +1,43 @@
+-- Queries of the outbox executors. {mapping} is stripe.<family>_mappings,
+-- {mc_col} its MC id column, {stripe_col} its Stripe id column.
+
+-- name: load_account
+SELECT a.email, a.name, m.stripe_customer_id, m.sync_status
+FROM billing.accounts a
+LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
+WHERE a.id = %(id)s
+
+-- name: load_product
+SELECT p.name, p.description, p.active, m.stripe_product_id, m.sync_status
+FROM billing.products p
+LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
+WHERE p.id = %(id)s
+
+-- name: load_price
+-- With the product's mapping: a price can only be created under a synced product.
+SELECT p.product_id, p.currency, p.unit_amount, p.recurring_interval,
+       p.recurring_interval_count, p.nickname, p.active,
+       m.stripe_price_id, m.sync_status, pm.stripe_product_id, pm.sync_status
+FROM billing.prices p
+LEFT JOIN stripe.price_mappings m ON m.price_id = p.id
+LEFT JOIN stripe.product_mappings pm ON pm.product_id = p.product_id
+WHERE p.id = %(id)s
+
+-- name: mark_pending
+-- A create in flight shows as a pending mapping without a Stripe id yet.
+INSERT INTO {mapping} ({mc_col}) VALUES (%(mc_id)s)
+ON CONFLICT ({mc_col}) DO NOTHING
+
+-- name: write_mapping
+-- Never re-point a mapping at another Stripe object: no row back means it
+-- already names a different one.
+INSERT INTO {mapping} AS m ({mc_col}, {stripe_col}, sync_status, synced_at)
+VALUES (%(mc_id)s, %(stripe_id)s, %(status)s, now())
+ON CONFLICT ({mc_col}) DO UPDATE
+SET {stripe_col} = EXCLUDED.{stripe_col}, sync_status = EXCLUDED.sync_status,
+    synced_at = now(), updated_at = now()
+WHERE m.{stripe_col} IS NULL OR m.{stripe_col} = EXCLUDED.{stripe_col}
+RETURNING m.id
+
+-- name: database_name
+SELECT current_database()

@@ -1,0 +1,123 @@
+"""The Stripe SDK client, one pace for all calls, and what each failure means.
+
+The SDK's own retries are off: a retry is the queue's job, so that it is
+logged, backed off, counted against the row's attempts, and sent with the
+same idempotency key however many restarts lie in between.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import anyio
+import stripe
+
+from .config import Secret
+from .errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Pacer:
+    """Spaces calls evenly at ``rate`` per second (0: no pacing).
+
+    Evenly spaced rather than bursty, so that no one-second window Stripe
+    looks at sees more than the rate; a 2 % margin absorbs timer jitter.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / (rate * 0.98) if rate > 0 else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = anyio.current_time()
+        slot = max(now, self._next)
+        # Reserve before sleeping: the event loop is single-threaded, so no lock.
+        self._next = slot + self.interval
+        if slot > now:
+            await anyio.sleep(slot - now)
+
+
+class StripeApi:
+    def __init__(
+        self,
+        api_key: Secret,
+        *,
+        api_base: str | None = None,
+        rate_limit: float = 25.0,
+        timeout: float = 30.0,
+    ) -> None:
+        self.client = stripe.StripeClient(
+            api_key.reveal(),
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=stripe.HTTPXClient(timeout=timeout),
+            max_network_retries=0,
+        )
+        self.pacer = Pacer(rate_limit)
+        self.calls = 0
+        self.rate_limited = 0
+
+    async def call(self, what: str, request: Awaitable[T]) -> T:
+        """Await one SDK coroutine, paced; map its failure to Permanent/TransientError.
+
+        ``what`` names the call in errors, e.g. ``create customer``.
+        """
+        await self.pacer.wait()
+        self.calls += 1
+        try:
+            return await request
+        except stripe.StripeError as exc:
+            if isinstance(exc, stripe.RateLimitError):
+                self.rate_limited += 1
+            raise classify(what, exc) from exc
+
+
+def classify(what: str, exc: stripe.StripeError) -> PermanentError | TransientError:
+    status = exc.http_status
+    headers = exc.headers or {}
+    detail = _detail(exc)
+    should_retry = headers.get("stripe-should-retry")
+    retry_after = _seconds(headers.get("retry-after"))
+    if isinstance(exc, stripe.APIConnectionError):
+        return TransientError(f"Stripe unreachable during {what}: {detail}")
+    if should_retry == "true" or status == 429 or status is None or status >= 500:
+        if should_retry == "false":
+            return PermanentError(
+                f"Stripe refused {what} ({status}) and says not to retry: {detail}"
+            )
+        kind = "rate-limited" if status == 429 else f"failed with {status}"
+        return TransientError(f"Stripe {kind} during {what}: {detail}", retry_after=retry_after)
+    return PermanentError(f"Stripe rejected {what} ({status}{_code(exc)}): {detail}")
+
+
+def is_idempotency_conflict(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, stripe.IdempotencyError) or (
+        isinstance(cause, stripe.StripeError)
+        and isinstance(cause.json_body, dict)
+        and cause.json_body.get("error", {}).get("type") == "idempotency_error"
+    )
+
+
+def _code(exc: stripe.StripeError) -> str:
+    parts = [p for p in (exc.code, getattr(exc, "param", None)) if p]
+    if isinstance(exc, stripe.InvalidRequestError) and getattr(exc, "param", None):
+        return f" {exc.code or 'invalid_request'}, param {exc.param}"
+    return f" {' '.join(parts)}" if parts else ""
+
+
+def _detail(exc: stripe.StripeError) -> str:
+    message = exc.user_message or str(getattr(exc, "_message", "") or "") or type(exc).__name__
+    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

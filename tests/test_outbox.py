@@ -1,0 +1,307 @@
+"""The outbox pipeline end to end: a DBA's SQL insert → NOTIFY → claim → the
+official SDK over HTTP → the emulator → mapping row + done."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from stripe_sync.emulator.server import EmulatorServer
+from stripe_sync.outbox.execute import EXECUTORS
+
+from pipeline import all_settled, eventually, outbox_pipeline, outbox_rows
+
+pytestmark = pytest.mark.anyio
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def catalog(conn: Conn, *, price: bool = True) -> None:
+    conn.execute(
+        "INSERT INTO billing.accounts (id, email, name) VALUES (1, 'ada@example.com', 'Ada')"
+    )
+    conn.execute(
+        "INSERT INTO billing.products (id, name, description) VALUES (1, 'Gold', 'The plan')"
+    )
+    if price:
+        conn.execute(
+            "INSERT INTO billing.prices (id, product_id, currency, unit_amount, "
+            "recurring_interval, nickname) VALUES (1, 1, 'eur', 1500, 'month', 'monthly')"
+        )
+
+
+def enqueue(conn: Conn, action: str, payload: str) -> int:
+    row = conn.execute(
+        "INSERT INTO integration.outbox (action_type, payload) VALUES (%s, %s) RETURNING id",
+        (action, payload),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def mapping(conn: Conn, table: str, mc_col: str, mc_id: int = 1) -> tuple[Any, ...] | None:
+    stripe_col = {
+        "customer": "stripe_customer_id",
+        "product": "stripe_product_id",
+        "price": "stripe_price_id",
+    }[table]
+    return conn.execute(
+        f"SELECT {stripe_col}, sync_status FROM stripe.{table}_mappings WHERE {mc_col} = %s",
+        (mc_id,),
+    ).fetchone()
+
+
+def test_every_allowed_action_has_an_executor(conn: Conn) -> None:
+    check = conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = 'integration.outbox'::regclass AND conname LIKE '%action_type%'"
+    ).fetchone()
+    assert check is not None
+    allowed = set(__import__("re").findall(r"'(\w+)'::text", check[0]))
+    assert allowed == set(EXECUTORS)
+
+
+async def test_create_customer_product_price(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    catalog(conn)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        # A DBA's plain SQL, in one transaction; the price waits for its product.
+        with conn.transaction():
+            enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+            enqueue(conn, "create_stripe_price", '{"price_id": 1}')
+            enqueue(conn, "create_stripe_product", '{"product_id": 1}')
+        rows = await eventually(lambda: all_settled(dsn))
+    assert [r[2] for r in rows] == ["done", "done", "done"], rows
+
+    cus_id, status = mapping(conn, "customer", "account_id") or (None, None)
+    assert status == "synced"
+    customer = emulator.emulator.objects("customers")
+    assert [(c["id"], c["email"], c["name"], c["metadata"]) for c in customer] == [
+        (cus_id, "ada@example.com", "Ada", {"mc_account_id": "1"})
+    ]
+
+    prod_id, _ = mapping(conn, "product", "product_id") or (None, None)
+    price_id, price_status = mapping(conn, "price", "price_id") or (None, None)
+    assert price_status == "synced"
+    [price] = emulator.emulator.objects("prices")
+    assert price["id"] == price_id and price["product"] == prod_id
+    assert (
+        price["unit_amount"],
+        price["currency"],
+        price["recurring"]["interval"],
+        price["nickname"],
+        price["metadata"],
+    ) == (1500, "eur", "month", "monthly", {"mc_price_id": "1"})
+
+
+async def test_updates_and_archives(dsn: str, conn: Conn, emulator: EmulatorServer) -> None:
+    catalog(conn)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        for action, payload in [
+            ("create_stripe_customer", '{"account_id": 1}'),
+            ("create_stripe_product", '{"product_id": 1}'),
+            ("create_stripe_price", '{"price_id": 1}'),
+        ]:
+            enqueue(conn, action, payload)
+        await eventually(lambda: all_settled(dsn))
+        conn.execute("UPDATE billing.accounts SET email = 'ada@new.example', name = 'Ada L.'")
+        conn.execute("UPDATE billing.products SET name = 'Gold+', description = 'Better'")
+        conn.execute("UPDATE billing.prices SET nickname = 'monthly gold'")
+        enqueue(conn, "update_stripe_customer", '{"account_id": 1}')
+        enqueue(conn, "update_stripe_product", '{"product_id": 1}')
+        enqueue(conn, "update_stripe_price", '{"price_id": 1}')
+        await eventually(lambda: all_settled(dsn))
+        enqueue(conn, "archive_stripe_price", '{"price_id": 1}')
+        enqueue(conn, "archive_stripe_product", '{"product_id": 1}')
+        rows = await eventually(lambda: all_settled(dsn))
+    assert [r[2] for r in rows] == ["done"] * 8, rows
+    emu = emulator.emulator
+    [customer] = emu.objects("customers")
+    assert (customer["email"], customer["name"]) == ("ada@new.example", "Ada L.")
+    [product] = emu.objects("products")
+    assert (product["name"], product["description"], product["active"]) == (
+        "Gold+",
+        "Better",
+        False,
+    )
+    [price] = emu.objects("prices")
+    assert (price["nickname"], price["active"], price["unit_amount"]) == (
+        "monthly gold",
+        False,
+        1500,
+    )
+    assert mapping(conn, "product", "product_id") == (product["id"], "deleted")
+    assert mapping(conn, "price", "price_id") == (price["id"], "deleted")
+
+
+@pytest.mark.parametrize(
+    "payload,error",
+    [
+        ('{"account_id": "1"}', "payload.account_id: expected int, got str"),
+        ("{}", 'payload.account_id: missing (expected {"account_id": <id>})'),
+        ('{"acount_id": 1}', "payload.account_id: missing"),
+        ("[1]", "payload: expected a JSON object, got array"),
+        ('{"account_id": 42}', "billing.accounts id=42 does not exist"),
+        ('{"account_id": 0}', "payload.account_id: expected a positive id"),
+    ],
+)
+async def test_bad_payload_fails_clearly_and_the_daemon_keeps_going(
+    dsn: str, conn: Conn, emulator: EmulatorServer, payload: str, error: str
+) -> None:
+    catalog(conn, price=False)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        bad = enqueue(conn, "create_stripe_customer", payload)
+        good = enqueue(conn, "create_stripe_product", '{"product_id": 1}')
+        rows = {r[0]: r for r in await eventually(lambda: all_settled(dsn))}
+    assert rows[bad][2:] == ("failed", 1, rows[bad][4])
+    assert error in rows[bad][4]
+    assert rows[good][2] == "done"
+    assert emulator.emulator.count("customers") == 0
+
+
+@pytest.mark.parametrize("fault", ["rate_limit", "500", "503", "drop"])
+async def test_transient_faults_are_retried_to_exactly_one_object(
+    dsn: str, conn: Conn, emulator: EmulatorServer, fault: str
+) -> None:
+    catalog(conn, price=False)
+    emulator.emulator.add_fault(fault, "POST /v1/customers", count=2)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        [row] = await eventually(lambda: all_settled(dsn))
+    assert row[2:4] == ("done", 3)
+    assert emulator.emulator.count("customers") == 1
+
+
+async def test_applied_but_response_lost_makes_exactly_one_customer(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    catalog(conn, price=False)
+    emulator.emulator.add_fault("applied_response_lost", "POST /v1/customers", count=3)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        [row] = await eventually(lambda: all_settled(dsn))
+    assert row[2] == "done"
+    [customer] = emulator.emulator.objects("customers")
+    assert mapping(conn, "customer", "account_id") == (customer["id"], "synced")
+
+
+async def test_a_create_retried_after_stripe_forgot_the_key_adopts(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    """Idempotency keys live 24 h; past that, the metadata search finds the object."""
+    catalog(conn, price=False)
+    emu = emulator.emulator
+    emu.add_fault("applied_response_lost", "POST /v1/customers", count=1)
+    async with outbox_pipeline(dsn, emulator.base_url, max_attempts=3):
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        await eventually(lambda: emu.count("customers") == 1)
+        emu.advance_clock(25 * 3600)
+        [row] = await eventually(lambda: all_settled(dsn))
+    assert row[2] == "done"
+    assert emu.count("customers") == 1
+    assert emu.stats()["counts"].get("GET /v1/customers/search", 0) >= 1
+
+
+async def test_two_create_rows_for_one_account_make_one_customer(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    catalog(conn, price=False)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        with conn.transaction():
+            enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+            enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        rows = await eventually(lambda: all_settled(dsn))
+    assert [r[2] for r in rows] == ["done", "done"]
+    assert emulator.emulator.count("customers") == 1
+
+
+async def test_stripe_rejection_fails_at_once(
+    dsn: str, conn: Conn, emulator: EmulatorServer, stripe_client: Any
+) -> None:
+    catalog(conn, price=False)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        await eventually(lambda: all_settled(dsn))
+        [customer] = emulator.emulator.objects("customers")
+        stripe_client.v1.customers.delete(customer["id"])  # someone deletes it in the dashboard
+        enqueue(conn, "update_stripe_customer", '{"account_id": 1}')
+        rows = await eventually(lambda: len(outbox_rows(dsn)) == 2 and all_settled(dsn))
+    update = rows[1]
+    assert update[2:4] == ("failed", 1)
+    assert update[4].startswith(f"Stripe rejected update customer {customer['id']} (404")
+
+
+async def test_retry_budget_runs_out_with_a_clear_error(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    catalog(conn, price=False)
+    emulator.emulator.add_fault("503", "POST /v1/customers", count=100)
+    async with outbox_pipeline(dsn, emulator.base_url, max_attempts=3):
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        [row] = await eventually(lambda: all_settled(dsn))
+    assert row[2:4] == ("failed", 3)
+    assert "Stripe failed with 503 during create customer" in row[4]
+    assert row[4].endswith("(gave up after 3 attempts)")
+    assert mapping(conn, "customer", "account_id") == (None, "pending")
+
+
+async def test_price_waits_for_its_product(dsn: str, conn: Conn, emulator: EmulatorServer) -> None:
+    catalog(conn)
+    emulator.emulator.add_fault("500", "POST /v1/products", count=2)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        enqueue(conn, "create_stripe_price", '{"price_id": 1}')
+        enqueue(conn, "create_stripe_product", '{"product_id": 1}')
+        rows = await eventually(lambda: all_settled(dsn))
+    assert [r[2] for r in rows] == ["done", "done"]
+    [price] = emulator.emulator.objects("prices")
+    [product] = emulator.emulator.objects("products")
+    assert price["product"] == product["id"]
+
+
+async def test_failed_row_made_due_by_plain_sql_runs_again(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    async with outbox_pipeline(dsn, emulator.base_url):
+        row_id = enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        await eventually(lambda: all_settled(dsn))
+        catalog(conn, price=False)  # the DBA fixes the cause ...
+        conn.execute(
+            "UPDATE integration.outbox SET status = 'pending', next_attempt_at = now() "
+            "WHERE id = %s",
+            (row_id,),
+        )  # ... and retries by hand
+        await eventually(lambda: outbox_rows(dsn)[0][2] == "done")
+    assert emulator.emulator.count("customers") == 1
+
+
+async def test_pacing_keeps_under_an_enforced_limit(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    emulator.emulator.set_rate_limit(20)
+    conn.execute(
+        "INSERT INTO billing.accounts (email) "
+        "SELECT 'u' || g || '@example.com' FROM generate_series(1, 30) g"
+    )
+    async with outbox_pipeline(dsn, emulator.base_url, rate_limit=20, concurrency=16):
+        conn.execute("SELECT integration.seed_outbox()")
+        rows = await eventually(lambda: all_settled(dsn), timeout=20)
+    assert {r[2] for r in rows} == {"done"}
+    assert emulator.emulator.stats()["rate_limited"] == 0
+    assert emulator.emulator.count("customers") == 30
+
+
+async def test_listen_connection_killed_is_restored(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    catalog(conn, price=False)
+    async with outbox_pipeline(dsn, emulator.base_url) as p:
+        old_pid = p.listener.backend_pid
+        conn.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+        await eventually(lambda: p.listener.connects >= 2 and p.listener.connected, timeout=5)
+        assert p.listener.backend_pid != old_pid
+        # The sweep is an hour away: only a working LISTEN can pick this up.
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        [row] = await eventually(lambda: all_settled(dsn), timeout=5)
+    assert row[2] == "done"
