@@ -45,6 +45,7 @@ environment:
   STRIPE_WEBHOOK_SECRET         whsec_…; several comma-separated while rotating
   STRIPE_API_BASE               Stripe API base URL (the emulator's in development)
   STRIPE_SYNC_BIND              HTTP address (default 127.0.0.1:8080)
+  STRIPE_SYNC_METRICS_BIND      Prometheus metrics address, e.g. 127.0.0.1:9108 (default off)
   STRIPE_SYNC_RATE_LIMIT        Stripe requests/s; 0 = unpaced (default 25 test / 100 live)
   STRIPE_SYNC_CONCURRENCY       rows in flight per queue (default 16)
   STRIPE_SYNC_BATCH_SIZE        rows per claim (default 32)
@@ -120,10 +121,59 @@ async def _stop_on_signal(stop: Callable[[], None]) -> None:
             stop()
 
 
-def cmd_emulator(args: argparse.Namespace) -> int:
-    from .emulator.cli import main as emulator_main
+def _dsn(args: argparse.Namespace) -> str:
+    settings = _settings(args).require("DATABASE_URL")
+    assert settings.database_url is not None
+    return settings.database_url
 
-    return emulator_main(args.emulator_args)
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .status import collect, render, to_json
+
+    status = collect(_dsn(args), failures=args.failures)
+    if args.json:
+        sys.stdout.buffer.write(to_json(status) + b"\n")
+    else:
+        render(status, Console())
+    return 0 if status.healthy else 1
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .db import queries
+
+    if not args.ids and not args.all_failed:
+        print("stripe-sync retry: give row ids or --all-failed", file=sys.stderr)
+        return 2
+    query = queries("ops")["retry_outbox" if args.table == "outbox" else "retry_webhooks"]
+    with psycopg.connect(_dsn(args), autocommit=True) as conn:
+        rows = conn.execute(query, {"ids": args.ids, "all_failed": args.all_failed}).fetchall()
+    done = sorted(r[0] for r in rows)
+    print(f"{len(done)} {args.table} row(s) due again: {', '.join(map(str, done)) or '-'}")
+    missing = sorted(set(args.ids) - set(done))
+    if missing:
+        print(
+            f"not retried (no such row, or not failed): {', '.join(map(str, missing))}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .db import queries
+
+    with psycopg.connect(_dsn(args), autocommit=True) as conn:
+        rows = conn.execute(queries("ops")["replay"], {"ids": args.event_ids}).fetchall()
+    done = {r[0] for r in rows}
+    for event_id in args.event_ids:
+        print(
+            f"{event_id}: queued for replay"
+            if event_id in done
+            else f"{event_id}: not stored (or being processed right now)"
+        )
+    return 0 if len(done) == len(set(args.event_ids)) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -174,13 +224,35 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_ENVIRONMENT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    emulator = command(
-        "emulator",
-        cmd_emulator,
-        "run the Stripe emulator (see `stripe-sync emulator --help`)",
-        add_help=False,
+    status = command(
+        "status",
+        cmd_status,
+        "queue counts, failures, lag and daemons, from the database alone; "
+        "exit 1 when anything is failed or stuck",
+        ["--database-url"],
     )
-    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    status.add_argument(
+        "--failures", type=int, default=10, metavar="N", help="recent failures to show (default 10)"
+    )
+    retry = command(
+        "retry",
+        cmd_retry,
+        "make failed rows due again with a fresh retry budget",
+        ["--database-url"],
+    )
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="row ids (the id column)")
+    retry.add_argument("--all-failed", action="store_true", help="every failed row of the table")
+    retry.add_argument(
+        "--table",
+        choices=["outbox", "webhooks"],
+        default="outbox",
+        help="integration.outbox (default) or integration.webhook_events",
+    )
+    replay = command("replay", cmd_replay, "re-apply stored webhook events", ["--database-url"])
+    replay.add_argument("event_ids", nargs="+", metavar="evt_ID")
+    # parsed by stripe_sync.emulator.cli; listed here for the overview
+    sub.add_parser("emulator", help="run the Stripe emulator (see `stripe-sync emulator --help`)")
     demo = command(
         "demo", cmd_demo, "play the whole loop on a throwaway PostgreSQL and the emulator"
     )
@@ -191,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        # The emulator parses its own options (argparse's REMAINDER drops --help).
+        from .emulator.cli import main as emulator_main
+
+        return emulator_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -199,14 +277,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
+    except Exception as raised:
         from .migrate import MigrationError
         from .provider import ProviderMismatch
+
+        exc = _unwrap(raised)
 
         if isinstance(exc, ProviderMismatch | MigrationError | psycopg.OperationalError | OSError):
             print(f"stripe-sync: {logs.scrub(str(exc)).strip()}", file=sys.stderr)
             return EX_CONFIG if isinstance(exc, ProviderMismatch) else 1
         raise
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one failure inside task-group ExceptionGroups, for a one-line message."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":

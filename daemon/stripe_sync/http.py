@@ -70,7 +70,8 @@ def bind_socket(address: str) -> socket.socket:
 
 async def serve_http(app: Starlette, sock: socket.socket, shutdown: anyio.Event) -> None:
     config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
+    # Hypercorn takes the descriptor over and closes it on shutdown.
+    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5

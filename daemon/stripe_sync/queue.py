@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .db import bound_query
 from .errors import LeaseLost, PermanentError, TransientError
+from .metrics import PROCESSED, WAKEUPS
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,9 @@ class Worker:
 
     # -- control ---------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, cause: str = "notify") -> None:
+        if cause != "slot":
+            WAKEUPS.labels(self.spec.name, cause).inc()
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -256,7 +259,7 @@ class Worker:
             self.in_flight.discard(job.id)
             if not self.in_flight:
                 self._idle.set()
-            self.wake()  # a slot is free
+            self.wake("slot")
 
     async def _record_done(self, job: Job, done: Done) -> None:
         status = done.status or self.spec.done_status
@@ -269,11 +272,13 @@ class Worker:
             )
             if cur.rowcount != 1:
                 raise LeaseLost(job.id)  # rolls back apply
+        PROCESSED.labels(self.spec.name, job.kind, status).inc()
         log.info(
             f"{self.spec.name} row {status}",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
+                "kind": job.kind,
                 "attempt": job.attempts,
                 **({"note": done.note} if done.note else {}),
             },
@@ -283,11 +288,13 @@ class Worker:
         await self._execute_query(
             "finish", {"id": job.id, "worker": self.worker_id, "status": "failed", "error": error}
         )
+        PROCESSED.labels(self.spec.name, job.kind, "failed").inc()
         log.error(
             f"{self.spec.name} row failed",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
+                "kind": job.kind,
                 "attempt": job.attempts,
                 "reason": error,
             },
@@ -303,11 +310,13 @@ class Worker:
         await self._execute_query(
             "retry", {"id": job.id, "worker": self.worker_id, "error": error, "delay": delay}
         )
+        PROCESSED.labels(self.spec.name, job.kind, "retry").inc()
         log.warning(
             f"{self.spec.name} row will be retried",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
+                "kind": job.kind,
                 "attempt": job.attempts,
                 "retry_in": round(delay, 3),
                 "reason": error,
@@ -353,7 +362,7 @@ class Worker:
                 log.warning(
                     "sweep failed", extra={"queue": self.spec.name, "error": _one_line(exc)}
                 )
-            self.wake()
+            self.wake("sweep")
 
 
 def _one_line(exc: BaseException) -> str:

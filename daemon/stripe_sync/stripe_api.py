@@ -16,6 +16,7 @@ import stripe
 
 from .config import Secret
 from .errors import PermanentError, TransientError
+from .metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,11 +70,15 @@ class StripeApi:
         """
         await self.pacer.wait()
         self.calls += 1
+        # "create customer for billing.accounts id=1" → "create customer": no ids in labels
+        timer = STRIPE_SECONDS.labels(" ".join(what.split()[:2])).time()
         try:
-            return await request
+            with timer:
+                return await request
         except stripe.StripeError as exc:
             if isinstance(exc, stripe.RateLimitError):
                 self.rate_limited += 1
+                STRIPE_RATE_LIMITED.inc()
             raise classify(what, exc) from exc
 
 

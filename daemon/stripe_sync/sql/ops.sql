@@ -1,0 +1,68 @@
+-- Operator commands: status, retry, replay. Read-mostly, and cheap on the
+-- partial indexes.
+
+-- name: queue_counts
+SELECT 'outbox' AS queue, status, count(*)::int,
+       extract(epoch FROM now() - min(next_attempt_at) FILTER (
+           WHERE status = 'pending' AND next_attempt_at <= now()))::float8 AS oldest_due_s
+FROM integration.outbox GROUP BY status
+UNION ALL
+SELECT 'webhooks', status, count(*)::int,
+       extract(epoch FROM now() - min(next_attempt_at) FILTER (
+           WHERE status = 'pending' AND next_attempt_at <= now()))::float8
+FROM integration.webhook_events GROUP BY status
+ORDER BY 1, 2
+
+-- name: recent_failures
+(SELECT 'outbox' AS queue, id::text, action_type AS kind, attempts, last_error,
+        coalesce(processed_at, created_at) AS at
+ FROM integration.outbox WHERE status = 'failed' ORDER BY at DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT 'webhooks', stripe_event_id, event_type, attempts, last_error,
+        coalesce(processed_at, received_at) AS at
+ FROM integration.webhook_events WHERE status = 'failed' ORDER BY at DESC LIMIT %(limit)s)
+ORDER BY at DESC LIMIT %(limit)s
+
+-- name: stuck
+-- Claims whose lease ran out long ago: nobody is sweeping (no daemon running).
+SELECT (SELECT count(*) FROM integration.outbox
+        WHERE status = 'processing' AND locked_until < now() - interval '1 minute')
+     + (SELECT count(*) FROM integration.webhook_events
+        WHERE status = 'processing' AND locked_until < now() - interval '1 minute')
+
+-- name: webhook_lag
+-- Seconds between receipt and processing of the newest applied events, and
+-- the age of the oldest event still waiting.
+SELECT (SELECT extract(epoch FROM avg(processed_at - received_at))::float8
+        FROM (SELECT processed_at, received_at FROM integration.webhook_events
+              WHERE status IN ('processed', 'ignored') AND processed_at IS NOT NULL
+              ORDER BY processed_at DESC LIMIT 100) recent),
+       (SELECT extract(epoch FROM now() - min(received_at))::float8
+        FROM integration.webhook_events WHERE status IN ('pending', 'processing'))
+
+-- name: daemons
+SELECT count(*)::int FROM pg_stat_activity
+WHERE application_name = 'stripe-sync/listen' AND datname = current_database()
+
+-- name: retry_outbox
+-- A fresh retry budget; the due-again trigger wakes the daemon.
+UPDATE integration.outbox
+SET status = 'pending', attempts = 0, next_attempt_at = now()
+WHERE (id = ANY(%(ids)s) OR (%(all_failed)s AND status = 'failed'))
+  AND status IN ('failed', 'pending')
+RETURNING id
+
+-- name: retry_webhooks
+UPDATE integration.webhook_events
+SET status = 'pending', attempts = 0, next_attempt_at = now()
+WHERE (id = ANY(%(ids)s) OR (%(all_failed)s AND status = 'failed'))
+  AND status IN ('failed', 'pending')
+RETURNING id
+
+-- name: replay
+-- Re-apply a stored event whatever became of it; ordering still protects
+-- newer state from an older event.
+UPDATE integration.webhook_events
+SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL
+WHERE stripe_event_id = ANY(%(ids)s) AND status <> 'processing'
+RETURNING stripe_event_id

@@ -1,0 +1,107 @@
+"""``stripe-sync status``: what the queues hold and whether anything is wrong,
+read from the database alone (works with the daemon down)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from .db import queries
+
+
+class QueueRow(msgspec.Struct):
+    queue: str
+    status: str
+    count: int
+    oldest_due_seconds: float | None
+
+
+class Failure(msgspec.Struct):
+    queue: str
+    id: str
+    kind: str
+    attempts: int
+    last_error: str | None
+    at: datetime
+
+
+class Status(msgspec.Struct):
+    queues: list[QueueRow]
+    recent_failures: list[Failure]
+    stuck_claims: int
+    webhook_apply_lag_seconds: float | None
+    webhook_oldest_waiting_seconds: float | None
+    daemons_listening: int
+    problems: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+# A due row older than this means the daemon is not keeping up (or is down).
+BACKLOG_ALARM_SECONDS = 300.0
+
+
+def collect(dsn: str, *, failures: int = 10) -> Status:
+    sql = queries("ops")
+    with psycopg.connect(dsn) as conn:
+        rows = [QueueRow(*r) for r in conn.execute(sql["queue_counts"])]
+        recent = [Failure(*r) for r in conn.execute(sql["recent_failures"], {"limit": failures})]
+        stuck = _one(conn, sql["stuck"]) or 0
+        lag, oldest = conn.execute(sql["webhook_lag"]).fetchone() or (None, None)
+        daemons = _one(conn, sql["daemons"]) or 0
+    problems = []
+    failed = sum(r.count for r in rows if r.status == "failed")
+    if failed:
+        problems.append(f"{failed} failed row(s)")
+    if stuck:
+        problems.append(f"{stuck} claim(s) stuck past their lease")
+    backlog = [r for r in rows if (r.oldest_due_seconds or 0) > BACKLOG_ALARM_SECONDS]
+    for r in backlog:
+        problems.append(f"{r.queue}: oldest due row waits {r.oldest_due_seconds:.0f}s")
+    pending = sum(r.count for r in rows if r.status in ("pending", "processing"))
+    if pending and not daemons:
+        problems.append("work is waiting and no daemon is listening")
+    return Status(rows, recent, int(stuck), lag, oldest, int(daemons), problems)
+
+
+def _one(conn: psycopg.Connection[Any], query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    return row[0] if row else None
+
+
+def render(status: Status, console: Console) -> None:
+    table = Table(title="queues", title_justify="left")
+    for col in ("queue", "status", "rows", "oldest due"):
+        table.add_column(col, justify="right" if col in ("rows", "oldest due") else "left")
+    for r in status.queues:
+        due = "" if r.oldest_due_seconds is None else f"{r.oldest_due_seconds:.1f}s"
+        table.add_row(r.queue, r.status, str(r.count), due)
+    console.print(table)
+    lag = status.webhook_apply_lag_seconds
+    console.print(
+        f"daemons listening: {status.daemons_listening}   "
+        f"webhook apply lag: {'-' if lag is None else f'{lag * 1000:.0f} ms'}   "
+        f"stuck claims: {status.stuck_claims}"
+    )
+    if status.recent_failures:
+        failures = Table(title="recent failures", title_justify="left")
+        for col in ("queue", "id", "kind", "attempts", "last_error"):
+            failures.add_column(col, overflow="fold")
+        for f in status.recent_failures:
+            failures.add_row(f.queue, f.id, f.kind, str(f.attempts), f.last_error or "")
+        console.print(failures)
+    if status.problems:
+        console.print("[bold red]problems:[/] " + "; ".join(status.problems))
+    else:
+        console.print("[bold green]ok[/]")
+
+
+def to_json(status: Status) -> bytes:
+    return msgspec.json.encode({**msgspec.structs.asdict(status), "healthy": status.healthy})

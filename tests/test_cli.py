@@ -1,0 +1,123 @@
+"""The stripe-sync command as an operator runs it: a real process, a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+COMMANDS = ["migrate", "seed", "run", "status", "retry", "replay", "emulator", "demo"]
+
+
+def stripe_sync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL"))}
+    return subprocess.run(
+        [sys.executable, "-m", "stripe_sync.cli", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_help_everywhere(command: list[str]) -> None:
+    result = stripe_sync(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout.lower()
+
+
+def test_run_help_lists_every_setting() -> None:
+    from stripe_sync.config import ENV_NAMES
+
+    out = stripe_sync("run", "--help").stdout
+    missing = [name for name in ENV_NAMES if name not in out]
+    assert missing == []
+
+
+def test_bad_config_is_one_clear_line() -> None:
+    result = stripe_sync(
+        "run",
+        env={
+            "DATABASE_URL": "postgresql:///x",
+            "STRIPE_API_KEY": "sk_test_x",
+            "STRIPE_SYNC_CONCURRENCY": "lots",
+        },
+    )
+    assert result.returncode == 78
+    assert result.stderr == (
+        "stripe-sync: configuration error: STRIPE_SYNC_CONCURRENCY: Expected `int`, got `str`\n"
+    )
+    missing = stripe_sync("migrate")
+    assert (missing.returncode, missing.stderr) == (
+        78,
+        "stripe-sync: configuration error: DATABASE_URL is not set\n",
+    )
+
+
+def test_unreachable_database_is_one_line_without_password() -> None:
+    result = stripe_sync(
+        "migrate",
+        env={"DATABASE_URL": "postgresql://u:hunter2secret@127.0.0.1:1/db?connect_timeout=2"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("stripe-sync: ") and "hunter2secret" not in result.stderr
+
+
+def test_migrate_then_noop(empty_dsn: str) -> None:
+    first = stripe_sync("migrate", "--database-url", empty_dsn)
+    assert first.returncode == 0 and first.stdout.startswith("applied "), first.stderr
+    again = stripe_sync("migrate", env={"DATABASE_URL": empty_dsn})
+    assert (again.returncode, again.stdout) == (0, "schema is up to date\n")
+
+
+def test_seed(dsn: str, conn: Conn) -> None:
+    conn.execute("INSERT INTO billing.accounts (email) VALUES ('a@example.com'), ('b@example.com')")
+    assert stripe_sync("seed", "--database-url", dsn).stdout.startswith("enqueued 2 ")
+    assert stripe_sync("seed", "--database-url", dsn).stdout.startswith("enqueued 0 ")
+
+
+def test_status_retry_replay(dsn: str, conn: Conn) -> None:
+    healthy = stripe_sync("status", "--json", "--database-url", dsn)
+    assert healthy.returncode == 0, healthy.stderr
+    assert json.loads(healthy.stdout)["healthy"] is True
+
+    conn.execute(
+        "INSERT INTO integration.outbox (action_type, status, attempts, last_error) "
+        "VALUES ('create_stripe_customer', 'failed', 3, "
+        "'billing.accounts id=42 does not exist')"
+    )
+    conn.execute(
+        "INSERT INTO integration.webhook_events (stripe_event_id, event_type, livemode, "
+        "event_created, payload, status) "
+        "VALUES ('evt_1', 'customer.created', false, 1, '{}', 'processed')"
+    )
+    failed = stripe_sync("status", "--json", "--database-url", dsn)
+    assert failed.returncode == 1
+    report = json.loads(failed.stdout)
+    assert report["problems"] == ["1 failed row(s)"]
+    assert report["recent_failures"][0]["last_error"] == "billing.accounts id=42 does not exist"
+    text = stripe_sync("status", "--database-url", dsn)
+    assert text.returncode == 1 and "does not exist" in text.stdout
+
+    retried = stripe_sync("retry", "--all-failed", "--database-url", dsn)
+    assert retried.returncode == 0 and retried.stdout.startswith("1 outbox row(s) due again")
+    assert conn.execute("SELECT status, attempts FROM integration.outbox").fetchone() == (
+        "pending",
+        0,
+    )
+    unknown = stripe_sync("retry", "999", "--database-url", dsn)
+    assert unknown.returncode == 1 and "999" in unknown.stderr
+
+    replay = stripe_sync("replay", "evt_1", "evt_missing", "--database-url", dsn)
+    assert replay.returncode == 1
+    assert "evt_1: queued for replay" in replay.stdout
+    assert "evt_missing: not stored" in replay.stdout
+    assert conn.execute("SELECT status FROM integration.webhook_events").fetchone() == ("pending",)
