@@ -23,6 +23,7 @@ EXPECTED_TABLES = {
     ("stripe", "price_mappings"),
     ("stripe", "subscription_mappings"),
     ("stripe", "invoice_mappings"),
+    ("stripe", "payment_refunds"),
     ("stripe", "payment_mappings"),
     ("integration", "outbox"),
     ("integration", "webhook_events"),

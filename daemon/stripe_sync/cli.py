@@ -278,14 +278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as raised:
-        from .migrate import MigrationError
+        from .migrate import MigrationError, SchemaNotReady
         from .provider import ProviderMismatch
 
         exc = _unwrap(raised)
 
-        if isinstance(exc, ProviderMismatch | MigrationError | psycopg.OperationalError | OSError):
+        if isinstance(
+            exc,
+            ProviderMismatch | MigrationError | SchemaNotReady | psycopg.OperationalError | OSError,
+        ):
             print(f"stripe-sync: {logs.scrub(str(exc)).strip()}", file=sys.stderr)
-            return EX_CONFIG if isinstance(exc, ProviderMismatch) else 1
+            return EX_CONFIG if isinstance(exc, ProviderMismatch | SchemaNotReady) else 1
         raise
 
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
 
 import psycopg
 
@@ -81,3 +82,23 @@ def migrate(dsn: str) -> list[str]:
                 applied_now.append(migration.filename)
                 log.info("migration applied file=%s", migration.filename)
     return applied_now
+
+
+class SchemaNotReady(Exception):
+    """The daemon refuses to start on a database that is not fully migrated."""
+
+
+async def check_current(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Raise SchemaNotReady unless every migration on disk is applied."""
+    cur = await conn.execute("SELECT to_regclass('integration.schema_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        raise SchemaNotReady("the database has no stripe-sync schema; run `stripe-sync migrate`")
+    cur = await conn.execute("SELECT filename FROM integration.schema_migrations")
+    applied = {r[0] for r in await cur.fetchall()}
+    missing = [m.filename for m in available() if m.filename not in applied]
+    if missing:
+        raise SchemaNotReady(
+            f"{len(missing)} migration(s) not applied ({', '.join(missing)}); "
+            "run `stripe-sync migrate`"
+        )

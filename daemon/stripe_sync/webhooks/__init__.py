@@ -1,0 +1,10 @@
+"""Stripe → MC: the webhook half.
+
+- ``endpoint``: POST /webhooks/stripe verifies the signature and stores the
+  event (``ingest``: group commit), answering 200 only once it has committed.
+- ``process``: the queue handler (``make_handler(WebhookContext(...))``) that
+  dispatches stored events by type to ``customers``, ``catalog``,
+  ``subscriptions``, ``invoices``, ``payments`` and ``checkout``; ``common``
+  holds the ordering rules (see its docstring) and ``shapes`` what is read
+  from events of any API version.
+"""

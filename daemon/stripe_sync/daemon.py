@@ -1,0 +1,180 @@
+"""``stripe-sync run``: one event loop holding everything.
+
+    LISTEN connection ──wake──▶ outbox Worker ──▶ Stripe ──▶ mapping + done
+                      └─wake──▶ webhook Worker ──▶ billing.* + mappings
+    Hypercorn ──▶ /webhooks/stripe ──▶ Ingestor (group commit) ──▶ webhook_events
+
+Shutdown (SIGTERM/SIGINT, or :meth:`Daemon.stop`): stop claiming and stop
+accepting webhooks, let in-flight work finish within the timeout, hand back
+unfinished claims, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+import anyio
+from psycopg_pool import AsyncConnectionPool
+
+from . import metrics, provider, sdnotify
+from .config import Settings
+from .db import make_pool, redact_dsn
+from .http import bind_socket, create_app, serve_http
+from .listen import Listener
+from .migrate import check_current
+from .outbox.execute import make_handler as outbox_handler
+from .outbox.family import Context, key_prefix
+from .queue import OUTBOX, WEBHOOKS, Retry, Worker
+from .stripe_api import StripeApi
+from .webhooks.endpoint import WebhookEndpoint
+from .webhooks.ingest import Ingestor
+from .webhooks.process import WebhookContext
+from .webhooks.process import make_handler as webhook_handler
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        settings.require("DATABASE_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET")
+        assert settings.database_url is not None and settings.stripe_api_key is not None
+        self.settings = settings
+        self.dsn = settings.database_url
+        self.id = worker_id()
+        self.api = StripeApi(
+            settings.stripe_api_key,
+            api_base=settings.stripe_api_base,
+            rate_limit=settings.effective_rate_limit,
+            timeout=settings.stripe_timeout,
+        )
+        self.pool: AsyncConnectionPool = make_pool(self.dsn, size=settings.pool_size)
+        self.workers: list[Worker] = []
+        self.listener: Listener | None = None
+        self.http_port: int | None = None
+        self._stop = anyio.Event()
+        self._http_stop = anyio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _worker(self, spec: Any, handler: Any) -> Worker:
+        s = self.settings
+        return Worker(
+            spec,
+            self.pool,
+            handler,
+            worker_id=self.id,
+            concurrency=s.concurrency,
+            batch_size=s.batch_size,
+            lease_seconds=s.lease_seconds,
+            sweep_interval=s.sweep_interval,
+            retry=Retry(s.max_attempts, s.retry_base_seconds, s.retry_max_seconds),
+            shutdown_timeout=s.shutdown_timeout,
+        )
+
+    async def ready(self) -> dict[str, bool]:
+        database = False
+        try:
+            with anyio.fail_after(2):
+                async with self.pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+            database = True
+        except Exception:
+            log.debug("readiness: database unreachable", exc_info=True)
+        return {
+            "database": database,
+            "listen": bool(self.listener and self.listener.connected),
+            "workers": bool(self.workers) and all(w.running for w in self.workers),
+        }
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        s = self.settings
+        sock = bind_socket(s.bind)
+        self.http_port = sock.getsockname()[1]
+        log.info(
+            "starting",
+            extra={
+                "worker_id": self.id,
+                "database": redact_dsn(self.dsn),
+                "bind": f"{sock.getsockname()[0]}:{self.http_port}",
+                "rate_limit": s.effective_rate_limit or "unpaced",
+                "concurrency": s.concurrency,
+            },
+        )
+        if s.metrics_bind:
+            metrics.serve(s.metrics_bind, self.dsn)
+        try:
+            async with self.pool:
+                await self._run(sock, task_status)
+        finally:
+            sock.close()
+        log.info("stopped", extra={"worker_id": self.id})
+
+    async def _run(self, sock: socket.socket, task_status: anyio.abc.TaskStatus[None]) -> None:
+        s = self.settings
+        assert s.mode is not None
+        async with self.pool.connection() as conn:
+            await check_current(conn)
+        _account, mode = await provider.check(self.pool, self.api, s.mode)
+        outbox = self._worker(
+            OUTBOX, outbox_handler(Context(self.pool, self.api, await key_prefix(self.pool)))
+        )
+        webhooks = self._worker(
+            WEBHOOKS,
+            webhook_handler(
+                WebhookContext(pool=self.pool, api=self.api, mode=mode, refetch=s.webhook_refetch)
+            ),
+        )
+        self.workers = [outbox, webhooks]
+        self.listener = Listener(
+            self.dsn, {OUTBOX.channel: outbox.wake, WEBHOOKS.channel: webhooks.wake}
+        )
+        ingestor = Ingestor(self.pool)
+        endpoint = WebhookEndpoint(
+            ingestor, [x.reveal() for x in s.webhook_secrets], tolerance=s.webhook_tolerance
+        )
+        app = create_app(endpoint, self.ready)
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.listener.run)
+            await tg.start(ingestor.run)
+            async with anyio.create_task_group() as work:
+                for worker in self.workers:
+                    await work.start(worker.run)
+                # In the inner group: in-flight webhook requests finish before
+                # the ingestor behind them is cancelled.
+                work.start_soon(serve_http, app, sock, self._http_stop)
+                tg.start_soon(self._watchdog)
+                sdnotify.notify("READY=1")
+                log.info("ready", extra={"http_port": self.http_port})
+                task_status.started()
+
+                await self._stop.wait()
+                sdnotify.notify("STOPPING=1")
+                log.info(
+                    "stopping: no new claims, no new webhooks",
+                    extra={"timeout": s.shutdown_timeout},
+                )
+                self._http_stop.set()
+                for worker in self.workers:
+                    worker.stop()
+            # Workers have drained (or handed back their claims), HTTP is closed.
+            tg.cancel_scope.cancel()
+
+    async def _watchdog(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await anyio.sleep(interval)

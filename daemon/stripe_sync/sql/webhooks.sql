@@ -1,0 +1,195 @@
+-- Queries of the webhook endpoint and processor. {mapping} is one of the
+-- stripe.*_mappings tables, {mc_col} its MC id column, {stripe_col} its
+-- Stripe id column. Event ids are compared with COLLATE "C", byte order, as
+-- Python compares them, so both sides agree on which event is newer.
+
+-- name: insert_events
+-- Group commit: one statement for all events that queued up meanwhile. A
+-- redelivered event is a no-op; RETURNING names the rows that are new.
+INSERT INTO integration.webhook_events
+    (stripe_event_id, event_type, api_version, livemode, event_created, object_id, account, payload)
+SELECT * FROM unnest(%(ids)s::text[], %(types)s::text[], %(versions)s::text[],
+                     %(livemodes)s::boolean[], %(created)s::bigint[], %(objects)s::text[],
+                     %(accounts)s::text[], %(payloads)s::jsonb[])
+ON CONFLICT (stripe_event_id) DO NOTHING
+RETURNING stripe_event_id
+
+-- name: find_mapping
+-- By Stripe id, or (customers, products, prices) by the MC id its metadata
+-- names while the outbox has not recorded the Stripe id yet.
+SELECT id, {mc_col}, sync_status, last_event_created, last_event_rank, last_event_id
+FROM {mapping}
+WHERE {stripe_col} = %(stripe_id)s OR ({stripe_col} IS NULL AND {mc_col} = %(mc_id)s)
+ORDER BY {stripe_col} IS NULL
+LIMIT 1
+
+-- name: lock_mapping
+-- The same, row-locked: events about one object apply one at a time.
+SELECT id, {mc_col}, sync_status, last_event_created, last_event_rank, last_event_id
+FROM {mapping}
+WHERE {stripe_col} = %(stripe_id)s OR ({stripe_col} IS NULL AND {mc_col} = %(mc_id)s)
+ORDER BY {stripe_col} IS NULL
+LIMIT 1
+FOR UPDATE
+
+-- name: mark_mapping
+UPDATE {mapping}
+SET {stripe_col} = %(stripe_id)s, sync_status = %(status)s,
+    last_event_created = %(created)s, last_event_rank = %(rank)s, last_event_id = %(event_id)s,
+    synced_at = now(), updated_at = now()
+WHERE id = %(id)s
+
+-- name: insert_mapping
+-- First sight of an object born in Stripe (subscription, invoice, payment).
+INSERT INTO {mapping}
+    ({mc_col}, {stripe_col}, sync_status, last_event_created, last_event_rank, last_event_id,
+     synced_at)
+VALUES (%(mc_id)s, %(stripe_id)s, %(status)s, %(created)s, %(rank)s, %(event_id)s, now())
+
+-- name: mc_ids
+-- References: which MC rows these Stripe ids map to.
+SELECT {stripe_col}, {mc_col} FROM {mapping} WHERE {stripe_col} = ANY(%(ids)s)
+
+-- name: object_lock
+-- Serializes the first sight of one Stripe object, before its mapping row exists.
+SELECT pg_advisory_xact_lock(hashtextextended(%(stripe_id)s, 5711))
+
+-- name: insert_subscription
+INSERT INTO billing.subscriptions
+    (account_id, status, current_period_start, current_period_end, cancel_at_period_end,
+     canceled_at, ended_at, trial_start, trial_end, paused)
+VALUES (%(account_id)s, %(status)s, %(current_period_start)s, %(current_period_end)s,
+        %(cancel_at_period_end)s, %(canceled_at)s, %(ended_at)s, %(trial_start)s,
+        %(trial_end)s, %(paused)s)
+RETURNING id
+
+-- name: update_subscription
+UPDATE billing.subscriptions
+SET account_id = %(account_id)s, status = %(status)s,
+    current_period_start = %(current_period_start)s, current_period_end = %(current_period_end)s,
+    cancel_at_period_end = %(cancel_at_period_end)s, canceled_at = %(canceled_at)s,
+    ended_at = %(ended_at)s, trial_start = %(trial_start)s, trial_end = %(trial_end)s,
+    paused = %(paused)s, updated_at = now()
+WHERE id = %(id)s
+
+-- name: delete_other_items
+DELETE FROM billing.subscription_items
+WHERE subscription_id = %(subscription_id)s AND NOT (price_id = ANY(%(prices)s::bigint[]))
+
+-- name: upsert_items
+INSERT INTO billing.subscription_items AS i
+    (subscription_id, price_id, quantity, current_period_start, current_period_end)
+SELECT %(subscription_id)s, p, q, s, e
+FROM unnest(%(prices)s::bigint[], %(quantities)s::integer[], %(starts)s::timestamptz[],
+            %(ends)s::timestamptz[]) AS t (p, q, s, e)
+ON CONFLICT (subscription_id, price_id) DO UPDATE
+SET quantity = EXCLUDED.quantity, current_period_start = EXCLUDED.current_period_start,
+    current_period_end = EXCLUDED.current_period_end, updated_at = now()
+
+-- name: insert_invoice
+INSERT INTO billing.invoices
+    (account_id, subscription_id, status, number, currency, amount_due, amount_paid,
+     amount_remaining, total, period_start, period_end, due_date, paid_at)
+VALUES (%(account_id)s, %(subscription_id)s, %(status)s, %(number)s, %(currency)s,
+        %(amount_due)s, %(amount_paid)s, %(amount_remaining)s, %(total)s, %(period_start)s,
+        %(period_end)s, %(due_date)s, %(paid_at)s)
+RETURNING id
+
+-- name: update_invoice
+UPDATE billing.invoices
+SET account_id = %(account_id)s, subscription_id = %(subscription_id)s, status = %(status)s,
+    number = %(number)s, currency = %(currency)s, amount_due = %(amount_due)s,
+    amount_paid = %(amount_paid)s, amount_remaining = %(amount_remaining)s, total = %(total)s,
+    period_start = %(period_start)s, period_end = %(period_end)s, due_date = %(due_date)s,
+    paid_at = %(paid_at)s, updated_at = now()
+WHERE id = %(id)s
+
+-- name: insert_payment
+INSERT INTO billing.payments
+    (account_id, invoice_id, status, currency, amount, amount_received, failure_message)
+VALUES (%(account_id)s, %(invoice_id)s, %(status)s, %(currency)s, %(amount)s,
+        %(amount_received)s, %(failure_message)s)
+RETURNING id
+
+-- name: update_payment
+UPDATE billing.payments
+SET account_id = %(account_id)s, invoice_id = %(invoice_id)s, status = %(status)s,
+    currency = %(currency)s, amount = %(amount)s, amount_received = %(amount_received)s,
+    failure_message = %(failure_message)s, updated_at = now()
+WHERE id = %(id)s
+
+-- name: set_charge
+-- Remember the charge that carried the money, for refunds that name only the
+-- charge. Never steal a charge id another payment already has.
+UPDATE stripe.payment_mappings AS m
+SET stripe_charge_id = %(charge_id)s, updated_at = now()
+WHERE m.id = %(id)s
+  AND m.stripe_charge_id IS DISTINCT FROM %(charge_id)s
+  AND (NOT %(only_if_unset)s OR m.stripe_charge_id IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM stripe.payment_mappings o WHERE o.stripe_charge_id = %(charge_id)s)
+
+-- name: payment_by_charge
+SELECT stripe_payment_intent_id FROM stripe.payment_mappings WHERE stripe_charge_id = %(charge_id)s
+
+-- name: charge_refunded
+UPDATE stripe.payment_mappings
+SET charge_amount_refunded = greatest(charge_amount_refunded, %(amount)s), updated_at = now()
+WHERE id = %(id)s
+
+-- name: refund_state
+SELECT last_event_created, last_event_rank, last_event_id
+FROM stripe.payment_refunds WHERE stripe_refund_id = %(refund_id)s
+
+-- name: upsert_refund
+-- Ordered per refund: an older event never overwrites a newer one's state.
+INSERT INTO stripe.payment_refunds AS r
+    (stripe_refund_id, payment_id, amount, status, last_event_created, last_event_rank,
+     last_event_id)
+VALUES (%(refund_id)s, %(payment_id)s, %(amount)s, %(status)s, %(created)s, %(rank)s,
+        %(event_id)s)
+ON CONFLICT (stripe_refund_id) DO UPDATE
+SET payment_id = EXCLUDED.payment_id, amount = EXCLUDED.amount, status = EXCLUDED.status,
+    last_event_created = EXCLUDED.last_event_created,
+    last_event_rank = EXCLUDED.last_event_rank, last_event_id = EXCLUDED.last_event_id,
+    updated_at = now()
+WHERE (EXCLUDED.last_event_created, EXCLUDED.last_event_rank, EXCLUDED.last_event_id COLLATE "C")
+    > (r.last_event_created, r.last_event_rank, r.last_event_id COLLATE "C")
+
+-- name: recompute_refunds
+-- amount_refunded: the larger of what the charge reported and what its live
+-- refunds add up to; both only depend on the set of events seen, not their order.
+UPDATE billing.payments AS p
+SET amount_refunded = t.refunded,
+    refund_status = CASE
+        WHEN t.refunded <= 0 THEN 'none'
+        WHEN t.refunded >= CASE WHEN p.amount_received > 0 THEN p.amount_received
+                                ELSE p.amount END THEN 'full'
+        ELSE 'partial' END,
+    updated_at = now()
+FROM (
+    SELECT m.payment_id,
+           greatest(m.charge_amount_refunded,
+                    coalesce((SELECT sum(r.amount) FROM stripe.payment_refunds r
+                              WHERE r.payment_id = m.payment_id
+                                AND coalesce(r.status, '') NOT IN ('failed', 'canceled')),
+                             0))::bigint AS refunded
+    FROM stripe.payment_mappings m
+    WHERE m.payment_id = %(payment_id)s
+) AS t
+WHERE p.id = t.payment_id
+
+-- name: link_customer
+-- Checkout: adopt the customer a session created for an MC account that has
+-- no Stripe customer yet.
+INSERT INTO stripe.customer_mappings AS m (account_id, stripe_customer_id, sync_status, synced_at)
+SELECT a.id, %(stripe_id)s, 'synced', now() FROM billing.accounts a WHERE a.id = %(account_id)s
+ON CONFLICT (account_id) DO UPDATE
+SET stripe_customer_id = EXCLUDED.stripe_customer_id, sync_status = 'synced',
+    synced_at = now(), updated_at = now()
+WHERE m.stripe_customer_id IS NULL
+RETURNING m.id
+
+-- name: account_customer
+SELECT a.id, m.stripe_customer_id
+FROM billing.accounts a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
+WHERE a.id = %(account_id)s

@@ -1,0 +1,35 @@
+"""product.*, price.* and legacy plan.*: confirm the catalog the outbox created.
+
+MC owns its catalog, so these events change only the mappings, never
+billing.products/prices. A ``*.deleted`` event marks the mapping deleted;
+an archived object (active=false) stays ``synced``: archiving is reversible
+in Stripe and MC's own ``active`` column is what the outbox pushed. Legacy
+plans are prices (plan ids are price ids), so plan.* uses the price mappings.
+"""
+
+from __future__ import annotations
+
+from ..queue import Done, Job
+from .common import PRICES, PRODUCTS, Key, Mapping, WebhookContext, confirm, rank_of
+from .shapes import CatalogObject, decode_event, metadata_id
+
+# Ties in one second: an archiving update after a create, a deletion last.
+_RANKS = {"active": 0, "archived": 1}
+
+
+async def _handle(ctx: WebhookContext, job: Job, mapping: Mapping) -> Done:
+    event = decode_event(job.payload, CatalogObject)
+    obj = event.data.object
+    deleted = obj.deleted or event.type.endswith(".deleted")
+    liveness = "archived" if obj.active is False else "active"
+    key = Key(event.created, rank_of(_RANKS, liveness, event.type), event.id)
+    mc_id = metadata_id(obj.metadata, mapping.metadata_key or "")
+    return await confirm(ctx, mapping, obj.id, mc_id, key, "deleted" if deleted else "synced")
+
+
+async def product(ctx: WebhookContext, job: Job) -> Done:
+    return await _handle(ctx, job, PRODUCTS)
+
+
+async def price(ctx: WebhookContext, job: Job) -> Done:
+    return await _handle(ctx, job, PRICES)

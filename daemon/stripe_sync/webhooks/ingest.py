@@ -1,0 +1,255 @@
+"""Storing verified events in integration.webhook_events, with group commit.
+
+Every stored event costs one commit, and a commit waits for the WAL flush.
+Under a burst, requests would queue for connections and flushes one by one;
+instead each request hands its event to one collector task and waits, and
+the collector inserts everything that queued up meanwhile in one multi-row
+statement (one commit, one NOTIFY) and then answers all of them. A lone
+request is inserted at once: the collector never waits for company.
+
+Usage (the daemon, and the ``catch-up`` command)::
+
+    ingestor = Ingestor(pool)
+    async with anyio.create_task_group() as tg:
+        await tg.start(ingestor.run)  # the collector
+        ...  # ingestor.store(raw, envelope) from any task
+        ingestor.stop()
+
+or ``async with ingestor.running(): ...``. Without a running collector,
+``store`` inserts the one event directly, so nothing breaks if the daemon
+never started it (it is merely slower under load).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+import psycopg
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from psycopg_pool import AsyncConnectionPool
+
+from ..db import queries
+from .shapes import Envelope, ObjectHead
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """The event could not be stored; the endpoint answers 5xx so Stripe retries."""
+
+
+class Unstorable(StoreError):
+    """PostgreSQL refuses this one event (e.g. a \\u0000 in a string, which jsonb cannot hold)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    event_id: str
+    event_type: str
+    api_version: str | None
+    livemode: bool
+    created: int
+    object_id: str | None
+    account: str | None
+    payload: str
+
+
+def row_for(raw: bytes | str, event: Envelope) -> Row:
+    """The stored columns of one event (the endpoint has checked its shape)."""
+    head = ObjectHead()
+    if event.data is not None and len(event.data.object):
+        head = msgspec.json.decode(event.data.object, type=ObjectHead)
+    return Row(
+        event_id=event.id or "",
+        event_type=event.type or "",
+        api_version=event.api_version,
+        livemode=event.livemode,
+        created=event.created or 0,
+        object_id=head.id,
+        account=event.account,
+        payload=raw.decode() if isinstance(raw, bytes) else raw,
+    )
+
+
+@dataclass
+class _Waiter:
+    row: Row
+    done: anyio.Event = field(default_factory=anyio.Event)
+    stored: bool = False
+    error: BaseException | None = None
+
+
+class Ingestor:
+    def __init__(self, pool: AsyncConnectionPool, *, max_batch: int = 500) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self.batches = 0  # statements run, for tests and metrics
+        self._send: MemoryObjectSendStream[_Waiter] | None = None
+        self._stop = anyio.Event()
+
+    @property
+    def is_running(self) -> bool:
+        return self._send is not None
+
+    async def store(self, raw: bytes | str, event: Envelope) -> bool:
+        """Store one event; True if new, False if its id was already stored.
+
+        Returns only after the row has committed. Raises StoreError (or
+        Unstorable) when it could not be stored.
+        """
+        waiter = _Waiter(row_for(raw, event))
+        if self._send is None:
+            return (await self.store_rows([waiter.row]))[0]
+        self._send.send_nowait(waiter)  # unbounded: the request itself is the backpressure
+        # Shielded: a client hanging up must not leave the caller unsure
+        # whether the insert it started will commit.
+        with anyio.CancelScope(shield=True):
+            await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.stored
+
+    async def store_rows(self, rows: Sequence[Row]) -> list[bool]:
+        """Insert rows in one statement; per row, True if it was new.
+
+        For callers with many events at hand (catch-up). If PostgreSQL refuses
+        one row, the others are stored one by one and Unstorable names the
+        refused ones.
+        """
+        try:
+            return await self._insert(rows)
+        except psycopg.DataError as exc:
+            if len(rows) == 1:
+                raise Unstorable(f"{rows[0].event_id}: {_one_line(exc)}") from exc
+        results: list[bool] = []
+        refused: list[str] = []
+        for row in rows:
+            try:
+                results.extend(await self._insert([row]))
+            except psycopg.DataError as exc:
+                refused.append(f"{row.event_id}: {_one_line(exc)}")
+                results.append(False)
+        if refused:
+            raise Unstorable("; ".join(refused))
+        return results
+
+    async def _insert(self, rows: Sequence[Row]) -> list[bool]:
+        params: dict[str, Any] = {
+            "ids": [r.event_id for r in rows],
+            "types": [r.event_type for r in rows],
+            "versions": [r.api_version for r in rows],
+            "livemodes": [r.livemode for r in rows],
+            "created": [r.created for r in rows],
+            "objects": [r.object_id for r in rows],
+            "accounts": [r.account for r in rows],
+            "payloads": [r.payload for r in rows],
+        }
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(queries("webhooks")["insert_events"], params)
+            new = {row[0] for row in await cur.fetchall()}
+        self.batches += 1
+        results: list[bool] = []
+        for row in rows:
+            # The same id twice in one batch: only its first occurrence is new.
+            results.append(row.event_id in new)
+            new.discard(row.event_id)
+        return results
+
+    # -- the collector --------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        send, receive = anyio.create_memory_object_stream[_Waiter](math.inf)
+        self._send = send
+        self._stop = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_stop, tg)
+                task_status.started()
+                while True:
+                    batch = [await receive.receive()]
+                    while len(batch) < self.max_batch:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    # Shielded: once taken off the queue, a batch is answered.
+                    with anyio.CancelScope(shield=True):
+                        await self._commit(batch)
+        finally:
+            self._send = None
+            # Requests that queued while we were stopping are still answered.
+            with anyio.CancelScope(shield=True):
+                for waiter in _drain(receive):
+                    await self._commit([waiter])
+                send.close()
+                receive.close()
+
+    async def _watch_stop(self, tg: anyio.abc.TaskGroup) -> None:
+        await self._stop.wait()
+        tg.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Ingestor]:
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.run)
+            try:
+                yield self
+            finally:
+                self.stop()
+
+    async def _commit(self, batch: list[_Waiter]) -> None:
+        try:
+            results = await self._insert([w.row for w in batch])
+        except psycopg.DataError as exc:
+            if len(batch) == 1:
+                _fail(batch, Unstorable(_one_line(exc)))
+                return
+            # One bad row must not fail its batch-mates: one by one then.
+            for waiter in batch:
+                await self._commit([waiter])
+        except (psycopg.Error, OSError) as exc:
+            log.warning(
+                "storing webhook events failed",
+                extra={"events": len(batch), "error": _one_line(exc)},
+            )
+            _fail(batch, StoreError(_one_line(exc)))
+        except Exception as exc:  # a bug: answer the requests rather than hang them
+            log.exception("storing webhook events failed")
+            _fail(batch, StoreError(f"{type(exc).__name__}: {exc}"))
+        else:
+            for waiter, stored in zip(batch, results, strict=True):
+                waiter.stored = stored
+                waiter.done.set()
+
+
+def _fail(batch: list[_Waiter], error: BaseException) -> None:
+    for waiter in batch:
+        waiter.error = error
+        waiter.done.set()
+
+
+def _drain(receive: MemoryObjectReceiveStream[_Waiter]) -> list[_Waiter]:
+    left: list[_Waiter] = []
+    while True:
+        try:
+            left.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return left
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

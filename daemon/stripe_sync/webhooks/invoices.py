@@ -1,0 +1,99 @@
+"""invoice.*: billing.invoices.
+
+Invoices are born in Stripe: the first event creates the MC row and its
+mapping, later ones overwrite it with the state they show. invoice.deleted
+(a deleted draft) keeps the row with status ``deleted`` and marks the
+mapping deleted, so a late invoice.created cannot bring it back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from ..db import queries
+from ..errors import PermanentError
+from ..queue import Done, Job
+from .common import (
+    CUSTOMERS,
+    INVOICES,
+    SUBSCRIPTIONS,
+    Key,
+    Raced,
+    WebhookContext,
+    find,
+    insert_mapping,
+    mark,
+    object_lock,
+    rank_of,
+    resolve_one,
+    ts,
+)
+from .shapes import Invoice, decode_event, ref_id
+
+_RANKS = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3, "deleted": 4}
+
+
+def status_of(invoice: Invoice, event_type: str) -> str:
+    if event_type == "invoice.deleted":
+        return "deleted"
+    if invoice.status:
+        return invoice.status
+    # Versions before invoice.status (2015): paid or not.
+    return "paid" if invoice.paid else "open"
+
+
+async def handle(ctx: WebhookContext, job: Job) -> Done:
+    event = decode_event(job.payload, Invoice)
+    invoice = event.data.object
+    if not invoice.id:
+        # invoice.upcoming has no id: a preview, not an invoice.
+        return Done(status="ignored", note=f"{event.type}: the invoice has no id (a preview)")
+    customer = ref_id(invoice.customer)
+    if customer is None:
+        raise PermanentError(f"invoice {invoice.id} names no customer")
+    status = status_of(invoice, event.type)
+    key = Key(event.created, rank_of(_RANKS, status, event.type), event.id)
+
+    async with ctx.pool.connection() as conn:
+        row = await find(conn, INVOICES, invoice.id)
+        if row is not None and (note := row.stale_note(key)):
+            return Done(note=note)
+        account_id = await resolve_one(ctx, conn, CUSTOMERS, customer)
+        subscription_id = await resolve_one(ctx, conn, SUBSCRIPTIONS, invoice.subscription_id)
+
+    paid_at = invoice.status_transitions.paid_at if invoice.status_transitions else None
+    values: dict[str, Any] = {
+        "account_id": account_id,
+        "subscription_id": subscription_id,
+        "status": status,
+        "number": invoice.number,
+        "currency": invoice.currency or "",
+        "amount_due": invoice.amount_due or 0,
+        "amount_paid": invoice.amount_paid or 0,
+        "amount_remaining": invoice.amount_remaining or 0,
+        "total": invoice.total or 0,
+        "period_start": ts(invoice.period_start),
+        "period_end": ts(invoice.period_end),
+        "due_date": ts(invoice.due_date),
+        "paid_at": ts(paid_at),
+    }
+    sync_status = "deleted" if status == "deleted" else "synced"
+
+    async def apply(conn: AsyncConnection[Any]) -> None:
+        q = queries("webhooks")
+        await object_lock(conn, invoice.id)
+        locked = await find(conn, INVOICES, invoice.id, lock=True)
+        if locked is None:
+            cur = await conn.execute(q["insert_invoice"], values)
+            created = await cur.fetchone()
+            assert created is not None
+            await insert_mapping(conn, INVOICES, created[0], invoice.id, key, sync_status)
+            return
+        if locked.stale_note(key):
+            raise Raced(invoice.id)
+        await conn.execute(q["update_invoice"], {**values, "id": locked.mc_id})
+        await mark(conn, INVOICES, locked.id, invoice.id, key, sync_status)
+
+    return Done(apply=apply)

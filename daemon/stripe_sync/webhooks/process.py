@@ -1,0 +1,155 @@
+"""The webhook dispatch table: event type → handler, and the checks every event passes.
+
+Usage (the daemon)::
+
+    ctx = WebhookContext(pool, api=api, mode="test")
+    worker = Worker(WEBHOOKS, pool, make_handler(ctx), worker_id=...)
+
+Every event type not in HANDLERS is recorded ``ignored`` with a note, never
+failed. Events of the other mode (``livemode`` vs ``ctx.mode``) and Connect
+events (``account`` set) unless ``ctx.allow_connect`` are ignored too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ..errors import PermanentError
+from ..queue import Done, Job
+from ..queue import Handler as QueueHandler
+from . import catalog, checkout, customers, invoices, payments, subscriptions
+from .common import Handler, MissingReference, WebhookContext, ignored
+from .shapes import Envelope, ObjectHead
+
+__all__ = ["HANDLERS", "WebhookContext", "make_handler"]
+
+HANDLERS: dict[str, Handler] = {
+    "customer.created": customers.handle,
+    "customer.updated": customers.handle,
+    "customer.deleted": customers.handle,
+    "product.created": catalog.product,
+    "product.updated": catalog.product,
+    "product.deleted": catalog.product,
+    "price.created": catalog.price,
+    "price.updated": catalog.price,
+    "price.deleted": catalog.price,
+    "plan.created": catalog.price,
+    "plan.updated": catalog.price,
+    "plan.deleted": catalog.price,
+    **{
+        f"customer.subscription.{what}": subscriptions.handle
+        for what in (
+            "created",
+            "updated",
+            "deleted",
+            "paused",
+            "resumed",
+            "trial_will_end",
+            "pending_update_applied",
+            "pending_update_expired",
+        )
+    },
+    **{
+        f"invoice.{what}": invoices.handle
+        for what in (
+            "created",
+            "finalized",
+            "updated",
+            "paid",
+            "payment_failed",
+            "payment_succeeded",
+            "voided",
+            "marked_uncollectible",
+            "deleted",
+            "payment_action_required",
+            "overdue",
+            "will_be_due",
+        )
+    },
+    **{
+        f"payment_intent.{what}": payments.payment_intent
+        for what in (
+            "created",
+            "processing",
+            "succeeded",
+            "payment_failed",
+            "canceled",
+            "requires_action",
+            "amount_capturable_updated",
+            "partially_funded",
+        )
+    },
+    "charge.succeeded": payments.charge,
+    "charge.refunded": payments.charge,
+    "refund.created": payments.refund,
+    "refund.updated": payments.refund,
+    "refund.failed": payments.refund,
+    "checkout.session.completed": checkout.handle,
+}
+
+# What to retrieve for ``refetch``: the object family of an event type.
+_REFETCH: dict[str, str] = {
+    "customer.subscription": "subscriptions",
+    "customer": "customers",
+    "product": "products",
+    "price": "prices",
+    "plan": "plans",
+    "invoice": "invoices",
+    "payment_intent": "payment_intents",
+    "charge": "charges",
+    "refund": "refunds",
+}
+
+
+def make_handler(ctx: WebhookContext) -> QueueHandler:
+    async def handle(job: Job) -> Done:
+        try:
+            envelope = msgspec.json.decode(job.payload, type=Envelope)
+        except msgspec.DecodeError as exc:  # the endpoint checked it; a DBA may not have
+            raise PermanentError(f"payload is not a Stripe event: {exc}") from None
+        livemode = "live" if envelope.livemode else "test"
+        if ctx.mode is not None and livemode != ctx.mode:
+            return ignored(f"{livemode}-mode event, but this daemon syncs {ctx.mode} mode")
+        if envelope.account and not ctx.allow_connect:
+            return ignored(
+                f"Connect event for account {envelope.account}; Connect events are not synced"
+            )
+        handler = HANDLERS.get(job.kind)
+        if handler is None:
+            return ignored(f"event type {job.kind} is not synced by stripe-sync")
+        if ctx.refetch and ctx.api is not None:
+            job = await _refetched(ctx, job, envelope)
+        try:
+            return await handler(ctx, job)
+        except MissingReference as exc:
+            # Its outbox row (or the event that creates it) may still be in
+            # flight; after reference_attempts it is not coming.
+            if job.attempts >= ctx.reference_attempts:
+                plural = "s" if job.attempts != 1 else ""
+                raise PermanentError(f"{exc} (waited {job.attempts} attempt{plural})") from None
+            raise
+
+    return handle
+
+
+async def _refetched(ctx: WebhookContext, job: Job, envelope: Envelope) -> Job:
+    """The job with data.object replaced by the object as Stripe has it now.
+
+    The event's own key still orders it; a newer state than the event shows
+    is harmless, as the newer event's key will match it. Deleted objects
+    cannot be fetched, so deletions use the event's copy.
+    """
+    assert ctx.api is not None
+    if job.kind.endswith(".deleted") or envelope.data is None or not len(envelope.data.object):
+        return job
+    family = next((f for prefix, f in _REFETCH.items() if job.kind.startswith(prefix + ".")), None)
+    object_id = msgspec.json.decode(envelope.data.object, type=ObjectHead).id
+    if family is None or not object_id:
+        return job
+    service: Any = getattr(ctx.api.client.v1, family)
+    fetched = await ctx.api.call(f"retrieve {object_id}", service.retrieve_async(object_id))
+    event: dict[str, Any] = msgspec.json.decode(job.payload)
+    event["data"]["object"] = fetched.to_dict(recursive=True, for_json=True)
+    return job._replace(payload=msgspec.json.encode(event).decode())

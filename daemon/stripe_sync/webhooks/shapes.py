@@ -1,0 +1,272 @@
+"""What the webhook processor reads from Stripe events, as msgspec Structs.
+
+Real events come in every API version since 2015, so every field has a
+default and unknown fields are ignored: the handlers read whichever of the
+alternative places holds a value (``invoice.subscription`` or
+``invoice.parent.subscription_details.subscription``, and so on) and never
+look at ``api_version``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from ..errors import PermanentError
+
+
+class Shape(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """Base: tolerate unknown and missing fields."""
+
+
+class Ref(Shape):
+    """An expanded object where an id was expected; only its id matters here."""
+
+    id: str | None = None
+
+
+# A reference to another object: its id, the object itself (expanded), or null.
+Expandable = str | Ref | None
+
+
+def ref_id(value: Expandable) -> str | None:
+    if isinstance(value, Ref):
+        return value.id or None
+    return value or None
+
+
+# -- the envelope ---------------------------------------------------------------
+
+
+class ObjectHead(Shape):
+    id: str | None = None
+    object: str | None = None
+
+
+class EnvelopeData(Shape):
+    # Raw: the endpoint only checks that it is a JSON object and reads its id.
+    # Empty when absent (Raw cannot be part of a union with None).
+    object: msgspec.Raw = msgspec.Raw()
+
+
+class Envelope(Shape):
+    """The part of an event the endpoint checks and stores in its own columns."""
+
+    id: str | None = None
+    type: str | None = None
+    created: int | None = None
+    livemode: bool = False
+    api_version: str | None = None
+    # Connect: the connected account the event is about.
+    account: str | None = None
+    # An object, a string (old API versions) or null; never used, just tolerated.
+    request: Any = None
+    data: EnvelopeData | None = None
+
+
+T = TypeVar("T")
+
+
+class EventData(Shape, Generic[T], kw_only=True):
+    object: T
+    previous_attributes: dict[str, Any] | None = None
+
+
+class Event(Shape, Generic[T], kw_only=True):
+    """A stored event with its data.object decoded as ``T``."""
+
+    id: str = ""
+    type: str = ""
+    created: int = 0
+    livemode: bool = False
+    account: str | None = None
+    data: EventData[T]
+
+
+# -- objects ---------------------------------------------------------------------
+
+
+class Customer(Shape):
+    id: str = ""
+    # customer.deleted carries either the full object or a stub {id, object, deleted}.
+    deleted: bool = False
+    metadata: dict[str, Any] | None = None
+
+
+class CatalogObject(Shape):
+    """A product, a price or a legacy plan: only identity and liveness are read."""
+
+    id: str = ""
+    deleted: bool = False
+    active: bool | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Plan(Shape):
+    id: str = ""
+
+
+class SubscriptionItem(Shape):
+    id: str | None = None
+    price: Expandable = None
+    plan: Plan | None = None  # versions before prices existed
+    quantity: int | None = None
+    # Newer API versions moved the billing period from the subscription to its items.
+    current_period_start: int | None = None
+    current_period_end: int | None = None
+
+
+class SubscriptionItems(Shape):
+    data: list[SubscriptionItem] = []
+
+
+class PauseCollection(Shape):
+    behavior: str | None = None
+
+
+class Subscription(Shape):
+    id: str = ""
+    customer: Expandable = None
+    status: str | None = None
+    current_period_start: int | None = None
+    current_period_end: int | None = None
+    cancel_at_period_end: bool | None = None
+    canceled_at: int | None = None
+    ended_at: int | None = None
+    trial_start: int | None = None
+    trial_end: int | None = None
+    pause_collection: PauseCollection | None = None
+    items: SubscriptionItems | None = None
+    # 2015-era subscriptions have one plan and a quantity, no items.
+    plan: Plan | None = None
+    quantity: int | None = None
+
+
+class SubscriptionDetails(Shape):
+    subscription: Expandable = None
+
+
+class InvoiceParent(Shape):
+    subscription_details: SubscriptionDetails | None = None
+
+
+class StatusTransitions(Shape):
+    paid_at: int | None = None
+
+
+class Invoice(Shape):
+    id: str = ""
+    customer: Expandable = None
+    subscription: Expandable = None
+    parent: InvoiceParent | None = None
+    status: str | None = None
+    paid: bool | None = None  # old versions have paid/closed instead of status
+    number: str | None = None
+    currency: str | None = None
+    amount_due: int | None = None
+    amount_paid: int | None = None
+    amount_remaining: int | None = None
+    total: int | None = None
+    period_start: int | None = None
+    period_end: int | None = None
+    due_date: int | None = None
+    status_transitions: StatusTransitions | None = None
+
+    @property
+    def subscription_id(self) -> str | None:
+        if found := ref_id(self.subscription):
+            return found
+        details = self.parent.subscription_details if self.parent else None
+        return ref_id(details.subscription) if details else None
+
+
+class Refund(Shape):
+    id: str = ""
+    amount: int | None = None
+    charge: Expandable = None
+    payment_intent: Expandable = None
+    status: str | None = None
+
+
+class RefundList(Shape):
+    data: list[Refund] = []
+
+
+class Charge(Shape):
+    id: str = ""
+    payment_intent: Expandable = None
+    status: str | None = None
+    paid: bool | None = None
+    amount_refunded: int | None = None
+    refunds: RefundList | None = None
+
+
+class ChargeList(Shape):
+    data: list[Charge] = []
+
+
+class PaymentError(Shape):
+    message: str | None = None
+
+
+class PaymentIntent(Shape):
+    id: str = ""
+    customer: Expandable = None
+    invoice: Expandable = None
+    status: str | None = None
+    currency: str | None = None
+    amount: int | None = None
+    amount_received: int | None = None
+    # The charge: latest_charge (id or expanded) in newer versions,
+    # charges.data in older ones.
+    latest_charge: Expandable = None
+    charges: ChargeList | None = None
+    last_payment_error: PaymentError | None = None
+
+    @property
+    def charge_id(self) -> str | None:
+        """The charge that carried the money: latest_charge, else the succeeded one."""
+        if found := ref_id(self.latest_charge):
+            return found
+        charges = self.charges.data if self.charges else []
+        for charge in charges:
+            if charge.status == "succeeded" or charge.paid:
+                return charge.id or None
+        return None
+
+    @property
+    def charge_amount_refunded(self) -> int:
+        charges = self.charges.data if self.charges else []
+        return max((c.amount_refunded or 0 for c in charges), default=0)
+
+
+class CheckoutSession(Shape):
+    id: str = ""
+    customer: Expandable = None
+    client_reference_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    subscription: Expandable = None
+    payment_intent: Expandable = None
+
+
+S = TypeVar("S")
+
+
+def decode_event(raw: str | bytes, shape: type[S]) -> Event[S]:
+    """Decode a stored event; a shape we cannot read is a PermanentError naming the field."""
+    try:
+        return msgspec.json.decode(raw, type=Event[shape])  # type: ignore[valid-type]
+    except msgspec.ValidationError as exc:
+        text, _, where = str(exc).partition(" - at `$")
+        raise PermanentError(f"event{where.rstrip('`')}: {text}") from None
+    except msgspec.DecodeError as exc:
+        raise PermanentError(f"event is not valid JSON ({exc})") from None
+
+
+def metadata_id(metadata: dict[str, Any] | None, key: str) -> int | None:
+    """An MC row id written into Stripe metadata by the outbox, if it is one."""
+    value = (metadata or {}).get(key)
+    if isinstance(value, str) and value.isdigit() and len(value) < 19:
+        return int(value)
+    return None

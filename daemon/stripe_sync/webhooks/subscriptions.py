@@ -1,0 +1,155 @@
+"""customer.subscription.*: billing.subscriptions and their items.
+
+Subscriptions are born in Stripe: the first event about one creates the MC
+row and its mapping. Each applied event writes the whole state it shows
+(items included: those no longer present are deleted), so only the newest
+event decides the final row. Items are matched to MC prices by the price
+mappings; MC keys items by (subscription, price), as Stripe allows one item
+per price.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from ..db import queries
+from ..errors import PermanentError
+from ..queue import Done, Job
+from .common import (
+    CUSTOMERS,
+    PRICES,
+    SUBSCRIPTIONS,
+    Key,
+    Raced,
+    WebhookContext,
+    find,
+    insert_mapping,
+    mark,
+    object_lock,
+    rank_of,
+    resolve,
+    resolve_one,
+    ts,
+)
+from .shapes import Subscription, decode_event, ref_id
+
+# Lifecycle order, for events of the same second.
+_RANKS = {
+    "incomplete": 0,
+    "trialing": 1,
+    "active": 2,
+    "past_due": 3,
+    "unpaid": 4,
+    "paused": 4,
+    "incomplete_expired": 5,
+    "canceled": 6,
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    stripe_price_id: str
+    quantity: int
+    start: int | None
+    end: int | None
+
+
+def items_of(sub: Subscription) -> list[Item]:
+    """One entry per price (duplicates, which Stripe refuses, are summed)."""
+    found: dict[str, Item] = {}
+    raw = sub.items.data if sub.items else []
+    for item in raw:
+        price = ref_id(item.price) or (item.plan.id if item.plan else None)
+        if not price:
+            raise PermanentError(f"subscription {sub.id}: item {item.id} names no price")
+        quantity = item.quantity if item.quantity is not None else 1
+        if (seen := found.get(price)) is not None:
+            quantity += seen.quantity
+        found[price] = Item(price, quantity, item.current_period_start, item.current_period_end)
+    if not raw and sub.plan is not None and sub.plan.id:
+        # 2015-era: one plan and a quantity on the subscription itself.
+        quantity = sub.quantity if sub.quantity is not None else 1
+        found[sub.plan.id] = Item(
+            sub.plan.id, quantity, sub.current_period_start, sub.current_period_end
+        )
+    return list(found.values())
+
+
+def period(sub: Subscription, items: list[Item]) -> tuple[int | None, int | None]:
+    """On the subscription in older versions, on its items in newer ones."""
+    if sub.current_period_start is not None or sub.current_period_end is not None:
+        return sub.current_period_start, sub.current_period_end
+    starts = [i.start for i in items if i.start is not None]
+    ends = [i.end for i in items if i.end is not None]
+    return (min(starts) if starts else None), (max(ends) if ends else None)
+
+
+async def handle(ctx: WebhookContext, job: Job) -> Done:
+    event = decode_event(job.payload, Subscription)
+    sub = event.data.object
+    if not sub.id:
+        raise PermanentError(f"{event.type}: data.object has no id")
+    customer = ref_id(sub.customer)
+    if customer is None:
+        raise PermanentError(f"subscription {sub.id} names no customer")
+    key = Key(event.created, rank_of(_RANKS, sub.status, event.type), event.id)
+    items = items_of(sub)
+
+    async with ctx.pool.connection() as conn:
+        row = await find(conn, SUBSCRIPTIONS, sub.id)
+        if row is not None and (note := row.stale_note(key)):
+            return Done(note=note)
+        account_id = await resolve_one(ctx, conn, CUSTOMERS, customer)
+        prices = await resolve(ctx, conn, PRICES, (i.stripe_price_id for i in items))
+
+    start, end = period(sub, items)
+    values: dict[str, Any] = {
+        "account_id": account_id,
+        "status": sub.status or "unknown",
+        "current_period_start": ts(start),
+        "current_period_end": ts(end),
+        "cancel_at_period_end": bool(sub.cancel_at_period_end),
+        "canceled_at": ts(sub.canceled_at),
+        "ended_at": ts(sub.ended_at),
+        "trial_start": ts(sub.trial_start),
+        "trial_end": ts(sub.trial_end),
+        "paused": sub.status == "paused" or sub.pause_collection is not None,
+    }
+    status = "deleted" if event.type.endswith(".deleted") else "synced"
+
+    async def apply(conn: AsyncConnection[Any]) -> None:
+        q = queries("webhooks")
+        await object_lock(conn, sub.id)
+        locked = await find(conn, SUBSCRIPTIONS, sub.id, lock=True)
+        if locked is None:
+            cur = await conn.execute(q["insert_subscription"], values)
+            created = await cur.fetchone()
+            assert created is not None
+            subscription_id: int = created[0]
+            await insert_mapping(conn, SUBSCRIPTIONS, subscription_id, sub.id, key, status)
+        else:
+            if locked.stale_note(key):
+                raise Raced(sub.id)
+            subscription_id = locked.mc_id
+            await conn.execute(q["update_subscription"], {**values, "id": subscription_id})
+            await mark(conn, SUBSCRIPTIONS, locked.id, sub.id, key, status)
+        mc_prices = [prices[i.stripe_price_id] for i in items]
+        await conn.execute(
+            q["delete_other_items"], {"subscription_id": subscription_id, "prices": mc_prices}
+        )
+        if items:
+            await conn.execute(
+                q["upsert_items"],
+                {
+                    "subscription_id": subscription_id,
+                    "prices": mc_prices,
+                    "quantities": [i.quantity for i in items],
+                    "starts": [ts(i.start if i.start is not None else start) for i in items],
+                    "ends": [ts(i.end if i.end is not None else end) for i in items],
+                },
+            )
+
+    return Done(apply=apply)

@@ -1,0 +1,190 @@
+"""`stripe-sync run` as a separate process: health, start-up checks, crashes,
+replicas and graceful shutdown, against a real database and the emulator."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from daemons import DaemonProcess
+
+from stripe_sync.emulator.server import EmulatorServer
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@pytest.fixture
+def daemons(dsn: str, emulator: EmulatorServer) -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def spawn(
+    started: list[DaemonProcess], dsn: str, emulator: EmulatorServer, **env: Any
+) -> DaemonProcess:
+    d = DaemonProcess(dsn, emulator.base_url, **env)
+    started.append(d)
+    return d
+
+
+def wait_until(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s (last: {value!r})")
+        time.sleep(0.02)
+
+
+def statuses(conn: Conn) -> dict[str, int]:
+    return dict(
+        conn.execute("SELECT status, count(*) FROM integration.outbox GROUP BY 1").fetchall()
+    )
+
+
+def test_http_surface(daemons: list[DaemonProcess], dsn: str, emulator: EmulatorServer) -> None:
+    d = spawn(daemons, dsn, emulator).start()
+    assert httpx.get(f"{d.url}/healthz").json() == {"status": "alive"}
+    ready = httpx.get(f"{d.url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "database": True, "listen": True, "workers": True}
+    missing = httpx.get(f"{d.url}/nope")
+    assert missing.status_code == 404 and "Traceback" not in missing.text
+    assert httpx.get(f"{d.url}/webhooks/stripe").status_code == 405
+
+
+def test_first_start_records_the_provider_config(
+    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    spawn(daemons, dsn, emulator).start()
+    account_id, mode = conn.execute(
+        "SELECT account_id, mode FROM stripe.provider_configs"
+    ).fetchone() or (None, None)
+    assert mode == "test" and str(account_id).startswith("acct_")
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        (
+            "(1, NULL, 'live')",
+            "STRIPE_API_KEY is a test key but stripe.provider_configs.mode is 'live'",
+        ),
+        (
+            "(1, 'acct_someoneelse', 'test')",
+            "but stripe.provider_configs.account_id is acct_someoneelse",
+        ),
+    ],
+)
+def test_refuses_a_key_for_another_mode_or_account(
+    daemons: list[DaemonProcess],
+    dsn: str,
+    conn: Conn,
+    emulator: EmulatorServer,
+    row: str,
+    message: str,
+) -> None:
+    conn.execute(f"INSERT INTO stripe.provider_configs (id, account_id, mode) VALUES {row}")
+    d = spawn(daemons, dsn, emulator).start(wait=False)
+    assert d.wait(20) == 78
+    assert message in d.output()
+
+
+def test_sigterm_lets_in_flight_work_finish(
+    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    conn.execute("INSERT INTO billing.accounts (id, email) VALUES (1, 'a@example.com')")
+    d = spawn(daemons, dsn, emulator).start()
+    emulator.emulator.add_fault("latency", "POST /v1/customers", count=1, seconds=1.0)
+    conn.execute(
+        "INSERT INTO integration.outbox (action_type, payload) "
+        "VALUES ('create_stripe_customer', '{\"account_id\": 1}')"
+    )
+    wait_until(lambda: emulator.emulator.stats()["counts"].get("POST /v1/customers"))
+    d.signal(signal.SIGTERM)
+    assert d.wait(20) == 0, d.output()
+    assert statuses(conn) == {"done": 1}
+    assert "stopping" in d.output() and "stopped" in d.output()
+
+
+def test_killed_between_stripe_call_and_commit_makes_one_customer(
+    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    conn.execute("INSERT INTO billing.accounts (id, email) VALUES (1, 'a@example.com')")
+    emu = emulator.emulator
+    first = spawn(
+        daemons, dsn, emulator, STRIPE_SYNC_LEASE_SECONDS=1, STRIPE_SYNC_SWEEP_INTERVAL=0.3
+    ).start()
+    # The request is applied at the emulator, then its answer is slow: the
+    # daemon dies holding a created customer it never recorded.
+    emu.add_fault("latency", "POST /v1/customers", count=1, seconds=1.5)
+    conn.execute(
+        "INSERT INTO integration.outbox (action_type, payload) "
+        "VALUES ('create_stripe_customer', '{\"account_id\": 1}')"
+    )
+    wait_until(lambda: emu.stats()["counts"].get("POST /v1/customers"))
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    assert statuses(conn) == {"processing": 1}
+    spawn(
+        daemons, dsn, emulator, STRIPE_SYNC_LEASE_SECONDS=1, STRIPE_SYNC_SWEEP_INTERVAL=0.3
+    ).start()
+    wait_until(lambda: statuses(conn) == {"done": 1})
+    assert emu.count("customers") == 1
+    cus = conn.execute(
+        "SELECT stripe_customer_id, sync_status FROM stripe.customer_mappings"
+    ).fetchone()
+    assert cus == (emu.objects("customers")[0]["id"], "synced")
+
+
+def test_three_daemons_execute_each_row_once(
+    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    for _ in range(3):
+        spawn(daemons, dsn, emulator, STRIPE_SYNC_CONCURRENCY=8).start()
+    conn.execute(
+        "INSERT INTO billing.accounts (email) "
+        "SELECT 'u' || g || '@example.com' FROM generate_series(1, 300) g"
+    )
+    conn.execute("SELECT integration.seed_outbox()")
+    wait_until(lambda: statuses(conn) == {"done": 300}, timeout=60)
+    assert emulator.emulator.stats()["counts"]["POST /v1/customers"] == 300
+    assert emulator.emulator.count("customers") == 300
+    workers = conn.execute(
+        "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
+        "WHERE application_name = 'stripe-sync/listen'"
+    ).fetchone()
+    assert workers == (1,)  # one name, three connections
+    listening = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = 'stripe-sync/listen' "
+        "AND datname = current_database()"
+    ).fetchone()
+    assert listening == (3,)
+
+
+def test_refuses_an_unmigrated_database(
+    daemons: list[DaemonProcess], empty_dsn: str, emulator: EmulatorServer
+) -> None:
+    d = spawn(daemons, empty_dsn, emulator).start(wait=False)
+    assert d.wait(20) == 78
+    assert "stripe-sync: the database has no stripe-sync schema; run `stripe-sync migrate`" in (
+        d.output()
+    )
+
+
+def test_refuses_to_start_without_a_webhook_secret(
+    daemons: list[DaemonProcess], dsn: str, emulator: EmulatorServer
+) -> None:
+    d = spawn(daemons, dsn, emulator, STRIPE_WEBHOOK_SECRET="").start(wait=False)
+    assert d.wait(20) == 78
+    assert d.output() == "stripe-sync: configuration error: STRIPE_WEBHOOK_SECRET is not set\n"

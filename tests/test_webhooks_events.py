@@ -1,0 +1,442 @@
+"""Real sample events through the real endpoint, and order-independence:
+shuffled delivery ends in the same tables as in-order delivery."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from stripe_sync.db import make_pool
+from stripe_sync.webhooks.process import WebhookContext
+
+from webhook_helpers import (
+    add_account,
+    add_price,
+    add_product,
+    event,
+    running_worker,
+    sample_events,
+    serve_endpoint,
+    snapshot,
+    statuses,
+    store,
+    wait_idle,
+)
+
+pytestmark = pytest.mark.anyio
+T0 = 1_700_000_000
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
+    async with make_pool(dsn, size=8) as p:
+        yield p
+
+
+def born_in_stripe(conn: psycopg.Connection[Any], account: int) -> None:
+    """Subscriptions and payments the samples name but no sample creates."""
+    for sub in ("sub_K4J0aB2bmSyb6b", "sub_JsuPyCPhXWfZar", "sub_JW4ilEI1mm5j4X"):
+        row = conn.execute(
+            "INSERT INTO billing.subscriptions (account_id, status) "
+            "VALUES (%s, 'active') RETURNING id",
+            [account],
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO stripe.subscription_mappings (subscription_id, "
+            "stripe_subscription_id) VALUES (%s, %s)",
+            [row[0], sub],
+        )
+    for pi in (
+        "pi_3Kl36gJDPojXS6LN02fQVtKR",
+        "pi_3KtQThJDPojXS6LN0H9EfsjV",
+        "pi_1GszsK2eZvKYlo2CfhZyoZLp",
+    ):
+        row = conn.execute(
+            "INSERT INTO billing.payments (account_id, status, currency, amount, "
+            "amount_received) VALUES (%s, 'succeeded', 'usd', 2500, 2500) "
+            "RETURNING id",
+            [account],
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO stripe.payment_mappings (payment_id, stripe_payment_intent_id) "
+            "VALUES (%s, %s)",
+            [row[0], pi],
+        )
+
+
+# Per sample file: what it must end as. Everything else must end "ignored".
+PROCESSED = {
+    "stripe-mock-data/2015-10-01/customer_created.json",
+    "stripe-mock-data/2015-10-01/customer_deleted.json",
+    "stripe-mock-data/2015-10-01/customer_subscription_created.json",
+    "stripe-mock-data/2015-10-01/customer_subscription_deleted.json",
+    "stripe-mock-data/2015-10-01/customer_subscription_trial_will_end.json",
+    "stripe-mock-data/2015-10-01/customer_subscription_updated.json",
+    "stripe-mock-data/2015-10-01/customer_updated.json",
+    "stripe-mock-data/2015-10-01/invoice_created.json",
+    "stripe-mock-data/2015-10-01/invoice_payment_failed.json",
+    "stripe-mock-data/2015-10-01/invoice_payment_succeeded.json",
+    "stripe-mock-data/2015-10-01/invoice_updated.json",
+    "stripe-mock-data/2015-10-01/plan_created.json",
+    "stripe-mock-data/2015-10-01/plan_deleted.json",
+    "stripe-mock-data/2015-10-01/plan_updated.json",
+    "stripe-mock-data/2015-10-01/product_created.json",
+    "stripe-mock-data/2015-10-01/product_updated.json",
+    "stripe-sync-engine/charge_refunded.json",
+    "stripe-sync-engine/charge_succeeded.json",
+    "stripe-sync-engine/checkout_session_completed.json",
+    "stripe-sync-engine/customer_deleted.json",
+    "stripe-sync-engine/customer_updated.json",
+    "stripe-sync-engine/invoice_deleted.json",
+    "stripe-sync-engine/invoice_finalized.json",
+    "stripe-sync-engine/invoice_paid.json",
+    "stripe-sync-engine/invoice_updated.json",
+    "stripe-sync-engine/invoice_voided.json",
+    "stripe-sync-engine/payment_intent_amount_capturable_updated.json",
+    "stripe-sync-engine/payment_intent_canceled.json",
+    "stripe-sync-engine/payment_intent_created.json",
+    "stripe-sync-engine/payment_intent_partially_funded.json",
+    "stripe-sync-engine/payment_intent_payment_failed.json",
+    "stripe-sync-engine/payment_intent_processing.json",
+    "stripe-sync-engine/payment_intent_requires_action.json",
+    "stripe-sync-engine/payment_intent_succeeded.json",
+    "stripe-sync-engine/plan_created.json",
+    "stripe-sync-engine/plan_deleted.json",
+    "stripe-sync-engine/plan_updated.json",
+    "stripe-sync-engine/price_created.json",
+    "stripe-sync-engine/price_deleted.json",
+    "stripe-sync-engine/price_updated.json",
+    "stripe-sync-engine/product_created.json",
+    "stripe-sync-engine/product_deleted.json",
+    "stripe-sync-engine/product_updated.json",
+    "stripe-sync-engine/refund_created.json",
+    "stripe-sync-engine/refund_failed.json",
+    "stripe-sync-engine/refund_updated.json",
+    "stripe-sync-engine/subscription_created.json",
+    "stripe-sync-engine/subscription_deleted.json",
+    "stripe-sync-engine/subscription_updated.json",
+}
+
+
+async def test_every_sample_event_is_accepted_and_ends_well(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    account = 0
+    for cus in (
+        "cus_00000000000000",
+        "cus_IhGfebO16cMIGN",
+        "cus_J7Mkgr8mvbl1eK",
+        "cus_JsuO3bmrj0QlAw",
+        "cus_JVhbiWW9p3F6wq",
+        "cus_123",
+    ):
+        account = add_account(conn, cus)
+    products = {
+        p: add_product(conn, p)
+        for p in ("prod_00000000000000", "prod_JdJ6Wt7rsz4EPJ", "prod_IsRLOp58Z7V4XN")
+    }
+    for price in (
+        "pl_00000000000000",
+        "price_1IDQm5JDPojXS6LNM31hxKzp",
+        "price_1J02UOJDPojXS6LNDao8fiaO",
+        "price_1MKL7PJDPojXS6LNpNepgHsK",
+    ):
+        add_price(conn, price, products["prod_IsRLOp58Z7V4XN"])
+    born_in_stripe(conn, account)
+
+    outcomes: dict[str, tuple[str, str | None]] = {}
+    # Several files of a source reuse one event id, so each file's row is
+    # removed once it has been processed, letting the next one be stored.
+    ctx = WebhookContext(pool, reference_attempts=1)
+    async with serve_endpoint(pool) as server, running_worker(pool, ctx) as worker:
+        for name, body in sample_events():
+            resp = await server.post(body)
+            assert resp.status_code == 200, (name, resp.text)
+            assert resp.json() == {"received": True, "duplicate": False}, name
+            worker.wake()
+            await wait_idle(pool)
+            [(event_id, outcome)] = statuses(conn).items()
+            assert event_id == json.loads(body)["id"]
+            outcomes[name] = outcome
+            conn.execute("DELETE FROM integration.webhook_events")
+
+    assert len(outcomes) == 91
+    for name, (status, note) in outcomes.items():
+        expected = "processed" if name in PROCESSED else "ignored"
+        assert status == expected, (name, status, note)
+        if status == "ignored":
+            assert note, name
+
+    # A few results, as the samples say.
+    sub = conn.execute(
+        "SELECT s.status, s.canceled_at IS NOT NULL, "
+        "(SELECT array_agg(quantity) FROM billing.subscription_items i "
+        " WHERE i.subscription_id = s.id) "
+        "FROM billing.subscriptions s "
+        "JOIN stripe.subscription_mappings m ON m.subscription_id = s.id "
+        "WHERE m.stripe_subscription_id = 'sub_JdIzvfy6o5GZRd'"
+    ).fetchone()
+    assert sub == ("canceled", True, [1])
+    refunded = conn.execute(
+        "SELECT p.amount_refunded, p.refund_status, m.stripe_charge_id FROM billing.payments p "
+        "JOIN stripe.payment_mappings m ON m.payment_id = p.id "
+        "WHERE m.stripe_payment_intent_id = 'pi_3Kl36gJDPojXS6LN02fQVtKR'"
+    ).fetchone()
+    assert refunded == (2500, "full", "ch_3Kl36gJDPojXS6LN0DCM4A8l")
+    assert conn.execute(
+        "SELECT sync_status FROM stripe.customer_mappings "
+        "WHERE stripe_customer_id = 'cus_IhGfebO16cMIGN'"
+    ).fetchone() == ("deleted",)
+    assert conn.execute(
+        "SELECT status FROM billing.invoices i JOIN stripe.invoice_mappings m "
+        "ON m.invoice_id = i.id WHERE m.stripe_invoice_id = 'in_xyz'"
+    ).fetchone() == ("deleted",)
+
+
+# -- order independence ----------------------------------------------------------------------
+
+
+def story() -> list[dict[str, Any]]:
+    """One customer's month, with many events sharing a second, in Stripe's order."""
+
+    def sub(
+        status: str, prices: tuple[str, ...] = ("price_A",), sub_id: str = "sub_1", **extra: Any
+    ) -> dict[str, Any]:
+        items = [
+            {
+                "id": f"si_{p}",
+                "price": p,
+                "quantity": 1,
+                "current_period_start": T0,
+                "current_period_end": T0 + 30,
+            }
+            for p in prices
+        ]
+        return {
+            "id": sub_id,
+            "object": "subscription",
+            "customer": "cus_A",
+            "status": status,
+            "items": {"data": items},
+            **extra,
+        }
+
+    def inv(status: str, paid: int = 0) -> dict[str, Any]:
+        return {
+            "id": "in_1",
+            "object": "invoice",
+            "customer": "cus_A",
+            "subscription": "sub_1",
+            "status": status,
+            "currency": "usd",
+            "amount_due": 1000,
+            "amount_paid": paid,
+            "amount_remaining": 1000 - paid,
+            "total": 1000,
+        }
+
+    def pi(status: str, received: int = 0) -> dict[str, Any]:
+        return {
+            "id": "pi_1",
+            "object": "payment_intent",
+            "customer": "cus_A",
+            "invoice": "in_1",
+            "status": status,
+            "currency": "usd",
+            "amount": 1000,
+            "amount_received": received,
+            **({"latest_charge": "ch_1"} if received else {}),
+        }
+
+    def refund(re_id: str, amount: int, status: str) -> dict[str, Any]:
+        return {
+            "id": re_id,
+            "object": "refund",
+            "amount": amount,
+            "charge": "ch_1",
+            "payment_intent": "pi_1",
+            "status": status,
+        }
+
+    steps: list[tuple[int, str, dict[str, Any]]] = [
+        (0, "customer.updated", {"id": "cus_A", "object": "customer"}),
+        (0, "customer.subscription.created", sub("incomplete")),
+        (0, "invoice.created", inv("draft")),
+        (0, "invoice.finalized", inv("open")),
+        (0, "payment_intent.created", pi("requires_payment_method")),
+        (1, "payment_intent.succeeded", pi("succeeded", 1000)),
+        (
+            1,
+            "charge.succeeded",
+            {
+                "id": "ch_1",
+                "object": "charge",
+                "payment_intent": "pi_1",
+                "status": "succeeded",
+                "amount_refunded": 0,
+            },
+        ),
+        (1, "invoice.paid", inv("paid", 1000)),
+        (1, "invoice.payment_succeeded", inv("paid", 1000)),
+        (1, "customer.subscription.updated", sub("active")),
+        (1, "customer.subscription.updated", sub("active", ("price_A", "price_B"))),
+        (1, "customer.subscription.created", sub("trialing", ("price_B",), "sub_2")),
+        (1, "customer.subscription.updated", sub("active", ("price_B",), "sub_2")),
+        (2, "refund.created", refund("re_1", 300, "succeeded")),
+        (
+            2,
+            "charge.refunded",
+            {
+                "id": "ch_1",
+                "object": "charge",
+                "payment_intent": "pi_1",
+                "status": "succeeded",
+                "amount_refunded": 300,
+                "refunds": {"data": [refund("re_1", 300, "succeeded")]},
+            },
+        ),
+        (2, "product.updated", {"id": "prod_A", "object": "product", "active": False}),
+        (2, "price.updated", {"id": "price_B", "object": "price", "active": False}),
+        (2, "price.deleted", {"id": "price_B", "object": "price", "deleted": True}),
+        (3, "refund.created", refund("re_2", 700, "pending")),
+        (3, "refund.failed", refund("re_2", 700, "failed")),
+        (3, "refund.created", refund("re_3", 200, "pending")),
+        (4, "refund.updated", refund("re_3", 200, "succeeded")),
+        (4, "customer.subscription.updated", sub("active", cancel_at_period_end=True)),
+        (4, "customer.subscription.deleted", sub("canceled", canceled_at=T0 + 4, ended_at=T0 + 4)),
+        (5, "customer.updated", {"id": "cus_A", "object": "customer"}),
+        (5, "customer.deleted", {"id": "cus_A", "object": "customer", "deleted": True}),
+    ]
+    return [
+        event(kind, obj, created=T0 + dt, event_id=f"evt_{i:02d}{kind[:4]}")
+        for i, (dt, kind, obj) in enumerate(steps)
+    ]
+
+
+RESET = """
+TRUNCATE integration.webhook_events, stripe.payment_refunds, stripe.payment_mappings,
+    stripe.invoice_mappings, stripe.subscription_mappings, stripe.customer_mappings,
+    stripe.price_mappings, stripe.product_mappings, billing.payments, billing.invoices,
+    billing.subscription_items, billing.subscriptions, billing.prices, billing.products,
+    billing.accounts RESTART IDENTITY CASCADE
+"""
+
+
+async def deliver(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], events: list[dict[str, Any]]
+) -> dict[str, list[tuple[Any, ...]]]:
+    conn.execute(RESET)
+    add_account(conn, "cus_A")
+    product = add_product(conn, "prod_A")
+    add_price(conn, "price_A", product)
+    add_price(conn, "price_B", product)
+    # Generous reference waits: out of order, an invoice may come before its subscription.
+    ctx = WebhookContext(pool, reference_attempts=200, reference_backoff=0.005)
+    async with running_worker(pool, ctx, max_attempts=200, base_seconds=0.005) as worker:
+        for evt in events:  # one at a time, each its own commit: arrival order = claim order
+            await store(pool, evt)
+            worker.wake()
+        await wait_idle(pool, timeout=20)
+    assert {s for s, _ in statuses(conn).values()} == {"processed"}, statuses(conn)
+    return snapshot(conn)
+
+
+async def test_shuffled_delivery_gives_the_same_tables(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    events = story()
+    expected = await deliver(pool, conn, events)
+    # What in-order delivery gives, spelled out.
+    assert [r[:5] for r in expected["subscriptions"]] == [
+        ("sub_1", "deleted", "evt_23cust", 1, "canceled"),
+        ("sub_2", "synced", "evt_12cust", 1, "active"),
+    ]
+    assert [r[-1] for r in expected["subscriptions"]] == [[[1, 1]], [[2, 1]]]
+    assert [r[5:7] for r in expected["invoices"]] == [("paid", None)]
+    assert [r[6:12] for r in expected["payments"]] == [
+        ("succeeded", "usd", 1000, 1000, 500, "partial")
+    ]
+    assert expected["customers"] == [(1, "cus_A", "deleted", "evt_25cust")]
+    assert expected["prices"] == [
+        (1, "price_A", "synced", None),
+        (2, "price_B", "deleted", "evt_17pric"),
+    ]
+    rng = random.Random(5711)
+    orders = [list(reversed(events))] + [rng.sample(events, len(events)) for _ in range(4)]
+    for order in orders:
+        assert await deliver(pool, conn, order) == expected, [e["id"] for e in order]
+
+
+async def test_ties_in_one_second_resolve_the_same_way(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    def sub(status: str, qty: int) -> dict[str, Any]:
+        return {
+            "id": "sub_t",
+            "customer": "cus_A",
+            "status": status,
+            "items": {"data": [{"price": "price_A", "quantity": qty}]},
+        }
+
+    # Same second: the later lifecycle status wins; equal status: the larger event id.
+    tied = [
+        event("customer.subscription.updated", sub("canceled", 1), event_id="evt_a"),
+        event("customer.subscription.updated", sub("active", 2), event_id="evt_z"),
+        event("customer.subscription.updated", sub("past_due", 3), event_id="evt_m"),
+        event("customer.subscription.updated", sub("canceled", 4), event_id="evt_b"),
+    ]
+    results = set()
+    for order in (tied, tied[::-1], [tied[2], tied[0], tied[3], tied[1]]):
+        snap = await deliver(pool, conn, order)
+        results.add(json.dumps(snap["subscriptions"], default=str))
+        assert [(r[2], r[4], r[-1]) for r in snap["subscriptions"]] == [
+            ("evt_b", "canceled", [[1, 4]])
+        ]
+    assert len(results) == 1
+
+
+async def test_concurrent_events_for_one_object(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """Many events for one subscription at once: row locks serialize them, the newest wins."""
+    add_account(conn, "cus_A")
+    add_price(conn, "price_A")
+    events = [
+        event(
+            "customer.subscription.updated",
+            {
+                "id": "sub_c",
+                "customer": "cus_A",
+                "status": "active",
+                "items": {"data": [{"price": "price_A", "quantity": i}]},
+            },
+            created=T0 + i,
+            event_id=f"evt_c{i:03d}",
+        )
+        for i in range(40)
+    ]
+    random.Random(1).shuffle(events)
+    await store(pool, *events)
+    ctx = WebhookContext(pool, reference_backoff=0.005)
+    async with running_worker(pool, ctx, max_attempts=50, base_seconds=0.005) as worker:
+        worker.wake()
+        await wait_idle(pool, timeout=20)
+    assert conn.execute("SELECT quantity FROM billing.subscription_items").fetchall() == [(39,)]
+    assert conn.execute("SELECT count(*) FROM billing.subscriptions").fetchone() == (1,)
+    st = statuses(conn)
+    assert {s for s, _ in st.values()} == {"processed"}
+    assert st["evt_c039"] == ("processed", None)
+    await anyio.lowlevel.checkpoint()

@@ -1,0 +1,657 @@
+"""The webhook processor: handlers, ordering, references, mode and Connect checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from stripe_sync.db import make_pool
+from stripe_sync.webhooks.process import WebhookContext
+
+from webhook_helpers import (
+    add_account,
+    add_price,
+    add_product,
+    event,
+    running_worker,
+    statuses,
+    store,
+    wait_idle,
+)
+
+pytestmark = pytest.mark.anyio
+T0 = 1_700_000_000
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
+    async with make_pool(dsn, size=6) as p:
+        yield p
+
+
+async def run(
+    pool: AsyncConnectionPool, *events: dict[str, Any], ctx: WebhookContext | None = None
+) -> None:
+    await store(pool, *events)
+    async with running_worker(pool, ctx) as worker:
+        worker.wake()
+        await wait_idle(pool)
+
+
+def one(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row if row is None or len(row) > 1 else row[0]
+
+
+def sub_obj(
+    sub_id: str = "sub_1",
+    customer: Any = "cus_A",
+    status: str = "active",
+    prices: tuple[str, ...] = ("price_A",),
+    **extra: Any,
+) -> dict[str, Any]:
+    # Newer API versions: the period is on the items.
+    items = [
+        {
+            "id": f"si_{p}",
+            "object": "subscription_item",
+            "price": {"id": p, "object": "price", "product": "prod_A"},
+            "quantity": 2,
+            "current_period_start": T0,
+            "current_period_end": T0 + 2_592_000,
+        }
+        for p in prices
+    ]
+    return {
+        "id": sub_id,
+        "object": "subscription",
+        "customer": customer,
+        "status": status,
+        "cancel_at_period_end": False,
+        "items": {"object": "list", "data": items},
+        **extra,
+    }
+
+
+# -- customers and catalog -----------------------------------------------------------
+
+
+async def test_customer_events_confirm_known_customers(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    known = add_account(conn, "cus_A", status="pending")
+    pending = add_account(conn, None)
+    await run(
+        pool,
+        event("customer.updated", {"id": "cus_A", "object": "customer"}, event_id="evt_a"),
+        event(
+            "customer.created",
+            {"id": "cus_P", "object": "customer", "metadata": {"mc_account_id": str(pending)}},
+            event_id="evt_p",
+        ),
+        event("customer.created", {"id": "cus_X", "object": "customer"}, event_id="evt_x"),
+    )
+    assert one(
+        conn,
+        "SELECT stripe_customer_id, sync_status, last_event_id "
+        "FROM stripe.customer_mappings WHERE account_id = %s",
+        known,
+    ) == ("cus_A", "synced", "evt_a")
+    # The webhook beat the outbox's commit: adopted by its metadata.
+    assert one(
+        conn,
+        "SELECT stripe_customer_id, sync_status FROM stripe.customer_mappings "
+        "WHERE account_id = %s",
+        pending,
+    ) == ("cus_P", "synced")
+    st = statuses(conn)
+    assert st["evt_a"] == ("processed", None)
+    assert st["evt_x"] == ("ignored", "customer cus_X is not mapped to any MC row")
+
+
+async def test_customer_deleted_stub_then_stale_update(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    add_account(conn, "cus_A")
+    await run(
+        pool,
+        event(
+            "customer.deleted",
+            {"id": "cus_A", "object": "customer", "deleted": True},
+            created=T0 + 5,
+            event_id="evt_del",
+        ),
+    )
+    await run(
+        pool,
+        event(
+            "customer.updated",
+            {"id": "cus_A", "object": "customer"},
+            created=T0,
+            event_id="evt_old",
+        ),
+    )
+    assert one(conn, "SELECT sync_status, last_event_id FROM stripe.customer_mappings") == (
+        "deleted",
+        "evt_del",
+    )
+    assert statuses(conn)["evt_old"] == ("processed", "stale: older than evt_del")
+
+
+async def test_catalog_deleted_and_archived(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    product = add_product(conn, "prod_A")
+    add_price(conn, "price_A", product)
+    add_price(conn, "plan_gold", product)
+    await run(
+        pool,
+        event("product.updated", {"id": "prod_A", "object": "product", "active": False}),
+        event("price.deleted", {"id": "price_A", "object": "price", "deleted": True}),
+        event("plan.updated", {"id": "plan_gold", "object": "plan", "active": True}),
+        event("price.created", {"id": "price_Z", "object": "price"}, event_id="evt_z"),
+    )
+    assert one(conn, "SELECT sync_status FROM stripe.product_mappings") == "synced"
+    assert sorted(
+        conn.execute("SELECT stripe_price_id, sync_status FROM stripe.price_mappings")
+    ) == [("plan_gold", "synced"), ("price_A", "deleted")]
+    assert statuses(conn)["evt_z"][0] == "ignored"
+
+
+# -- subscriptions, invoices, payments -------------------------------------------------------
+
+
+async def test_subscription_lifecycle(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    account = add_account(conn, "cus_A")
+    price_a, price_b = add_price(conn, "price_A"), add_price(conn, "price_B")
+    await run(
+        pool,
+        event(
+            "customer.subscription.created",
+            sub_obj(customer={"id": "cus_A", "object": "customer"}),
+            created=T0,
+        ),
+    )
+    row = one(
+        conn,
+        "SELECT account_id, status, current_period_start, current_period_end, paused "
+        "FROM billing.subscriptions",
+    )
+    assert row[0] == account and row[1] == "active" and row[4] is False
+    assert int(row[2].timestamp()) == T0 and int(row[3].timestamp()) == T0 + 2_592_000
+    assert conn.execute("SELECT price_id, quantity FROM billing.subscription_items").fetchall() == [
+        (price_a, 2)
+    ]
+
+    # An older-API shape: period on the subscription, price B replaces A, then paused.
+    await run(
+        pool,
+        event(
+            "customer.subscription.updated",
+            {
+                **sub_obj(prices=("price_B",)),
+                "current_period_start": T0 + 10,
+                "current_period_end": T0 + 20,
+                "pause_collection": {"behavior": "void"},
+            },
+            created=T0 + 1,
+        ),
+    )
+    row = one(conn, "SELECT status, current_period_start, paused FROM billing.subscriptions")
+    assert int(row[1].timestamp()) == T0 + 10 and row[2] is True
+    assert conn.execute("SELECT price_id FROM billing.subscription_items").fetchall() == [
+        (price_b,)
+    ]
+
+    await run(
+        pool,
+        event(
+            "customer.subscription.deleted",
+            sub_obj(status="canceled", prices=("price_B",), canceled_at=T0 + 2, ended_at=T0 + 2),
+            created=T0 + 2,
+            event_id="evt_gone",
+        ),
+    )
+    assert one(conn, "SELECT status, ended_at IS NOT NULL FROM billing.subscriptions") == (
+        "canceled",
+        True,
+    )
+    assert one(conn, "SELECT sync_status, last_event_id FROM stripe.subscription_mappings") == (
+        "deleted",
+        "evt_gone",
+    )
+    assert one(conn, "SELECT count(*) FROM billing.subscriptions") == 1
+
+
+async def test_legacy_subscription_with_plan(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    add_account(conn, "cus_A")
+    price = add_price(conn, "gold")
+    await run(
+        pool,
+        event(
+            "customer.subscription.created",
+            {
+                "id": "sub_old",
+                "object": "subscription",
+                "customer": "cus_A",
+                "status": "trialing",
+                "plan": {"id": "gold", "object": "plan"},
+                "quantity": 3,
+                "current_period_start": T0,
+                "current_period_end": T0 + 100,
+                "trial_start": T0,
+                "trial_end": T0 + 100,
+            },
+        ),
+    )
+    assert conn.execute("SELECT price_id, quantity FROM billing.subscription_items").fetchall() == [
+        (price, 3)
+    ]
+    assert one(conn, "SELECT status, trial_end IS NOT NULL FROM billing.subscriptions") == (
+        "trialing",
+        True,
+    )
+
+
+async def test_invoice_and_payment_and_refunds(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    account = add_account(conn, "cus_A")
+    add_price(conn, "price_A")
+    invoice = {
+        "id": "in_1",
+        "object": "invoice",
+        "customer": "cus_A",
+        "status": "open",
+        "currency": "usd",
+        "amount_due": 2000,
+        "amount_paid": 0,
+        "amount_remaining": 2000,
+        "total": 2000,
+        "number": "N-1",
+        "parent": {
+            "type": "subscription_details",
+            "subscription_details": {"subscription": "sub_1"},
+        },
+    }
+    pi = {
+        "id": "pi_1",
+        "object": "payment_intent",
+        "customer": "cus_A",
+        "status": "succeeded",
+        "currency": "usd",
+        "amount": 2000,
+        "amount_received": 2000,
+        "latest_charge": "ch_1",
+        "invoice": "in_1",
+    }
+    await run(
+        pool,
+        event("customer.subscription.created", sub_obj(), created=T0),
+        event("invoice.finalized", invoice, created=T0),
+        event(
+            "invoice.paid",
+            {
+                **invoice,
+                "status": "paid",
+                "amount_paid": 2000,
+                "amount_remaining": 0,
+                "status_transitions": {"paid_at": T0 + 1},
+            },
+            created=T0 + 1,
+        ),
+        event("payment_intent.succeeded", pi, created=T0 + 1),
+    )
+    sub_id = one(conn, "SELECT subscription_id FROM stripe.subscription_mappings")
+    row = one(
+        conn,
+        "SELECT account_id, subscription_id, status, amount_paid, paid_at IS NOT NULL, "
+        "number FROM billing.invoices",
+    )
+    assert row == (account, sub_id, "paid", 2000, True, "N-1")
+    invoice_id = one(conn, "SELECT invoice_id FROM stripe.invoice_mappings")
+    row = one(
+        conn, "SELECT account_id, invoice_id, status, amount, refund_status FROM billing.payments"
+    )
+    assert row == (account, invoice_id, "succeeded", 2000, "none")
+    assert one(conn, "SELECT stripe_charge_id FROM stripe.payment_mappings") == "ch_1"
+
+    # A refund naming only the charge, then the charge's own report, then a second refund.
+    await run(
+        pool,
+        event(
+            "refund.created",
+            {
+                "id": "re_1",
+                "object": "refund",
+                "amount": 500,
+                "charge": "ch_1",
+                "status": "succeeded",
+            },
+            created=T0 + 5,
+        ),
+    )
+    assert one(conn, "SELECT amount_refunded, refund_status FROM billing.payments") == (
+        500,
+        "partial",
+    )
+    await run(
+        pool,
+        event(
+            "charge.refunded",
+            {
+                "id": "ch_1",
+                "object": "charge",
+                "payment_intent": "pi_1",
+                "status": "succeeded",
+                "amount_refunded": 500,
+            },
+            created=T0 + 5,
+        ),
+    )
+    await run(
+        pool,
+        event(
+            "refund.created",
+            {
+                "id": "re_2",
+                "object": "refund",
+                "amount": 1500,
+                "payment_intent": "pi_1",
+                "status": "pending",
+            },
+            created=T0 + 6,
+        ),
+    )
+    assert one(conn, "SELECT amount_refunded, refund_status FROM billing.payments") == (
+        2000,
+        "full",
+    )
+    # The second refund fails: back to partial.
+    await run(
+        pool,
+        event(
+            "refund.failed",
+            {
+                "id": "re_2",
+                "object": "refund",
+                "amount": 1500,
+                "payment_intent": "pi_1",
+                "status": "failed",
+            },
+            created=T0 + 7,
+        ),
+    )
+    assert one(conn, "SELECT amount_refunded, refund_status FROM billing.payments") == (
+        500,
+        "partial",
+    )
+    assert {s for s, _ in statuses(conn).values()} == {"processed"}
+
+
+async def test_payment_intent_with_old_charges_list(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    await run(
+        pool,
+        event(
+            "payment_intent.succeeded",
+            {
+                "id": "pi_2",
+                "object": "payment_intent",
+                "status": "succeeded",
+                "currency": "eur",
+                "amount": 900,
+                "amount_received": 900,
+                "customer": None,
+                "charges": {
+                    "object": "list",
+                    "data": [
+                        {"id": "ch_failed", "status": "failed", "amount_refunded": 0},
+                        {"id": "ch_ok", "status": "succeeded", "amount_refunded": 900},
+                    ],
+                },
+            },
+        ),
+    )
+    assert one(conn, "SELECT stripe_charge_id FROM stripe.payment_mappings") == "ch_ok"
+    assert one(conn, "SELECT account_id, amount_refunded, refund_status FROM billing.payments") == (
+        None,
+        900,
+        "full",
+    )
+
+
+async def test_checkout_links_customer_by_client_reference(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    account = add_account(conn, None)
+    other = add_account(conn, "cus_other")
+    session = {
+        "id": "cs_1",
+        "object": "checkout.session",
+        "customer": "cus_new",
+        "client_reference_id": str(account),
+        "mode": "subscription",
+    }
+    await run(
+        pool,
+        event("checkout.session.completed", session, event_id="evt_cs1"),
+        event(
+            "checkout.session.completed",
+            {**session, "id": "cs_2", "customer": "cus_3", "client_reference_id": str(other)},
+            event_id="evt_cs2",
+        ),
+    )
+    await run(
+        pool,
+        event(
+            "checkout.session.completed",
+            {**session, "id": "cs_3", "client_reference_id": None},
+            event_id="evt_cs3",
+            created=T0 + 9,
+        ),
+    )
+    assert one(
+        conn,
+        "SELECT stripe_customer_id, sync_status FROM stripe.customer_mappings "
+        "WHERE account_id = %s",
+        account,
+    ) == ("cus_new", "synced")
+    st = statuses(conn)
+    assert st["evt_cs1"] == ("processed", f"linked cus_new to billing.accounts id={account}")
+    assert (
+        st["evt_cs2"][0] == "ignored"
+        and "already has Stripe customer cus_other" in st["evt_cs2"][1]
+    )
+    assert st["evt_cs3"] == (
+        "processed",
+        f"cus_new is already mapped to billing.accounts id={account}; nothing to link",
+    )
+
+
+# -- checks before dispatch ----------------------------------------------------------------
+
+
+async def test_mode_connect_and_unknown_types_are_ignored(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    add_account(conn, "cus_A")
+    obj = {"id": "cus_A", "object": "customer"}
+    ctx = WebhookContext(pool, mode="test")
+    await run(
+        pool,
+        event("customer.updated", obj, event_id="evt_live", livemode=True),
+        event("customer.updated", obj, event_id="evt_connect", account="acct_1"),
+        event("balance.available", {"object": "balance"}, event_id="evt_bal"),
+        event("customer.updated", obj, event_id="evt_fine"),
+        ctx=ctx,
+    )
+    st = statuses(conn)
+    assert st["evt_live"] == ("ignored", "live-mode event, but this daemon syncs test mode")
+    assert st["evt_connect"] == (
+        "ignored",
+        "Connect event for account acct_1; Connect events are not synced",
+    )
+    assert st["evt_bal"] == ("ignored", "event type balance.available is not synced by stripe-sync")
+    assert st["evt_fine"] == ("processed", None)
+
+
+async def test_connect_allowed(pool: AsyncConnectionPool, conn: psycopg.Connection[Any]) -> None:
+    add_account(conn, "cus_A")
+    await run(
+        pool,
+        event("customer.updated", {"id": "cus_A"}, event_id="evt_c", account="acct_1"),
+        ctx=WebhookContext(pool, allow_connect=True),
+    )
+    assert statuses(conn)["evt_c"] == ("processed", None)
+
+
+async def test_unreadable_object_fails_with_the_field(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    await run(
+        pool,
+        event(
+            "customer.subscription.updated",
+            {"id": "sub_1", "customer": "cus_A", "items": {"data": [{"quantity": "two"}]}},
+            event_id="evt_bad",
+        ),
+    )
+    status, error = statuses(conn)["evt_bad"]
+    assert status == "failed"
+    assert error == "event.data.object.items.data[0].quantity: Expected `int | null`, got `str`"
+
+
+# -- references ------------------------------------------------------------------------------
+
+
+async def test_missing_customer_is_retried_until_its_mapping_appears(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    add_price(conn, "price_A")
+    await store(
+        pool,
+        event("customer.subscription.created", sub_obj(customer="cus_late"), event_id="evt_wait"),
+    )
+    ctx = WebhookContext(pool, reference_attempts=50, reference_backoff=0.02)
+    async with running_worker(pool, ctx, max_attempts=50) as worker:
+        worker.wake()
+        # Wait until it has been tried (and put back) at least twice.
+        import anyio
+
+        with anyio.fail_after(10):
+            while one(conn, "SELECT attempts FROM integration.webhook_events") < 2:
+                await anyio.sleep(0.02)
+        assert one(conn, "SELECT status, last_error FROM integration.webhook_events") in (
+            ("pending", "no mapping for cus_late"),
+            ("processing", "no mapping for cus_late"),
+        )
+        add_account(conn, "cus_late")
+        await wait_idle(pool)
+    assert statuses(conn)["evt_wait"] == ("processed", None)
+    assert one(conn, "SELECT count(*) FROM billing.subscriptions") == 1
+
+
+async def test_missing_customer_fails_when_it_never_appears(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    add_price(conn, "price_A")
+    await store(
+        pool,
+        event("customer.subscription.created", sub_obj(customer="cus_never"), event_id="evt_never"),
+        event(
+            "invoice.created",
+            {"id": "in_9", "customer": "cus_A2", "status": "draft"},
+            event_id="evt_inv",
+        ),
+    )
+    ctx = WebhookContext(pool, reference_attempts=3, reference_backoff=0.01)
+    async with running_worker(pool, ctx, max_attempts=10) as worker:
+        worker.wake()
+        await wait_idle(pool)
+    st = statuses(conn)
+    assert st["evt_never"] == ("failed", "no mapping for cus_never (waited 3 attempts)")
+    assert st["evt_inv"] == ("failed", "no mapping for cus_A2 (waited 3 attempts)")
+    # The queue's own limit, when lower, ends it the same way.
+    conn.execute("UPDATE integration.webhook_events SET status = 'pending', attempts = 0")
+    async with running_worker(
+        pool, WebhookContext(pool, reference_backoff=0.01), max_attempts=2
+    ) as worker:
+        worker.wake()
+        await wait_idle(pool)
+    assert statuses(conn)["evt_never"] == (
+        "failed",
+        "no mapping for cus_never (gave up after 2 attempts)",
+    )
+
+
+async def test_missing_price_waits_too(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    add_account(conn, "cus_A")
+    await run(
+        pool,
+        event("customer.subscription.created", sub_obj(prices=("price_nope",)), event_id="evt_p"),
+        ctx=WebhookContext(pool, reference_attempts=2, reference_backoff=0.01),
+    )
+    assert statuses(conn)["evt_p"] == ("failed", "no mapping for price_nope (waited 2 attempts)")
+
+
+# -- refetch ------------------------------------------------------------------------------
+
+
+async def test_refetch_applies_the_state_stripe_has_now(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    emulator: Any,
+    stripe_client: Any,
+) -> None:
+    from stripe_sync.config import Secret
+    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
+    from stripe_sync.stripe_api import StripeApi
+
+    pi = stripe_client.v1.payment_intents.create(
+        params={
+            "amount": 4200,
+            "currency": "eur",
+            "confirm": True,
+            "payment_method": "pm_card_visa",
+        }
+    )
+    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
+    # The event's copy is old (requires_payment_method, 1 cent); Stripe's is current.
+    stale_copy = {
+        "id": pi.id,
+        "object": "payment_intent",
+        "status": "requires_payment_method",
+        "amount": 1,
+        "currency": "eur",
+    }
+    await run(
+        pool,
+        event("payment_intent.created", stale_copy, event_id="evt_rf"),
+        ctx=WebhookContext(pool, api=api, refetch=True),
+    )
+    assert statuses(conn)["evt_rf"] == ("processed", None)
+    assert one(conn, "SELECT status, amount, amount_received FROM billing.payments") == (
+        "succeeded",
+        4200,
+        4200,
+    )
+    assert one(conn, "SELECT stripe_charge_id FROM stripe.payment_mappings") == pi.latest_charge
