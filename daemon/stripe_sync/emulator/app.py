@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -13,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import errors, forms
-from .emulator import ApiRequest, Emulator, encode, template_for
+from .emulator import ApiRequest, Emulator, LoggedRequest, encode, template_for
 from .errors import StripeError
 from .faults import parse_rule
 from .idempotency import StoredResponse
@@ -82,6 +83,7 @@ class ApiApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         emu = self.emu
+        arrived = time.monotonic()
         request = Request(scope, receive)
         method = request.method.upper()
         path = scope["path"].rstrip("/") or "/"
@@ -102,6 +104,17 @@ class ApiApp:
         except StripeError as err:
             await error(err)
             return
+        if emu.request_log is not None:
+            metadata = params.get("metadata")
+            emu.log_request(
+                LoggedRequest(
+                    t=arrived,
+                    method=method,
+                    path=path,
+                    idempotency_key=request.headers.get("idempotency-key"),
+                    metadata=dict(metadata) if isinstance(metadata, dict) else {},
+                )
+            )
         if not emu.rate_limiter.allow():
             emu.count_rate_limited()
             await error(errors.rate_limited(), {"Stripe-Should-Retry": "true"})
@@ -169,6 +182,14 @@ def _control_routes(emu: Emulator) -> list[Route]:
     async def requests(_: Request) -> Response:
         return JSONResponse(emu.stats())
 
+    async def request_log(request: Request) -> Response:
+        try:
+            since = float(request.query_params.get("since", "0"))
+        except ValueError:
+            return JSONResponse({"error": "since must be a number"}, status_code=400)
+        data = [vars(r) for r in emu.logged_requests(since)]
+        return JSONResponse({"enabled": emu.request_log is not None, "data": data})
+
     async def reset(_: Request) -> Response:
         emu.reset()
         return JSONResponse({"reset": True})
@@ -218,6 +239,7 @@ def _control_routes(emu: Emulator) -> list[Route]:
 
     return [
         Route("/_emulator/requests", requests, methods=["GET"]),
+        Route("/_emulator/request_log", request_log, methods=["GET"]),
         Route("/_emulator/reset", reset, methods=["POST"]),
         Route("/_emulator/faults", add_faults, methods=["POST"]),
         Route("/_emulator/faults", list_faults, methods=["GET"]),

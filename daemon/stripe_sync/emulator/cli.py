@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--latency", type=float, default=0.0, metavar="SECONDS", help="added to every API request"
     )
+    parser.add_argument(
+        "--request-log",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep arrival times of the last N requests for GET /_emulator/request_log "
+        "(benchmarks); off by default",
+    )
     parser.add_argument("--account-id", default=None, help="id returned by GET /v1/account")
     parser.add_argument("--api-version", default=None, help="api_version stamped on events")
     parser.add_argument(
@@ -65,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--bind must be HOST:PORT, got {args.bind!r}")
         return 2
     config = EmulatorConfig(
-        rate_limit=args.rate_limit, latency=args.latency, allow_live=args.allow_live
+        rate_limit=args.rate_limit,
+        latency=args.latency,
+        allow_live=args.allow_live,
+        request_log=max(args.request_log, 0),
     )
     if args.account_id:
         config.account_id = args.account_id

@@ -7,7 +7,7 @@ import copy
 import json
 import re
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +41,9 @@ class EmulatorConfig:
     rate_limit: int | None = None
     latency: float = 0.0
     seed: int = 0
+    # Keep the arrival times of the last N API requests for
+    # GET /_emulator/request_log (benchmarks); 0: off, nothing is recorded.
+    request_log: int = 0
 
 
 @dataclass
@@ -54,6 +57,19 @@ class ApiRequest:
     idempotency_key: str | None
     api_key: str
     livemode: bool
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One API request as it arrived: ``t`` is time.monotonic() when the app got it,
+    comparable across processes (CLOCK_MONOTONIC), so a benchmark can time the
+    path from its own COMMIT to here."""
+
+    t: float
+    method: str
+    path: str
+    idempotency_key: str | None
+    metadata: dict[str, Any]
 
 
 Handler = Callable[["Emulator", ApiRequest], JSON]
@@ -107,6 +123,10 @@ class Emulator:
         self.request_counts: Counter[str] = Counter()
         self.total_requests = 0
         self.rate_limited_requests = 0
+        # Bounded, appended to without the state lock (deque.append is atomic).
+        self.request_log: deque[LoggedRequest] | None = (
+            deque(maxlen=self.config.request_log) if self.config.request_log > 0 else None
+        )
         self._pending: dict[str, set[str]] = {}
         self._failed: dict[str, set[str]] = {}
         self.created_at = self.clock.timestamp()
@@ -122,6 +142,8 @@ class Emulator:
             self.request_counts.clear()
             self.total_requests = 0
             self.rate_limited_requests = 0
+            if self.request_log is not None:
+                self.request_log.clear()
             self._pending.clear()
             self._failed.clear()
         self.webhooks.reset()
@@ -200,6 +222,16 @@ class Emulator:
         with self.lock:
             self.total_requests += 1
             self.request_counts[f"{method} {template}"] += 1
+
+    def log_request(self, req: LoggedRequest) -> None:
+        if self.request_log is not None:
+            self.request_log.append(req)
+
+    def logged_requests(self, since: float = 0.0) -> list[LoggedRequest]:
+        """Logged requests that arrived after ``since`` (time.monotonic()), oldest first."""
+        if self.request_log is None:
+            return []
+        return [r for r in list(self.request_log) if r.t > since]
 
     def count_rate_limited(self) -> None:
         with self.lock:

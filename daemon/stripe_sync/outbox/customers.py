@@ -18,13 +18,13 @@ def _params(account_id: int, email: str, name: str | None) -> Any:
 
 async def create(ctx: Context, job: Job) -> Done:
     ref = decode(job.payload, AccountRef)
-    row = await ctx.fetch("load_account", ref.account_id)
+    # Loads the account and marks the create pending, in one round trip.
+    row = await ctx.fetch("load_account_for_create", ref.account_id)
     if row is None:
         raise CUSTOMER.missing(ref.account_id)
     email, name, stripe_id, status = row
     if stripe_id is not None and status in ("synced", "deleted"):
         return Done(note=f"already mapped to {stripe_id}")
-    await ctx.mark_pending(CUSTOMER, ref.account_id)
     customers = ctx.api.client.v1.customers
     params: Any = _params(ref.account_id, email, name)
     return await create_or_adopt(

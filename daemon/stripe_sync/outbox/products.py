@@ -20,8 +20,8 @@ def _params(product_id: int, name: str, description: str | None, active: bool) -
     return params
 
 
-async def _load(ctx: Context, product_id: int) -> tuple[Any, ...]:
-    row = await ctx.fetch("load_product", product_id)
+async def _load(ctx: Context, product_id: int, query: str = "load_product") -> tuple[Any, ...]:
+    row = await ctx.fetch(query, product_id)
     if row is None:
         raise PRODUCT.missing(product_id)
     return tuple(row)
@@ -29,10 +29,11 @@ async def _load(ctx: Context, product_id: int) -> tuple[Any, ...]:
 
 async def create(ctx: Context, job: Job) -> Done:
     ref = decode(job.payload, ProductRef)
-    name, description, active, stripe_id, status = await _load(ctx, ref.product_id)
+    # Loads the product and marks the create pending, in one round trip.
+    row = await _load(ctx, ref.product_id, "load_product_for_create")
+    name, description, active, stripe_id, status = row
     if stripe_id is not None and status in ("synced", "deleted"):
         return Done(note=f"already mapped to {stripe_id}")
-    await ctx.mark_pending(PRODUCT, ref.product_id)
     products = ctx.api.client.v1.products
     params: Any = _params(ref.product_id, name, description, active)
     return await create_or_adopt(

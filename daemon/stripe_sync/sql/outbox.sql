@@ -7,11 +7,34 @@ FROM billing.accounts a
 LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 WHERE a.id = %(id)s
 
+-- name: load_account_for_create
+-- load_account and mark_pending in one round trip: a create in flight
+-- shows as a pending mapping without a Stripe id yet. The insert is a no-op
+-- when a mapping exists (synced, deleted or pending), and the SELECT sees
+-- the mapping as it was before it, exactly as the two statements did.
+WITH a AS (SELECT id, email, name FROM billing.accounts WHERE id = %(id)s),
+pending AS (
+    INSERT INTO stripe.customer_mappings (account_id) SELECT id FROM a
+    ON CONFLICT (account_id) DO NOTHING
+)
+SELECT a.email, a.name, m.stripe_customer_id, m.sync_status
+FROM a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
+
 -- name: load_product
 SELECT p.name, p.description, p.active, m.stripe_product_id, m.sync_status
 FROM billing.products p
 LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 WHERE p.id = %(id)s
+
+-- name: load_product_for_create
+-- load_product and mark_pending in one round trip (see load_account_for_create).
+WITH p AS (SELECT id, name, description, active FROM billing.products WHERE id = %(id)s),
+pending AS (
+    INSERT INTO stripe.product_mappings (product_id) SELECT id FROM p
+    ON CONFLICT (product_id) DO NOTHING
+)
+SELECT p.name, p.description, p.active, m.stripe_product_id, m.sync_status
+FROM p LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 
 -- name: load_price
 -- With the product's mapping: a price can only be created under a synced product.

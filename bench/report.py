@@ -1,0 +1,142 @@
+"""The one table a run prints, the targets it is judged against, and the machine."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+# The issue's targets for a 2-core machine.
+L1_TARGET = {"p50_ms": 1.2, "p99_ms": 4.0, "max_ms": 10.0}
+T1_TARGET = 2_000.0  # rows/s
+T2_TARGET = 2_500.0  # events/s, stored and applied
+T2_P99_TARGET = 15.0  # ms
+P_TARGET = 0.95  # of the limit, with 0 429s
+IDLE_RSS_TARGET = 60.0  # MB
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _num(value: float, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _lat(r: dict[str, Any], unit: str = "ms") -> str:
+    if unit == "s":
+        return (f"p50 {r['p50_ms'] / 1000:.2f} / p99 {r['p99_ms'] / 1000:.2f} / "
+                f"max {r['max_ms'] / 1000:.2f} s")  # fmt: skip
+    return f"p50 {r['p50_ms']:.2f} / p99 {r['p99_ms']:.2f} / max {r['max_ms']:.2f} ms"
+
+
+def _verdict(ok: bool, why: str = "") -> str:
+    return "met" if ok else f"MISSED{f' ({why})' if why else ''}"
+
+
+def _ratio(ours: float, peer: float) -> str:
+    if not ours or not peer or math.isnan(ours) or math.isnan(peer):
+        return ""
+    return f"{ours / peer:.1f}x"
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(id, measurement, stripe-sync, peer, speed-up, target → verdict) per line."""
+    out: list[tuple[str, str, str, str, str, str]] = []
+    peer = results.get("peer")
+    if r := results.get("L1"):
+        missed = [k.split("_")[0] for k, lim in L1_TARGET.items() if not r[k] <= lim]
+        p_lat = _lat(peer["pickup"]) if peer else ""
+        speed = _ratio(peer["pickup"]["p50_ms"], r["p50_ms"]) if peer else ""
+        out.append(("L1", f"pickup, NOTIFY (n={r['n']}, commit→request)", _lat(r), p_lat,
+                    speed and f"{speed} (p50)",
+                    "p50≤1.2 p99≤4 max≤10 ms: "
+                    + _verdict(not missed, ",".join(missed))))  # fmt: skip
+        out.append(("", f"  samples over 10 ms (stalls): {r['over_stall']}; "
+                    f"COMMIT itself p50 {r['commit_p50_ms']:.2f} ms", "", "", "", ""))  # fmt: skip
+    if r := results.get("L1_sweep"):
+        out.append(("L1", f"pickup, sweep only (n={r['n']}, {r['sweep_interval_s']:.0f} s sweep)",
+                    _lat(r, "s"), "", "", "shows what NOTIFY buys"))  # fmt: skip
+    if r := results.get("T1"):
+        p = peer["drain"]["rows_per_s"] if peer else math.nan
+        out.append(("T1", f"outbox drain ({r['rows']:,} creates, end to end)",
+                    f"{_num(r['rows_per_s'])} rows/s", f"{_num(p)} jobs/s" if peer else "",
+                    _ratio(r["rows_per_s"], p),
+                    f"≥2,000 rows/s: {_verdict(r['rows_per_s'] >= T1_TARGET)}"))  # fmt: skip
+    if r := results.get("T1_latency"):
+        out.append(("T1", f"  same, 50 ms Stripe latency, concurrency {r['concurrency']}",
+                    f"{_num(r['rows_per_s'])} rows/s", "", "",
+                    f"ceiling {r['concurrency'] / 0.05:,.0f}/s"))  # fmt: skip
+    if r := results.get("T2"):
+        out.append(("T2", f"webhooks accepted ({r['events']:,} events, {r['clients']} clients)",
+                    f"{_num(r['accepted_per_s'])} ev/s; p50 {r['p50_ms']:.1f} / "
+                    f"p99 {r['p99_ms']:.1f} / max {r['max_ms']:.1f} ms", "", "",
+                    f"p99≤15 ms: {_verdict(r['p99_ms'] <= T2_P99_TARGET)}"))  # fmt: skip
+        out.append(("T2", "  all stored and applied (status processed)",
+                    f"{_num(r['applied_per_s'])} ev/s ({r['applied_seconds']:.1f} s)", "", "",
+                    f"≥2,500 ev/s: {_verdict(r['applied_per_s'] >= T2_TARGET)}"))  # fmt: skip
+    if r := results.get("P"):
+        ok = r["fraction"] >= P_TARGET and r["rate_limited"] == 0
+        out.append(("P", f"pacing at {r['limit']} req/s ({r['seconds']:.0f} s)",
+                    f"{r['achieved_per_s']:.2f} req/s ({r['fraction']:.1%}), "
+                    f"{r['rate_limited']} x 429", "", "",
+                    f"≥95 %, 0 x 429: {_verdict(ok)}"))  # fmt: skip
+    if m := results.get("M"):
+        parts = [f"idle {m['idle_mb']:.1f}"] if "idle_mb" in m else []
+        parts += [f"after T1 {m['after_t1_mb']:.1f}"] if "after_t1_mb" in m else []
+        parts += [f"after T2 {m['after_t2_mb']:.1f}"] if "after_t2_mb" in m else []
+        if parts:
+            idle_ok = m.get("idle_mb", math.inf) <= IDLE_RSS_TARGET
+            out.append(("M", "daemon RSS (VmRSS)", " / ".join(parts) + " MB", "", "",
+                        f"idle ≤60 MB: {_verdict(idle_ok)}"))  # fmt: skip
+    return out
+
+
+def table(results: dict[str, Any], only: set[str]) -> str:
+    header = ("", "measurement", "stripe-sync", results.get("peer", {}).get("name", "peer"),
+              "vs peer", "target")  # fmt: skip
+    body = rows(results)
+    lines = [header, *body]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+
+    def fmt(line: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    text = [fmt(header), rule, *(fmt(line) for line in body)]
+    missing = [m for m in ("L1", "T1", "T2", "P", "M") if m in only and not
+               any(line[0] == m for line in body)]  # fmt: skip
+    if missing:
+        text.append(f"(no result for {', '.join(missing)}: see the error above)")
+    info = results.get("machine", {})
+    if info:
+        text.append(
+            f"machine: {info.get('nproc')} cores, {info.get('cpu')}, {info.get('ram_gib')} GiB; "
+            f"PostgreSQL {info.get('postgresql')} (durable: fsync on); "
+            f"Python {info.get('python')}; wall {results.get('wall_seconds', 0):.0f} s"
+        )
+    if peer := results.get("peer"):
+        text.append(f"peer: {peer['name']}, worker CLI in its own process, concurrency "
+                    f"{peer['concurrency']}, no-op tasks; deferred with its own SQL, timed "
+                    f"from just before COMMIT like ours")  # fmt: skip
+    text += [f"note: {n}" for n in results.get("notes", [])]
+    return "\n".join(text)

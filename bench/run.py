@@ -1,0 +1,254 @@
+"""stripe-sync benchmarks: one command, its own PostgreSQL, one table.
+
+    ./dev bench                 # the full run (~5 minutes on 2 cores)
+    ./dev bench --quick         # small counts: a smoke run (~1 minute)
+    ./dev bench --only L1,T1 --json results.json
+
+Starts a durable throwaway PostgreSQL cluster (fsync on), the Stripe emulator
+(no added latency unless a measurement asks) and ``stripe-sync run``, each as
+its own process, runs every measurement after a warm-up, and prints one
+table. docs/benchmarks.md says what each measurement does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    BenchError,
+    DaemonProc,
+    EmulatorProc,
+    create_database,
+    rss_mb,
+    server_version,
+)
+from outbox_runs import drain, pacing, pickup_latency, sweep_latency
+from peer import available as peer_version
+from peer import run_peer
+from report import machine, table
+from webhook_runs import webhooks
+
+from stripe_sync.devcluster import ThrowawayCluster
+
+MEASUREMENTS = ("L1", "T1", "T2", "P", "M", "PEER")
+
+
+@dataclass(frozen=True)
+class Counts:
+    l1_samples: int
+    l1_warmup: int
+    sweep_samples: int
+    sweep_window: float  # seconds over which the sweep-only rows are spread
+    t1_rows: int
+    t1_warmup: int
+    t2_events: int
+    t2_warmup: int
+    pacing_seconds: float
+
+
+FULL = Counts(1000, 200, 40, 30.0, 20_000, 1_000, 20_000, 1_000, 30.0)
+QUICK = Counts(50, 10, 4, 4.0, 500, 50, 500, 50, 5.0)
+SWEEP_INTERVAL = 5.0  # the daemon's default STRIPE_SYNC_SWEEP_INTERVAL
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark stripe-sync against its targets and procrastinate, on a "
+        "PostgreSQL cluster of its own.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASUREMENTS),
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(MEASUREMENTS)} (default: all)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--latency-concurrency",
+        type=int,
+        default=64,
+        metavar="N",
+        help="STRIPE_SYNC_CONCURRENCY for the T1 run with 50 ms of emulator latency (default 64)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="STRIPE_SYNC_LOG_LEVEL of the daemons (default warning: see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the run directory with every process's log"
+    )
+    args = parser.parse_args(argv)
+    only = {part.strip().upper() for part in args.only.split(",") if part.strip()}
+    unknown = only - set(MEASUREMENTS)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {MEASUREMENTS}")
+    args.only = only
+    return args
+
+
+class Results(dict[str, Any]):
+    """Prints each measurement as it lands, so an interrupted run still shows its numbers."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        if key in ("L1", "L1_sweep", "T1", "T1_latency", "T2", "P", "peer"):
+            shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in value.items()}
+            print(f"    {key}: {json.dumps(shown, default=_nan_safe)}", flush=True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C: the daemons, emulators and cluster are stopped.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    counts = QUICK if args.quick else FULL
+    only: set[str] = args.only
+    run_dir = Path(tempfile.mkdtemp(prefix="stripe-sync-bench-"))
+    results = Results(counts=asdict(counts), quick=args.quick, notes=[])
+    notes: list[str] = results["notes"]
+    log_env = {"STRIPE_SYNC_LOG_LEVEL": args.log_level}
+    ok = False
+    started = time.monotonic()
+    try:
+        with ThrowawayCluster(durable=True) as cluster:
+            results["machine"] = {**machine(), "postgresql": server_version(cluster.dsn)}
+            dsn = create_database(cluster.dsn, "bench")
+            print(f"PostgreSQL {results['machine']['postgresql']} on port {cluster.port}; "
+                  f"logs in {run_dir}", flush=True)  # fmt: skip
+
+            if only & {"L1", "T1", "T2", "M"}:
+                _main_stack(dsn, run_dir, counts, only, log_env, results)
+            if "T1" in only:
+                step("T1 with 50 ms emulator latency")
+                emulator = EmulatorProc(run_dir, latency=0.05, tag="-latency").start()
+                conc = str(args.latency_concurrency)
+                daemon = DaemonProc(run_dir, dsn, emulator.url, tag="-latency",
+                                    STRIPE_SYNC_CONCURRENCY=conc, **log_env).start()  # fmt: skip
+                try:
+                    rows = counts.t1_rows
+                    results["T1_latency"] = {
+                        **drain(dsn, [emulator, daemon], rows=rows, warmup=counts.t1_warmup),
+                        "latency_ms": 50,
+                        "concurrency": args.latency_concurrency,
+                    }
+                finally:
+                    daemon.stop()
+                    emulator.stop()
+            if "P" in only:
+                step("P pacing at 25 req/s")
+                emulator = EmulatorProc(run_dir, rate_limit=25, tag="-paced").start()
+                daemon = DaemonProc(run_dir, dsn, emulator.url, tag="-paced",
+                                    STRIPE_SYNC_RATE_LIMIT="25", **log_env).start()  # fmt: skip
+                try:
+                    results["P"] = pacing(
+                        dsn, emulator, daemon, limit=25, seconds=counts.pacing_seconds
+                    )
+                finally:
+                    daemon.stop()
+                    emulator.stop()
+            if "PEER" in only:
+                version = peer_version()
+                if version is None:
+                    notes.append("peer skipped: procrastinate is not installed "
+                                 "(pip install -e '.[bench]')")  # fmt: skip
+                else:
+                    step(f"peer: procrastinate {version}")
+                    results["peer"] = {
+                        "name": f"procrastinate {version}",
+                        **run_peer(
+                            cluster.dsn, run_dir, samples=counts.l1_samples,
+                            warmup=counts.l1_warmup, jobs=counts.t1_rows,
+                            drain_warmup=counts.t1_warmup,
+                        ),
+                    }  # fmt: skip
+        ok = True
+    except BenchError as exc:
+        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+    finally:
+        results["wall_seconds"] = time.monotonic() - started
+        if ok and not args.keep_logs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            print(f"logs kept in {run_dir}", file=sys.stderr)
+    print()
+    print(table(results, only))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=_nan_safe) + "\n")
+    return 0 if ok else 1
+
+
+def _main_stack(
+    dsn: str,
+    run_dir: Path,
+    counts: Counts,
+    only: set[str],
+    log_env: dict[str, str],
+    results: dict[str, Any],
+) -> None:
+    """One emulator and one long-lived daemon for L1, T1, T2 and the memory readings."""
+    step("starting the emulator and the daemon")
+    emulator = EmulatorProc(run_dir).start()
+    daemon = DaemonProc(run_dir, dsn, emulator.url, **log_env).start()
+    memory: dict[str, float] = {}
+    results["M"] = memory
+    try:
+        time.sleep(2.0)  # settle: pool connections opened, first sweep done
+        memory["idle_mb"] = rss_mb(daemon.pid)
+        if "L1" in only:
+            step(f"L1 pickup latency, {counts.l1_samples} samples")
+            results["L1"] = pickup_latency(
+                dsn, emulator, daemon, samples=counts.l1_samples, warmup=counts.l1_warmup
+            )
+            step(f"L1 sweep only (NOTIFY trigger disabled), {counts.sweep_samples} samples")
+            results["L1_sweep"] = sweep_latency(
+                dsn, emulator, daemon, samples=counts.sweep_samples,
+                window=counts.sweep_window, sweep_interval=SWEEP_INTERVAL,
+            )  # fmt: skip
+        if "T1" in only:
+            step(f"T1 outbox drain, {counts.t1_rows} rows")
+            results["T1"] = drain(
+                dsn, [emulator, daemon], rows=counts.t1_rows, warmup=counts.t1_warmup
+            )
+            memory["after_t1_mb"] = rss_mb(daemon.pid)
+        if "T2" in only:
+            step(f"T2 webhooks, {counts.t2_events} events, 16 clients")
+            results["T2"] = webhooks(
+                dsn, daemon, events=counts.t2_events, warmup=counts.t2_warmup
+            )
+            memory["after_t2_mb"] = rss_mb(daemon.pid)
+    finally:
+        daemon.stop()
+        emulator.stop()
+
+
+def step(text: str) -> None:
+    print(f"==> {text} ({time.strftime('%H:%M:%S')})", flush=True)
+
+
+def _nan_safe(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
