@@ -69,6 +69,7 @@ def make_pool(dsn: str, *, size: int, role: str = "") -> AsyncConnectionPool:
         open=False,
         # Prepared statements for the hot claim/complete queries.
         kwargs={"autocommit": True, "prepare_threshold": 1},
-        check=AsyncConnectionPool.check_connection,
+        # No check on checkout: it costs a round trip per use, and a broken
+        # connection fails its query, which every caller retries anyway.
         name=role or "work",
     )

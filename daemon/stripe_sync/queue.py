@@ -14,9 +14,11 @@ notification that arrives while a claim runs is never lost.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -114,7 +116,13 @@ class Worker:
         self.sweep_interval = sweep_interval
         self.retry = retry or Retry()
         self.shutdown_timeout = shutdown_timeout
+        # Claimed rows, running or buffered; their leases are renewed.
         self.in_flight: set[int] = set()
+        self.prefetch = min(batch_size, concurrency)
+        self._buffer: deque[Job] = deque()
+        self._active = 0
+        self._maybe_due = True  # cleared when a claim comes back short
+        self._retries_due: list[float] = []  # heap of our own backoff retries' due times
         self.running = False
         self._wakeup = anyio.Event()
         self._stopping = anyio.Event()
@@ -126,6 +134,7 @@ class Worker:
     def wake(self, cause: str = "notify") -> None:
         if cause != "slot":
             WAKEUPS.labels(self.spec.name, cause).inc()
+            self._maybe_due = True
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -156,17 +165,19 @@ class Worker:
         while not self._stopping.is_set():
             if self._wakeup.is_set():
                 self._wakeup = anyio.Event()  # reset before the claim, never after
-            wait = self.sweep_interval
-            free = self.concurrency - len(self.in_flight)
-            if free > 0:
-                want = min(free, self.batch_size)
+            self._start_buffered(work)
+            wait = self._until_own_retry()
+            room = self.concurrency + self.prefetch - len(self.in_flight)
+            # Claim in batches: a freed slot is filled from the buffer, and the
+            # database is asked again only when the buffer runs low.
+            if self._maybe_due and room > 0 and (room >= self.prefetch or not self._buffer):
+                want = min(room, self.batch_size)
                 try:
                     jobs = await self._claim(want)
-                    next_due = None if jobs else await self._next_due()
                     failures = 0
                 except (psycopg.Error, OSError) as exc:
                     failures += 1
-                    wait = min(0.2 * 2**failures, self.sweep_interval)
+                    jobs, wait = [], min(0.2 * 2**failures, self.sweep_interval)
                     log.warning(
                         "claim failed; retrying",
                         extra={
@@ -175,17 +186,44 @@ class Worker:
                             "retry_in": round(wait, 2),
                         },
                     )
-                    jobs, next_due = [], None
-                for job in jobs:
-                    self.in_flight.add(job.id)
-                    self._idle = anyio.Event()
-                    work.start_soon(self._execute, job)
-                if len(jobs) == want:
-                    continue  # more may be due: claim again before sleeping
-                if next_due is not None:
-                    wait = min(wait, max(next_due, 0.0) + 0.001)
-            with anyio.move_on_after(wait):
+                else:
+                    self._buffer.extend(jobs)
+                    self.in_flight.update(job.id for job in jobs)
+                    self._start_buffered(work)
+                    if len(jobs) == want:
+                        continue  # more may be due: claim again before sleeping
+                    self._maybe_due = False
+                    # Nothing else is due now: sleep until the next backoff retry.
+                    next_due = await self._next_due_safe()
+                    if next_due is not None:
+                        wait = min(wait, max(next_due, 0.0) + 0.001)
+            with anyio.move_on_after(wait) as timer:
                 await self._wakeup.wait()
+            if timer.cancelled_caught:
+                self._maybe_due = True  # a retry came due, or it is time to look anyway
+
+    def _until_own_retry(self) -> float:
+        """Seconds until a retry this worker scheduled comes due (capped by the sweep)."""
+        now = anyio.current_time()
+        while self._retries_due and self._retries_due[0] <= now:
+            heapq.heappop(self._retries_due)
+            self._maybe_due = True
+        if self._retries_due:
+            return min(self.sweep_interval, self._retries_due[0] - now + 0.001)
+        return self.sweep_interval
+
+    def _start_buffered(self, work: anyio.abc.TaskGroup) -> None:
+        while self._buffer and self._active < self.concurrency:
+            job = self._buffer.popleft()
+            self._active += 1
+            self._idle = anyio.Event()
+            work.start_soon(self._execute, job)
+
+    async def _next_due_safe(self) -> float | None:
+        try:
+            return await self._next_due()
+        except (psycopg.Error, OSError):
+            return None
 
     async def _claim(self, limit: int) -> list[Job]:
         async with self.pool.connection() as conn:
@@ -202,7 +240,12 @@ class Worker:
             return None if row is None or row[0] is None else float(row[0])
 
     async def _drain(self, work: anyio.abc.TaskGroup) -> None:
-        """Let in-flight work finish within the timeout, then hand back what is left."""
+        """Let running work finish within the timeout; hand back the rest."""
+        if self._buffer:  # claimed, never started: back at once
+            await self._release([job.id for job in self._buffer])
+            self._buffer.clear()
+            if not self.in_flight:
+                self._idle.set()
         if not self.in_flight:
             return
         log.info(
@@ -217,12 +260,15 @@ class Worker:
             await self._idle.wait()
         if self.in_flight:
             work.cancel_scope.cancel()
-            left = sorted(self.in_flight)
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await self._execute_query("release", {"ids": left, "worker": self.worker_id})
-                log.warning(
-                    "handed back unfinished claims", extra={"queue": self.spec.name, "ids": left}
-                )
+            await self._release(sorted(self.in_flight))
+
+    async def _release(self, ids: list[int]) -> None:
+        self.in_flight.difference_update(ids)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._execute_query("release", {"ids": ids, "worker": self.worker_id})
+            log.warning(
+                "handed back unfinished claims", extra={"queue": self.spec.name, "ids": ids}
+            )
 
     # -- one job -----------------------------------------------------------------
 
@@ -256,6 +302,7 @@ class Worker:
                     extra={"queue": self.spec.name, "row_id": job.id},
                 )
         finally:
+            self._active -= 1
             self.in_flight.discard(job.id)
             if not self.in_flight:
                 self._idle.set()
@@ -311,6 +358,7 @@ class Worker:
             "retry", {"id": job.id, "worker": self.worker_id, "error": error, "delay": delay}
         )
         PROCESSED.labels(self.spec.name, job.kind, "retry").inc()
+        heapq.heappush(self._retries_due, anyio.current_time() + delay)
         log.warning(
             f"{self.spec.name} row will be retried",
             extra={
