@@ -234,3 +234,17 @@ def test_seed_of_ten_thousand_accounts_is_one_statement(conn: Conn) -> None:
     assert conn.execute("SELECT integration.seed_outbox()").fetchone() == (0,)
     # Not a timing assertion: recorded so a quadratic plan shows up in -ra output.
     print(f"seed 10k: {time.monotonic() - started:.3f}s")
+
+
+def test_resetting_a_mapping_starts_a_new_create_generation(conn: Conn) -> None:
+    seed_catalog(conn)
+    conn.execute(
+        "INSERT INTO stripe.customer_mappings (account_id, stripe_customer_id, "
+        "sync_status) VALUES (1, 'cus_old', 'synced')"
+    )
+    conn.execute("UPDATE stripe.customer_mappings SET sync_status = 'synced'")  # no reset
+    assert conn.execute("SELECT create_generation FROM stripe.customer_mappings").fetchone() == (0,)
+    conn.execute(
+        "UPDATE stripe.customer_mappings SET stripe_customer_id = NULL, sync_status = 'pending'"
+    )
+    assert conn.execute("SELECT create_generation FROM stripe.customer_mappings").fetchone() == (1,)

@@ -22,7 +22,7 @@ async def create(ctx: Context, job: Job) -> Done:
     row = await ctx.fetch("load_account_for_create", ref.account_id)
     if row is None:
         raise CUSTOMER.missing(ref.account_id)
-    email, name, stripe_id, status = row
+    email, name, stripe_id, status, generation = row
     if stripe_id is not None and status in ("synced", "deleted"):
         return Done(note=f"already mapped to {stripe_id}")
     customers = ctx.api.client.v1.customers
@@ -32,6 +32,7 @@ async def create(ctx: Context, job: Job) -> Done:
         CUSTOMER,
         job,
         ref.account_id,
+        generation,
         create=lambda key: customers.create_async(params=params, options={"idempotency_key": key}),
         search=lambda q: customers.search_async(params={"query": q}),
     )

@@ -64,10 +64,13 @@ class Context:
     # Stripe test account do not replay each other's requests.
     key_prefix: str
 
-    def create_key(self, family: Family, mc_id: int) -> str:
+    def create_key(self, family: Family, mc_id: int, generation: int) -> str:
         # Keyed by the MC row, not the outbox row: two create rows for one
-        # account (app + seed, a DBA's double insert) make one customer.
-        return f"{self.key_prefix}:create:{family.noun}:{mc_id}"
+        # account (app + seed, a DBA's double insert) make one customer. The
+        # generation changes when a mapping is reset to re-create a vanished
+        # object (schema/0006), so Stripe does not replay the old answer.
+        suffix = f":g{generation}" if generation else ""
+        return f"{self.key_prefix}:create:{family.noun}:{mc_id}{suffix}"
 
     def write_key(self, job: Job) -> str:
         return f"{self.key_prefix}:outbox:{job.id}"
@@ -115,6 +118,7 @@ async def create_or_adopt(
     family: Family,
     job: Job,
     mc_id: int,
+    generation: int,
     create: Callable[[str], Awaitable[StripeObject]],
     search: Callable[[str], Awaitable[Any]],
 ) -> Done:
@@ -131,7 +135,7 @@ async def create_or_adopt(
         found = _only(await ctx.api.call(f"search {family.noun}", search(query)), family, mc_id)
     if found is None:
         try:
-            found = await ctx.api.call(what, create(ctx.create_key(family, mc_id)))
+            found = await ctx.api.call(what, create(ctx.create_key(family, mc_id, generation)))
         except PermanentError as exc:
             if not is_idempotency_conflict(exc):
                 raise

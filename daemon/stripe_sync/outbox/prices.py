@@ -39,6 +39,7 @@ async def create(ctx: Context, job: Job) -> Done:
         status,
         stripe_product_id,
         product_status,
+        generation,
     ) = await _load(ctx, ref.price_id)
     if stripe_id is not None and status in ("synced", "deleted"):
         return Done(note=f"already mapped to {stripe_id}")
@@ -69,6 +70,7 @@ async def create(ctx: Context, job: Job) -> Done:
         PRICE,
         job,
         ref.price_id,
+        generation,
         create=lambda key: prices.create_async(params=params, options={"idempotency_key": key}),
         search=lambda q: prices.search_async(params={"query": q}),
     )

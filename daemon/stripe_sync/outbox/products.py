@@ -31,7 +31,7 @@ async def create(ctx: Context, job: Job) -> Done:
     ref = decode(job.payload, ProductRef)
     # Loads the product and marks the create pending, in one round trip.
     row = await _load(ctx, ref.product_id, "load_product_for_create")
-    name, description, active, stripe_id, status = row
+    name, description, active, stripe_id, status, generation = row
     if stripe_id is not None and status in ("synced", "deleted"):
         return Done(note=f"already mapped to {stripe_id}")
     products = ctx.api.client.v1.products
@@ -41,6 +41,7 @@ async def create(ctx: Context, job: Job) -> Done:
         PRODUCT,
         job,
         ref.product_id,
+        generation,
         create=lambda key: products.create_async(params=params, options={"idempotency_key": key}),
         search=lambda q: products.search_async(params={"query": q}),
     )

@@ -17,7 +17,7 @@ pending AS (
     INSERT INTO stripe.customer_mappings (account_id) SELECT id FROM a
     ON CONFLICT (account_id) DO NOTHING
 )
-SELECT a.email, a.name, m.stripe_customer_id, m.sync_status
+SELECT a.email, a.name, m.stripe_customer_id, m.sync_status, coalesce(m.create_generation, 0)
 FROM a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 
 -- name: load_product
@@ -33,14 +33,16 @@ pending AS (
     INSERT INTO stripe.product_mappings (product_id) SELECT id FROM p
     ON CONFLICT (product_id) DO NOTHING
 )
-SELECT p.name, p.description, p.active, m.stripe_product_id, m.sync_status
+SELECT p.name, p.description, p.active, m.stripe_product_id, m.sync_status,
+       coalesce(m.create_generation, 0)
 FROM p LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 
 -- name: load_price
 -- With the product's mapping: a price can only be created under a synced product.
 SELECT p.product_id, p.currency, p.unit_amount, p.recurring_interval,
        p.recurring_interval_count, p.nickname, p.active,
-       m.stripe_price_id, m.sync_status, pm.stripe_product_id, pm.sync_status
+       m.stripe_price_id, m.sync_status, pm.stripe_product_id, pm.sync_status,
+       coalesce(m.create_generation, 0)
 FROM billing.prices p
 LEFT JOIN stripe.price_mappings m ON m.price_id = p.id
 LEFT JOIN stripe.product_mappings pm ON pm.product_id = p.product_id
