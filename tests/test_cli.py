@@ -12,7 +12,18 @@ import psycopg
 import pytest
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-COMMANDS = ["migrate", "seed", "run", "status", "retry", "replay", "emulator", "demo"]
+COMMANDS = [
+    "migrate",
+    "seed",
+    "run",
+    "status",
+    "retry",
+    "replay",
+    "catch-up",
+    "reconcile",
+    "emulator",
+    "demo",
+]
 
 
 def stripe_sync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

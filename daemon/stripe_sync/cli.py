@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -110,8 +111,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             await daemon.run()
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": _uvloop()})
     return 0
+
+
+def _uvloop() -> bool:
+    """uvloop when installed and not disabled (STRIPE_SYNC_UVLOOP=0): a cheaper event loop."""
+    if os.environ.get("STRIPE_SYNC_UVLOOP", "1") == "0":
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 async def _stop_on_signal(stop: Callable[[], None]) -> None:
@@ -174,6 +186,53 @@ def cmd_replay(args: argparse.Namespace) -> int:
             else f"{event_id}: not stored (or being processed right now)"
         )
     return 0 if len(done) == len(set(args.event_ids)) else 1
+
+
+def _since(text: str) -> int:
+    from .catchup import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _operator_failure(command: str, exc: BaseException) -> str:
+    return f"stripe-sync {command}: {logs.scrub(str(exc)).strip()}"
+
+
+def cmd_catch_up(args: argparse.Namespace) -> int:
+    from .catchup import default_since, run
+    from .errors import PermanentError, TransientError
+
+    settings = _settings(args).require("DATABASE_URL", "STRIPE_API_KEY")
+    logs.register_secrets([settings.stripe_api_key.reveal()] if settings.stripe_api_key else [])
+    since = default_since() if args.since is None else args.since
+    try:
+        result = anyio.run(
+            lambda: run(settings, since=since, all_events=args.all, dry_run=args.dry_run)
+        )
+    except (PermanentError, TransientError, psycopg.Error) as exc:
+        print(_operator_failure("catch-up", exc), file=sys.stderr)
+        return 1
+    print(result.to_json() if args.json else result.summary())
+    for error in result.errors or []:
+        print(f"stripe-sync catch-up: not stored: {error}", file=sys.stderr)
+    return 1 if result.refused else 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from .errors import PermanentError, TransientError
+    from .reconcile import progress_run
+
+    settings = _settings(args).require("DATABASE_URL", "STRIPE_API_KEY")
+    logs.register_secrets([settings.stripe_api_key.reveal()] if settings.stripe_api_key else [])
+    try:
+        report = progress_run(settings, fix=args.fix, json_output=args.json)
+    except (PermanentError, TransientError, psycopg.Error) as exc:
+        print(_operator_failure("reconcile", exc), file=sys.stderr)
+        return 3
+    return 1 if report.drift else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -251,6 +310,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay = command("replay", cmd_replay, "re-apply stored webhook events", ["--database-url"])
     replay.add_argument("event_ids", nargs="+", metavar="evt_ID")
+    stripe_flags = ["--database-url", "--api-base", "--rate-limit"]
+    catch_up = command(
+        "catch-up",
+        cmd_catch_up,
+        "store the webhook events Stripe could not deliver (listed from GET /v1/events); "
+        "the running daemon applies them",
+        stripe_flags,
+    )
+    catch_up.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="a duration (30m, 6h, 3d, 2w) ago or an ISO date/time (UTC if no offset); "
+        "default 30d, all Stripe keeps",
+    )
+    catch_up.add_argument(
+        "--all",
+        action="store_true",
+        help="every event, not only failed deliveries (after an outage in which a proxy "
+        "answered Stripe with 2xx)",
+    )
+    catch_up.add_argument("--dry-run", action="store_true", help="list and count, store nothing")
+    catch_up.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    reconcile = command(
+        "reconcile",
+        cmd_reconcile,
+        "compare every customer/product/price mapping with its Stripe object and report "
+        "drift (missing, deleted, changed, metadata); exit 1 when there is drift",
+        stripe_flags,
+    )
+    reconcile.add_argument(
+        "--fix",
+        action="store_true",
+        help="repair: enqueue update_stripe_* for changed/metadata/archived, "
+        "mark deleted mappings, re-create missing objects (see docs/stripe.md)",
+    )
+    reconcile.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     # parsed by stripe_sync.emulator.cli; listed here for the overview
     sub.add_parser("emulator", help="run the Stripe emulator (see `stripe-sync emulator --help`)")
     demo = command(
@@ -281,14 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .migrate import MigrationError, SchemaNotReady
         from .provider import ProviderMismatch
 
-        exc = _unwrap(raised)
-
+        cause = _unwrap(raised)
         if isinstance(
-            exc,
+            cause,
             ProviderMismatch | MigrationError | SchemaNotReady | psycopg.OperationalError | OSError,
         ):
-            print(f"stripe-sync: {logs.scrub(str(exc)).strip()}", file=sys.stderr)
-            return EX_CONFIG if isinstance(exc, ProviderMismatch | SchemaNotReady) else 1
+            print(f"stripe-sync: {logs.scrub(str(cause)).strip()}", file=sys.stderr)
+            return EX_CONFIG if isinstance(cause, ProviderMismatch | SchemaNotReady) else 1
         raise
 
 

@@ -66,3 +66,7 @@ UPDATE integration.webhook_events
 SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL
 WHERE stripe_event_id = ANY(%(ids)s) AND status <> 'processing'
 RETURNING stripe_event_id
+
+-- name: stored_event_ids
+-- catch-up: which of these listed events are stored already.
+SELECT stripe_event_id FROM integration.webhook_events WHERE stripe_event_id = ANY(%(ids)s)

@@ -1,0 +1,361 @@
+"""``stripe-sync reconcile``: compare every mapping with its Stripe object.
+
+Pages over the customer, product and price mappings that name a Stripe
+object (mappings marked ``deleted`` are skipped: they record a deletion or
+archive Stripe confirmed), retrieves each object (paced, a few at a time) and
+reports drift:
+
+``missing``   Stripe answers 404 for the mapped id.
+``deleted``   Stripe says the object is deleted while the mapping is not; or a
+              product/price is archived (``active=false``) while its MC row is active.
+``changed``   a field the outbox pushes differs (customer email/name; product
+              name/description/active; price nickname/active). A field MC leaves
+              NULL is not compared: the outbox never clears it in Stripe.
+``metadata``  the object's ``mc_*_id`` metadata is missing or names another MC row.
+
+``--fix`` repairs, each in one transaction:
+
+- changed, metadata, archived: enqueue ``update_stripe_<x>``; the update pushes
+  the MC row's fields, ``active`` and the metadata (MC owns them).
+- deleted (Stripe's ``deleted: true``): mark the mapping ``deleted``, exactly what
+  the missed ``*.deleted`` webhook would have done. Nothing is re-created: a
+  deletion in Stripe is taken as deliberate, and re-creating is an operator's call.
+- missing (404): set the mapping back to ``pending`` with no Stripe id (only if it
+  still names that id) and enqueue ``create_stripe_<x>`` in the same transaction.
+  Nothing refers to a mapping's Stripe id by key, and the price create waits for
+  a re-created product. The create reuses the idempotency key of the MC row, so
+  within 24 h of the first create Stripe replays its first answer (the old id):
+  the next reconcile then reports it missing again.
+
+An outbox row is not enqueued twice while an identical one is pending.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+import anyio
+import stripe
+from psycopg_pool import AsyncConnectionPool
+
+from .catchup import call_with_retries, make_api
+from .config import Settings
+from .db import bound_query, make_pool, queries
+from .errors import PermanentError
+from .outbox.family import CUSTOMER, PRICE, PRODUCT, Family
+from .stripe_api import StripeApi
+
+Kind = Literal["missing", "deleted", "changed", "metadata"]
+# What --fix does about a finding; an object gets the first of these its findings need.
+Repair = Literal["create", "mark_deleted", "update"]
+REPAIRS: tuple[Repair, ...] = ("create", "mark_deleted", "update")
+KINDS: tuple[Kind, ...] = ("missing", "deleted", "changed", "metadata")
+FAMILIES: tuple[Family, ...] = (CUSTOMER, PRODUCT, PRICE)  # products before their prices
+PAGE_SIZE = 100
+CONCURRENCY = 8  # retrieves in flight; the pacer still spaces them
+
+
+@dataclass(frozen=True)
+class Mapped:
+    family: Family
+    mc_id: int
+    stripe_id: str
+    expected: dict[str, Any]
+
+
+@dataclass
+class Drift:
+    kind: Kind
+    family: str  # customer, product, price
+    mc_table: str
+    mc_id: int
+    stripe_id: str
+    detail: str
+    fix: str | None = None  # what --fix did
+
+    def line(self) -> str:
+        text = (
+            f"{self.family} {self.mc_table} id={self.mc_id} {self.stripe_id}: "
+            f"{self.kind}: {self.detail}"
+        )
+        return f"{text} → {self.fix}" if self.fix else text
+
+
+@dataclass
+class Report:
+    fix: bool
+    checked: dict[str, int] = field(default_factory=dict)
+    drift: list[Drift] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {k: sum(d.kind == k for d in self.drift) for k in KINDS}
+
+    def summary(self) -> str:
+        checked = ", ".join(f"{n} {f}(s)" for f, n in self.checked.items())
+        if not self.drift:
+            return f"checked {checked}: no drift"
+        counts = ", ".join(f"{k} {n}" for k, n in self.counts.items() if n)
+        verb = "fixed or enqueued" if self.fix else "found (run with --fix to repair)"
+        return f"checked {checked}: {len(self.drift)} drift(s) {verb} ({counts})"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "fix": self.fix,
+                "checked": self.checked,
+                "counts": self.counts,
+                "drift": [asdict(d) for d in self.drift],
+            }
+        )
+
+
+# -- comparing ------------------------------------------------------------------------
+
+Finding = tuple[Kind, str, Repair]
+
+
+def _same(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, str):
+        # Stripe shows unset text as null or "".
+        return expected == (actual or "")
+    return bool(expected == actual)
+
+
+def compare(item: Mapped, obj: dict[str, Any] | None) -> list[Finding]:
+    """The drift between a mapping and its Stripe object (None: Stripe said 404)."""
+    if obj is None:
+        return [("missing", f"Stripe has no {item.family.noun} {item.stripe_id}", "create")]
+    if obj.get("deleted"):
+        return [("deleted", "deleted in Stripe; the mapping is not marked deleted", "mark_deleted")]
+    found: list[Finding] = []
+    expected = dict(item.expected)
+    if expected.get("active") is True and obj.get("active") is False:
+        found.append(("deleted", "archived in Stripe while the MC row is active", "update"))
+        expected.pop("active")
+    changed = [
+        f"{name} {value!r} in MC, {obj.get(name)!r} in Stripe"
+        for name, value in expected.items()
+        if value is not None and value != "" and not _same(value, obj.get(name))
+    ]
+    if changed:
+        found.append(("changed", "; ".join(changed), "update"))
+    key = item.family.metadata_key
+    named = (obj.get("metadata") or {}).get(key)
+    if named != str(item.mc_id):
+        detail = f"metadata {key} missing" if named is None else f"metadata {key}={named!r}"
+        found.append(("metadata", detail, "update"))
+    return found
+
+
+async def retrieve(api: StripeApi, family: Family, stripe_id: str) -> dict[str, Any] | None:
+    """The Stripe object as a plain dict, or None when Stripe answers 404."""
+    service: Any = {
+        "customer": api.client.v1.customers,
+        "product": api.client.v1.products,
+        "price": api.client.v1.prices,
+    }[family.noun]
+    try:
+        obj = await call_with_retries(
+            api, f"retrieve {family.noun} {stripe_id}", lambda: service.retrieve_async(stripe_id)
+        )
+    except PermanentError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, stripe.StripeError) and cause.http_status == 404:
+            return None
+        raise
+    data: dict[str, Any] = obj.to_dict(for_json=True)
+    return data
+
+
+# -- fixing ---------------------------------------------------------------------------
+
+
+def _query(name: str, f: Family) -> Any:
+    return bound_query(
+        "reconcile", name, mapping=f.mapping, mc_col=f.mc_col, stripe_col=f.stripe_col
+    )
+
+
+async def repair(pool: AsyncConnectionPool, item: Mapped, how: Repair) -> str:
+    """Apply one repair in one transaction; what was done, for the report."""
+    f = item.family
+    ids = {"mc_id": item.mc_id, "stripe_id": item.stripe_id}
+    action = f"{'create' if how == 'create' else 'update'}_stripe_{f.noun}"
+    payload = json.dumps({f.mc_col: item.mc_id})
+    async with pool.connection() as conn, conn.transaction():
+        if how in ("create", "mark_deleted"):
+            cur = await conn.execute(
+                _query("forget" if how == "create" else "mark_deleted", f), ids
+            )
+            if await cur.fetchone() is None:
+                return "left alone: the mapping changed meanwhile"
+            if how == "mark_deleted":
+                return "mapping marked deleted"
+        cur = await conn.execute(
+            queries("reconcile")["enqueue"], {"action": action, "payload": payload}
+        )
+        row = await cur.fetchone()
+    done = f"enqueued {action} (outbox id {row[0]})" if row else f"{action} already pending"
+    return f"mapping set back to pending, {done}" if how == "create" else done
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+async def _pages(pool: AsyncConnectionPool, family: Family) -> AsyncIterator[list[Mapped]]:
+    after = 0
+    while True:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                queries("reconcile")[f"page_{family.noun}"],
+                {"after": after, "limit": PAGE_SIZE},
+            )
+            rows = await cur.fetchall()
+        if not rows:
+            return
+        yield [Mapped(family, int(r[1]), str(r[2]), dict(r[3])) for r in rows]
+        after = int(rows[-1][0])
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure of the page's retrieves: one line for the operator."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def _fetch(
+    api: StripeApi,
+    limiter: anyio.CapacityLimiter,
+    item: Mapped,
+    into: list[dict[str, Any] | None],
+    i: int,
+) -> None:
+    async with limiter:
+        into[i] = await retrieve(api, item.family, item.stripe_id)
+
+
+async def count(pool: AsyncConnectionPool) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    async with pool.connection() as conn:
+        for f in FAMILIES:
+            cur = await conn.execute(_query("count", f))
+            row = await cur.fetchone()
+            totals[f.noun] = int(row[0]) if row else 0
+    return totals
+
+
+async def reconcile(
+    api: StripeApi,
+    pool: AsyncConnectionPool,
+    *,
+    fix: bool = False,
+    on_checked: Callable[[str, Sequence[Drift]], None] | None = None,
+) -> Report:
+    """Compare every mapping; with ``fix``, repair. ``on_checked(noun, drift)`` per object."""
+    report = Report(fix=fix)
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    for family in FAMILIES:
+        report.checked[family.noun] = 0
+        async for page in _pages(pool, family):
+            objects: list[dict[str, Any] | None] = [None] * len(page)
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i, item in enumerate(page):
+                        tg.start_soon(_fetch, api, limiter, item, objects, i)
+            except BaseExceptionGroup as group:
+                raise _first(group) from None
+            for item, obj in zip(page, objects, strict=True):
+                findings = compare(item, obj)
+                drift = [
+                    Drift(k, family.noun, family.mc_table, item.mc_id, item.stripe_id, detail)
+                    for k, detail, _ in findings
+                ]
+                if fix and findings:
+                    how = next(r for r in REPAIRS if any(f[2] == r for f in findings))
+                    done = await repair(pool, item, how)
+                    for d in drift:
+                        d.fix = done
+                report.checked[family.noun] += 1
+                report.drift += drift
+                if on_checked is not None:
+                    on_checked(family.noun, drift)
+    return report
+
+
+async def run(
+    settings: Settings,
+    *,
+    fix: bool = False,
+    on_start: Callable[[dict[str, int]], None] | None = None,
+    on_checked: Callable[[str, Sequence[Drift]], None] | None = None,
+) -> Report:
+    """``on_start(totals)`` gets the number of mappings to check per family first."""
+    settings.require("DATABASE_URL", "STRIPE_API_KEY")
+    assert settings.database_url is not None
+    api = make_api(settings)
+    async with make_pool(settings.database_url, size=2, role="reconcile") as pool:
+        if on_start is not None:
+            on_start(await count(pool))
+        return await reconcile(api, pool, fix=fix, on_checked=on_checked)
+
+
+def progress_run(settings: Settings, *, fix: bool = False, json_output: bool = False) -> Report:
+    """The command: a progress bar on a terminal (stderr), plain lines otherwise.
+
+    Drift lines go to stdout as they are found, then a summary (or, with
+    ``json_output``, only one JSON object).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True, highlight=False)
+    both_terminal = err.is_terminal and sys.stdout.isatty()
+
+    def emit(line: str) -> None:
+        if json_output:
+            return
+        if both_terminal:
+            err.print(line, markup=False)
+        else:
+            print(line, flush=True)
+
+    if not err.is_terminal:
+        report = anyio.run(
+            partial(run, settings, fix=fix, on_checked=lambda _, drift: _emit_all(emit, drift))
+        )
+    else:
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(
+            *columns, console=err, transient=True, redirect_stdout=False, redirect_stderr=False
+        ) as progress:
+            task = progress.add_task("checking mappings", total=None)
+
+            def on_start(totals: dict[str, int]) -> None:
+                progress.update(task, total=sum(totals.values()))
+
+            def on_checked(noun: str, drift: Sequence[Drift]) -> None:
+                progress.update(task, advance=1, description=f"checking {noun}s")
+                _emit_all(emit, drift)
+
+            report = anyio.run(
+                partial(run, settings, fix=fix, on_start=on_start, on_checked=on_checked)
+            )
+    print(report.to_json() if json_output else report.summary(), flush=True)
+    return report
+
+
+def _emit_all(emit: Callable[[str], None], drift: Sequence[Drift]) -> None:
+    for d in drift:
+        emit(d.line())
