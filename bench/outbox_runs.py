@@ -22,8 +22,7 @@ INSERT_ROW = (
     "VALUES ('create_stripe_customer', jsonb_build_object('account_id', %s::bigint))"
 )
 IDLE = (
-    "SELECT NOT EXISTS (SELECT 1 FROM integration.outbox "
-    "WHERE status IN ('pending', 'processing'))"
+    "SELECT NOT EXISTS (SELECT 1 FROM integration.outbox WHERE status IN ('pending', 'processing'))"
 )
 
 
@@ -57,7 +56,12 @@ def _check_failed(conn: psycopg.Connection[Any]) -> None:
 
 
 def pickup_latency(
-    dsn: str, emulator: EmulatorProc, daemon: DaemonProc, *, samples: int, warmup: int,
+    dsn: str,
+    emulator: EmulatorProc,
+    daemon: DaemonProc,
+    *,
+    samples: int,
+    warmup: int,
     spacing: float = 0.003,
 ) -> dict[str, Any]:
     """L1: one row at a time; INSERT, COMMIT, wait until done, pause, next."""
@@ -94,7 +98,12 @@ def pickup_latency(
 
 
 def sweep_latency(
-    dsn: str, emulator: EmulatorProc, daemon: DaemonProc, *, samples: int, window: float,
+    dsn: str,
+    emulator: EmulatorProc,
+    daemon: DaemonProc,
+    *,
+    samples: int,
+    window: float,
     sweep_interval: float,
 ) -> dict[str, Any]:
     """L1 without NOTIFY: the insert trigger disabled, rows found by the periodic sweep only.
@@ -166,7 +175,12 @@ def drain(
 
 
 def pacing(
-    dsn: str, emulator: EmulatorProc, daemon: DaemonProc, *, limit: int, seconds: float,
+    dsn: str,
+    emulator: EmulatorProc,
+    daemon: DaemonProc,
+    *,
+    limit: int,
+    seconds: float,
     warmup: float = 3.0,
 ) -> dict[str, Any]:
     """P: more work queued than the limit allows; count what reaches the emulator."""

@@ -232,9 +232,7 @@ def _main_stack(
             memory["after_t1_mb"] = rss_mb(daemon.pid)
         if "T2" in only:
             step(f"T2 webhooks, {counts.t2_events} events, 16 clients")
-            results["T2"] = webhooks(
-                dsn, daemon, events=counts.t2_events, warmup=counts.t2_warmup
-            )
+            results["T2"] = webhooks(dsn, daemon, events=counts.t2_events, warmup=counts.t2_warmup)
             memory["after_t2_mb"] = rss_mb(daemon.pid)
     finally:
         daemon.stop()

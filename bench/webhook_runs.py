@@ -140,9 +140,7 @@ def webhooks(
                 _request(_event(i, tag, account, customer, now), daemon.port, now)
                 for i, (account, customer) in enumerate(customers)
             ]
-            latencies, statuses, start, end = asyncio.run(
-                _post_all(daemon.port, requests, clients)
-            )
+            latencies, statuses, start, end = asyncio.run(_post_all(daemon.port, requests, clients))
             bad = [s for s in statuses if s != 200]
             if bad:
                 raise BenchError(f"T2: {len(bad)} of {n} requests not accepted, e.g. {bad[0]}")

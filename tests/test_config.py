@@ -45,7 +45,7 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
 
 
 def test_required_variable() -> None:
-    with pytest.raises(ConfigError, match="^DATABASE_URL is not set$"):
+    with pytest.raises(ConfigError, match=r"^DATABASE_URL is not set$"):
         load_settings({}).require("DATABASE_URL")
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from daemons import DaemonProcess
 
 from stripe_sync.emulator.server import EmulatorServer
+
+from daemons import DaemonProcess
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

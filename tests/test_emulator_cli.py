@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+
 from stripe_sync.emulator.cli import build_parser
 
 

@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 import stripe
+
 from stripe_sync.emulator import EmulatorServer
 from stripe_sync.emulator.receiver import WebhookReceiver
 

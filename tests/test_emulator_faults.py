@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 import stripe
+
 from stripe_sync.emulator import EmulatorServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import stripe
+
 from stripe_sync.emulator import EmulatorServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

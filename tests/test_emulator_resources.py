@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import stripe
+
 from stripe_sync.emulator import EmulatorServer
 
 # The SDK hands httpx a pre-encoded form body; httpx prefers content= but works fine.

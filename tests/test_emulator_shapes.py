@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import stripe
+
 from stripe_sync.emulator import EmulatorServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

@@ -193,8 +193,10 @@ def test_database_restart_and_listen_kill_recover_fast(
                 ),
                 timeout=5,
             )
-            c.execute("INSERT INTO billing.accounts (email) "
-                      "VALUES ('late@' || current_database() || '.example')")
+            c.execute(
+                "INSERT INTO billing.accounts (email) "
+                "VALUES ('late@' || current_database() || '.example')"
+            )
             c.execute("SELECT integration.seed_outbox()")
             t0 = time.monotonic()
             wait_until(lambda: statuses(cluster.dsn) == {"done": 201}, timeout=10)

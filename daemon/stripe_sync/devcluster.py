@@ -133,8 +133,17 @@ class ThrowawayCluster:
     def restart(self) -> None:
         """Stop and start on the same port: for tests of reconnects."""
         # -l: a server whose output went to our pipe would keep run() waiting for EOF.
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"),
-                  "-m", "fast", "-w", "restart")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "server.log"),
+            "-m",
+            "fast",
+            "-w",
+            "restart",
+        )
         self._wait_ready()
 
     def __enter__(self) -> ThrowawayCluster:
