@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -111,19 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             await daemon.run()
             tg.cancel_scope.cancel()
 
-    anyio.run(main, backend_options={"use_uvloop": _uvloop()})
+    anyio.run(main)
     return 0
-
-
-def _uvloop() -> bool:
-    """uvloop when installed and not disabled (STRIPE_SYNC_UVLOOP=0): a cheaper event loop."""
-    if os.environ.get("STRIPE_SYNC_UVLOOP", "1") == "0":
-        return False
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 async def _stop_on_signal(stop: Callable[[], None]) -> None:
