@@ -172,11 +172,15 @@ class Worker:
             # database is asked again only when the buffer runs low.
             if self._maybe_due and room > 0 and (room >= self.prefetch or not self._buffer):
                 want = min(room, self.batch_size)
+                # Like the wake-up event, the flag is reset before the claim:
+                # a NOTIFY that lands while the claim runs sets it again.
+                self._maybe_due = False
                 try:
                     jobs = await self._claim(want)
                     failures = 0
                 except (psycopg.Error, OSError) as exc:
                     failures += 1
+                    self._maybe_due = True
                     jobs, wait = [], min(0.2 * 2**failures, self.sweep_interval)
                     log.warning(
                         "claim failed; retrying",
@@ -191,8 +195,8 @@ class Worker:
                     self.in_flight.update(job.id for job in jobs)
                     self._start_buffered(work)
                     if len(jobs) == want:
+                        self._maybe_due = True
                         continue  # more may be due: claim again before sleeping
-                    self._maybe_due = False
                     # Nothing else is due now: sleep until the next backoff retry.
                     next_due = await self._next_due_safe()
                     if next_due is not None:
