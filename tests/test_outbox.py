@@ -144,7 +144,8 @@ async def test_updates_and_archives(dsn: str, conn: Conn, emulator: EmulatorServ
         ('{"acount_id": 1}', "payload.account_id: missing"),
         ("[1]", "payload: expected a JSON object, got array"),
         ('{"account_id": 42}', "billing.accounts id=42 does not exist"),
-        ('{"account_id": 0}', "payload.account_id: expected a positive id"),
+        ('{"account_id": 0}', "payload.account_id: expected a positive 64-bit id"),
+        ('{"account_id": 1' + "0" * 30 + "}", "payload.account_id: expected a positive 64-bit id"),
     ],
 )
 async def test_bad_payload_fails_clearly_and_the_daemon_keeps_going(

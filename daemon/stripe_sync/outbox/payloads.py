@@ -36,8 +36,9 @@ def decode(raw: str, shape: type[R]) -> R:
     except msgspec.DecodeError as exc:
         raise PermanentError(f"payload: not valid JSON ({exc})") from None
     for field in msgspec.structs.fields(ref):
-        if getattr(ref, field.name) <= 0:
-            raise PermanentError(f"payload.{field.name}: expected a positive id")
+        value = getattr(ref, field.name)
+        if not 0 < value < 2**63:  # ids are bigint
+            raise PermanentError(f"payload.{field.name}: expected a positive 64-bit id")
     return ref
 
 

@@ -149,6 +149,8 @@ def _envelope(body: bytes) -> Envelope:
         raise _Reject(400, f"not a Stripe event: {exc}") from None
     except msgspec.DecodeError:
         raise _Reject(400, "not a Stripe event: body is not JSON") from None
+    except RecursionError:  # msgspec gives up on objects nested ~1,000 deep
+        raise _Reject(400, "not a Stripe event: nested too deeply") from None
     if not event.id or not event.id.startswith("evt_"):
         raise _Reject(400, "not a Stripe event: no id starting with evt_")
     if not event.type:

@@ -109,6 +109,8 @@ def make_handler(ctx: WebhookContext) -> QueueHandler:
             envelope = msgspec.json.decode(job.payload, type=Envelope)
         except msgspec.DecodeError as exc:  # the endpoint checked it; a DBA may not have
             raise PermanentError(f"payload is not a Stripe event: {exc}") from None
+        except RecursionError:
+            raise PermanentError("payload is not a Stripe event: nested too deeply") from None
         livemode = "live" if envelope.livemode else "test"
         if ctx.mode is not None and livemode != ctx.mode:
             return ignored(f"{livemode}-mode event, but this daemon syncs {ctx.mode} mode")

@@ -262,6 +262,8 @@ def decode_event(raw: str | bytes, shape: type[S]) -> Event[S]:
         raise PermanentError(f"event{where.rstrip('`')}: {text}") from None
     except msgspec.DecodeError as exc:
         raise PermanentError(f"event is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise PermanentError("event is nested too deeply to read") from None
 
 
 def metadata_id(metadata: dict[str, Any] | None, key: str) -> int | None:
