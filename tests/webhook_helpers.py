@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,7 +19,9 @@ from typing import Any
 import anyio
 import httpx
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
+from pytest_postgresql.janitor import DatabaseJanitor
 
 from stripe_sync.http import bind_socket, create_app, serve_http
 from stripe_sync.queue import WEBHOOKS, Retry, Worker
@@ -281,3 +285,29 @@ async def store(pool: AsyncConnectionPool, *events: dict[str, Any]) -> None:
     for evt in events:
         raw = json.dumps(evt).encode()
         await ingestor.store(raw, msgspec.json.decode(raw, type=Envelope))
+
+
+_fresh_names = itertools.count()
+
+
+@contextlib.contextmanager
+def fresh_database(
+    server: dict[str, Any], template: str | None = None, *, prefix: str = "stripe_sync_x"
+) -> Iterator[str]:
+    """A database of its own on the test server (a clone of ``template`` when given), for
+    a test that needs a second database next to ``dsn``, or one shared by a module."""
+    name = f"{prefix}{os.getpid()}_{next(_fresh_names)}"
+    janitor = DatabaseJanitor(
+        user=server.get("user", "postgres"),
+        host=server.get("host", "127.0.0.1"),
+        port=server.get("port", 5432),
+        password=server.get("password"),
+        dbname=name,
+        template_dbname=template,
+    )
+    janitor.drop()
+    janitor.init()
+    try:
+        yield make_conninfo(**{**server, "dbname": name})
+    finally:
+        janitor.drop()
