@@ -16,7 +16,7 @@ from stripe_sync.config import Secret
 from stripe_sync.db import make_pool
 from stripe_sync.listen import Listener
 from stripe_sync.outbox.execute import make_handler
-from stripe_sync.outbox.family import Context, key_prefix
+from stripe_sync.outbox.family import Context, source_of
 from stripe_sync.queue import OUTBOX, Retry, Worker
 from stripe_sync.stripe_api import StripeApi
 
@@ -48,7 +48,7 @@ async def outbox_pipeline(
         worker = Worker(
             OUTBOX,
             pool,
-            make_handler(Context(pool, api, await key_prefix(pool))),
+            make_handler(Context(pool, api, await source_of(pool))),
             worker_id=worker_id,
             concurrency=concurrency,
             lease_seconds=lease_seconds,

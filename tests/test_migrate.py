@@ -24,6 +24,7 @@ EXPECTED_TABLES = {
     ("stripe", "subscription_mappings"),
     ("stripe", "invoice_mappings"),
     ("stripe", "payment_refunds"),
+    ("integration", "installation"),
     ("stripe", "payment_mappings"),
     ("integration", "outbox"),
     ("integration", "webhook_events"),

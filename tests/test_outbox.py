@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from stripe_sync.db import queries
 from stripe_sync.emulator.server import EmulatorServer
 from stripe_sync.outbox.execute import EXECUTORS
 
@@ -38,6 +39,12 @@ def enqueue(conn: Conn, action: str, payload: str) -> int:
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def source(conn: Conn) -> str:
+    row = conn.execute(queries("outbox")["source"]).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def mapping(conn: Conn, table: str, mc_col: str, mc_id: int = 1) -> tuple[Any, ...] | None:
@@ -79,7 +86,7 @@ async def test_create_customer_product_price(
     assert status == "synced"
     customer = emulator.emulator.objects("customers")
     assert [(c["id"], c["email"], c["name"], c["metadata"]) for c in customer] == [
-        (cus_id, "ada@example.com", "Ada", {"mc_account_id": "1"})
+        (cus_id, "ada@example.com", "Ada", {"mc_account_id": "1", "mc_source": source(conn)})
     ]
 
     prod_id, _ = mapping(conn, "product", "product_id") or (None, None)
@@ -93,7 +100,7 @@ async def test_create_customer_product_price(
         price["recurring"]["interval"],
         price["nickname"],
         price["metadata"],
-    ) == (1500, "eur", "month", "monthly", {"mc_price_id": "1"})
+    ) == (1500, "eur", "month", "monthly", {"mc_price_id": "1", "mc_source": source(conn)})
 
 
 async def test_updates_and_archives(dsn: str, conn: Conn, emulator: EmulatorServer) -> None:
@@ -203,6 +210,27 @@ async def test_a_create_retried_after_stripe_forgot_the_key_adopts(
     assert row[2] == "done"
     assert emu.count("customers") == 1
     assert emu.stats()["counts"].get("GET /v1/customers/search", 0) >= 1
+
+
+async def test_never_adopts_another_databases_customer(
+    dsn: str, conn: Conn, emulator: EmulatorServer, stripe_client: Any
+) -> None:
+    """Another database on the same Stripe account has a customer for its account 1."""
+    catalog(conn, price=False)
+    theirs = stripe_client.v1.customers.create(
+        params={
+            "email": "other@example.com",
+            "metadata": {"mc_account_id": "1", "mc_source": "other_db/12345678"},
+        }
+    )
+    emulator.emulator.add_fault("503", "POST /v1/customers", count=1)  # so attempt 2 searches
+    async with outbox_pipeline(dsn, emulator.base_url):
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        [row] = await eventually(lambda: all_settled(dsn))
+    assert row[2:4] == ("done", 2)
+    ours = mapping(conn, "customer", "account_id")
+    assert ours is not None and ours[0] != theirs.id
+    assert emulator.emulator.count("customers") == 2
 
 
 async def test_two_create_rows_for_one_account_make_one_customer(

@@ -27,7 +27,7 @@ from .http import bind_socket, create_app, serve_http
 from .listen import Listener
 from .migrate import check_current
 from .outbox.execute import make_handler as outbox_handler
-from .outbox.family import Context, key_prefix
+from .outbox.family import Context, source_of
 from .queue import OUTBOX, WEBHOOKS, Retry, Worker
 from .stripe_api import StripeApi
 from .webhooks.endpoint import WebhookEndpoint
@@ -127,7 +127,7 @@ class Daemon:
             await check_current(conn)
         _account, mode = await provider.check(self.pool, self.api, s.mode)
         outbox = self._worker(
-            OUTBOX, outbox_handler(Context(self.pool, self.api, await key_prefix(self.pool)))
+            OUTBOX, outbox_handler(Context(self.pool, self.api, await source_of(self.pool)))
         )
         webhooks = self._worker(
             WEBHOOKS,

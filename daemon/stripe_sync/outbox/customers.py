@@ -9,8 +9,8 @@ from .family import CUSTOMER, Context, create_or_adopt, record, require_synced
 from .payloads import AccountRef, decode
 
 
-def _params(account_id: int, email: str, name: str | None) -> Any:
-    params: dict[str, Any] = {"email": email, "metadata": {"mc_account_id": str(account_id)}}
+def _params(ctx: Context, account_id: int, email: str, name: str | None) -> Any:
+    params: dict[str, Any] = {"email": email, "metadata": ctx.metadata(CUSTOMER, account_id)}
     if name is not None:
         params["name"] = name
     return params
@@ -26,7 +26,7 @@ async def create(ctx: Context, job: Job) -> Done:
     if stripe_id is not None and status in ("synced", "deleted"):
         return Done(note=f"already mapped to {stripe_id}")
     customers = ctx.api.client.v1.customers
-    params: Any = _params(ref.account_id, email, name)
+    params: Any = _params(ctx, ref.account_id, email, name)
     return await create_or_adopt(
         ctx,
         CUSTOMER,
@@ -49,7 +49,7 @@ async def update(ctx: Context, job: Job) -> Done:
         f"update customer {customer_id}",
         ctx.api.client.v1.customers.update_async(
             customer_id,
-            params=_params(ref.account_id, email, name),
+            params=_params(ctx, ref.account_id, email, name),
             options={"idempotency_key": ctx.write_key(job)},
         ),
     )

@@ -60,9 +60,17 @@ PRICE = Family(
 class Context:
     pool: AsyncConnectionPool
     api: StripeApi
-    # Names this database in idempotency keys, so two databases that share a
-    # Stripe test account do not replay each other's requests.
-    key_prefix: str
+    # "<database>/<installation>" (schema/0007): in every object's metadata
+    # and every idempotency key, so databases sharing a Stripe account never
+    # replay or adopt each other's objects.
+    source: str
+
+    @property
+    def key_prefix(self) -> str:
+        return f"stripe-sync:{self.source}"
+
+    def metadata(self, family: Family, mc_id: int) -> dict[str, str]:
+        return {family.metadata_key: str(mc_id), "mc_source": self.source}
 
     def create_key(self, family: Family, mc_id: int, generation: int) -> str:
         # Keyed by the MC row, not the outbox row: two create rows for one
@@ -85,11 +93,12 @@ class Context:
             await conn.execute(family.query("mark_pending"), {"mc_id": mc_id})
 
 
-async def key_prefix(pool: AsyncConnectionPool) -> str:
+async def source_of(pool: AsyncConnectionPool) -> str:
     async with pool.connection() as conn:
-        cur = await conn.execute(queries("outbox")["database_name"])
+        cur = await conn.execute(queries("outbox")["source"])
         row = await cur.fetchone()
-    return f"stripe-sync:{row[0] if row else 'db'}"
+    assert row is not None and row[0] is not None, "schema/0007 not applied"
+    return str(row[0])
 
 
 def record(family: Family, mc_id: int, stripe_id: str, status: str = "synced") -> Apply:
@@ -129,7 +138,7 @@ async def create_or_adopt(
     lost response created is found by its metadata and adopted.
     """
     what = f"create {family.noun} for {family.mc_table} id={mc_id}"
-    query = f"metadata['{family.metadata_key}']:'{mc_id}'"
+    query = f"metadata['{family.metadata_key}']:'{mc_id}' AND metadata['mc_source']:'{ctx.source}'"
     found: StripeObject | None = None
     if job.attempts > 1:
         found = _only(await ctx.api.call(f"search {family.noun}", search(query)), family, mc_id)

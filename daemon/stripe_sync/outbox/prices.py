@@ -18,8 +18,8 @@ async def _load(ctx: Context, price_id: int) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def _mutable(price_id: int, nickname: str | None, active: bool) -> Any:
-    params: dict[str, Any] = {"active": active, "metadata": {"mc_price_id": str(price_id)}}
+def _mutable(ctx: Context, price_id: int, nickname: str | None, active: bool) -> Any:
+    params: dict[str, Any] = {"active": active, "metadata": ctx.metadata(PRICE, price_id)}
     if nickname is not None:
         params["nickname"] = nickname
     return params
@@ -60,7 +60,7 @@ async def create(ctx: Context, job: Job) -> Done:
         "product": stripe_product_id,
         "currency": currency,
         "unit_amount": unit_amount,
-        **_mutable(ref.price_id, nickname, active),
+        **_mutable(ctx, ref.price_id, nickname, active),
     }
     if interval is not None:
         params["recurring"] = {"interval": interval, "interval_count": interval_count}
@@ -85,7 +85,7 @@ async def update(ctx: Context, job: Job) -> Done:
         f"update price {price_id}",
         ctx.api.client.v1.prices.update_async(
             price_id,
-            params=_mutable(ref.price_id, nickname, active),
+            params=_mutable(ctx, ref.price_id, nickname, active),
             options={"idempotency_key": ctx.write_key(job)},
         ),
     )

@@ -9,11 +9,11 @@ from .family import PRODUCT, Context, create_or_adopt, record, require_synced
 from .payloads import ProductRef, decode
 
 
-def _params(product_id: int, name: str, description: str | None, active: bool) -> Any:
+def _params(ctx: Context, product_id: int, name: str, description: str | None, active: bool) -> Any:
     params: dict[str, Any] = {
         "name": name,
         "active": active,
-        "metadata": {"mc_product_id": str(product_id)},
+        "metadata": ctx.metadata(PRODUCT, product_id),
     }
     if description:  # Stripe rejects an empty description
         params["description"] = description
@@ -35,7 +35,7 @@ async def create(ctx: Context, job: Job) -> Done:
     if stripe_id is not None and status in ("synced", "deleted"):
         return Done(note=f"already mapped to {stripe_id}")
     products = ctx.api.client.v1.products
-    params: Any = _params(ref.product_id, name, description, active)
+    params: Any = _params(ctx, ref.product_id, name, description, active)
     return await create_or_adopt(
         ctx,
         PRODUCT,
@@ -55,7 +55,7 @@ async def update(ctx: Context, job: Job) -> Done:
         f"update product {product_id}",
         ctx.api.client.v1.products.update_async(
             product_id,
-            params=_params(ref.product_id, name, description, active),
+            params=_params(ctx, ref.product_id, name, description, active),
             options={"idempotency_key": ctx.write_key(job)},
         ),
     )

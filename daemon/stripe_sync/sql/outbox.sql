@@ -64,5 +64,6 @@ SET {stripe_col} = EXCLUDED.{stripe_col}, sync_status = EXCLUDED.sync_status,
 WHERE m.{stripe_col} IS NULL OR m.{stripe_col} = EXCLUDED.{stripe_col}
 RETURNING m.id
 
--- name: database_name
-SELECT current_database()
+-- name: source
+-- This database's name in Stripe metadata and idempotency keys (schema/0007).
+SELECT current_database() || '/' || left((SELECT uuid::text FROM integration.installation), 8)
