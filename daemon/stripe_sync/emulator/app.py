@@ -82,6 +82,15 @@ class ApiApp:
         self.emu = emu
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Counted so a reset can wait for requests still sleeping in a latency
+        # fault: otherwise they would land in the next test's state.
+        self.emu.requests_in_flight += 1
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            self.emu.requests_in_flight -= 1
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         emu = self.emu
         arrived = time.monotonic()
         request = Request(scope, receive)

@@ -7,6 +7,7 @@ import copy
 import json
 import re
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ class Emulator:
         self.request_counts: Counter[str] = Counter()
         self.total_requests = 0
         self.rate_limited_requests = 0
+        self.requests_in_flight = 0  # maintained by the app
         # Bounded, appended to without the state lock (deque.append is atomic).
         self.request_log: deque[LoggedRequest] | None = (
             deque(maxlen=self.config.request_log) if self.config.request_log > 0 else None
@@ -213,6 +215,15 @@ class Emulator:
     def events_of_type(self, event_type: str) -> list[JSON]:
         with self.lock:
             return [copy.deepcopy(e) for e in self.store.all("events") if e["type"] == event_type]
+
+    def wait_requests_idle(self, timeout: float = 10.0) -> bool:
+        """Wait (from another thread) until no API request is being handled."""
+        deadline = time.monotonic() + timeout
+        while self.requests_in_flight > 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def wait_webhooks_idle(self, timeout: float = 5.0) -> bool:
         return self.webhooks.wait_idle(timeout)

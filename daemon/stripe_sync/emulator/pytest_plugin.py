@@ -25,10 +25,12 @@ def emulator_server() -> Iterator[EmulatorServer]:
 @pytest.fixture
 def emulator(emulator_server: EmulatorServer) -> Iterator[EmulatorServer]:
     emu = emulator_server.emulator
+    emu.wait_requests_idle()  # a previous test's slow request must not land in this one
     emu.reset()
     emu.set_rate_limit(None)
     emu.config.latency = 0.0
     yield emulator_server
+    emu.wait_requests_idle()
     emu.reset()
 
 
