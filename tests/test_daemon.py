@@ -189,3 +189,41 @@ def test_refuses_to_start_without_a_webhook_secret(
     d = spawn(daemons, dsn, emulator, STRIPE_WEBHOOK_SECRET="").start(wait=False)
     assert d.wait(20) == 78
     assert d.output() == "stripe-sync: configuration error: STRIPE_WEBHOOK_SECRET is not set\n"
+
+
+def test_metrics_and_json_logs(
+    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    import json
+
+    from stripe_sync.devcluster import free_port
+
+    port = free_port()
+    d = spawn(
+        daemons,
+        dsn,
+        emulator,
+        STRIPE_SYNC_METRICS_BIND=f"127.0.0.1:{port}",
+        STRIPE_SYNC_LOG_FORMAT="json",
+    ).start()
+    conn.execute("INSERT INTO billing.accounts (id, email) VALUES (1, 'a@example.com')")
+    conn.execute(
+        "INSERT INTO integration.outbox (action_type, payload) "
+        "VALUES ('create_stripe_customer', '{\"account_id\": 1}')"
+    )
+    wait_until(lambda: statuses(conn) == {"done": 1})
+    assert httpx.post(f"{d.url}/webhooks/stripe", content=b"{}").status_code == 400
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    for line in (
+        'stripe_sync_queue_rows{queue="outbox",status="done"} 1.0',
+        'stripe_sync_processed_total{kind="create_stripe_customer",outcome="done",'
+        'queue="outbox"} 1.0',
+        'stripe_sync_wakeups_total{cause="notify",queue="outbox"}',
+        'stripe_sync_stripe_request_seconds_count{call="create customer"} 1.0',
+        'stripe_sync_webhooks_received_total{result="rejected"} 1.0',
+    ):
+        assert line in text, line
+    records = [json.loads(line) for line in d.output().splitlines() if line.startswith("{")]
+    done = [r for r in records if r.get("msg") == "outbox row done"]
+    assert done and done[0]["row_id"] == 1 and done[0]["kind"] == "create_stripe_customer"
+    assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)

@@ -16,6 +16,7 @@ Mounting (the daemon)::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, overload
 
@@ -27,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from ..config import Secret
+from ..metrics import WEBHOOK_INGEST_SECONDS, WEBHOOKS_RECEIVED
 from .ingest import Ingestor, StoreError, Unstorable
 from .shapes import Envelope, ObjectHead
 
@@ -82,10 +84,12 @@ class WebhookEndpoint:
         return await self.handle(request)
 
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
         try:
             body = await self._read(request)
             envelope = self._verify(body, request.headers.get("stripe-signature"))
         except _Reject as exc:
+            WEBHOOKS_RECEIVED.labels("rejected").inc()
             log.warning("webhook rejected", extra={"status": exc.status, "reason": exc.reason})
             return JSONResponse({"error": exc.reason}, status_code=exc.status)
         except ClientDisconnect:
@@ -93,12 +97,16 @@ class WebhookEndpoint:
         try:
             new = await self.ingestor.store(body, envelope)
         except Unstorable as exc:
+            WEBHOOKS_RECEIVED.labels("rejected").inc()
             log.error(
                 "webhook event cannot be stored", extra={"event": envelope.id, "error": str(exc)}
             )
             return JSONResponse({"error": f"cannot be stored: {exc}"}, status_code=400)
         except StoreError as exc:
+            WEBHOOKS_RECEIVED.labels("unavailable").inc()
             return JSONResponse({"error": f"not stored, retry later: {exc}"}, status_code=503)
+        WEBHOOKS_RECEIVED.labels("stored" if new else "duplicate").inc()
+        WEBHOOK_INGEST_SECONDS.observe(time.perf_counter() - started)
         return JSONResponse({"received": True, "duplicate": not new})
 
     async def _read(self, request: Request) -> bytes:
