@@ -112,7 +112,7 @@ def assert_exactly_one_customer_each(dsn: str, emulator: EmulatorServer, n: int)
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     started: list[DaemonProcess], dsn: str, emulator: EmulatorServer
 ) -> None:
-    rows, kills = 3000, 20
+    rows, kills = 5000, 20
     emulator.emulator.add_fault("applied_response_lost", "POST /v1/customers", rate=0.1)
     # Slow enough that the kills land mid-drain, not after it.
     emulator.emulator.add_fault("latency", "POST /v1/customers", rate=1.0, seconds=0.05)
