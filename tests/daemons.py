@@ -84,3 +84,15 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait()
         # The log stays readable after stop; the temporary file goes with the object.
+
+
+def poll(check: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Call ``check`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s (last: {value!r})")
+        time.sleep(interval)

@@ -4,7 +4,6 @@ replicas and graceful shutdown, against a real database and the emulator."""
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from stripe_sync.emulator.server import EmulatorServer
 
 from daemons import DaemonProcess
+from daemons import poll as wait_until
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -33,17 +33,6 @@ def spawn(
     d = DaemonProcess(dsn, emulator.base_url, **env)
     started.append(d)
     return d
-
-
-def wait_until(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s (last: {value!r})")
-        time.sleep(0.02)
 
 
 def statuses(conn: Conn) -> dict[str, int]:

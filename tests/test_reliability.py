@@ -22,7 +22,7 @@ from stripe_sync.devcluster import ThrowawayCluster
 from stripe_sync.emulator.server import EmulatorServer
 from stripe_sync.migrate import migrate
 
-from daemons import API_KEY, DaemonProcess
+from daemons import API_KEY, DaemonProcess, poll
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 FAST = {"STRIPE_SYNC_LEASE_SECONDS": 1, "STRIPE_SYNC_SWEEP_INTERVAL": 0.3}
@@ -45,14 +45,7 @@ def spawn(
 
 
 def wait_until(check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s (last: {value!r})")
-        time.sleep(0.05)
+    return poll(check, timeout)
 
 
 def statuses(dsn: str) -> dict[str, int]:
