@@ -8,6 +8,7 @@ same idempotency key however many restarts lie in between.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -23,15 +24,21 @@ T = TypeVar("T")
 
 
 class Pacer:
-    """Spaces calls evenly at ``rate`` per second (0: no pacing).
+    """At most ``rate`` calls in any one-second window (0: no pacing).
 
-    Evenly spaced rather than bursty, so that no one-second window Stripe
-    looks at sees more than the rate; a 2 % margin absorbs timer jitter.
+    Calls are spaced evenly (2 % under the rate) so load stays smooth, and
+    the times they actually left are checked against a sliding window: a
+    task that woke late must not bunch up with the ones after it and give
+    Stripe's limiter a 429.
     """
+
+    WINDOW = 1.02  # seconds; a little over Stripe's second, for network jitter
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / (rate * 0.98) if rate > 0 else 0.0
+        self.limit = max(1, int(rate))
         self._next = 0.0
+        self._sent: deque[float] = deque()
 
     async def wait(self) -> None:
         if not self.interval:
@@ -40,7 +47,15 @@ class Pacer:
         slot = max(now, self._next)
         # Reserve before sleeping: the event loop is single-threaded, so no lock.
         self._next = slot + self.interval
-        if slot > now:
+        while True:
+            now = anyio.current_time()
+            while self._sent and self._sent[0] <= now - self.WINDOW:
+                self._sent.popleft()
+            if now >= slot and len(self._sent) < self.limit:
+                self._sent.append(now)  # no await since the check: it holds
+                return
+            if len(self._sent) >= self.limit:
+                slot = max(slot, self._sent[0] + self.WINDOW)
             await anyio.sleep(slot - now)
 
 
