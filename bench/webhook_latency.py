@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def main() -> None:
         finally:
             daemon.stop()
             emulator.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
     s = latency_summary(lags)
     print(f"{len(lags)} customer.updated events, one at a time: ingest commit → applied")
     print(f"  p50 {s['p50_ms']:.2f} / p99 {s['p99_ms']:.2f} / max {s['max_ms']:.2f} ms")
