@@ -96,3 +96,26 @@ def poll(check: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s (last: {value!r})")
         time.sleep(interval)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``stripe-sync ARGS`` as an operator runs it, with only the given settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL"))}
+    return subprocess.run(
+        [sys.executable, "-m", "stripe_sync.cli", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def cli_env(dsn: str, api_base: str) -> dict[str, str]:
+    """Settings for a command that talks to the database and the emulator."""
+    return {
+        "DATABASE_URL": dsn,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": api_base,
+        "STRIPE_SYNC_RATE_LIMIT": "0",
+    }

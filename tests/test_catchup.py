@@ -5,10 +5,8 @@ official SDK and stored exactly once, the way the endpoint stores them."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,30 +20,19 @@ from stripe_sync.emulator.server import EmulatorServer
 from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.ingest import Ingestor
 
+from daemons import cli_env, run_cli
+
 Conn = psycopg.Connection[tuple[Any, ...]]
 API_KEY = "sk_test_emulator"
 DAY = 86400
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL"))}
-    return subprocess.run(
-        [sys.executable, "-m", "stripe_sync.cli", *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env=env)
 
 
 def settings_env(dsn: str, emulator: EmulatorServer) -> dict[str, str]:
-    return {
-        "DATABASE_URL": dsn,
-        "STRIPE_API_KEY": API_KEY,
-        "STRIPE_API_BASE": emulator.base_url,
-        "STRIPE_SYNC_RATE_LIMIT": "0",
-    }
+    return cli_env(dsn, emulator.base_url)
 
 
 def dead_endpoint(emulator: EmulatorServer) -> None:

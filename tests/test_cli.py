@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import psycopg
 import pytest
+
+from daemons import run_cli
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 COMMANDS = [
@@ -26,16 +25,7 @@ COMMANDS = [
 ]
 
 
-def stripe_sync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL"))}
-    return subprocess.run(
-        [sys.executable, "-m", "stripe_sync.cli", *args],
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+stripe_sync = run_cli
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])

@@ -17,6 +17,7 @@ import pytest
 
 from stripe_sync.emulator.server import EmulatorServer
 
+from daemons import cli_env, run_cli
 from pipeline import all_settled, eventually, outbox_pipeline
 
 pytestmark = pytest.mark.anyio
@@ -25,24 +26,11 @@ API_KEY = "sk_test_emulator"
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL"))}
-    return subprocess.run(
-        [sys.executable, "-m", "stripe_sync.cli", "reconcile", *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("reconcile", *args, env=env)
 
 
 def settings_env(dsn: str, emulator: EmulatorServer) -> dict[str, str]:
-    return {
-        "DATABASE_URL": dsn,
-        "STRIPE_API_KEY": API_KEY,
-        "STRIPE_API_BASE": emulator.base_url,
-        "STRIPE_SYNC_RATE_LIMIT": "0",
-    }
+    return cli_env(dsn, emulator.base_url)
 
 
 async def sync(dsn: str, emulator: EmulatorServer) -> None:

@@ -210,7 +210,7 @@ def _listen_ready(daemon: DaemonProcess) -> bool:
 def test_no_secret_in_logs_errors_or_tables(
     started: list[DaemonProcess], dsn: str, emulator: EmulatorServer
 ) -> None:
-    key, secret = "sk_test_CANARYkey0123456789", "whsec_CANARYsecret0123456789"
+    key, secret = "sk_test_CANARYkey0123456789", "whsec_CANARY-secret-0123"
     emulator.emulator.add_fault("500", "POST /v1/customers", count=2)
     daemon = spawn(
         started,
