@@ -3,7 +3,9 @@ replicas and graceful shutdown, against a real database and the emulator."""
 
 from __future__ import annotations
 
+import json
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +15,9 @@ import pytest
 
 from stripe_sync.emulator.server import EmulatorServer
 
-from daemons import DaemonProcess
+from daemons import WEBHOOK_SECRET, DaemonProcess
 from daemons import poll as wait_until
+from webhook_helpers import event, sign
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -216,3 +219,27 @@ def test_metrics_and_json_logs(
     done = [r for r in records if r.get("msg") == "outbox row done"]
     assert done and done[0]["row_id"] == 1 and done[0]["kind"] == "create_stripe_customer"
     assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+
+
+def test_the_daemon_applies_its_webhook_tolerance_setting(
+    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    """Issue #17: STRIPE_SYNC_WEBHOOK_TOLERANCE reaches the endpoint of the running daemon
+    (a daemon that ignored it, e.g. passing a huge tolerance, would store the old event)."""
+    d = spawn(daemons, dsn, emulator, STRIPE_SYNC_WEBHOOK_TOLERANCE=60).start()
+    now = int(time.time())
+
+    def post(event_id: str, signed_ago: int) -> httpx.Response:
+        body = json.dumps(event("customer.updated", {"id": "cus_T"}, event_id=event_id))
+        header = sign(body, WEBHOOK_SECRET, timestamp=now - signed_ago)
+        return httpx.post(
+            f"{d.url}/webhooks/stripe", content=body, headers={"Stripe-Signature": header}
+        )
+
+    old = post("evt_signed_120s_ago", 120)
+    assert old.status_code == 400
+    assert old.json() == {"error": "signature timestamp outside the tolerance"}
+    recent = post("evt_signed_30s_ago", 30)
+    assert recent.status_code == 200
+    stored = conn.execute("SELECT stripe_event_id FROM integration.webhook_events").fetchall()
+    assert stored == [("evt_signed_30s_ago",)]

@@ -399,6 +399,72 @@ async def test_invoice_and_payment_and_refunds(
     assert {s for s, _ in statuses(conn).values()} == {"processed"}
 
 
+def _payment(amount: int) -> dict[str, Any]:
+    return {
+        "id": "pi_r",
+        "object": "payment_intent",
+        "customer": "cus_A",
+        "status": "succeeded",
+        "currency": "usd",
+        "amount": amount,
+        "amount_received": amount,
+        "latest_charge": "ch_r",
+    }
+
+
+def _refund(refund_id: str, amount: int, status: str) -> dict[str, Any]:
+    return {
+        "id": refund_id,
+        "object": "refund",
+        "amount": amount,
+        "payment_intent": "pi_r",
+        "charge": "ch_r",
+        "status": status,
+    }
+
+
+@pytest.mark.parametrize("order", ["in order", "reversed"])
+async def test_a_canceled_full_refund_refunds_nothing(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], order: str
+) -> None:
+    """Issue #17: a canceled refund never counts toward amount_refunded, in any arrival order."""
+    add_account(conn, "cus_A")
+    await run(pool, event("payment_intent.succeeded", _payment(2000), created=T0))
+    refund_events = [
+        event("refund.created", _refund("re_full", 2000, "succeeded"), created=T0 + 5),
+        event("refund.updated", _refund("re_full", 2000, "canceled"), created=T0 + 9),
+    ]
+    if order == "reversed":
+        refund_events.reverse()
+    for e in refund_events:  # one at a time: the arrival order is the point
+        await run(pool, e)
+    assert one(conn, "SELECT amount_refunded, refund_status FROM billing.payments") == (0, "none")
+    assert one(conn, "SELECT status FROM stripe.payment_refunds") == "canceled"
+
+
+@pytest.mark.parametrize("order", ["in order", "reversed"])
+async def test_a_canceled_partial_refund_among_others(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], order: str
+) -> None:
+    add_account(conn, "cus_A")
+    await run(pool, event("payment_intent.succeeded", _payment(2000), created=T0))
+    refund_events = [
+        event("refund.created", _refund("re_a", 500, "succeeded"), created=T0 + 5),
+        event("refund.created", _refund("re_b", 700, "succeeded"), created=T0 + 6),
+        event("refund.created", _refund("re_c", 300, "pending"), created=T0 + 6),
+        event("refund.updated", _refund("re_b", 700, "canceled"), created=T0 + 8),
+    ]
+    if order == "reversed":
+        refund_events.reverse()
+    for e in refund_events:
+        await run(pool, e)
+    # re_a and the pending re_c count; the canceled re_b does not.
+    assert one(conn, "SELECT amount_refunded, refund_status FROM billing.payments") == (
+        800,
+        "partial",
+    )
+
+
 async def test_payment_intent_with_old_charges_list(
     pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
 ) -> None:
