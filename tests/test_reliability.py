@@ -44,8 +44,13 @@ def spawn(
     return p.start()
 
 
-def wait_until(check: Any, timeout: float = 60.0) -> Any:
-    return poll(check, timeout)
+def wait_until(check: Any, timeout: float = 60.0, show: Any = None) -> Any:
+    try:
+        return poll(check, timeout)
+    except AssertionError as exc:
+        if show is None:
+            raise
+        raise AssertionError(f"{exc}; now: {show()}") from None
 
 
 def statuses(dsn: str) -> dict[str, int]:
@@ -102,6 +107,7 @@ def assert_exactly_one_customer_each(dsn: str, emulator: EmulatorServer, n: int)
     assert orphans == (0,)
 
 
+@pytest.mark.timeout(420)
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     started: list[DaemonProcess], dsn: str, emulator: EmulatorServer
 ) -> None:
@@ -120,7 +126,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     spawn(started, dsn, emulator, **FAST)
     # A correctness scenario, not a timed one: on a loaded 2-core machine the
     # drain after the kills (searches for the killed rows included) took ~50 s.
-    wait_until(lambda: statuses(dsn) == {"done": rows}, timeout=240)
+    wait_until(lambda: statuses(dsn) == {"done": rows}, timeout=240, show=lambda: statuses(dsn))
     assert_exactly_one_customer_each(dsn, emulator, rows)
 
 

@@ -134,7 +134,10 @@ async def running_worker(
     pool: AsyncConnectionPool,
     ctx: WebhookContext | None = None,
     *,
-    max_attempts: int = 3,
+    # Room for an event to wait for the one that creates its reference (0.01 s
+    # doubling to 0.2 s: ~1.5 s in all) even on a loaded machine; tests of
+    # giving up pass their own limit.
+    max_attempts: int = 10,
     base_seconds: float = 0.01,
 ) -> AsyncIterator[Worker]:
     worker = Worker(
