@@ -17,8 +17,10 @@ from stripe_sync.db import make_pool
 from stripe_sync.listen import Listener
 from stripe_sync.outbox.execute import make_handler
 from stripe_sync.outbox.family import Context, source_of
-from stripe_sync.queue import OUTBOX, Retry, Worker
+from stripe_sync.retry import Retry
+from stripe_sync.store import OUTBOX, PostgresStore
 from stripe_sync.stripe_api import StripeApi
+from stripe_sync.worker import Worker
 
 API_KEY = "sk_test_emulator"
 
@@ -46,8 +48,7 @@ async def outbox_pipeline(
     async with pool:
         api = StripeApi(Secret(API_KEY), api_base=api_base, rate_limit=rate_limit, timeout=10)
         worker = Worker(
-            OUTBOX,
-            pool,
+            PostgresStore(OUTBOX, pool),
             make_handler(Context(pool, api, await source_of(pool))),
             worker_id=worker_id,
             concurrency=concurrency,

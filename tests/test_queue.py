@@ -13,8 +13,11 @@ import pytest
 
 from stripe_sync.db import make_pool
 from stripe_sync.errors import PermanentError, TransientError
+from stripe_sync.jobs import Done, Job
 from stripe_sync.listen import Listener
-from stripe_sync.queue import OUTBOX, Done, Job, Retry, Worker
+from stripe_sync.retry import Retry
+from stripe_sync.store import OUTBOX, PostgresStore
+from stripe_sync.worker import Worker
 
 from pipeline import eventually
 
@@ -39,7 +42,8 @@ async def workers(
     options.update(kwargs)
     pool = make_pool(dsn, size=12)
     async with pool, anyio.create_task_group() as tg:
-        ws = [Worker(OUTBOX, pool, handler, worker_id=f"{name}{i}", **options) for i in range(n)]
+        store = PostgresStore(OUTBOX, pool)
+        ws = [Worker(store, handler, worker_id=f"{name}{i}", **options) for i in range(n)]
         listener = Listener(dsn, {OUTBOX.channel: lambda: [w.wake() for w in ws] and None})
         await tg.start(listener.run)
         for w in ws:
@@ -240,11 +244,11 @@ async def test_a_notify_during_the_claim_is_not_lost(dsn: str, conn: Conn) -> No
     """The wake-up flags are reset before the claim, never after (procrastinate 3.10's bug)."""
     claims = 0
 
-    class RacyWorker(Worker):
-        async def _claim(self, limit: int) -> list[Job]:
+    class RacyStore(PostgresStore):
+        async def claim(self, limit: int, worker: str, lease: float) -> list[Job]:
             nonlocal claims
             claims += 1
-            jobs = await super()._claim(limit)
+            jobs = await super().claim(limit, worker, lease)
             if claims == 2:  # the claim after start-up saw nothing; a row commits meanwhile
                 insert(conn)
                 await anyio.sleep(0.2)  # its NOTIFY reaches the listener before we return
@@ -255,7 +259,7 @@ async def test_a_notify_during_the_claim_is_not_lost(dsn: str, conn: Conn) -> No
 
     pool = make_pool(dsn, size=4)
     async with pool, anyio.create_task_group() as tg:
-        worker = RacyWorker(OUTBOX, pool, handler, worker_id="racy", sweep_interval=3600.0)
+        worker = Worker(RacyStore(OUTBOX, pool), handler, worker_id="racy", sweep_interval=3600.0)
         await tg.start(Listener(dsn, {OUTBOX.channel: worker.wake}).run)
         await tg.start(worker.run)
         await eventually(lambda: claims == 1)

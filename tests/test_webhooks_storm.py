@@ -36,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from stripe_sync.db import make_pool
 from stripe_sync.emulator.server import EmulatorServer
-from stripe_sync.queue import Job
+from stripe_sync.jobs import Job
 from stripe_sync.webhooks.process import WebhookContext, make_handler
 
 from daemons import WEBHOOK_SECRET, DaemonProcess

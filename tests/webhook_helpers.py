@@ -24,10 +24,12 @@ from psycopg_pool import AsyncConnectionPool
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from stripe_sync.http import bind_socket, create_app, serve_http
-from stripe_sync.queue import WEBHOOKS, Retry, Worker
+from stripe_sync.retry import Retry
+from stripe_sync.store import WEBHOOKS, PostgresStore
 from stripe_sync.webhooks.endpoint import WebhookEndpoint
 from stripe_sync.webhooks.ingest import Ingestor
 from stripe_sync.webhooks.process import WebhookContext, make_handler
+from stripe_sync.worker import Worker
 
 SECRET = "whsec_test_secret"
 EVENTS_DIR = Path(__file__).parent / "data" / "events"
@@ -141,8 +143,7 @@ async def running_worker(
     base_seconds: float = 0.01,
 ) -> AsyncIterator[Worker]:
     worker = Worker(
-        WEBHOOKS,
-        pool,
+        PostgresStore(WEBHOOKS, pool),
         make_handler(ctx or WebhookContext(pool, reference_backoff=0.01)),
         worker_id="webhook-test",
         sweep_interval=0.05,

@@ -28,12 +28,14 @@ from .listen import Listener
 from .migrate import check_current
 from .outbox.execute import make_handler as outbox_handler
 from .outbox.family import Context, source_of
-from .queue import OUTBOX, WEBHOOKS, Retry, Worker
+from .retry import Retry
+from .store import OUTBOX, WEBHOOKS, PostgresStore
 from .stripe_api import StripeApi
 from .webhooks.endpoint import WebhookEndpoint
 from .webhooks.ingest import Ingestor
 from .webhooks.process import WebhookContext
 from .webhooks.process import make_handler as webhook_handler
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,7 @@ class Daemon:
     def _worker(self, spec: Any, handler: Any) -> Worker:
         s = self.settings
         return Worker(
-            spec,
-            self.pool,
+            PostgresStore(spec, self.pool),
             handler,
             worker_id=self.id,
             concurrency=s.concurrency,

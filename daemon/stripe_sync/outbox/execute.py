@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ..errors import PermanentError
-from ..queue import Done, Handler, Job
+from ..jobs import Done, Handler, Job
 from . import customers, prices, products
 from .family import Context
 

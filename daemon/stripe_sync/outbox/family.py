@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..db import bound_query, queries
 from ..errors import PermanentError, TransientError
-from ..queue import Apply, Done, Job
+from ..jobs import Apply, Done, Job
 from ..stripe_api import StripeApi, is_idempotency_conflict
 
 

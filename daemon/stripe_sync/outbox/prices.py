@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import PermanentError, TransientError
-from ..queue import Done, Job
+from ..jobs import Done, Job
 from .family import PRICE, Context, create_or_adopt, record, require_synced
 from .payloads import PriceRef, decode
 

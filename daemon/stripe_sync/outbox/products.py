@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..queue import Done, Job
+from ..jobs import Done, Job
 from .family import PRODUCT, Context, create_or_adopt, record, require_synced
 from .payloads import ProductRef, decode
 

@@ -9,7 +9,7 @@ plans are prices (plan ids are price ids), so plan.* uses the price mappings.
 
 from __future__ import annotations
 
-from ..queue import Done, Job
+from ..jobs import Done, Job
 from .common import PRICES, PRODUCTS, Key, Mapping, WebhookContext, confirm, rank_of
 from .shapes import CatalogObject, decode_event, metadata_id
 

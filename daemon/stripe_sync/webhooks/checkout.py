@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 
 from ..db import queries
 from ..errors import TransientError
-from ..queue import Done, Job
+from ..jobs import Done, Job
 from .common import CUSTOMERS, WebhookContext, find, ignored
 from .shapes import CheckoutSession, decode_event, metadata_id, ref_id
 

@@ -32,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..db import bound_query, queries
 from ..errors import TransientError
-from ..queue import Done, Job
+from ..jobs import Done, Job
 from ..stripe_api import StripeApi
 
 

@@ -7,7 +7,7 @@ MC owns its accounts, so these events change only stripe.customer_mappings
 
 from __future__ import annotations
 
-from ..queue import Done, Job
+from ..jobs import Done, Job
 from .common import CUSTOMERS, Key, WebhookContext, confirm, rank_of
 from .shapes import Customer, decode_event, metadata_id
 

@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 
 from ..db import queries
 from ..errors import PermanentError
-from ..queue import Done, Job
+from ..jobs import Done, Job
 from .common import (
     CUSTOMERS,
     INVOICES,

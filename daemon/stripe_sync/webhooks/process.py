@@ -3,7 +3,7 @@
 Usage (the daemon)::
 
     ctx = WebhookContext(pool, api=api, mode="test")
-    worker = Worker(WEBHOOKS, pool, make_handler(ctx), worker_id=...)
+    worker = Worker(PostgresStore(WEBHOOKS, pool), make_handler(ctx), worker_id=...)
 
 Every event type not in HANDLERS is recorded ``ignored`` with a note, never
 failed. Events of the other mode (``livemode`` vs ``ctx.mode``) and Connect
@@ -17,8 +17,8 @@ from typing import Any
 import msgspec
 
 from ..errors import PermanentError
-from ..queue import Done, Job
-from ..queue import Handler as QueueHandler
+from ..jobs import Done, Job
+from ..jobs import Handler as QueueHandler
 from . import catalog, checkout, customers, invoices, payments, subscriptions
 from .common import Handler, MissingReference, WebhookContext, ignored
 from .shapes import Envelope, ObjectHead

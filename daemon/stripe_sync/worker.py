@@ -1,101 +1,43 @@
-"""Claim → execute → record: the one mechanism behind both pipelines.
+"""Claim → execute → record: the one loop behind both pipelines.
 
-A :class:`Worker` claims due rows of one queue table in batches
-(``FOR UPDATE SKIP LOCKED``), runs its handler on each concurrently up to a
-limit, and records the outcome: done (together with the handler's own writes,
-in one transaction), retry with backoff, or failed. Claims are leases renewed
-while the work runs, so a crashed daemon's rows come back within seconds.
+A :class:`Worker` claims due rows of one queue from its :class:`~.store.Store`
+in batches into a local buffer, runs its :data:`~.jobs.Handler` on each
+concurrently up to a limit, and records the outcome: done (together with the
+handler's own writes, in one transaction), retry with backoff
+(:class:`~.retry.Retry`), or failed. Claims are leases renewed while the work
+runs, so a crashed daemon's rows come back within seconds.
 
-It wakes on NOTIFY (via :meth:`Worker.wake`), when a slot frees up, when the
-next backoff retry is due, and on a periodic sweep, which also takes back
-expired leases. The wake-up flag is reset *before* each claim, so a
-notification that arrives while a claim runs is never lost.
+It wakes on NOTIFY (via :meth:`Worker.wake`, called by ``listen.py``), when a
+slot frees up, when the next backoff retry is due, and on a periodic sweep,
+which also takes back expired leases. The wake-up flag is reset *before* each
+claim, so a notification that arrives while a claim runs is never lost.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import math
-import random
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import anyio
-import psycopg
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
-from .db import bound_query
 from .errors import LeaseLost, PermanentError, TransientError
+from .jobs import Done, Handler, Job
 from .metrics import PROCESSED, WAKEUPS
+from .retry import Retry
+from .store import DATABASE_ERRORS, Store
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class QueueSpec:
-    name: str  # in logs: "outbox" or "webhooks"
-    table: str  # schema-qualified
-    kind: str  # the column that says what to do: action_type or event_type
-    channel: str  # NOTIFY channel of its triggers
-    done_status: str
-
-    def query(self, name: str) -> psycopg.sql.Composed:
-        return bound_query("queue", name, table=self.table, kind=self.kind)
-
-
-OUTBOX = QueueSpec("outbox", "integration.outbox", "action_type", "stripe_sync_outbox", "done")
-WEBHOOKS = QueueSpec(
-    "webhooks", "integration.webhook_events", "event_type", "stripe_sync_webhooks", "processed"
-)
-
-
-class Job(NamedTuple):
-    id: int
-    kind: str  # action_type or event_type
-    attempts: int  # including this one
-    payload: str  # raw JSON text: handlers decode it straight into msgspec Structs
-
-
-Apply = Callable[[AsyncConnection[Any]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Done:
-    """A handler's success: ``apply`` runs in the transaction that records it."""
-
-    apply: Apply | None = None
-    status: str | None = None  # default: the queue's done status
-    note: str | None = None  # kept in last_error, e.g. why an event was ignored
-
-
-Handler = Callable[[Job], Awaitable[Done]]
-
-
-@dataclass(frozen=True)
-class Retry:
-    max_attempts: int = 10
-    base_seconds: float = 1.0
-    max_seconds: float = 600.0
-
-    def delay(
-        self, attempts: int, retry_after: float | None = None, base: float | None = None
-    ) -> float:
-        """Exponential backoff with jitter; a server's Retry-After is a floor."""
-        step = self.base_seconds if base is None else base
-        exp = min(self.max_seconds, step * math.pow(2, max(attempts - 1, 0)))
-        delay = exp * random.uniform(0.5, 1.0)
-        return max(delay, retry_after or 0.0)
-
-
 class Worker:
+    # The pause after the first failed claim in a row; it doubles with each
+    # further failure, up to the sweep interval.
+    claim_backoff: float = 0.2
+
     def __init__(
         self,
-        spec: QueueSpec,
-        pool: AsyncConnectionPool,
+        store: Store,
         handler: Handler,
         *,
         worker_id: str,
@@ -106,8 +48,8 @@ class Worker:
         retry: Retry | None = None,
         shutdown_timeout: float = 30.0,
     ) -> None:
-        self.spec = spec
-        self.pool = pool
+        self.store = store
+        self.spec = store.spec
         self.handler = handler
         self.worker_id = worker_id
         self.concurrency = concurrency
@@ -176,12 +118,12 @@ class Worker:
                 # a NOTIFY that lands while the claim runs sets it again.
                 self._maybe_due = False
                 try:
-                    jobs = await self._claim(want)
+                    jobs = await self.store.claim(want, self.worker_id, self.lease_seconds)
                     failures = 0
-                except (psycopg.Error, OSError) as exc:
+                except DATABASE_ERRORS as exc:
                     failures += 1
                     self._maybe_due = True
-                    jobs, wait = [], min(0.2 * 2**failures, self.sweep_interval)
+                    jobs, wait = [], min(self.claim_backoff * 2**failures, self.sweep_interval)
                     log.warning(
                         "claim failed; retrying",
                         extra={
@@ -225,23 +167,9 @@ class Worker:
 
     async def _next_due_safe(self) -> float | None:
         try:
-            return await self._next_due()
-        except (psycopg.Error, OSError):
+            return await self.store.next_due()
+        except DATABASE_ERRORS:
             return None
-
-    async def _claim(self, limit: int) -> list[Job]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                self.spec.query("claim"),
-                {"limit": limit, "worker": self.worker_id, "lease": self.lease_seconds},
-            )
-            return [Job(*row) for row in await cur.fetchall()]
-
-    async def _next_due(self) -> float | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(self.spec.query("next_due"))
-            row = await cur.fetchone()
-            return None if row is None or row[0] is None else float(row[0])
 
     async def _drain(self, work: anyio.abc.TaskGroup) -> None:
         """Let running work finish within the timeout; hand back the rest."""
@@ -269,7 +197,7 @@ class Worker:
     async def _release(self, ids: list[int]) -> None:
         self.in_flight.difference_update(ids)
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await self._execute_query("release", {"ids": ids, "worker": self.worker_id})
+            await self.store.release(ids, self.worker_id)
             log.warning(
                 "handed back unfinished claims", extra={"queue": self.spec.name, "ids": ids}
             )
@@ -290,7 +218,7 @@ class Worker:
                     "lease lost; another daemon owns the row now",
                     extra={"queue": self.spec.name, "row_id": job.id},
                 )
-            except (psycopg.Error, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 await self._record_retry(job, f"database error: {_one_line(exc)}", None)
         except anyio.get_cancelled_exc_class():
             raise
@@ -314,15 +242,7 @@ class Worker:
 
     async def _record_done(self, job: Job, done: Done) -> None:
         status = done.status or self.spec.done_status
-        async with self.pool.connection() as conn, conn.transaction():
-            if done.apply is not None:
-                await done.apply(conn)
-            cur = await conn.execute(
-                self.spec.query("finish"),
-                {"id": job.id, "worker": self.worker_id, "status": status, "error": done.note},
-            )
-            if cur.rowcount != 1:
-                raise LeaseLost(job.id)  # rolls back apply
+        await self.store.finish(job.id, self.worker_id, status, done.note, done.apply)
         PROCESSED.labels(self.spec.name, job.kind, status).inc()
         log.info(
             f"{self.spec.name} row {status}",
@@ -336,9 +256,7 @@ class Worker:
         )
 
     async def _record_failed(self, job: Job, error: str) -> None:
-        await self._execute_query(
-            "finish", {"id": job.id, "worker": self.worker_id, "status": "failed", "error": error}
-        )
+        await self.store.fail(job.id, self.worker_id, error)
         PROCESSED.labels(self.spec.name, job.kind, "failed").inc()
         log.error(
             f"{self.spec.name} row failed",
@@ -358,9 +276,7 @@ class Worker:
             await self._record_failed(job, f"{error} (gave up after {job.attempts} attempts)")
             return
         delay = self.retry.delay(job.attempts, retry_after, base)
-        await self._execute_query(
-            "retry", {"id": job.id, "worker": self.worker_id, "error": error, "delay": delay}
-        )
+        await self.store.retry(job.id, self.worker_id, error, delay)
         PROCESSED.labels(self.spec.name, job.kind, "retry").inc()
         heapq.heappush(self._retries_due, anyio.current_time() + delay)
         log.warning(
@@ -375,11 +291,6 @@ class Worker:
             },
         )
 
-    async def _execute_query(self, name: str, params: dict[str, Any]) -> int:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(self.spec.query(name), params)
-            return cur.rowcount
-
     # -- background --------------------------------------------------------------
 
     async def _renew_leases(self) -> None:
@@ -388,15 +299,8 @@ class Worker:
             if not self.in_flight:
                 continue
             try:
-                await self._execute_query(
-                    "renew",
-                    {
-                        "ids": list(self.in_flight),
-                        "worker": self.worker_id,
-                        "lease": self.lease_seconds,
-                    },
-                )
-            except (psycopg.Error, OSError) as exc:
+                await self.store.renew(list(self.in_flight), self.worker_id, self.lease_seconds)
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "lease renewal failed", extra={"queue": self.spec.name, "error": _one_line(exc)}
                 )
@@ -406,11 +310,11 @@ class Worker:
         while True:
             await anyio.sleep(self.sweep_interval)
             try:
-                if n := await self._execute_query("reclaim_expired", {}):
+                if n := await self.store.reclaim_expired():
                     log.warning(
                         "took back expired claims", extra={"queue": self.spec.name, "rows": n}
                     )
-            except (psycopg.Error, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "sweep failed", extra={"queue": self.spec.name, "error": _one_line(exc)}
                 )

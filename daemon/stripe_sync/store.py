@@ -1,0 +1,154 @@
+"""The queue tables as the worker sees them: every SQL call of the queue behind
+one small interface, :class:`Store`, and its PostgreSQL implementation,
+:class:`PostgresStore` (the SQL is in ``sql/queue.sql``).
+
+:class:`QueueSpec` names a queue table: :data:`OUTBOX` and :data:`WEBHOOKS`.
+
+The worker only says what happened — claim due rows, renew these leases, this
+row is done together with these writes, retry that one later, hand these
+back — and never how it becomes statements. So a store may later record
+several completions in one transaction, or choose ``synchronous_commit`` per
+statement, without the worker's rules changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from .db import bound_query
+from .errors import LeaseLost
+from .jobs import Apply, Job
+
+# A failed round trip to the database (psycopg's errors, or the socket's):
+# worth another try later, never a reason for the worker to stop.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, OSError)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str  # in logs: "outbox" or "webhooks"
+    table: str  # schema-qualified
+    kind: str  # the column that says what to do: action_type or event_type
+    channel: str  # NOTIFY channel of its triggers
+    done_status: str
+
+    def query(self, name: str) -> psycopg.sql.Composed:
+        return bound_query("queue", name, table=self.table, kind=self.kind)
+
+
+OUTBOX = QueueSpec("outbox", "integration.outbox", "action_type", "stripe_sync_outbox", "done")
+WEBHOOKS = QueueSpec(
+    "webhooks", "integration.webhook_events", "event_type", "stripe_sync_webhooks", "processed"
+)
+
+
+class Store(Protocol):
+    """One queue table, shared by every worker of every daemon.
+
+    A row is ``pending`` (due at ``next_attempt_at``), ``processing`` (claimed:
+    ``locked_by`` a worker until ``locked_until``), or finished. Every call that
+    changes a claimed row names the ``worker`` and changes the row only while
+    that worker still holds it, so a worker whose lease lapsed cannot overwrite
+    the work of the one that took the row over. Failures of the database raise
+    one of :data:`DATABASE_ERRORS`.
+    """
+
+    spec: QueueSpec
+
+    async def claim(self, limit: int, worker: str, lease: float) -> list[Job]:
+        """Up to ``limit`` due rows, oldest first, made ``processing`` for ``lease``
+        seconds with the attempt counted; rows another worker holds are skipped."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """Seconds until the next pending row is due (≤ 0: due now); None when none is."""
+        ...
+
+    async def renew(self, ids: Collection[int], worker: str, lease: float) -> None:
+        """Extend the leases of these claims to ``lease`` seconds from now."""
+        ...
+
+    async def finish(
+        self, job_id: int, worker: str, status: str, note: str | None, apply: Apply | None
+    ) -> None:
+        """Record ``status`` (and ``note`` as last_error) together with ``apply``'s
+        writes, atomically; raise :class:`LeaseLost`, keeping none of them, when the
+        row is no longer this worker's."""
+        ...
+
+    async def fail(self, job_id: int, worker: str, error: str) -> None:
+        """Record the row ``failed`` with ``error``; nothing if it is no longer ours."""
+        ...
+
+    async def retry(self, job_id: int, worker: str, error: str, delay: float) -> None:
+        """Pending again, due in ``delay`` seconds, ``error`` kept; nothing if not ours."""
+        ...
+
+    async def release(self, ids: Collection[int], worker: str) -> None:
+        """Hand unfinished claims back: pending, due now, the attempt not counted."""
+        ...
+
+    async def reclaim_expired(self) -> int:
+        """Claims of any worker whose lease lapsed become pending and due now; how many."""
+        ...
+
+
+class PostgresStore:
+    """:class:`Store` on a PostgreSQL queue table: one pooled statement per call."""
+
+    def __init__(self, spec: QueueSpec, pool: AsyncConnectionPool) -> None:
+        self.spec = spec
+        self.pool = pool
+
+    async def claim(self, limit: int, worker: str, lease: float) -> list[Job]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                self.spec.query("claim"), {"limit": limit, "worker": worker, "lease": lease}
+            )
+            return [Job(*row) for row in await cur.fetchall()]
+
+    async def next_due(self) -> float | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self.spec.query("next_due"))
+            row = await cur.fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+    async def renew(self, ids: Collection[int], worker: str, lease: float) -> None:
+        await self._run("renew", {"ids": list(ids), "worker": worker, "lease": lease})
+
+    async def finish(
+        self, job_id: int, worker: str, status: str, note: str | None, apply: Apply | None
+    ) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            if apply is not None:
+                await apply(conn)
+            cur = await conn.execute(
+                self.spec.query("finish"),
+                {"id": job_id, "worker": worker, "status": status, "error": note},
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(job_id)  # rolls back apply
+
+    async def fail(self, job_id: int, worker: str, error: str) -> None:
+        await self._run(
+            "finish", {"id": job_id, "worker": worker, "status": "failed", "error": error}
+        )
+
+    async def retry(self, job_id: int, worker: str, error: str, delay: float) -> None:
+        await self._run("retry", {"id": job_id, "worker": worker, "error": error, "delay": delay})
+
+    async def release(self, ids: Collection[int], worker: str) -> None:
+        await self._run("release", {"ids": list(ids), "worker": worker})
+
+    async def reclaim_expired(self) -> int:
+        return await self._run("reclaim_expired", {})
+
+    async def _run(self, name: str, params: dict[str, Any]) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self.spec.query(name), params)
+            return cur.rowcount
