@@ -1,4 +1,5 @@
-"""The shared claim → execute → record mechanism, with handlers of the test's own."""
+"""The shared claim → execute → record mechanism against PostgreSQL, with handlers of the
+test's own. The loop's rules in isolation: tests/unit/test_worker.py (in-memory store)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,12 @@ async def workers(
     async with pool, anyio.create_task_group() as tg:
         store = PostgresStore(OUTBOX, pool)
         ws = [Worker(store, handler, worker_id=f"{name}{i}", **options) for i in range(n)]
-        listener = Listener(dsn, {OUTBOX.channel: lambda: [w.wake() for w in ws] and None})
+
+        def wake_all() -> None:
+            for w in ws:
+                w.wake()
+
+        listener = Listener(dsn, {OUTBOX.channel: wake_all})
         await tg.start(listener.run)
         for w in ws:
             await tg.start(w.run)
@@ -229,15 +235,6 @@ async def test_apply_rolls_back_when_the_lease_was_lost(dsn: str, conn: Conn) ->
         await anyio.sleep(0.1)
     assert conn.execute("SELECT count(*) FROM public.side_effects").fetchone() == (0,)
     assert row(conn)[0] == "processing"
-
-
-def test_backoff_grows_and_honours_retry_after() -> None:
-    retry = Retry(10, base_seconds=1.0, max_seconds=60.0)
-    assert 0.5 <= retry.delay(1) <= 1.0
-    assert 4.0 <= retry.delay(4) <= 8.0
-    assert 30.0 <= retry.delay(30) <= 60.0
-    assert retry.delay(1, retry_after=7.0) == 7.0
-    assert 0.05 <= retry.delay(1, base=0.1) <= 0.1
 
 
 async def test_a_notify_during_the_claim_is_not_lost(dsn: str, conn: Conn) -> None:

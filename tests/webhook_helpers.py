@@ -151,12 +151,8 @@ async def running_worker(
         retry=Retry(max_attempts=max_attempts, base_seconds=base_seconds, max_seconds=0.2),
         shutdown_timeout=5,
     )
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        try:
-            yield worker
-        finally:
-            worker.stop()
+    async with worker.in_background():
+        yield worker
 
 
 async def wait_idle(pool: AsyncConnectionPool, timeout: float = 10.0) -> None:

@@ -8,7 +8,8 @@ The worker only says what happened — claim due rows, renew these leases, this
 row is done together with these writes, retry that one later, hand these
 back — and never how it becomes statements. So a store may later record
 several completions in one transaction, or choose ``synchronous_commit`` per
-statement, without the worker's rules changing.
+statement, without the worker's rules changing. ``tests/fake_store.py``
+honours the same contract in memory, for fast unit tests of the worker.
 """
 
 from __future__ import annotations

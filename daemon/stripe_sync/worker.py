@@ -18,6 +18,8 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 
@@ -83,6 +85,17 @@ class Worker:
         """Stop claiming; in-flight work gets ``shutdown_timeout`` to finish."""
         self._stopping.set()
         self._wakeup.set()
+
+    @asynccontextmanager
+    async def in_background(self) -> AsyncIterator[Worker]:
+        """Run in the background for the block; leaving it stops the worker and
+        waits for its drain (``shutdown_timeout``)."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.run)
+            try:
+                yield self
+            finally:
+                self.stop()
 
     # -- main loop -------------------------------------------------------------
 
