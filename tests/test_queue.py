@@ -235,34 +235,3 @@ async def test_apply_rolls_back_when_the_lease_was_lost(dsn: str, conn: Conn) ->
         await anyio.sleep(0.1)
     assert conn.execute("SELECT count(*) FROM public.side_effects").fetchone() == (0,)
     assert row(conn)[0] == "processing"
-
-
-async def test_a_notify_during_the_claim_is_not_lost(dsn: str, conn: Conn) -> None:
-    """The wake-up flags are reset before the claim, never after (procrastinate 3.10's bug)."""
-    claims = 0
-
-    class RacyStore(PostgresStore):
-        async def claim(self, limit: int, worker: str, lease: float) -> list[Job]:
-            nonlocal claims
-            claims += 1
-            jobs = await super().claim(limit, worker, lease)
-            if claims == 2:  # the claim after start-up saw nothing; a row commits meanwhile
-                insert(conn)
-                await anyio.sleep(0.2)  # its NOTIFY reaches the listener before we return
-            return jobs
-
-    async def handler(job: Job) -> Done:
-        return Done()
-
-    pool = make_pool(dsn, size=4)
-    async with pool, anyio.create_task_group() as tg:
-        worker = Worker(RacyStore(OUTBOX, pool), handler, worker_id="racy", sweep_interval=3600.0)
-        await tg.start(Listener(dsn, {OUTBOX.channel: worker.wake}).run)
-        await tg.start(worker.run)
-        await eventually(lambda: claims == 1)
-        worker.wake()  # claim 2: finds nothing, while a row commits under it
-        await eventually(lambda: statuses(conn) == {"done": 1}, timeout=5)
-        worker.stop()
-        await eventually(lambda: not worker.running)
-        tg.cancel_scope.cancel()
-    assert claims >= 3

@@ -70,6 +70,24 @@ class Gated:
         return self._finish.setdefault(job_id, anyio.Event())
 
 
+async def test_a_notify_during_the_claim_is_not_lost() -> None:
+    """A wake-up that arrives while a claim is in flight makes the worker claim again.
+
+    Nothing else can start that claim: the sweep is an hour away, no job ran so no
+    retry timer is set, and the store's next_due never answers. A worker that reset
+    its wake-up flag after the claim, not before, would leave the row for an hour.
+    """
+    store = FakeStore(reports_next_due=False)
+    claim = store.hold("claim")
+    async with make(store, done).in_background() as worker:
+        await claim.reached.wait()  # the start-up claim found nothing; its answer is on the way
+        store.insert()  # a row commits meanwhile ...
+        worker.wake()  # ... and its NOTIFY arrives before the claim returns
+        claim.release()
+        await until(lambda: store.statuses() == {1: "done"}, "the row the NOTIFY announced")
+    assert store.count("claim") == 2
+
+
 async def test_a_freed_slot_is_filled_from_the_buffer_without_a_claim() -> None:
     store = FakeStore()
     store.insert(4)
