@@ -25,7 +25,9 @@ from stripe_sync.migrate import migrate
 from daemons import API_KEY, DaemonProcess, poll
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-FAST = {"STRIPE_SYNC_LEASE_SECONDS": 1, "STRIPE_SYNC_SWEEP_INTERVAL": 0.3}
+# Short leases so a killed daemon's rows come back soon, but not so short that a
+# starved event loop on a busy machine loses its own leases mid-call and churns.
+FAST = {"STRIPE_SYNC_LEASE_SECONDS": 3, "STRIPE_SYNC_SWEEP_INTERVAL": 0.3}
 
 
 @pytest.fixture
@@ -107,7 +109,7 @@ def assert_exactly_one_customer_each(dsn: str, emulator: EmulatorServer, n: int)
     assert orphans == (0,)
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     started: list[DaemonProcess], dsn: str, emulator: EmulatorServer
 ) -> None:
@@ -124,9 +126,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         daemon.wait(10)
     assert statuses(dsn).get("done", 0) < rows, "the kills came too late to matter"
     spawn(started, dsn, emulator, **FAST)
-    # A correctness scenario, not a timed one: on a loaded 2-core machine the
-    # drain after the kills (searches for the killed rows included) took ~50 s.
-    wait_until(lambda: statuses(dsn) == {"done": rows}, timeout=240, show=lambda: statuses(dsn))
+    # A correctness scenario, not a timed one: the drain after the kills takes
+    # ~50 s on an idle 2-core machine and several minutes beside other CPU-bound work.
+    wait_until(lambda: statuses(dsn) == {"done": rows}, timeout=600, show=lambda: statuses(dsn))
     assert_exactly_one_customer_each(dsn, emulator, rows)
 
 
