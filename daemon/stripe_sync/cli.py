@@ -362,13 +362,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as raised:
+        from .devcluster import ClusterError
         from .migrate import MigrationError, SchemaNotReady
         from .provider import ProviderMismatch
 
         cause = _unwrap(raised)
         if isinstance(
             cause,
-            ProviderMismatch | MigrationError | SchemaNotReady | psycopg.OperationalError | OSError,
+            ProviderMismatch
+            | MigrationError
+            | SchemaNotReady
+            | ClusterError
+            | psycopg.OperationalError
+            | OSError,
         ):
             print(f"stripe-sync: {logs.scrub(str(cause)).strip()}", file=sys.stderr)
             return EX_CONFIG if isinstance(cause, ProviderMismatch | SchemaNotReady) else 1

