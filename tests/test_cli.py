@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -122,3 +123,22 @@ def test_status_retry_replay(dsn: str, conn: Conn) -> None:
     assert "evt_1: queued for replay" in replay.stdout
     assert "evt_missing: not stored" in replay.stdout
     assert conn.execute("SELECT status FROM integration.webhook_events").fetchone() == ("pending",)
+
+
+def test_database_url_from_a_systemd_credential(dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "database_url").write_text(dsn + "\n")
+    result = stripe_sync("migrate", env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert (result.returncode, result.stdout) == (0, "schema is up to date\n"), result.stderr
+
+
+def test_secret_sources_that_disagree_exit_78_naming_both(tmp_path: Path) -> None:
+    (tmp_path / "db").write_text("postgresql:///other\n")
+    result = stripe_sync(
+        "migrate",
+        env={"DATABASE_URL": "postgresql:///billing", "DATABASE_URL_FILE": str(tmp_path / "db")},
+    )
+    assert (result.returncode, result.stderr) == (
+        78,
+        "stripe-sync: configuration error: DATABASE_URL: the variable DATABASE_URL and "
+        "DATABASE_URL_FILE disagree; set it in one place\n",
+    )

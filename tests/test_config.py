@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,122 @@ def test_log_lines_scrub_registered_secrets() -> None:
     )
     line = LogfmtFormatter().format(record)
     assert KEY not in line and "**********" in line
+
+
+# --- secrets from files: systemd credentials and NAME_FILE ---------------------------------
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> Path:
+    """A $CREDENTIALS_DIRECTORY as systemd lays it out for LoadCredential=."""
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    return directory
+
+
+def test_each_secret_from_a_credential_newline_stripped(creds: Path) -> None:
+    _write(creds / "database_url", "postgresql:///billing\n")
+    _write(creds / "stripe_api_key", KEY + "\n")
+    _write(creds / "stripe_webhook_secret", "whsec_old,whsec_new\r\n")
+    s = load_settings({"CREDENTIALS_DIRECTORY": str(creds)})
+    assert s.database_url == "postgresql:///billing"
+    assert s.stripe_api_key == Secret(KEY)
+    assert [x.reveal() for x in s.webhook_secrets] == ["whsec_old", "whsec_new"]
+
+
+def test_each_secret_from_a_file_variable(tmp_path: Path) -> None:
+    env = {
+        "DATABASE_URL_FILE": _write(tmp_path / "db", "postgresql:///billing\n"),
+        "STRIPE_API_KEY_FILE": _write(tmp_path / "key", KEY),
+        "STRIPE_WEBHOOK_SECRET_FILE": _write(tmp_path / "whsec", "whsec_one\n"),
+    }
+    s = load_settings(env)
+    assert (s.database_url, s.stripe_api_key) == ("postgresql:///billing", Secret(KEY))
+    assert [x.reveal() for x in s.webhook_secrets] == ["whsec_one"]
+
+
+def test_sources_that_agree_are_fine_and_a_credential_may_be_absent(
+    creds: Path, tmp_path: Path
+) -> None:
+    _write(creds / "stripe_api_key", KEY + "\n")
+    env = {
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "STRIPE_API_KEY": KEY,
+        "STRIPE_API_KEY_FILE": _write(tmp_path / "key", KEY),
+        "DATABASE_URL": "postgresql:///billing",  # no database_url credential: not an error
+    }
+    s = load_settings(env)
+    assert (s.stripe_api_key, s.database_url) == (Secret(KEY), "postgresql:///billing")
+
+
+@pytest.mark.parametrize(
+    "sources,message",
+    [
+        (
+            {"variable", "file"},
+            "STRIPE_API_KEY: the variable STRIPE_API_KEY and STRIPE_API_KEY_FILE disagree",
+        ),
+        (
+            {"variable", "credential"},
+            "STRIPE_API_KEY: the variable STRIPE_API_KEY and the credential stripe_api_key "
+            "disagree",
+        ),
+        (
+            {"file", "credential"},
+            "STRIPE_API_KEY: STRIPE_API_KEY_FILE and the credential stripe_api_key disagree",
+        ),
+    ],
+)
+def test_sources_that_disagree_name_both_never_the_values(
+    sources: set[str], message: str, creds: Path, tmp_path: Path
+) -> None:
+    # Each source a different key; the first named is the one set first.
+    keys = {"variable": KEY, "file": KEY + "_file", "credential": KEY + "_cred"}
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    if "variable" in sources:
+        env["STRIPE_API_KEY"] = keys["variable"]
+    if "file" in sources:
+        env["STRIPE_API_KEY_FILE"] = _write(tmp_path / "key", keys["file"])
+    if "credential" in sources:
+        _write(creds / "stripe_api_key", keys["credential"])
+    with pytest.raises(ConfigError) as err:
+        load_settings(env)
+    assert str(err.value) == message + "; set it in one place"
+    assert "RECOGNISABLE" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        ("missing", "DATABASE_URL: cannot read DATABASE_URL_FILE ({path}): No such file"),
+        ("directory", "DATABASE_URL: cannot read DATABASE_URL_FILE ({path}): Is a directory"),
+        ("empty", "DATABASE_URL: DATABASE_URL_FILE ({path}) is empty"),
+        ("newline only", "DATABASE_URL: DATABASE_URL_FILE ({path}) is empty"),
+        ("binary", "DATABASE_URL: cannot read DATABASE_URL_FILE ({path}): not UTF-8 text"),
+    ],
+)
+def test_a_file_that_cannot_be_used_is_an_error(setup: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    if setup == "directory":
+        path.mkdir()
+    elif setup != "missing":
+        path.write_bytes({"empty": b"", "newline only": b"\n", "binary": b"\xff\xfe"}[setup])
+    with pytest.raises(ConfigError) as err:
+        load_settings({"DATABASE_URL_FILE": str(path)})
+    assert str(err.value).startswith(message.format(path=path))
+
+
+def test_an_empty_or_unreadable_credential_is_an_error(creds: Path) -> None:
+    _write(creds / "stripe_webhook_secret", "")
+    empty = r"^STRIPE_WEBHOOK_SECRET: the credential stripe_webhook_secret \(.*\) is empty$"
+    with pytest.raises(ConfigError, match=empty):
+        load_settings({"CREDENTIALS_DIRECTORY": str(creds)})
+    (creds / "stripe_webhook_secret").unlink()
+    (creds / "stripe_webhook_secret").symlink_to(creds / "gone")  # a dangling link
+    with pytest.raises(ConfigError, match=r"cannot read the credential stripe_webhook_secret"):
+        load_settings({"CREDENTIALS_DIRECTORY": str(creds)})

@@ -60,6 +60,9 @@ environment:
   STRIPE_SYNC_WEBHOOK_REFETCH   true: refetch objects from Stripe before applying (default false)
   STRIPE_SYNC_LOG_FORMAT        logfmt or json (default logfmt)
   STRIPE_SYNC_LOG_LEVEL         debug, info, warning, error (default info)
+
+The three secrets may instead come from files: NAME_FILE (e.g. STRIPE_API_KEY_FILE) or
+systemd credentials ($CREDENTIALS_DIRECTORY/database_url, stripe_api_key, stripe_webhook_secret).
 """
 
 

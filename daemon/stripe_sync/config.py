@@ -3,6 +3,13 @@
 Every field is named after its environment variable, so a decoding error
 names the variable the operator has to fix. Secrets are wrapped in
 :class:`Secret`, whose repr and str never show the value.
+
+The three secrets (``DATABASE_URL``, ``STRIPE_API_KEY``,
+``STRIPE_WEBHOOK_SECRET``) may also come from files: systemd credentials
+(``LoadCredential=``/``LoadCredentialEncrypted=``, read from
+``$CREDENTIALS_DIRECTORY/database_url`` etc.) and ``NAME_FILE`` variables (the
+container convention). Sources that disagree, and unreadable or empty files,
+are configuration errors.
 """
 
 from __future__ import annotations
@@ -122,6 +129,54 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 ENV_NAMES = frozenset(f.encode_name for f in msgspec.structs.fields(Settings))
 _LIST_FIELDS = frozenset({"STRIPE_WEBHOOK_SECRET"})
+# Variable → its systemd credential name (a file in $CREDENTIALS_DIRECTORY).
+CREDENTIALS = {
+    "DATABASE_URL": "database_url",
+    "STRIPE_API_KEY": "stripe_api_key",
+    "STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
+}
+
+
+def _read_secret_file(name: str, source: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            # `echo key > file` and systemd-creds keep a trailing newline; it is no part of it.
+            value = f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{name}: cannot read {source} ({path}): {reason}") from None
+    if not value:
+        raise ConfigError(f"{name}: {source} ({path}) is empty")
+    return value
+
+
+def _secret_sources(env: Mapping[str, str], name: str) -> list[tuple[str, str]]:
+    """(where, value) of every place that sets ``name``: variable, NAME_FILE, credential."""
+    found = [(f"the variable {name}", env[name])] if env.get(name) else []
+    if path := env.get(f"{name}_FILE"):
+        found.append((f"{name}_FILE", _read_secret_file(name, f"{name}_FILE", path)))
+    if directory := env.get("CREDENTIALS_DIRECTORY"):
+        path = os.path.join(directory, CREDENTIALS[name])
+        if os.path.lexists(path):
+            source = f"the credential {CREDENTIALS[name]}"
+            found.append((source, _read_secret_file(name, source, path)))
+    return found
+
+
+def _secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """The secrets from wherever they are set; two places must agree."""
+    values = {}
+    for name in CREDENTIALS:
+        found = _secret_sources(env, name)
+        if not found:
+            continue
+        (first, value), *others = found
+        for other, other_value in others:
+            if other_value != value:
+                # Never the values: they are secrets.
+                raise ConfigError(f"{name}: {first} and {other} disagree; set it in one place")
+        values[name] = value
+    return values
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
@@ -137,7 +192,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     share one decoding path and one kind of error message.
     """
     source = os.environ if env is None else env
-    raw: dict[str, Any] = {k: v for k, v in source.items() if k in ENV_NAMES and v != ""}
+    raw: dict[str, Any] = {
+        k: v for k, v in source.items() if k in ENV_NAMES - CREDENTIALS.keys() and v != ""
+    }
+    raw.update(_secrets(source))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     for name in _LIST_FIELDS & raw.keys():
         if isinstance(raw[name], str):
