@@ -72,14 +72,17 @@ class QueueCollector(Collector):
             "Age of the oldest due pending row",
             labels=["queue"],
         )
+        # 0 for a queue with nothing due, not no sample: a dashboard shows 0, not "No data".
+        ages: dict[str, float] = {}
         try:
             with psycopg.connect(self.dsn, connect_timeout=3) as conn:
                 for queue, status, count, age in conn.execute(queries("ops")["queue_counts"]):
                     rows.add_metric([queue, status], count)
-                    if status == "pending":
-                        oldest.add_metric([queue], age or 0.0)
+                    ages[queue] = max(ages.get(queue, 0.0), age or 0.0)
         except psycopg.Error as exc:
             log.warning("metrics: cannot read queue depth", extra={"error": str(exc)[:200]})
+        for queue, age in ages.items():
+            oldest.add_metric([queue], age)
         yield rows
         yield oldest
 
