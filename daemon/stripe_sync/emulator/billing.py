@@ -7,7 +7,7 @@ import calendar
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from . import shapes_billing
+from . import new_objects_billing
 from .errors import StripeError
 from .state import JSON, new_id
 
@@ -83,7 +83,7 @@ def subscription_invoice(
     """Create, finalize and (for charge_automatically) pay a subscription's invoice."""
     now = emu.now()
     cus = emu.store.get("customers", sub["customer"]) or {}
-    inv = shapes_billing.invoice(
+    inv = new_objects_billing.invoice(
         sub["latest_invoice"] or new_id("in"), now, sub["livemode"], emu.config.account_name
     )
     items = sub["items"]["data"]
@@ -134,7 +134,7 @@ def subscription_invoice(
     inv["status_transitions"]["finalized_at"] = now
     emu.record_event(req, "invoice.finalized", inv)
     if total > 0:
-        pi = shapes_billing.payment_intent(new_id("pi"), now, sub["livemode"])
+        pi = new_objects_billing.payment_intent(new_id("pi"), now, sub["livemode"])
         pi.update(
             amount=total,
             currency=sub["currency"],
@@ -181,7 +181,7 @@ def invoice_payment(emu: Emulator, inv: JSON, pi: JSON) -> JSON:
 
 
 def _charge_for(emu: Emulator, pi: JSON, payment_method: str) -> JSON:
-    ch = shapes_billing.charge(new_id("ch"), emu.now(), pi["livemode"])
+    ch = new_objects_billing.charge(new_id("ch"), emu.now(), pi["livemode"])
     ch.update(
         amount=pi["amount"],
         amount_captured=pi["amount"],

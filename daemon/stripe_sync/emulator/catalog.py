@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
-from . import shapes
-from .errors import StripeError, invalid, missing, no_such, unknown_param
-from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
-from .listing import paginate, previous_attributes, range_filter, search
+from . import new_objects
+from .errors import StripeError, invalid, missing
+from .forms import (
+    assign,
+    check_known,
+    get_bool,
+    get_dict,
+    get_int,
+    get_list,
+    get_str,
+    merge_metadata,
+)
+from .listing import list_objects, search
 from .state import JSON, new_id
 
 if TYPE_CHECKING:
     from .emulator import ApiRequest, Emulator
-
-
-def _live(req: ApiRequest) -> bool:
-    return req.livemode
-
-
-def _get(emu: Emulator, kind: str, label: str, object_id: str, param: str = "id") -> JSON:
-    obj = emu.store.get(kind, object_id)
-    if obj is None or object_id in emu.store.deleted:
-        raise no_such(label, object_id, param)
-    return obj
-
-
-def _set_simple(obj: JSON, params: dict[str, Any], names: tuple[str, ...]) -> None:
-    for name in names:
-        if name in params:
-            value = params[name]
-            obj[name] = None if value == "" else value
 
 
 # -- products ------------------------------------------------------------------------
@@ -50,7 +40,7 @@ _PRODUCT_PARAMS = {
 
 
 def _apply_product(prod: JSON, p: dict[str, Any]) -> None:
-    _set_simple(prod, p, _PRODUCT_FIELDS)
+    assign(prod, p, _PRODUCT_FIELDS)
     prod["metadata"] = merge_metadata(prod["metadata"], p)
     for flag in ("active", "shippable"):
         value = get_bool(p, flag)
@@ -71,7 +61,7 @@ def create_product(emu: Emulator, req: ApiRequest) -> JSON:
         raise StripeError(
             400, f"Product already exists: {pid}", code="resource_already_exists", param="id"
         )
-    prod = shapes.product(pid, emu.now(), _live(req))
+    prod = new_objects.product(pid, emu.now(), req.livemode)
     prod["type"] = get_str(p, "type") or "service"
     _apply_product(prod, p)
     emu.store.put("products", prod)
@@ -80,34 +70,32 @@ def create_product(emu: Emulator, req: ApiRequest) -> JSON:
 
 
 def retrieve_product(emu: Emulator, req: ApiRequest) -> JSON:
-    return _get(emu, "products", "product", req.path_params["id"])
+    return emu.store.require("products", req.path_params["id"])
 
 
 def update_product(emu: Emulator, req: ApiRequest) -> JSON:
-    prod = _get(emu, "products", "product", req.path_params["id"])
+    prod = emu.store.require("products", req.path_params["id"])
     p = req.params
     check_known(p, _PRODUCT_PARAMS - {"id", "type"})
     if "name" in p and p["name"] == "":
         raise invalid("name", "You passed an empty string for 'name'.")
-    before = copy.deepcopy(prod)
-    _apply_product(prod, p)
-    default_price = get_str(p, "default_price")
-    if default_price is not None:
-        price = _get(emu, "prices", "price", default_price, "default_price")
-        if price["product"] != prod["id"]:
-            raise invalid(
-                "default_price", "The price does not belong to this product.", "parameter_invalid"
-            )
-        prod["default_price"] = default_price
-    changed = previous_attributes(before, prod)
-    if changed:
-        prod["updated"] = emu.now()
-        emu.record_event(req, "product.updated", prod, changed)
+    with emu.updating(req, prod, "product.updated"):
+        _apply_product(prod, p)
+        default_price = get_str(p, "default_price")
+        if default_price is not None:
+            price = emu.store.require("prices", default_price, "default_price")
+            if price["product"] != prod["id"]:
+                raise invalid(
+                    "default_price",
+                    "The price does not belong to this product.",
+                    "parameter_invalid",
+                )
+            prod["default_price"] = default_price
     return prod
 
 
 def delete_product(emu: Emulator, req: ApiRequest) -> JSON:
-    prod = _get(emu, "products", "product", req.path_params["id"])
+    prod = emu.store.require("products", req.path_params["id"])
     if any(pr["product"] == prod["id"] for pr in emu.store.all("prices")):
         raise StripeError(
             400,
@@ -120,29 +108,16 @@ def delete_product(emu: Emulator, req: ApiRequest) -> JSON:
 
 
 def list_products(emu: Emulator, req: ApiRequest) -> JSON:
-    p = req.params
-    check_known(
-        p,
-        {
-            "limit",
-            "starting_after",
-            "ending_before",
-            "active",
-            "created",
-            "ids",
-            "shippable",
-            "url",
-        },
+    ids = set(get_list(req.params, "ids"))
+    return list_objects(
+        emu.store,
+        req.params,
+        "products",
+        equal=("url",),
+        flags=("active", "shippable"),
+        known={"ids"},
+        keep=lambda x: not ids or x["id"] in ids,
     )
-    active = get_bool(p, "active")
-    ids = set(get_list(p, "ids"))
-    created = range_filter(p, "created")
-    rows = [
-        x
-        for x in emu.store.newest_first("products")
-        if (active is None or x["active"] == active) and (not ids or x["id"] in ids) and created(x)
-    ]
-    return paginate(rows, p, "/v1/products", "product")
 
 
 def search_products(emu: Emulator, req: ApiRequest) -> JSON:
@@ -187,8 +162,8 @@ def create_price(emu: Emulator, req: ApiRequest) -> JSON:
     if amount < 0:
         raise invalid("unit_amount", "Invalid non-negative integer", "parameter_invalid_integer")
     if product_id is not None:
-        _get(emu, "products", "product", product_id, "product")
-    price = shapes.price(new_id("price", 24), emu.now(), _live(req))
+        emu.store.require("products", product_id, "product")
+    price = new_objects.price(new_id("price", 24), emu.now(), req.livemode)
     recurring = get_dict(p, "recurring")
     if recurring:
         interval = get_str(recurring, "interval")
@@ -208,7 +183,7 @@ def create_price(emu: Emulator, req: ApiRequest) -> JSON:
     if product_data:
         if not product_data.get("name"):
             raise missing("product_data[name]")
-        prod = shapes.product(new_id("prod", 14), emu.now(), _live(req))
+        prod = new_objects.product(new_id("prod", 14), emu.now(), req.livemode)
         _apply_product(prod, product_data)
         emu.store.put("products", prod)
         emu.record_event(req, "product.created", prod)
@@ -221,7 +196,7 @@ def create_price(emu: Emulator, req: ApiRequest) -> JSON:
 
 
 def _apply_price(emu: Emulator, price: JSON, p: dict[str, Any]) -> None:
-    _set_simple(price, p, ("nickname", "tax_behavior"))
+    assign(price, p, ("nickname", "tax_behavior"))
     price["metadata"] = merge_metadata(price["metadata"], p)
     active = get_bool(p, "active")
     if active is not None:
@@ -243,56 +218,29 @@ def _apply_price(emu: Emulator, price: JSON, p: dict[str, Any]) -> None:
 
 
 def retrieve_price(emu: Emulator, req: ApiRequest) -> JSON:
-    return _get(emu, "prices", "price", req.path_params["id"])
+    return emu.store.require("prices", req.path_params["id"])
 
 
 def update_price(emu: Emulator, req: ApiRequest) -> JSON:
-    price = _get(emu, "prices", "price", req.path_params["id"])
-    for key in req.params:
-        # Amounts, currency and interval are immutable: Stripe does not even know them here.
-        if key not in _PRICE_UPDATABLE and key != "expand":
-            raise unknown_param(key)
-    before = copy.deepcopy(price)
-    _apply_price(emu, price, req.params)
-    changed = previous_attributes(before, price)
-    if changed:
-        emu.record_event(req, "price.updated", price, changed)
+    price = emu.store.require("prices", req.path_params["id"])
+    # Amounts, currency and interval are immutable: Stripe does not even know them here.
+    check_known(req.params, _PRICE_UPDATABLE)
+    with emu.updating(req, price, "price.updated"):
+        _apply_price(emu, price, req.params)
     return price
 
 
 def list_prices(emu: Emulator, req: ApiRequest) -> JSON:
-    p = req.params
-    check_known(
-        p,
-        {
-            "limit",
-            "starting_after",
-            "ending_before",
-            "active",
-            "product",
-            "type",
-            "currency",
-            "created",
-            "lookup_keys",
-            "recurring",
-        },
+    keys = set(get_list(req.params, "lookup_keys"))
+    return list_objects(
+        emu.store,
+        req.params,
+        "prices",
+        equal=("product", "type", "currency"),
+        flags=("active",),
+        known={"lookup_keys", "recurring"},
+        keep=lambda x: not keys or x["lookup_key"] in keys,
     )
-    active = get_bool(p, "active")
-    product, ptype, currency = get_str(p, "product"), get_str(p, "type"), get_str(p, "currency")
-    keys = set(get_list(p, "lookup_keys"))
-    created = range_filter(p, "created")
-
-    def keep(x: JSON) -> bool:
-        return (
-            (active is None or x["active"] == active)
-            and (product is None or x["product"] == product)
-            and (ptype is None or x["type"] == ptype)
-            and (currency is None or x["currency"] == currency)
-            and (not keys or x["lookup_key"] in keys)
-            and created(x)
-        )
-
-    return paginate(filter(keep, emu.store.newest_first("prices")), p, "/v1/prices", "price")
 
 
 def search_prices(emu: Emulator, req: ApiRequest) -> JSON:

@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
-from . import shapes
+from . import new_objects
 from .errors import no_such
-from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
-from .listing import paginate, previous_attributes, range_filter, search
+from .forms import (
+    assign,
+    check_known,
+    get_bool,
+    get_dict,
+    get_int,
+    get_list,
+    get_str,
+    merge_metadata,
+)
+from .listing import list_objects, search
 from .state import JSON, new_id
 
 if TYPE_CHECKING:
     from .emulator import ApiRequest, Emulator
-
-
-def _live(req: ApiRequest) -> bool:
-    return req.livemode
-
-
-def _get(emu: Emulator, kind: str, label: str, object_id: str, param: str = "id") -> JSON:
-    obj = emu.store.get(kind, object_id)
-    if obj is None or object_id in emu.store.deleted:
-        raise no_such(label, object_id, param)
-    return obj
-
-
-def _set_simple(obj: JSON, params: dict[str, Any], names: tuple[str, ...]) -> None:
-    for name in names:
-        if name in params:
-            value = params[name]
-            obj[name] = None if value == "" else value
 
 
 # -- customers -----------------------------------------------------------------------
@@ -51,7 +41,7 @@ _CUSTOMER_PARAMS = {
 def create_customer(emu: Emulator, req: ApiRequest) -> JSON:
     p = req.params
     check_known(p, _CUSTOMER_PARAMS)
-    cus = shapes.customer(new_id("cus", 14), emu.now(), _live(req))
+    cus = new_objects.customer(new_id("cus", 14), emu.now(), req.livemode)
     _apply_customer(cus, p)
     emu.store.put("customers", cus)
     emu.record_event(req, "customer.created", cus)
@@ -59,7 +49,7 @@ def create_customer(emu: Emulator, req: ApiRequest) -> JSON:
 
 
 def _apply_customer(cus: JSON, p: dict[str, Any]) -> None:
-    _set_simple(cus, p, _CUSTOMER_FIELDS)
+    assign(cus, p, _CUSTOMER_FIELDS)
     cus["metadata"] = merge_metadata(cus["metadata"], p)
     if "preferred_locales" in p:
         cus["preferred_locales"] = get_list(p, "preferred_locales")
@@ -85,36 +75,24 @@ def retrieve_customer(emu: Emulator, req: ApiRequest) -> JSON:
 
 
 def update_customer(emu: Emulator, req: ApiRequest) -> JSON:
-    cus = _get(emu, "customers", "customer", req.path_params["id"])
+    cus = emu.store.require("customers", req.path_params["id"])
     check_known(
         req.params, _CUSTOMER_PARAMS - {"payment_method", "test_clock"} | {"default_source"}
     )
-    before = copy.deepcopy(cus)
-    _apply_customer(cus, req.params)
-    changed = previous_attributes(before, cus)
-    if changed:
-        emu.record_event(req, "customer.updated", cus, changed)
+    with emu.updating(req, cus, "customer.updated"):
+        _apply_customer(cus, req.params)
     return cus
 
 
 def delete_customer(emu: Emulator, req: ApiRequest) -> JSON:
-    cus = _get(emu, "customers", "customer", req.path_params["id"])
+    cus = emu.store.require("customers", req.path_params["id"])
     emu.store.deleted.add(cus["id"])
     emu.record_event(req, "customer.deleted", cus)
     return {"id": cus["id"], "object": "customer", "deleted": True}
 
 
 def list_customers(emu: Emulator, req: ApiRequest) -> JSON:
-    p = req.params
-    check_known(p, {"limit", "starting_after", "ending_before", "email", "created", "test_clock"})
-    email = get_str(p, "email")
-    created = range_filter(p, "created")
-    rows = [
-        c
-        for c in emu.store.newest_first("customers")
-        if (email is None or c["email"] == email) and created(c)
-    ]
-    return paginate(rows, p, "/v1/customers", "customer")
+    return list_objects(emu.store, req.params, "customers", equal=("email",), known={"test_clock"})
 
 
 def search_customers(emu: Emulator, req: ApiRequest) -> JSON:
@@ -125,22 +103,9 @@ def search_customers(emu: Emulator, req: ApiRequest) -> JSON:
 # -- events and account --------------------------------------------------------------
 def list_events(emu: Emulator, req: ApiRequest) -> JSON:
     p = req.params
-    check_known(
-        p,
-        {
-            "limit",
-            "starting_after",
-            "ending_before",
-            "type",
-            "types",
-            "created",
-            "delivery_success",
-        },
-    )
     etype = get_str(p, "type")
     types = set(get_list(p, "types"))
     success = get_bool(p, "delivery_success")
-    created = range_filter(p, "created")
 
     def type_ok(t: str) -> bool:
         if etype is not None:
@@ -152,18 +117,19 @@ def list_events(emu: Emulator, req: ApiRequest) -> JSON:
     def keep(e: JSON) -> bool:
         if success is not None and (e["pending_webhooks"] == 0) != success:
             return False
-        return type_ok(e["type"]) and created(e)
+        return type_ok(e["type"])
 
-    return paginate(filter(keep, emu.store.newest_first("events")), p, "/v1/events", "event")
+    known = {"type", "types", "delivery_success"}
+    return list_objects(emu.store, p, "events", known=known, keep=keep)
 
 
 def retrieve_event(emu: Emulator, req: ApiRequest) -> JSON:
-    return _get(emu, "events", "event", req.path_params["id"])
+    return emu.store.require("events", req.path_params["id"])
 
 
 def retrieve_account(emu: Emulator, req: ApiRequest) -> JSON:
     cfg = emu.config
-    return shapes.account(cfg.account_id, emu.created_at, cfg.account_name)
+    return new_objects.account(cfg.account_id, emu.created_at, cfg.account_name)
 
 
 ROUTES = [

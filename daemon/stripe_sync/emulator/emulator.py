@@ -9,7 +9,8 @@ import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from . import catalog, customers, errors, events, payments, subscriptions
 from .errors import StripeError
 from .faults import FaultRule, Faults, RateLimiter, parse_rule
 from .idempotency import IdempotencyStore
+from .listing import previous_attributes
 from .state import JSON, Clock, Store, new_id
 
 
@@ -73,7 +75,9 @@ class LoggedRequest:
     metadata: dict[str, Any]
 
 
-Handler = Callable[["Emulator", ApiRequest], JSON]
+# One v1 API operation (e.g. create a customer): the request in, the response body out,
+# or a StripeError raised.
+Operation = Callable[["Emulator", ApiRequest], JSON]
 
 
 @dataclass(frozen=True)
@@ -81,18 +85,18 @@ class _Route:
     method: str
     template: str
     pattern: re.Pattern[str]
-    handler: Handler
+    operation: Operation
 
 
-def _compile(method: str, template: str, handler: Handler) -> _Route:
+def _compile(method: str, template: str, operation: Operation) -> _Route:
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
-    return _Route(method, template, re.compile(f"^{regex}$"), handler)
+    return _Route(method, template, re.compile(f"^{regex}$"), operation)
 
 
 _ROUTES = [
-    _compile(method, template, handler)
+    _compile(method, template, operation)
     for module in (customers, catalog, subscriptions, payments)
-    for method, template, handler in module.ROUTES
+    for method, template, operation in module.ROUTES
 ]
 
 
@@ -257,7 +261,7 @@ class Emulator:
         req.template = route.template
         with self.lock:
             try:
-                body = route.handler(self, req)
+                body = route.operation(self, req)
             except StripeError as err:
                 return err.status, encode(err.body())
             expand = [str(p) for p in _as_list(req.params.get("expand"))]
@@ -270,6 +274,19 @@ class Emulator:
     # -- helpers for resource modules ------------------------------------------------
     def now(self) -> int:
         return self.clock.timestamp()
+
+    @contextmanager
+    def updating(self, req: ApiRequest, obj: JSON, event_type: str) -> Iterator[None]:
+        """Wrap an update of `obj`: when any top-level field changed, emit `event_type`
+        with its previous_attributes, and bump `updated` where the object has one
+        (products)."""
+        before = copy.deepcopy(obj)
+        yield
+        changed = previous_attributes(before, obj)
+        if changed:
+            if "updated" in obj:
+                obj["updated"] = self.now()
+            self.record_event(req, event_type, obj, changed)
 
     def record_event(
         self,

@@ -6,11 +6,13 @@ value produces the same 400 with `param` that Stripe would send.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Set as AbstractSet
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .errors import StripeError, missing
+from .errors import StripeError, missing, unknown_param
 
 _TOKEN = re.compile(r"\[([^\]]*)\]")
 
@@ -57,16 +59,22 @@ def decode(raw: str | bytes) -> dict[str, Any]:
 
 def fingerprint(params: dict[str, Any]) -> str:
     """Canonical form for comparing idempotent requests' parameters."""
-    import json
-
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
-def get_str(params: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+def _given(params: dict[str, Any], name: str, required: bool) -> Any:
+    """The parameter's value; None when absent or empty (Stripe's "unset"), unless required."""
     value = params.get(name)
     if value is None or value == "":
         if required:
             raise missing(name)
+        return None
+    return value
+
+
+def get_str(params: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = _given(params, name, required)
+    if value is None:
         return None
     if not isinstance(value, str):
         raise StripeError(
@@ -76,10 +84,8 @@ def get_str(params: dict[str, Any], name: str, *, required: bool = False) -> str
 
 
 def get_int(params: dict[str, Any], name: str, *, required: bool = False) -> int | None:
-    value = params.get(name)
-    if value is None or value == "":
-        if required:
-            raise missing(name)
+    value = _given(params, name, required)
+    if value is None:
         return None
     try:
         return int(str(value))
@@ -90,8 +96,8 @@ def get_int(params: dict[str, Any], name: str, *, required: bool = False) -> int
 
 
 def get_bool(params: dict[str, Any], name: str) -> bool | None:
-    value = params.get(name)
-    if value is None or value == "":
+    value = _given(params, name, False)
+    if value is None:
         return None
     if value in ("true", True):
         return True
@@ -126,6 +132,14 @@ def get_dict(params: dict[str, Any], name: str) -> dict[str, Any] | None:
     return value
 
 
+def assign(obj: dict[str, Any], params: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Copy plain fields that the request sets; an empty string unsets (null)."""
+    for name in names:
+        if name in params:
+            value = params[name]
+            obj[name] = None if value == "" else value
+
+
 def merge_metadata(current: dict[str, str], params: dict[str, Any]) -> dict[str, str]:
     """`metadata=""` clears; `metadata[k]=""` removes one key; other keys merge."""
     if "metadata" not in params:
@@ -146,11 +160,9 @@ def merge_metadata(current: dict[str, str], params: dict[str, Any]) -> dict[str,
     return merged
 
 
-def check_known(params: dict[str, Any], allowed: set[str]) -> None:
+def check_known(params: dict[str, Any], allowed: AbstractSet[str]) -> None:
     """Stripe rejects parameters an endpoint does not know; catching typos early here
     keeps the daemon honest."""
-    from .errors import unknown_param
-
     for key in params:
         if key not in allowed and key != "expand":
             raise unknown_param(key)

@@ -7,10 +7,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import StripeError, no_such
-from .forms import get_int
-from .state import JSON
+from .forms import check_known, get_bool, get_int, get_str
+from .state import JSON, Store
 
 Predicate = Callable[[JSON], bool]
+
+# What every list endpoint accepts besides its own filters.
+PAGE_PARAMS = frozenset({"limit", "starting_after", "ending_before", "created"})
 
 
 def _limit(params: dict[str, Any]) -> int:
@@ -46,6 +49,34 @@ def paginate(items: Iterable[JSON], params: dict[str, Any], url: str, kind: str)
     else:
         page, has_more = rows[:limit], len(rows) > limit
     return {"object": "list", "data": page, "has_more": has_more, "url": url}
+
+
+def list_objects(
+    store: Store,
+    params: dict[str, Any],
+    kind: str,
+    *,
+    equal: tuple[str, ...] = (),
+    flags: tuple[str, ...] = (),
+    known: Iterable[str] = (),
+    keep: Predicate | None = None,
+) -> JSON:
+    """`GET /v1/<kind>`: live objects newest first, paginated, `created` ranges; `equal`
+    (strings) and `flags` (booleans) are parameters that must equal the object's field
+    of the same name; `keep` filters by the other parameters, which `known` lists."""
+    check_known(params, PAGE_PARAMS | set(equal) | set(flags) | set(known))
+    wanted: dict[str, Any] = {name: get_str(params, name) for name in equal}
+    wanted.update((name, get_bool(params, name)) for name in flags)
+    wanted = {name: value for name, value in wanted.items() if value is not None}
+    created = range_filter(params, "created")
+    rows = (
+        obj
+        for obj in store.newest_first(kind)
+        if all(obj[name] == value for name, value in wanted.items())
+        and created(obj)
+        and (keep is None or keep(obj))
+    )
+    return paginate(rows, params, f"/v1/{kind}", kind.removesuffix("s"))
 
 
 def range_filter(params: dict[str, Any], name: str) -> Predicate:

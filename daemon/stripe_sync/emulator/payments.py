@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
-from . import billing, shapes_billing
-from .errors import StripeError, invalid, no_such
+from . import billing, new_objects_billing
+from .errors import StripeError, invalid
 from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
-from .listing import paginate, previous_attributes, range_filter
+from .listing import list_objects
 from .state import JSON, new_id
 
 if TYPE_CHECKING:
     from .emulator import ApiRequest, Emulator
-
-_PAGE = {"limit", "starting_after", "ending_before", "created"}
-
-
-def _get(emu: Emulator, kind: str, label: str, object_id: str, param: str = "id") -> JSON:
-    obj = emu.store.get(kind, object_id)
-    if obj is None or object_id in emu.store.deleted:
-        raise no_such(label, object_id, param)
-    return obj
 
 
 def _unexpected_state(message: str) -> StripeError:
@@ -67,7 +57,7 @@ def _apply_pi(emu: Emulator, pi: JSON, p: dict[str, Any]) -> None:
     if "customer" in p:
         customer = get_str(p, "customer")
         if customer is not None:
-            _get(emu, "customers", "customer", customer, "customer")
+            emu.store.require("customers", customer, "customer")
         pi["customer"] = customer
     if "amount" in p:
         amount = get_int(p, "amount", required=True) or 0
@@ -96,7 +86,7 @@ def create_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
     check_known(p, _PI_CREATE)
     get_int(p, "amount", required=True)
     get_str(p, "currency", required=True)
-    pi = shapes_billing.payment_intent(new_id("pi"), emu.now(), req.livemode)
+    pi = new_objects_billing.payment_intent(new_id("pi"), emu.now(), req.livemode)
     _apply_pi(emu, pi, p)
     pi["capture_method"] = get_str(p, "capture_method") or "automatic"
     if pi["payment_method"]:
@@ -121,14 +111,14 @@ def _confirm(emu: Emulator, req: ApiRequest, pi: JSON, method: str | None) -> No
 
 
 def confirm_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
-    pi = _get(emu, "payment_intents", "payment_intent", req.path_params["id"])
+    pi = emu.store.require("payment_intents", req.path_params["id"])
     check_known(req.params, {"payment_method", "return_url", "off_session", "receipt_email"})
     _confirm(emu, req, pi, get_str(req.params, "payment_method"))
     return pi
 
 
 def update_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
-    pi = _get(emu, "payment_intents", "payment_intent", req.path_params["id"])
+    pi = emu.store.require("payment_intents", req.path_params["id"])
     check_known(req.params, _PI_UPDATE)
     if pi["status"] in ("succeeded", "canceled") and set(req.params) - {
         "metadata",
@@ -138,16 +128,13 @@ def update_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
         raise _unexpected_state(
             f"This PaymentIntent's status is {pi['status']}; it cannot be updated."
         )
-    before = copy.deepcopy(pi)
-    _apply_pi(emu, pi, req.params)
-    changed = previous_attributes(before, pi)
-    if changed:
-        emu.record_event(req, "payment_intent.updated", pi, changed)
+    with emu.updating(req, pi, "payment_intent.updated"):
+        _apply_pi(emu, pi, req.params)
     return pi
 
 
 def cancel_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
-    pi = _get(emu, "payment_intents", "payment_intent", req.path_params["id"])
+    pi = emu.store.require("payment_intents", req.path_params["id"])
     check_known(req.params, {"cancellation_reason"})
     if pi["status"] in ("succeeded", "canceled"):
         raise _unexpected_state(
@@ -163,40 +150,20 @@ def cancel_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
 
 
 def retrieve_payment_intent(emu: Emulator, req: ApiRequest) -> JSON:
-    return _get(emu, "payment_intents", "payment_intent", req.path_params["id"])
+    return emu.store.require("payment_intents", req.path_params["id"])
 
 
 def list_payment_intents(emu: Emulator, req: ApiRequest) -> JSON:
-    p = req.params
-    check_known(p, _PAGE | {"customer"})
-    customer = get_str(p, "customer")
-    created = range_filter(p, "created")
-    rows = [
-        x
-        for x in emu.store.newest_first("payment_intents")
-        if (customer is None or x["customer"] == customer) and created(x)
-    ]
-    return paginate(rows, p, "/v1/payment_intents", "payment_intent")
+    return list_objects(emu.store, req.params, "payment_intents", equal=("customer",))
 
 
 # -- charges and refunds -------------------------------------------------------------
 def retrieve_charge(emu: Emulator, req: ApiRequest) -> JSON:
-    return _get(emu, "charges", "charge", req.path_params["id"])
+    return emu.store.require("charges", req.path_params["id"])
 
 
 def list_charges(emu: Emulator, req: ApiRequest) -> JSON:
-    p = req.params
-    check_known(p, _PAGE | {"customer", "payment_intent"})
-    customer, pi = get_str(p, "customer"), get_str(p, "payment_intent")
-    created = range_filter(p, "created")
-    rows = [
-        x
-        for x in emu.store.newest_first("charges")
-        if (customer is None or x["customer"] == customer)
-        and (pi is None or x["payment_intent"] == pi)
-        and created(x)
-    ]
-    return paginate(rows, p, "/v1/charges", "charge")
+    return list_objects(emu.store, req.params, "charges", equal=("customer", "payment_intent"))
 
 
 def create_refund(emu: Emulator, req: ApiRequest) -> JSON:
@@ -222,13 +189,13 @@ def create_refund(emu: Emulator, req: ApiRequest) -> JSON:
             param="charge",
         )
     if pi_id is not None:
-        pi = _get(emu, "payment_intents", "payment_intent", pi_id, "payment_intent")
+        pi = emu.store.require("payment_intents", pi_id, "payment_intent")
         if pi["status"] != "succeeded" or not pi["latest_charge"]:
             raise _unexpected_state(
                 f"This PaymentIntent ({pi_id}) does not have a successful charge to refund."
             )
         charge_id = pi["latest_charge"]
-    ch = _get(emu, "charges", "charge", charge_id or "", "charge")
+    ch = emu.store.require("charges", charge_id or "", "charge")
     if ch["status"] != "succeeded":
         raise invalid(
             "charge",
@@ -254,7 +221,7 @@ def create_refund(emu: Emulator, req: ApiRequest) -> JSON:
     reason = get_str(p, "reason")
     if reason not in (None, "duplicate", "fraudulent", "requested_by_customer"):
         raise invalid("reason", "Invalid reason", "parameter_invalid_string")
-    refund = shapes_billing.refund(new_id("re"), emu.now())
+    refund = new_objects_billing.refund(new_id("re"), emu.now())
     refund.update(
         amount=amount,
         charge=ch["id"],
@@ -265,32 +232,20 @@ def create_refund(emu: Emulator, req: ApiRequest) -> JSON:
         balance_transaction=new_id("txn"),
     )
     emu.store.put("refunds", refund)
-    before = copy.deepcopy(ch)
-    ch["amount_refunded"] += amount
-    ch["refunded"] = ch["amount_refunded"] >= ch["amount"]
-    ch["refunds"]["data"].insert(0, refund)
-    emu.record_event(req, "charge.refunded", ch, previous_attributes(before, ch))
+    with emu.updating(req, ch, "charge.refunded"):
+        ch["amount_refunded"] += amount
+        ch["refunded"] = ch["amount_refunded"] >= ch["amount"]
+        ch["refunds"]["data"].insert(0, refund)
     emu.record_event(req, "refund.created", refund)
     return refund
 
 
 def retrieve_refund(emu: Emulator, req: ApiRequest) -> JSON:
-    return _get(emu, "refunds", "refund", req.path_params["id"])
+    return emu.store.require("refunds", req.path_params["id"])
 
 
 def list_refunds(emu: Emulator, req: ApiRequest) -> JSON:
-    p = req.params
-    check_known(p, _PAGE | {"charge", "payment_intent"})
-    charge, pi = get_str(p, "charge"), get_str(p, "payment_intent")
-    created = range_filter(p, "created")
-    rows = [
-        x
-        for x in emu.store.newest_first("refunds")
-        if (charge is None or x["charge"] == charge)
-        and (pi is None or x["payment_intent"] == pi)
-        and created(x)
-    ]
-    return paginate(rows, p, "/v1/refunds", "refund")
+    return list_objects(emu.store, req.params, "refunds", equal=("charge", "payment_intent"))
 
 
 ROUTES = [

@@ -15,11 +15,8 @@ TEST_API_KEY = "sk_test_emulator"
 
 @pytest.fixture(scope="session")
 def emulator_server() -> Iterator[EmulatorServer]:
-    server = EmulatorServer().start()
-    try:
+    with EmulatorServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -49,8 +46,5 @@ def stripe_client(emulator: EmulatorServer):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver().start()
-    try:
+    with WebhookReceiver() as receiver:
         yield receiver
-    finally:
-        receiver.stop()

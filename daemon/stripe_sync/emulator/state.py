@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .errors import no_such
+
 JSON = dict[str, Any]
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -80,6 +82,14 @@ class Store:
 
     def get(self, kind: str, object_id: str) -> JSON | None:
         return self._objects[kind].get(object_id)
+
+    def require(self, kind: str, object_id: str, param: str = "id") -> JSON:
+        """A live object, or Stripe's 404 naming `param` (deleted objects count as missing)."""
+        obj = self._objects[kind].get(object_id)
+        if obj is None or object_id in self.deleted:
+            # Stripe names the object type in its message: "No such payment_intent: 'pi_…'".
+            raise no_such(kind.removesuffix("s"), object_id, param)
+        return obj
 
     def find(self, object_id: str) -> JSON | None:
         kind = kind_of_id(object_id)

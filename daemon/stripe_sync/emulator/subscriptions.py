@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
-from . import billing, shapes
+from . import billing, new_objects
 from .errors import StripeError, invalid, missing, no_such
 from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
-from .listing import paginate, previous_attributes, range_filter
+from .listing import PAGE_PARAMS, list_objects, paginate
 from .state import JSON, new_id
 
 if TYPE_CHECKING:
     from .emulator import ApiRequest, Emulator
-
-_PAGE = {"limit", "starting_after", "ending_before", "created"}
-
-
-def _get(emu: Emulator, kind: str, label: str, object_id: str, param: str = "id") -> JSON:
-    obj = emu.store.get(kind, object_id)
-    if obj is None or object_id in emu.store.deleted:
-        raise no_such(label, object_id, param)
-    return obj
 
 
 # -- subscriptions -------------------------------------------------------------------
@@ -53,7 +43,7 @@ def _price_for_item(emu: Emulator, spec: dict[str, Any], index: int, currency: s
     price_id = get_str(spec, "price")
     if price_id is None:
         raise missing(param)
-    price = _get(emu, "prices", "price", price_id, param)
+    price = emu.store.require("prices", price_id, param)
     if price["type"] != "recurring":
         raise invalid(
             param,
@@ -86,7 +76,7 @@ def _quantity(spec: dict[str, Any], index: int) -> int | None:
 def _new_item(
     emu: Emulator, sub: JSON, price: JSON, qty: int, spec: dict[str, Any], start: int, end: int
 ) -> JSON:
-    item = shapes.subscription_item(new_id("si", 14), emu.now(), sub["id"], price, qty)
+    item = new_objects.subscription_item(new_id("si", 14), emu.now(), sub["id"], price, qty)
     item["metadata"] = merge_metadata({}, spec)
     item.update(current_period_start=start, current_period_end=end)
     emu.store.put("subscription_items", item)
@@ -97,7 +87,7 @@ def create_subscription(emu: Emulator, req: ApiRequest) -> JSON:
     p = req.params
     check_known(p, _SUB_CREATE)
     customer_id = get_str(p, "customer", required=True) or ""
-    _get(emu, "customers", "customer", customer_id, "customer")
+    emu.store.require("customers", customer_id, "customer")
     specs = get_list(p, "items")
     if not specs:
         raise missing("items")
@@ -110,7 +100,7 @@ def create_subscription(emu: Emulator, req: ApiRequest) -> JSON:
         price = _price_for_item(emu, spec, i, currency)
         currency = price["currency"]
         prices.append(price)
-    sub = shapes.subscription(new_id("sub"), now, req.livemode)
+    sub = new_objects.subscription(new_id("sub"), now, req.livemode)
     trial_days = get_int(p, "trial_period_days")
     first = prices[0]["recurring"]
     if trial_days:
@@ -144,7 +134,7 @@ def create_subscription(emu: Emulator, req: ApiRequest) -> JSON:
 
 
 def retrieve_subscription(emu: Emulator, req: ApiRequest) -> JSON:
-    return _get(emu, "subscriptions", "subscription", req.path_params["id"])
+    return emu.store.require("subscriptions", req.path_params["id"])
 
 
 def _update_items(emu: Emulator, sub: JSON, specs: list[Any]) -> None:
@@ -170,7 +160,7 @@ def _update_items(emu: Emulator, sub: JSON, specs: list[Any]) -> None:
             continue
         if "price" in spec:
             item["price"] = _price_for_item(emu, spec, i, sub["currency"])
-            item["plan"] = shapes.plan_from_price(item["price"])
+            item["plan"] = new_objects.plan_from_price(item["price"])
         qty = _quantity(spec, i)
         if qty is not None:
             item["quantity"] = qty
@@ -182,7 +172,7 @@ def _update_items(emu: Emulator, sub: JSON, specs: list[Any]) -> None:
 
 
 def update_subscription(emu: Emulator, req: ApiRequest) -> JSON:
-    sub = _get(emu, "subscriptions", "subscription", req.path_params["id"])
+    sub = emu.store.require("subscriptions", req.path_params["id"])
     p = req.params
     check_known(p, _SUB_UPDATE)
     if sub["status"] == "canceled" and set(p) - {"metadata", "cancellation_details", "expand"}:
@@ -190,7 +180,12 @@ def update_subscription(emu: Emulator, req: ApiRequest) -> JSON:
             400,
             "A canceled subscription can only update its cancellation_details and metadata.",
         )
-    before = copy.deepcopy(sub)
+    with emu.updating(req, sub, "customer.subscription.updated"):
+        _apply_update(emu, sub, p)
+    return sub
+
+
+def _apply_update(emu: Emulator, sub: JSON, p: dict[str, Any]) -> None:
     if "items" in p:
         _update_items(emu, sub, get_list(p, "items"))
     sub["metadata"] = merge_metadata(sub["metadata"], p)
@@ -224,14 +219,10 @@ def update_subscription(emu: Emulator, req: ApiRequest) -> JSON:
     details = get_dict(p, "cancellation_details")
     if details:
         sub["cancellation_details"] = {**sub["cancellation_details"], **details}
-    changed = previous_attributes(before, sub)
-    if changed:
-        emu.record_event(req, "customer.subscription.updated", sub, changed)
-    return sub
 
 
 def cancel_subscription(emu: Emulator, req: ApiRequest) -> JSON:
-    sub = _get(emu, "subscriptions", "subscription", req.path_params["id"])
+    sub = emu.store.require("subscriptions", req.path_params["id"])
     check_known(req.params, {"invoice_now", "prorate", "cancellation_details"})
     if sub["status"] == "canceled":
         raise StripeError(400, f"This subscription is already canceled: {sub['id']}", param="id")
@@ -246,10 +237,7 @@ def cancel_subscription(emu: Emulator, req: ApiRequest) -> JSON:
 
 
 def list_subscriptions(emu: Emulator, req: ApiRequest) -> JSON:
-    p = req.params
-    check_known(p, _PAGE | {"customer", "price", "status", "collection_method"})
-    customer, price, status = get_str(p, "customer"), get_str(p, "price"), get_str(p, "status")
-    created = range_filter(p, "created")
+    price, status = get_str(req.params, "price"), get_str(req.params, "status")
 
     def keep(s: JSON) -> bool:
         # Like Stripe, canceled subscriptions only show up when asked for.
@@ -257,39 +245,36 @@ def list_subscriptions(emu: Emulator, req: ApiRequest) -> JSON:
             return False
         if status not in (None, "all") and s["status"] != status:
             return False
-        if price is not None and all(it["price"]["id"] != price for it in s["items"]["data"]):
-            return False
-        return (customer is None or s["customer"] == customer) and created(s)
+        return price is None or any(it["price"]["id"] == price for it in s["items"]["data"])
 
-    rows = filter(keep, emu.store.newest_first("subscriptions"))
-    return paginate(rows, p, "/v1/subscriptions", "subscription")
+    return list_objects(
+        emu.store,
+        req.params,
+        "subscriptions",
+        equal=("customer", "collection_method"),
+        known={"price", "status"},
+        keep=keep,
+    )
 
 
 # -- invoices ------------------------------------------------------------------------
 def retrieve_invoice(emu: Emulator, req: ApiRequest) -> JSON:
-    return _get(emu, "invoices", "invoice", req.path_params["id"])
+    return emu.store.require("invoices", req.path_params["id"])
 
 
 def list_invoices(emu: Emulator, req: ApiRequest) -> JSON:
-    p = req.params
-    check_known(p, _PAGE | {"customer", "subscription", "status", "collection_method", "due_date"})
-    customer, sub, status = get_str(p, "customer"), get_str(p, "subscription"), get_str(p, "status")
-    created = range_filter(p, "created")
-
-    def keep(i: JSON) -> bool:
-        return (
-            (customer is None or i["customer"] == customer)
-            and (sub is None or i["subscription"] == sub)
-            and (status is None or i["status"] == status)
-            and created(i)
-        )
-
-    return paginate(filter(keep, emu.store.newest_first("invoices")), p, "/v1/invoices", "invoice")
+    return list_objects(
+        emu.store,
+        req.params,
+        "invoices",
+        equal=("customer", "subscription", "status", "collection_method"),
+        known={"due_date"},
+    )
 
 
 def list_invoice_lines(emu: Emulator, req: ApiRequest) -> JSON:
-    inv = _get(emu, "invoices", "invoice", req.path_params["id"])
-    check_known(req.params, _PAGE)
+    inv = emu.store.require("invoices", req.path_params["id"])
+    check_known(req.params, PAGE_PARAMS)
     lines = list(inv["lines"]["data"])
     return paginate(lines, req.params, f"/v1/invoices/{inv['id']}/lines", "line_item")
 

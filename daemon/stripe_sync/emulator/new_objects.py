@@ -1,11 +1,10 @@
-"""Default object bodies with every top-level field the current API returns
-(checked against stripe/openapi fixtures in tests/test_emulator_shapes.py)."""
+"""New objects as Stripe creates them: every top-level field the current API returns, at
+its initial value (checked against stripe/openapi fixtures in tests/test_emulator_shapes.py).
+Handlers fill in what the request sets. Billing objects are in new_objects_billing.py."""
 
 from __future__ import annotations
 
-from typing import Any
-
-JSON = dict[str, Any]
+from .state import JSON
 
 
 def list_object(url: str, data: list[JSON] | None = None) -> JSON:

@@ -1,12 +1,10 @@
-"""Default bodies for invoices, payment intents, charges and refunds (see shapes.py)."""
+"""New invoices, payment intents, charges and refunds, as Stripe creates them (see
+new_objects.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from .shapes import list_object
-
-JSON = dict[str, Any]
+from .new_objects import list_object
+from .state import JSON
 
 
 def _address() -> JSON:
