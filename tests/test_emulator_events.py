@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socketserver
+import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -29,6 +32,74 @@ def _wait(predicate: object, timeout: float = 5.0) -> None:
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+class _FramingServer(socketserver.ThreadingTCPServer):
+    """A webhook receiver that answers in every HTTP/1.1 framing in turn: Content-Length,
+    chunked, a body delimited by closing the connection, and a Content-Length response
+    after which it silently closes the kept-alive connection (so the next event meets a
+    dead connection)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    framings = ("length", "chunked", "close", "length-then-hang-up")
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FramingHandler)
+        self.bodies: list[bytes] = []
+        self.lock = threading.Lock()
+
+
+class _FramingHandler(socketserver.StreamRequestHandler):
+    server: _FramingServer
+
+    def handle(self) -> None:
+        while line := self.rfile.readline():
+            assert line.startswith(b"POST /hook HTTP/1.1"), line
+            length = 0
+            while (header := self.rfile.readline()) not in (b"\r\n", b""):
+                name, _, value = header.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            with self.server.lock:
+                self.server.bodies.append(self.rfile.read(length))
+                framing = self.server.framings[(len(self.server.bodies) - 1) % 4]
+            if framing == "length":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            elif framing == "chunked":
+                self.wfile.write(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"1;ext=1\r\n{\r\n1\r\n}\r\n0\r\nX-Trailer: t\r\n\r\n"
+                )
+            elif framing == "close":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{}")
+                return
+            else:
+                self.wfile.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                return
+
+
+@pytest.fixture
+def framing_server() -> Iterator[_FramingServer]:
+    server = _FramingServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_delivery_reads_every_response_framing(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer, framing_server: _FramingServer
+) -> None:
+    # Deliveries reuse one kept-alive connection: each framing must be read to its end,
+    # and a connection the receiver dropped while idle is replaced without a failed
+    # attempt (Stripe would not count one either).
+    port = framing_server.server_address[1]
+    endpoint = emulator.emulator.add_webhook_endpoint(f"http://127.0.0.1:{port}/hook", SECRET)
+    ids = [stripe_client.v1.customers.create().id for _ in range(9)]
+    assert emulator.emulator.wait_webhooks_idle(10)
+    assert [json.loads(b)["data"]["object"]["id"] for b in framing_server.bodies] == ids
+    assert endpoint.attempts == endpoint.deliveries == 9
 
 
 def test_event_recording_and_filters(

@@ -144,6 +144,29 @@ def test_search(stripe_client: stripe.StripeClient) -> None:
     ] == [price.id]
 
 
+def test_search_follows_metadata_updates_and_quoting(stripe_client: stripe.StripeClient) -> None:
+    # Searches by metadata read an index: it must follow updates, deletions and
+    # Stripe's quoting (a backslash escapes a quote; clauses may be joined by spaces).
+    def found(query: str) -> list[str]:
+        return [c.id for c in stripe_client.v1.customers.search(params={"query": query}).data]
+
+    old = stripe_client.v1.customers.create(params={"metadata": {"src": "db's", "row": "7"}})
+    new = stripe_client.v1.customers.create(params={"metadata": {"src": "db's", "row": "8"}})
+    assert found("metadata['src']:'db\\'s'") == [new.id, old.id]
+    assert found("metadata[\"src\"]:\"DB'S\" metadata['row']:'7'") == [old.id]
+    stripe_client.v1.customers.update(old.id, params={"metadata": {"row": "9"}})
+    assert found("metadata['row']:'7'") == []
+    assert found("metadata['row']:'9' and metadata['src']:'db\\'s'") == [old.id]
+    stripe_client.v1.customers.update(new.id, params={"metadata": {"src": ""}})
+    assert found("metadata['src']:'db\\'s'") == [old.id]
+    stripe_client.v1.customers.delete(old.id)
+    assert found("metadata['row']:'9'") == []
+    assert found("metadata['row']:'8' OR metadata['row']:'9'") == [new.id]
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        found("metadata['row']:'8' AND metadata['row']:'8' OR metadata['row']:'9'")
+    assert err.value.param == "query"
+
+
 def test_products_and_prices(stripe_client: stripe.StripeClient) -> None:
     product = stripe_client.v1.products.create(params={"name": "Silver", "id": "prod_silver"})
     assert product.id == "prod_silver" and product.active is True

@@ -11,10 +11,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors, forms
-from .emulator import ApiRequest, Emulator, LoggedRequest, encode, template_for
+from .emulator import ApiRequest, Emulator, LoggedRequest, encode, match_route
 from .errors import StripeError
 from .faults import parse_rule
 from .idempotency import StoredResponse
@@ -25,15 +25,16 @@ class ConnectionDropped(Exception):
     """Raised mid-response so the server tears the connection down (client sees a network error)."""
 
 
+# Sent with every API response.
+_BASE_HEADERS = [(b"content-type", b"application/json"), (b"access-control-allow-origin", b"*")]
+_SHOULD_RETRY = {"Stripe-Should-Retry": "true"}
+
+
 def _headers(request_id: str, extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
-    headers = {
-        "content-type": "application/json",
-        "request-id": request_id,
-        "stripe-version": "",
-        "access-control-allow-origin": "*",
-        **(extra or {}),
-    }
-    return [(k.lower().encode(), v.encode()) for k, v in headers.items() if v]
+    headers = [*_BASE_HEADERS, (b"request-id", request_id.encode())]
+    if extra:
+        headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    return headers
 
 
 async def _respond(
@@ -50,6 +51,15 @@ async def _drop(send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b'{"id": ', "more_body": True})
     raise ConnectionDropped("emulated dropped connection")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def _authenticate(emu: Emulator, authorization: str) -> tuple[str, bool]:
@@ -76,7 +86,8 @@ def _authenticate(emu: Emulator, authorization: str) -> tuple[str, bool]:
 
 
 class ApiApp:
-    """Handles everything outside /_emulator as Stripe would."""
+    """Handles everything outside /_emulator as Stripe would: a bare ASGI app, since
+    it is in the path of every test and benchmark request."""
 
     def __init__(self, emu: Emulator) -> None:
         self.emu = emu
@@ -93,21 +104,26 @@ class ApiApp:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         emu = self.emu
         arrived = time.monotonic()
-        request = Request(scope, receive)
-        method = request.method.upper()
+        method = scope["method"]
         path = scope["path"].rstrip("/") or "/"
         request_id = new_id("req", 14)
-        raw_body = await request.body()
-        template = template_for(method, path)
+        authorization = idem_header = ""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"idempotency-key":
+                idem_header = value.decode("latin-1")
+        raw_body = await _read_body(receive)
+        route, path_params = match_route(method, path)
+        template = route.template if route else path
         emu.count_request(method, template)
-        base_headers = _headers(request_id)
 
         async def error(err: StripeError, extra: dict[str, str] | None = None) -> None:
             await _respond(send, err.status, encode(err.body()), _headers(request_id, extra))
 
         try:
-            api_key, live = _authenticate(emu, request.headers.get("authorization", ""))
-            params = forms.decode(scope.get("query_string", b""))
+            api_key, live = _authenticate(emu, authorization)
+            params = forms.decode(scope["query_string"])
             if method == "POST":
                 params.update(forms.decode(raw_body))
         except StripeError as err:
@@ -120,13 +136,13 @@ class ApiApp:
                     t=arrived,
                     method=method,
                     path=path,
-                    idempotency_key=request.headers.get("idempotency-key"),
+                    idempotency_key=idem_header or None,
                     metadata=dict(metadata) if isinstance(metadata, dict) else {},
                 )
             )
         if not emu.rate_limiter.allow():
             emu.count_rate_limited()
-            await error(errors.rate_limited(), {"Stripe-Should-Retry": "true"})
+            await error(errors.rate_limited(), _SHOULD_RETRY)
             return
 
         lose_response = False
@@ -140,15 +156,15 @@ class ApiApp:
                 await _drop(send)
             elif rule.kind == "rate_limit":
                 emu.count_rate_limited()
-                await error(errors.rate_limited(), {"Stripe-Should-Retry": "true"})
+                await error(errors.rate_limited(), _SHOULD_RETRY)
                 return
             else:
-                await error(errors.api_error(int(rule.kind)), {"Stripe-Should-Retry": "true"})
+                await error(errors.api_error(int(rule.kind)), _SHOULD_RETRY)
                 return
         if delay > 0:
             await asyncio.sleep(delay)
 
-        idem_key = request.headers.get("idempotency-key") if method in ("POST", "DELETE") else None
+        idem_key = idem_header if method in ("POST", "DELETE") else ""
         fingerprint = forms.fingerprint(params)
         if idem_key:
             stored = emu.idempotency.lookup(api_key, idem_key, emu.clock.now())
@@ -158,8 +174,9 @@ class ApiApp:
                     return
                 if lose_response:
                     await _drop(send)
-                extra = {"Idempotent-Replayed": "true", "Idempotency-Key": idem_key}
-                await _respond(send, stored.status, stored.body, _headers(stored.request_id, extra))
+                replayed = {"Idempotent-Replayed": "true", "Idempotency-Key": idem_key}
+                headers = _headers(stored.request_id, replayed)
+                await _respond(send, stored.status, stored.body, headers)
                 return
 
         api_request = ApiRequest(
@@ -167,23 +184,23 @@ class ApiApp:
             path=path,
             template=template,
             params=params,
-            path_params={},
+            path_params=path_params,
             request_id=request_id,
-            idempotency_key=idem_key,
+            idempotency_key=idem_key or None,
             api_key=api_key,
             livemode=live,
         )
-        status, body = emu.dispatch(api_request)
-        headers = base_headers
+        status, body = emu.dispatch(api_request, route)
+        extra: dict[str, str] | None = None
         if idem_key:
             entry = StoredResponse(
                 method, path, fingerprint, status, body, request_id, emu.clock.now()
             )
             emu.idempotency.store(api_key, idem_key, entry)
-            headers = _headers(request_id, {"Idempotency-Key": idem_key})
+            extra = {"Idempotency-Key": idem_key}
         if lose_response:
             await _drop(send)
-        await _respond(send, status, body, headers)
+        await _respond(send, status, body, _headers(request_id, extra))
 
 
 # -- control API -------------------------------------------------------------------------
@@ -265,13 +282,15 @@ async def _json(request: Request) -> Any:
     return json.loads(body) if body.strip() else {}
 
 
-def create_app(emulator: Emulator) -> Starlette:
+def create_app(emulator: Emulator) -> ASGIApp:
+    """The API for every path but /_emulator/..., which is the control API (and lifespan)."""
     api = ApiApp(emulator)
-    methods = ["GET", "POST", "DELETE", "PUT", "PATCH"]
-    routes = [
-        *_control_routes(emulator),
-        Route("/{path:path}", api, methods=methods),
-    ]
-    app = Starlette(routes=routes)
-    app.state.emulator = emulator
+    control = Starlette(routes=_control_routes(emulator))
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/_emulator/"):
+            await api(scope, receive, send)
+        else:
+            await control(scope, receive, send)
+
     return app

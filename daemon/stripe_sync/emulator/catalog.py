@@ -122,7 +122,7 @@ def list_products(emu: Emulator, req: ApiRequest) -> JSON:
 
 def search_products(emu: Emulator, req: ApiRequest) -> JSON:
     fields = {"active", "name", "description", "created", "shippable", "url"}
-    return search(emu.store.newest_first("products"), req.params, "/v1/products/search", fields)
+    return search(emu.store, "products", req.params, fields)
 
 
 # -- prices --------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def list_prices(emu: Emulator, req: ApiRequest) -> JSON:
 
 def search_prices(emu: Emulator, req: ApiRequest) -> JSON:
     fields = {"active", "currency", "lookup_key", "product", "type", "created"}
-    return search(emu.store.newest_first("prices"), req.params, "/v1/prices/search", fields)
+    return search(emu.store, "prices", req.params, fields)
 
 
 ROUTES = [

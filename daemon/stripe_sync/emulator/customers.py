@@ -97,7 +97,7 @@ def list_customers(emu: Emulator, req: ApiRequest) -> JSON:
 
 def search_customers(emu: Emulator, req: ApiRequest) -> JSON:
     fields = {"email", "name", "phone", "created"}
-    return search(emu.store.newest_first("customers"), req.params, "/v1/customers/search", fields)
+    return search(emu.store, "customers", req.params, fields)
 
 
 # -- events and account --------------------------------------------------------------

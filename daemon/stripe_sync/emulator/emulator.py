@@ -3,9 +3,6 @@ the v1 dispatcher the ASGI app calls."""
 
 from __future__ import annotations
 
-import copy
-import json
-import re
 import threading
 import time
 from collections import Counter, deque
@@ -14,12 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from . import catalog, customers, errors, events, payments, subscriptions
 from .errors import StripeError
 from .faults import FaultRule, Faults, RateLimiter, parse_rule
 from .idempotency import IdempotencyStore
 from .listing import previous_attributes
-from .state import JSON, Clock, Store, new_id
+from .state import JSON, Clock, Store, new_id, snapshot
 
 
 def _default_api_version() -> str:
@@ -81,38 +80,44 @@ Operation = Callable[["Emulator", ApiRequest], JSON]
 
 
 @dataclass(frozen=True)
-class _Route:
+class Route:
+    """`template` as in the ROUTES tables ("/v1/customers/{id}"), split into segments."""
+
     method: str
     template: str
-    pattern: re.Pattern[str]
+    segments: tuple[str, ...]
     operation: Operation
 
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        params: dict[str, str] = {}
+        for segment, part in zip(self.segments, parts, strict=True):
+            if segment[:1] == "{":
+                if not part:
+                    return None
+                params[segment[1:-1]] = part
+            elif segment != part:
+                return None
+        return params
 
-def _compile(method: str, template: str, operation: Operation) -> _Route:
-    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
-    return _Route(method, template, re.compile(f"^{regex}$"), operation)
+
+# By method and number of segments, each list in table order (so /v1/customers/search
+# is tried before /v1/customers/{id}).
+_ROUTES: dict[tuple[str, int], list[Route]] = {}
+for _module in (customers, catalog, subscriptions, payments):
+    for _method, _template, _operation in _module.ROUTES:
+        _segments = tuple(_template.split("/"))
+        _ROUTES.setdefault((_method, len(_segments)), []).append(
+            Route(_method, _template, _segments, _operation)
+        )
 
 
-_ROUTES = [
-    _compile(method, template, operation)
-    for module in (customers, catalog, subscriptions, payments)
-    for method, template, operation in module.ROUTES
-]
-
-
-def match_route(method: str, path: str) -> tuple[_Route | None, dict[str, str]]:
-    for route in _ROUTES:
-        if route.method != method:
-            continue
-        found = route.pattern.match(path)
-        if found:
-            return route, found.groupdict()
+def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str]]:
+    parts = path.split("/")
+    for route in _ROUTES.get((method, len(parts)), ()):
+        params = route.match(parts)
+        if params is not None:
+            return route, params
     return None, {}
-
-
-def template_for(method: str, path: str) -> str:
-    route, _ = match_route(method, path)
-    return route.template if route else path
 
 
 class Emulator:
@@ -194,7 +199,7 @@ class Emulator:
                 raise KeyError(kind)
             result = []
             for obj in self.store.all(kind):
-                item = copy.deepcopy(obj)
+                item = snapshot(obj)
                 if obj["id"] in self.store.deleted:
                     item["deleted"] = True
                 result.append(item)
@@ -218,7 +223,7 @@ class Emulator:
 
     def events_of_type(self, event_type: str) -> list[JSON]:
         with self.lock:
-            return [copy.deepcopy(e) for e in self.store.all("events") if e["type"] == event_type]
+            return [snapshot(e) for e in self.store.all("events") if e["type"] == event_type]
 
     def wait_requests_idle(self, timeout: float = 10.0) -> bool:
         """Wait (from another thread) until no API request is being handled."""
@@ -252,13 +257,12 @@ class Emulator:
         with self.lock:
             self.rate_limited_requests += 1
 
-    def dispatch(self, req: ApiRequest) -> tuple[int, bytes]:
-        route, path_params = match_route(req.method, req.path)
+    def dispatch(self, req: ApiRequest, route: Route | None) -> tuple[int, bytes]:
+        """Run the request's operation (`route` from match_route) under the state lock:
+        the status and the encoded body."""
         if route is None:
             err = errors.unrecognized_url(req.method, req.path)
             return err.status, encode(err.body())
-        req.path_params = path_params
-        req.template = route.template
         with self.lock:
             try:
                 body = route.operation(self, req)
@@ -266,7 +270,7 @@ class Emulator:
                 return err.status, encode(err.body())
             expand = [str(p) for p in _as_list(req.params.get("expand"))]
             if expand:
-                body = copy.deepcopy(body)
+                body = snapshot(body)
                 for path in expand:
                     self._expand(body, path.split("."))
             return 200, encode(body)
@@ -280,12 +284,14 @@ class Emulator:
         """Wrap an update of `obj`: when any top-level field changed, emit `event_type`
         with its previous_attributes, and bump `updated` where the object has one
         (products)."""
-        before = copy.deepcopy(obj)
+        before = snapshot(obj)
         yield
         changed = previous_attributes(before, obj)
         if changed:
             if "updated" in obj:
                 obj["updated"] = self.now()
+            if "metadata" in changed:
+                self.store.reindex(obj)
             self.record_event(req, event_type, obj, changed)
 
     def record_event(
@@ -296,9 +302,10 @@ class Emulator:
         previous: JSON | None = None,
     ) -> JSON:
         targets = self.webhooks.targets(event_type)
-        data: JSON = {"object": copy.deepcopy(obj)}
+        data: JSON = {"object": snapshot(obj)}
         if previous is not None:
-            data["previous_attributes"] = copy.deepcopy(previous)
+            # Already a copy: previous_attributes takes its values from a snapshot.
+            data["previous_attributes"] = previous
         event: JSON = {
             "id": new_id("evt"),
             "object": "event",
@@ -350,7 +357,7 @@ class Emulator:
         if isinstance(value, str):
             target = self.store.find(value)
             if target is not None:
-                value = copy.deepcopy(target)
+                value = snapshot(target)
                 if target["id"] in self.store.deleted:
                     value = {"id": target["id"], "object": target["object"], "deleted": True}
                 node[key] = value
@@ -363,5 +370,9 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+_encoder = msgspec.json.Encoder()
+
+
 def encode(body: JSON) -> bytes:
-    return json.dumps(body, indent=2).encode()
+    """JSON as Stripe sends it, indented by two spaces (responses and webhook bodies)."""
+    return msgspec.json.format(_encoder.encode(body), indent=2)

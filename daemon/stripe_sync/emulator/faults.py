@@ -78,6 +78,8 @@ class Faults:
     def triggered(self, method: str, path: str, template: str) -> list[FaultRule]:
         """Rules firing for this request, consuming next-N counts; exhausted rules go away."""
         fired: list[FaultRule] = []
+        if not self._rules:  # the usual case; a racing add applies from the next request
+            return fired
         with self._lock:
             for rule in list(self._rules):
                 if not rule.matches(method, path, template):

@@ -6,11 +6,12 @@ value produces the same 400 with `param` that Stripe would send.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Set as AbstractSet
 from typing import Any
 from urllib.parse import parse_qsl
+
+import msgspec
 
 from .errors import StripeError, missing, unknown_param
 
@@ -57,9 +58,12 @@ def decode(raw: str | bytes) -> dict[str, Any]:
     return result
 
 
-def fingerprint(params: dict[str, Any]) -> str:
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def fingerprint(params: dict[str, Any]) -> bytes:
     """Canonical form for comparing idempotent requests' parameters."""
-    return json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return _canonical.encode(params)
 
 
 def _given(params: dict[str, Any], name: str, required: bool) -> Any:

@@ -12,7 +12,7 @@ DEFAULT_TTL = 24 * 3600.0
 class StoredResponse:
     method: str
     path: str
-    fingerprint: str
+    fingerprint: bytes
     status: int
     body: bytes
     request_id: str

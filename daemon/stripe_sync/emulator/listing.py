@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import StripeError, no_such
@@ -107,10 +108,53 @@ def range_filter(params: dict[str, Any], name: str) -> Predicate:
     return check
 
 
+# Stripe's search query language (docs.stripe.com/search): clauses `field op value`,
+# optionally negated with `-`, joined by spaces, AND or OR (not both); values quoted with
+# ' or " (a backslash escapes a quote inside) or bare (numbers).
+_QUOTED = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'
 _CLAUSE = re.compile(
-    r"""^\s*(?P<neg>-?)(?P<field>metadata\[(?P<q>['"])(?P<mkey>.+?)(?P=q)\]|[a-z_]+)\s*"""
-    r"""(?P<op>:|~|>=|<=|>|<)\s*(?:'(?P<sv>[^']*)'|"(?P<dv>[^"]*)"|(?P<bare>[^\s'"]+))\s*$"""
+    rf"""(?P<neg>-?)(?P<field>metadata\[(?P<mkey>{_QUOTED})\]|[a-z_][a-z_.]*)\s*"""
+    rf"""(?P<op>:|~|>=|<=|>|<)\s*(?P<value>{_QUOTED}|[^\s'"]+)"""
 )
+_JOIN = re.compile(r"\s+(?:(AND|OR)\s+)?|$", re.IGNORECASE)
+_ESCAPE = re.compile(r"\\(.)")
+
+
+@dataclass(frozen=True)
+class _Clause:
+    field: str
+    metadata_key: str | None
+    op: str
+    value: str
+    negate: bool
+
+    def test(self, obj: JSON) -> bool:
+        if self.metadata_key is not None:
+            actual = (obj.get("metadata") or {}).get(self.metadata_key)
+        else:
+            actual = obj.get(self.field)
+        return self._matches(actual) != self.negate
+
+    def _matches(self, actual: Any) -> bool:
+        if actual is None:
+            return False
+        if self.op == ":":
+            return _text(actual).lower() == self.value.lower()
+        if self.op == "~":
+            return self.value.lower() in _text(actual).lower()
+        try:
+            number, bound = float(actual), float(self.value)
+        except (TypeError, ValueError):
+            return False
+        return {">": number > bound, "<": number < bound, ">=": number >= bound}.get(
+            self.op, number <= bound
+        )
+
+
+def _unquote(token: str) -> str:
+    if token[:1] in ("'", '"'):
+        return _ESCAPE.sub(r"\1", token[1:-1])
+    return token
 
 
 def _text(value: Any) -> str:
@@ -119,61 +163,65 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _clause(clause: str, fields: set[str]) -> Predicate:
-    found = _CLAUSE.match(clause)
-    if not found:
-        raise _bad_query(f"Invalid search clause: {clause.strip()!r}")
-    field, op = found["field"], found["op"]
-    raw = found["sv"] if found["sv"] is not None else found["dv"]
-    if raw is None:
-        raw = found["bare"]
-    value: str = raw
-    mkey = found["mkey"]
-    if mkey is None and field not in fields:
-        raise _bad_query(f"Field '{field}' is an unsupported search field for this resource.")
-    negate = found["neg"] == "-"
-
-    def get(obj: JSON) -> Any:
-        return (obj.get("metadata") or {}).get(mkey) if mkey is not None else obj.get(field)
-
-    def test(obj: JSON) -> bool:
-        actual = get(obj)
-        if actual is None:
-            return False
-        if op == ":":
-            return _text(actual).lower() == value.lower()
-        if op == "~":
-            return value.lower() in _text(actual).lower()
-        try:
-            number, bound = float(actual), float(value)
-        except (TypeError, ValueError):
-            return False
-        return {">": number > bound, "<": number < bound, ">=": number >= bound}.get(
-            op, number <= bound
-        )
-
-    return (lambda obj: not test(obj)) if negate else test
-
-
 def _bad_query(message: str) -> StripeError:
     return StripeError(400, message, code="parameter_invalid_string", param="query")
 
 
-def search(items: Iterable[JSON], params: dict[str, Any], url: str, fields: set[str]) -> JSON:
-    query = params.get("query")
-    if not isinstance(query, str) or not query.strip():
+def parse_query(query: str, fields: set[str]) -> tuple[list[_Clause], bool]:
+    """The clauses of a search query, and whether they are OR-ed (else AND-ed)."""
+    clauses: list[_Clause] = []
+    joiners: set[str] = set()
+    text = query.strip()
+    pos = 0
+    while pos < len(text):
+        found = _CLAUSE.match(text, pos)
+        if found is None:
+            rest = text[pos:].split(" ")[0]
+            raise _bad_query(f"Invalid search clause: {rest!r}")
+        mkey = found["mkey"]
+        if mkey is None and found["field"] not in fields:
+            raise _bad_query(
+                f"Field '{found['field']}' is an unsupported search field for this resource."
+            )
+        clauses.append(
+            _Clause(
+                field=found["field"],
+                metadata_key=None if mkey is None else _unquote(mkey),
+                op=found["op"],
+                value=_unquote(found["value"]),
+                negate=found["neg"] == "-",
+            )
+        )
+        join = _JOIN.match(text, found.end())
+        if join is None:
+            raise _bad_query(f"Invalid search clause: {text[pos:]!r}")
+        if join[1]:
+            joiners.add(join[1].upper())
+        pos = join.end()
+    if not clauses:
         raise StripeError(
             400, "Missing required param: query.", code="parameter_missing", param="query"
         )
-    # Stripe forbids mixing AND and OR in one query.
-    has_and = re.search(r"\sAND\s", query) is not None
-    has_or = re.search(r"\sOR\s", query) is not None
-    if has_and and has_or:
+    if len(joiners) > 1:
         raise _bad_query("Cannot combine AND and OR in a search query.")
-    joiner = r"\sOR\s" if has_or else r"\sAND\s"
-    predicates = [_clause(part, fields) for part in re.split(joiner, query)]
-    combine = any if has_or else all
-    matched = [obj for obj in items if combine(p(obj) for p in predicates)]
+    return clauses, joiners == {"OR"}
+
+
+def search(store: Store, kind: str, params: dict[str, Any], fields: set[str]) -> JSON:
+    """`GET /v1/<kind>/search`. An AND query with a metadata equality reads only the
+    objects the store's metadata index names; anything else scans the kind."""
+    query = params.get("query")
+    if not isinstance(query, str):
+        query = ""
+    clauses, any_of = parse_query(query, fields)
+    candidates: Iterable[JSON] = ()
+    indexed = [c for c in clauses if c.metadata_key is not None and c.op == ":" and not c.negate]
+    if indexed and not any_of:
+        candidates = store.with_metadata(kind, indexed[0].metadata_key or "", indexed[0].value)
+    else:
+        candidates = store.newest_first(kind)
+    combine = any if any_of else all
+    matched = [obj for obj in candidates if combine(c.test(obj) for c in clauses)]
     limit = _limit(params)
     page_token = params.get("page")
     offset = int(page_token) if isinstance(page_token, str) and page_token.isdigit() else 0
@@ -184,7 +232,7 @@ def search(items: Iterable[JSON], params: dict[str, Any], url: str, fields: set[
         "data": page,
         "has_more": has_more,
         "next_page": str(offset + limit) if has_more else None,
-        "url": url,
+        "url": f"/v1/{kind}/search",
     }
 
 
