@@ -73,3 +73,72 @@ def test_keys_are_per_api_key(emulator: EmulatorServer) -> None:
         headers={"Authorization": "Bearer sk_test_other", "Idempotency-Key": "shared"},
     )
     assert one.json()["id"] != other.json()["id"]
+
+
+def _fault(server: EmulatorServer, spec: dict[str, object]) -> httpx.Response:
+    return httpx.post(f"{server.base_url}/_emulator/faults", json=spec)
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_stored_500_is_replayed_for_24_hours(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer, created: bool
+) -> None:
+    # Stripe saves the first response of a key once the endpoint began executing,
+    # a 500 included, and replays it; `created`: the customer exists all the same.
+    fault = {"kind": "500", "endpoint": "POST /v1/customers", "stored": True, "created": created}
+    assert _fault(emulator, fault).status_code == 200
+    opts: stripe.RequestOptions = {"idempotency_key": "stored-500"}
+
+    def create() -> stripe.Customer:
+        return stripe_client.v1.customers.create(
+            params={"email": "s@x.io", "metadata": {"mc_account_id": "1"}}, options=opts
+        )
+
+    with pytest.raises(stripe.APIError) as first:
+        create()
+    assert first.value.http_status == 500 and first.value.headers is not None
+    assert first.value.headers["Stripe-Should-Retry"] == "false"
+    assert "Idempotent-Replayed" not in first.value.headers
+    emu = emulator.emulator
+    assert emu.count("customers") == int(created)
+    assert len(emu.events_of_type("customer.created")) == int(created)
+
+    emu.advance_clock(24 * 3600 - 60)
+    with pytest.raises(stripe.APIError) as replay:
+        create()
+    assert replay.value.http_status == 500 and replay.value.headers is not None
+    assert replay.value.headers["Idempotent-Replayed"] == "true"
+    assert replay.value.headers["Stripe-Should-Retry"] == "false"
+    assert replay.value.http_body == first.value.http_body
+    assert emu.count("customers") == int(created)
+
+    emu.advance_clock(60)  # the key is pruned: the same request executes again
+    again = create()
+    assert again.email == "s@x.io" and emu.count("customers") == int(created) + 1
+
+
+def test_plain_500_saves_nothing(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    assert _fault(emulator, {"kind": "500", "endpoint": "POST /v1/customers"}).status_code == 200
+    opts: stripe.RequestOptions = {"idempotency_key": "front-500"}
+    with pytest.raises(stripe.APIError) as err:
+        stripe_client.v1.customers.create(options=opts)
+    assert err.value.headers is not None and err.value.headers["Stripe-Should-Retry"] == "true"
+    assert emulator.emulator.count("customers") == 0
+    assert stripe_client.v1.customers.create(options=opts).id.startswith("cus_")
+    assert emulator.emulator.count("customers") == 1
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "500", "created": True},
+        {"kind": "latency", "stored": True},
+        {"kind": "500", "stored": "yes"},
+    ],
+)
+def test_stored_fault_validation(emulator: EmulatorServer, spec: dict[str, object]) -> None:
+    response = _fault(emulator, spec)
+    assert response.status_code == 400
+    assert any(name in response.json()["error"] for name in ("stored", "created"))

@@ -14,9 +14,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors, forms
-from .emulator import ApiRequest, Emulator, LoggedRequest, encode, match_route
+from .emulator import ApiRequest, ApiRoute, Emulator, LoggedRequest, encode, match_route
 from .errors import StripeError
-from .faults import parse_rule
+from .faults import FaultRule, parse_rule
 from .idempotency import StoredResponse
 from .state import new_id
 
@@ -146,6 +146,7 @@ class ApiApp:
             return
 
         lose_response = False
+        inside: FaultRule | None = None
         delay = emu.config.latency
         for rule in emu.faults.triggered(method, path, template):
             if rule.kind == "latency":
@@ -158,11 +159,12 @@ class ApiApp:
                 emu.count_rate_limited()
                 await error(errors.rate_limited(), _SHOULD_RETRY)
                 return
-            else:
+            elif rule.stored:
+                inside = rule
+            else:  # a 500 from in front of the API: nothing ran, nothing is saved
                 await error(errors.api_error(int(rule.kind)), _SHOULD_RETRY)
                 return
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await _sleep(delay)
 
         idem_key = idem_header if method in ("POST", "DELETE") else ""
         fingerprint = forms.fingerprint(params)
@@ -174,7 +176,11 @@ class ApiApp:
                     return
                 if lose_response:
                     await _drop(send)
-                replayed = {"Idempotent-Replayed": "true", "Idempotency-Key": idem_key}
+                replayed = {
+                    **stored.headers,
+                    "Idempotent-Replayed": "true",
+                    "Idempotency-Key": idem_key,
+                }
                 headers = _headers(stored.request_id, replayed)
                 await _respond(send, stored.status, stored.body, headers)
                 return
@@ -190,17 +196,36 @@ class ApiApp:
             api_key=api_key,
             livemode=live,
         )
-        status, body = emu.dispatch(api_request, route)
-        extra: dict[str, str] | None = None
+        status, body, extra = self._execute(api_request, route, inside)
         if idem_key:
-            entry = StoredResponse(
-                method, path, fingerprint, status, body, request_id, emu.clock.now()
+            saved = StoredResponse(
+                method, path, fingerprint, status, body, request_id, emu.clock.now(), extra
             )
-            emu.idempotency.store(api_key, idem_key, entry)
-            extra = {"Idempotency-Key": idem_key}
+            emu.idempotency.store(api_key, idem_key, saved)
+            extra = {**extra, "Idempotency-Key": idem_key}
         if lose_response:
             await _drop(send)
         await _respond(send, status, body, _headers(request_id, extra))
+
+    def _execute(
+        self, req: ApiRequest, route: ApiRoute | None, fault: FaultRule | None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """The operation's status, body and extra headers; a stored 500 fault replaces
+        its response, after it ran if the fault says `created`."""
+        if fault is None:
+            status, body = self.emu.dispatch(req, route)
+            return status, body, {}
+        if fault.created:
+            self.emu.dispatch(req, route)
+        err = errors.api_error(int(fault.kind))
+        # The SDK expects Stripe-Should-Retry: false on a 500 that Stripe's idempotency
+        # layer saved (stripe/_http_client.py, _should_retry): a retry only replays it.
+        return err.status, encode(err.body()), {"Stripe-Should-Retry": "false"}
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
 
 
 # -- control API -------------------------------------------------------------------------

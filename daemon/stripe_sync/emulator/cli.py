@@ -10,11 +10,29 @@ from types import FrameType
 from .emulator import Emulator, EmulatorConfig
 from .server import EmulatorServer
 
+_CONTROL_HELP = """\
+control API (JSON, under /_emulator/; docs/stripe.md section 2.2 has the details):
+  GET requests | GET request_log?since=T | POST reset | POST clock {"advance": SECONDS}
+  GET objects/{kind} | POST/GET webhook_endpoints | POST/GET/DELETE faults
+
+faults: POST /_emulator/faults {"kind": K, "endpoint": "POST /v1/customers", "count": N}
+  (or "rate": P instead of "count"); K is one of
+  rate_limit             429, nothing saved under the idempotency key
+  500, 503               from in front of the API: nothing ran, nothing saved
+  500 + "stored": true   saved under the key and replayed for 24 h (Idempotent-Replayed);
+                         "created": true: the object and its events exist all the same
+  latency "seconds": S   the request waits S s first
+  drop                   connection error, nothing ran
+  applied_response_lost  it ran and was saved, then the connection drops
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stripe-sync emulator",
         description="Run a stateful Stripe API emulator (v1 REST dialect) for tests and demos.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_CONTROL_HELP,
     )
     parser.add_argument(
         "--bind", default="127.0.0.1:12111", help="HOST:PORT to listen on (port 0: any free port)"

@@ -80,7 +80,7 @@ Operation = Callable[["Emulator", ApiRequest], JSON]
 
 
 @dataclass(frozen=True)
-class Route:
+class ApiRoute:
     """`template` as in the ROUTES tables ("/v1/customers/{id}"), split into segments."""
 
     method: str
@@ -102,16 +102,16 @@ class Route:
 
 # By method and number of segments, each list in table order (so /v1/customers/search
 # is tried before /v1/customers/{id}).
-_ROUTES: dict[tuple[str, int], list[Route]] = {}
+_ROUTES: dict[tuple[str, int], list[ApiRoute]] = {}
 for _module in (customers, catalog, subscriptions, payments):
     for _method, _template, _operation in _module.ROUTES:
         _segments = tuple(_template.split("/"))
         _ROUTES.setdefault((_method, len(_segments)), []).append(
-            Route(_method, _template, _segments, _operation)
+            ApiRoute(_method, _template, _segments, _operation)
         )
 
 
-def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str]]:
+def match_route(method: str, path: str) -> tuple[ApiRoute | None, dict[str, str]]:
     parts = path.split("/")
     for route in _ROUTES.get((method, len(parts)), ()):
         params = route.match(parts)
@@ -167,9 +167,18 @@ class Emulator:
         count: int | None = None,
         rate: float | None = None,
         seconds: float = 0.0,
+        stored: bool = False,
+        created: bool = False,
     ) -> FaultRule:
-        """e.g. add_fault("500", "POST /v1/customers", count=2) or add_fault("drop", rate=0.1)."""
-        spec: dict[str, Any] = {"kind": kind, "endpoint": endpoint, "seconds": seconds}
+        """e.g. add_fault("500", "POST /v1/customers", count=2), add_fault("drop", rate=0.1)
+        or add_fault("500", "POST /v1/customers", stored=True, created=True) (faults.py)."""
+        spec: dict[str, Any] = {
+            "kind": kind,
+            "endpoint": endpoint,
+            "seconds": seconds,
+            "stored": stored,
+            "created": created,
+        }
         if count is not None:
             spec["count"] = count
         if rate is not None:
@@ -257,7 +266,7 @@ class Emulator:
         with self.lock:
             self.rate_limited_requests += 1
 
-    def dispatch(self, req: ApiRequest, route: Route | None) -> tuple[int, bytes]:
+    def dispatch(self, req: ApiRequest, route: ApiRoute | None) -> tuple[int, bytes]:
         """Run the request's operation (`route` from match_route) under the state lock:
         the status and the encoded body."""
         if route is None:

@@ -30,6 +30,7 @@ class StripeError(Exception):
         error: dict[str, Any] = {"type": self.type, "message": self.message}
         if self.code is not None:
             error["code"] = self.code
+            error["doc_url"] = "https://stripe.com/docs/error-codes/" + self.code.replace("_", "-")
         if self.param is not None:
             error["param"] = self.param
         error.update(self.extra)

@@ -1,5 +1,14 @@
 """Scriptable faults (per endpoint, next-N or by seeded probability) and the
-optional enforced rate limit."""
+optional enforced rate limit.
+
+Where each fault strikes, as seen from Stripe's layers: `rate_limit`, `drop` and a
+plain `500`/`503` come from in front of the API (nothing executed, nothing saved under
+the idempotency key); a `500`/`503` with `stored` comes from inside the endpoint (the
+response is saved under the key and replayed for 24 hours, and with `created` the
+object and its events came into being first); `latency` holds the request before
+it executes; `applied_response_lost` executes and saves, then drops the connection
+before the response.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = ("rate_limit", "500", "503", "latency", "drop", "applied_response_lost")
+SERVER_ERRORS = ("500", "503")
 
 
 @dataclass
@@ -22,6 +32,8 @@ class FaultRule:
     count: int | None = 1
     rate: float | None = None
     seconds: float = 0.0
+    stored: bool = False
+    created: bool = False
     hits: int = field(default=0)
 
     def matches(self, method: str, path: str, template: str) -> bool:
@@ -31,11 +43,20 @@ class FaultRule:
 
 
 def parse_rule(spec: dict[str, Any]) -> FaultRule:
-    """JSON shape: {"kind": "500", "endpoint": "POST /v1/customers", "count": 2}
-    or {"kind": "rate_limit", "rate": 0.1} (rate rules apply until cleared)."""
+    """JSON shape: {"kind": "500", "endpoint": "POST /v1/customers", "count": 2},
+    {"kind": "rate_limit", "rate": 0.1} (rate rules apply until cleared), or
+    {"kind": "500", "endpoint": "POST /v1/customers", "stored": true, "created": true}."""
     kind = str(spec["kind"])
     if kind not in KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; expected one of {KINDS}")
+    stored, created = spec.get("stored", False), spec.get("created", False)
+    for name, flag in (("stored", stored), ("created", created)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be true or false, got {flag!r}")
+    if (stored or created) and kind not in SERVER_ERRORS:
+        raise ValueError(f"stored and created apply to the {SERVER_ERRORS} faults, not {kind!r}")
+    if created and not stored:
+        raise ValueError("created needs stored: a 500 in front of the API executes nothing")
     method, path = "*", "*"
     endpoint = spec.get("endpoint")
     if endpoint:
@@ -51,6 +72,8 @@ def parse_rule(spec: dict[str, Any]) -> FaultRule:
         count=None if count is None else int(count),
         rate=None if rate is None else float(rate),
         seconds=float(spec.get("seconds", 0.0)),
+        stored=stored,
+        created=created,
     )
 
 

@@ -17,6 +17,8 @@ class StoredResponse:
     body: bytes
     request_id: str
     stored_at: float
+    # Response headers replayed with the body (e.g. Stripe-Should-Retry on a saved 500).
+    headers: dict[str, str]
 
 
 class IdempotencyStore:
