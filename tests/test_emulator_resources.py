@@ -88,6 +88,26 @@ def test_errors(stripe_client: stripe.StripeClient, emulator: EmulatorServer) ->
     assert httpx.get(f"{emulator.base_url}/v1/customers").status_code == 401
 
 
+def test_http_basic_auth_as_curl_sends_it(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    # `curl https://api.stripe.com/v1/customers -u sk_test_…:`: the key is the user name.
+    url = f"{emulator.base_url}/v1/customers"
+    created = httpx.post(url, auth=("sk_test_curl", ""), data={"email": "curl@x.io"})
+    assert created.status_code == 200, created.text
+    assert [c.id for c in stripe_client.v1.customers.list().data] == [created.json()["id"]]
+    # The same key either way: one idempotency scope.
+    key = {"Idempotency-Key": "basic-1"}
+    first = httpx.post(url, auth=("sk_test_curl", ""), headers=key)
+    again = httpx.post(url, headers={"Authorization": "Bearer sk_test_curl", **key})
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    refused = httpx.get(url, auth=("pk_test_public", ""))
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"] == "Invalid API Key provided: pk_test_**blic"
+    assert httpx.get(url, headers={"Authorization": "Basic %%%"}).status_code == 401
+
+
 def test_live_keys_when_allowed(emulator: EmulatorServer) -> None:
     emulator.emulator.config.allow_live = True
     try:

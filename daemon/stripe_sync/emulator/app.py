@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from typing import Any
@@ -62,27 +63,43 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+def _api_key(authorization: str) -> str | None:
+    """The key from `Bearer KEY`, or from HTTP basic auth as `curl -u KEY:` sends it:
+    Stripe takes the user name as the key and ignores the password."""
+    scheme, _, credentials = authorization.partition(" ")
+    scheme, credentials = scheme.lower(), credentials.strip()
+    if scheme == "bearer":
+        return credentials
+    if scheme == "basic":
+        try:
+            return base64.b64decode(credentials, validate=True).decode().partition(":")[0]
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return ""
+    return None
+
+
 def _authenticate(emu: Emulator, authorization: str) -> tuple[str, bool]:
-    scheme, _, key = authorization.partition(" ")
     if not authorization:
         raise errors.authentication(
             "You did not provide an API key. You need to provide your API key in the "
             "Authorization header, using Bearer auth "
             "(e.g. 'Authorization: Bearer YOUR_SECRET_KEY')."
         )
-    key = key.strip()
-    live = key.startswith(("sk_live_", "rk_live_"))
-    allowed = emu.config.allowed_keys
-    if scheme.lower() != "bearer" or not key:
-        ok = False
-    elif allowed is not None:
-        ok = key in allowed
-    else:
-        ok = key.startswith(("sk_test_", "rk_test_")) or (live and emu.config.allow_live)
-    if not ok:
-        shown = key[:8] + "*" * max(0, len(key) - 12) + key[-4:] if len(key) > 12 else key
-        raise errors.authentication(f"Invalid API Key provided: {shown}")
-    return key, live
+    key = _api_key(authorization)
+    live = key is not None and key.startswith(("sk_live_", "rk_live_"))
+    if key:
+        allowed = emu.config.allowed_keys
+        if allowed is not None:
+            ok = key in allowed
+        else:
+            ok = key.startswith(("sk_test_", "rk_test_")) or (live and emu.config.allow_live)
+        if ok:
+            return key, live
+    # An unknown scheme: name what was sent, as for a bad key.
+    shown = authorization.partition(" ")[2].strip() if key is None else key
+    if len(shown) > 12:
+        shown = shown[:8] + "*" * (len(shown) - 12) + shown[-4:]
+    raise errors.authentication(f"Invalid API Key provided: {shown}")
 
 
 class ApiApp:
