@@ -121,7 +121,8 @@ class ApiApp:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         emu = self.emu
         arrived = time.monotonic()
-        method = scope["method"]
+        # HEAD is GET without the body (the server leaves the body out).
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
         path = scope["path"].rstrip("/") or "/"
         request_id = new_id("req", 14)
         authorization = idem_header = ""

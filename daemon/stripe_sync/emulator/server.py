@@ -1,31 +1,22 @@
-"""Serve the emulator with Hypercorn on its own event loop in a background thread, so
-sync SDK tests, async tests and the daemon's own loop stay independent."""
+"""Serve the emulator (or the test webhook receiver) on its own event loop in a
+background thread, so sync SDK tests, async tests and the daemon's own loop stay
+independent."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import threading
 from types import TracebackType
 from typing import Any, Self
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
-
-from .app import create_app
+from .app import ConnectionDropped, create_app
 from .emulator import Emulator, EmulatorConfig
-
-
-class _QuietDrops(logging.Filter):
-    # Emulated dropped connections are deliberate; keep them out of the error log.
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return type(exc).__name__ != "ConnectionDropped"
+from .http11 import HTTPServer
 
 
 class BackgroundServer:
-    """Any ASGI app under Hypercorn on a private loop in a daemon thread."""
+    """An ASGI app under http11.HTTPServer on a private loop in a daemon thread."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
@@ -78,24 +69,15 @@ class BackgroundServer:
 
     async def _serve(self, sock: socket.socket) -> None:
         self._stop = asyncio.Event()
-        config = Config()
-        config.bind = [f"fd://{sock.fileno()}"]
-        config.accesslog = None
-        config.loglevel = "WARNING"
-        config.graceful_timeout = 1.0
-        config.keep_alive_timeout = 30.0
-        logging.getLogger("hypercorn.error").addFilter(_QuietDrops())
-        app = self.make_app()
+        # Emulated dropped connections are deliberate; keep them out of the error log.
+        server = HTTPServer(self.make_app(), quiet=(ConnectionDropped,))
         await self.on_start()
-        stop = self._stop
-
-        async def shutdown_trigger() -> None:
-            self._ready.set()
-            await stop.wait()
-
         try:
-            await serve(app, config, shutdown_trigger=shutdown_trigger)
+            await server.start(sock)
+            self._ready.set()
+            await self._stop.wait()
         finally:
+            await server.close(grace=1.0)
             await self.on_stop()
             sock.close()
 
