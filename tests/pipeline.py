@@ -15,8 +15,8 @@ import psycopg
 from stripe_sync.config import Secret
 from stripe_sync.db import make_pool
 from stripe_sync.listen import Listener
+from stripe_sync.outbox.common import Context, source_of
 from stripe_sync.outbox.execute import make_handler
-from stripe_sync.outbox.family import Context, source_of
 from stripe_sync.retry import Retry
 from stripe_sync.store import OUTBOX, PostgresStore
 from stripe_sync.stripe_api import StripeApi

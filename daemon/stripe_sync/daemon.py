@@ -26,8 +26,8 @@ from .db import make_pool, redact_dsn
 from .http import bind_socket, create_app, serve_http
 from .listen import Listener
 from .migrate import check_current
+from .outbox.common import Context, source_of
 from .outbox.execute import make_handler as outbox_handler
-from .outbox.family import Context, source_of
 from .retry import Retry
 from .store import OUTBOX, WEBHOOKS, PostgresStore
 from .stripe_api import StripeApi

@@ -45,9 +45,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from .catchup import call_with_retries, make_api
 from .config import Settings
-from .db import bound_query, make_pool, queries
+from .db import make_pool, queries
 from .errors import PermanentError
-from .outbox.family import CUSTOMER, PRICE, PRODUCT, Family
+from .mappings import CUSTOMERS, PRICES, PRODUCTS, Family
 from .stripe_api import StripeApi
 
 Kind = Literal["missing", "deleted", "changed", "metadata"]
@@ -55,7 +55,7 @@ Kind = Literal["missing", "deleted", "changed", "metadata"]
 Repair = Literal["create", "mark_deleted", "update"]
 REPAIRS: tuple[Repair, ...] = ("create", "mark_deleted", "update")
 KINDS: tuple[Kind, ...] = ("missing", "deleted", "changed", "metadata")
-FAMILIES: tuple[Family, ...] = (CUSTOMER, PRODUCT, PRICE)  # products before their prices
+FAMILIES: tuple[Family, ...] = (CUSTOMERS, PRODUCTS, PRICES)  # products before their prices
 PAGE_SIZE = 100
 CONCURRENCY = 8  # retrieves in flight; the pacer still spaces them
 
@@ -155,11 +155,7 @@ def compare(item: Mapped, obj: dict[str, Any] | None) -> list[Finding]:
 
 async def retrieve(api: StripeApi, family: Family, stripe_id: str) -> dict[str, Any] | None:
     """The Stripe object as a plain dict, or None when Stripe answers 404."""
-    service: Any = {
-        "customer": api.client.v1.customers,
-        "product": api.client.v1.products,
-        "price": api.client.v1.prices,
-    }[family.noun]
+    service: Any = getattr(api.client.v1, family.resource)
     try:
         obj = await call_with_retries(
             api, f"retrieve {family.noun} {stripe_id}", lambda: service.retrieve_async(stripe_id)
@@ -176,12 +172,6 @@ async def retrieve(api: StripeApi, family: Family, stripe_id: str) -> dict[str, 
 # -- fixing ---------------------------------------------------------------------------
 
 
-def _query(name: str, f: Family) -> Any:
-    return bound_query(
-        "reconcile", name, mapping=f.mapping, mc_col=f.mc_col, stripe_col=f.stripe_col
-    )
-
-
 async def repair(pool: AsyncConnectionPool, item: Mapped, how: Repair) -> str:
     """Apply one repair in one transaction; what was done, for the report."""
     f = item.family
@@ -191,7 +181,7 @@ async def repair(pool: AsyncConnectionPool, item: Mapped, how: Repair) -> str:
     async with pool.connection() as conn, conn.transaction():
         if how in ("create", "mark_deleted"):
             cur = await conn.execute(
-                _query("forget" if how == "create" else "mark_deleted", f), ids
+                f.query("reconcile", "forget" if how == "create" else "mark_deleted"), ids
             )
             if await cur.fetchone() is None:
                 return "left alone: the mapping changed meanwhile"
@@ -244,7 +234,7 @@ async def count(pool: AsyncConnectionPool) -> dict[str, int]:
     totals: dict[str, int] = {}
     async with pool.connection() as conn:
         for f in FAMILIES:
-            cur = await conn.execute(_query("count", f))
+            cur = await conn.execute(f.query("reconcile", "count"))
             row = await cur.fetchone()
             totals[f.noun] = int(row[0]) if row else 0
     return totals

@@ -7,19 +7,19 @@ from collections.abc import Awaitable, Callable
 from ..errors import PermanentError
 from ..jobs import Done, Handler, Job
 from . import customers, prices, products
-from .family import Context
+from .common import Context
 
 Executor = Callable[[Context, Job], Awaitable[Done]]
 
 EXECUTORS: dict[str, Executor] = {
-    "create_stripe_customer": customers.create,
-    "update_stripe_customer": customers.update,
-    "create_stripe_product": products.create,
-    "update_stripe_product": products.update,
-    "archive_stripe_product": products.archive,
-    "create_stripe_price": prices.create,
-    "update_stripe_price": prices.update,
-    "archive_stripe_price": prices.archive,
+    "create_stripe_customer": customers.PUSHED.create,
+    "update_stripe_customer": customers.PUSHED.update,
+    "create_stripe_product": products.PUSHED.create,
+    "update_stripe_product": products.PUSHED.update,
+    "archive_stripe_product": products.PUSHED.archive,
+    "create_stripe_price": prices.PUSHED.create,
+    "update_stripe_price": prices.PUSHED.update,
+    "archive_stripe_price": prices.PUSHED.archive,
 }
 
 

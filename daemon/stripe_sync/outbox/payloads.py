@@ -2,44 +2,35 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from functools import cache
 
 import msgspec
 
 from ..errors import PermanentError
+from ..mappings import Family
 
 
-class AccountRef(msgspec.Struct, frozen=True):
-    account_id: int
+@cache
+def _ref(family: Family) -> type[msgspec.Struct]:
+    """The payload's shape: ``{"<mc_col>": <id>}`` (``{"account_id": 1}``)."""
+    return msgspec.defstruct(f"{family.noun}_ref", [(family.mc_col, int)], frozen=True)
 
 
-class ProductRef(msgspec.Struct, frozen=True):
-    product_id: int
-
-
-class PriceRef(msgspec.Struct, frozen=True):
-    price_id: int
-
-
-R = TypeVar("R", AccountRef, ProductRef, PriceRef)
-
-
-def decode(raw: str, shape: type[R]) -> R:
-    """Decode a payload; a bad one is a PermanentError naming the field.
+def decode(raw: str, family: Family) -> int:
+    """The MC row id a payload names; a bad one is a PermanentError naming the field.
 
     e.g. ``payload.account_id: expected int, got str``.
     """
     try:
-        ref = msgspec.json.decode(raw, type=shape)
+        ref = msgspec.json.decode(raw, type=_ref(family))
     except msgspec.ValidationError as exc:
         raise PermanentError(_describe(exc)) from None
     except msgspec.DecodeError as exc:
         raise PermanentError(f"payload: not valid JSON ({exc})") from None
-    for field in msgspec.structs.fields(ref):
-        value = getattr(ref, field.name)
-        if not 0 < value < 2**63:  # ids are bigint
-            raise PermanentError(f"payload.{field.name}: expected a positive 64-bit id")
-    return ref
+    mc_id: int = getattr(ref, family.mc_col)
+    if not 0 < mc_id < 2**63:  # ids are bigint
+        raise PermanentError(f"payload.{family.mc_col}: expected a positive 64-bit id")
+    return mc_id
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

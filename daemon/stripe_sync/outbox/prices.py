@@ -3,106 +3,67 @@ amount is a new MC price (and an archive of the old one)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PermanentError, TransientError
-from ..jobs import Done, Job
-from .family import PRICE, Context, create_or_adopt, record, require_synced
-from .payloads import PriceRef, decode
+from ..mappings import PRICES
+from .common import Context, MappedRow, Pushed
 
 
-async def _load(ctx: Context, price_id: int) -> tuple[Any, ...]:
-    row = await ctx.fetch("load_price", price_id)
-    if row is None:
-        raise PRICE.missing(price_id)
-    return tuple(row)
+@dataclass(frozen=True, kw_only=True)
+class Price(MappedRow):
+    product_id: int
+    currency: str
+    unit_amount: int
+    recurring_interval: str | None
+    recurring_interval_count: int
+    nickname: str | None
+    active: bool
+    # The product's mapping: a price can only be created under a synced product.
+    stripe_product_id: str | None
+    product_status: str | None
 
 
-def _mutable(ctx: Context, price_id: int, nickname: str | None, active: bool) -> Any:
-    params: dict[str, Any] = {"active": active, "metadata": ctx.metadata(PRICE, price_id)}
-    if nickname is not None:
-        params["nickname"] = nickname
-    return params
+def _fields(price: Price) -> dict[str, Any]:
+    """What an update may change; the rest of a Stripe price is immutable."""
+    return {"active": price.active, "nickname": price.nickname}
 
 
-async def create(ctx: Context, job: Job) -> Done:
-    ref = decode(job.payload, PriceRef)
-    (
-        product_id,
-        currency,
-        unit_amount,
-        interval,
-        interval_count,
-        nickname,
-        active,
-        stripe_id,
-        status,
-        stripe_product_id,
-        product_status,
-        generation,
-    ) = await _load(ctx, ref.price_id)
-    if stripe_id is not None and status in ("synced", "deleted"):
-        return Done(note=f"already mapped to {stripe_id}")
-    if product_status == "deleted":
+async def _create_fields(ctx: Context, price_id: int, price: Price) -> dict[str, Any]:
+    if price.product_status == "deleted":
         raise PermanentError(
-            f"billing.products id={product_id} is archived in Stripe "
-            f"({stripe_product_id}); cannot add a price to it"
+            f"billing.products id={price.product_id} is archived in Stripe "
+            f"({price.stripe_product_id}); cannot add a price to it"
         )
-    if stripe_product_id is None or product_status != "synced":
+    if price.stripe_product_id is None or price.product_status != "synced":
         # Never an orphan price: wait (with a short first backoff) for the product.
         raise TransientError(
-            f"billing.products id={product_id} is not synced to Stripe yet; "
+            f"billing.products id={price.product_id} is not synced to Stripe yet; "
             "waiting for its create_stripe_product",
             backoff_base=0.1,
         )
-    await ctx.mark_pending(PRICE, ref.price_id)
-    params: Any = {
-        "product": stripe_product_id,
-        "currency": currency,
-        "unit_amount": unit_amount,
-        **_mutable(ctx, ref.price_id, nickname, active),
+    await ctx.mark_pending(PRICES, price_id)
+    params: dict[str, Any] = {
+        "product": price.stripe_product_id,
+        "currency": price.currency,
+        "unit_amount": price.unit_amount,
     }
-    if interval is not None:
-        params["recurring"] = {"interval": interval, "interval_count": interval_count}
-    prices = ctx.api.client.v1.prices
-    return await create_or_adopt(
-        ctx,
-        PRICE,
-        job,
-        ref.price_id,
-        generation,
-        create=lambda key: prices.create_async(params=params, options={"idempotency_key": key}),
-        search=lambda q: prices.search_async(params={"query": q}),
-    )
+    if price.recurring_interval is not None:
+        params["recurring"] = {
+            "interval": price.recurring_interval,
+            "interval_count": price.recurring_interval_count,
+        }
+    return params
 
 
-async def update(ctx: Context, job: Job) -> Done:
-    ref = decode(job.payload, PriceRef)
-    row = await _load(ctx, ref.price_id)
-    nickname, active, stripe_id, status = row[5], row[6], row[7], row[8]
-    price_id = require_synced(PRICE, ref.price_id, stripe_id, status)
-    await ctx.api.call(
-        f"update price {price_id}",
-        ctx.api.client.v1.prices.update_async(
-            price_id,
-            params=_mutable(ctx, ref.price_id, nickname, active),
-            options={"idempotency_key": ctx.write_key(job)},
-        ),
-    )
-    return Done(apply=record(PRICE, ref.price_id, price_id))
-
-
-async def archive(ctx: Context, job: Job) -> Done:
-    ref = decode(job.payload, PriceRef)
-    row = await _load(ctx, ref.price_id)
-    stripe_id, status = row[7], row[8]
-    if status == "deleted":
-        return Done(note=f"{stripe_id} already archived")
-    price_id = require_synced(PRICE, ref.price_id, stripe_id, status)
-    await ctx.api.call(
-        f"archive price {price_id}",
-        ctx.api.client.v1.prices.update_async(
-            price_id, params={"active": False}, options={"idempotency_key": ctx.write_key(job)}
-        ),
-    )
-    return Done(apply=record(PRICE, ref.price_id, price_id, "deleted"))
+# load_price does not mark the create pending: _create_fields does, once the
+# product is synced.
+PUSHED = Pushed(
+    PRICES,
+    Price,
+    load="load_price",
+    load_for_create="load_price",
+    fields=_fields,
+    create_fields=_create_fields,
+)

@@ -1,8 +1,11 @@
 -- Queries of the outbox executors. {mapping} is stripe.<family>_mappings,
--- {mc_col} its MC id column, {stripe_col} its Stripe id column.
+-- {mc_col} its MC id column, {stripe_col} its Stripe id column. The load_*
+-- queries name the mapping's columns stripe_id, status and generation alike
+-- (outbox/common.py MappedRow): NULL/0 while the MC row has no mapping.
 
 -- name: load_account
-SELECT a.email, a.name, m.stripe_customer_id, m.sync_status
+SELECT a.email, a.name, m.stripe_customer_id AS stripe_id, m.sync_status AS status,
+       coalesce(m.create_generation, 0) AS generation
 FROM billing.accounts a
 LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 WHERE a.id = %(id)s
@@ -17,11 +20,13 @@ pending AS (
     INSERT INTO stripe.customer_mappings (account_id) SELECT id FROM a
     ON CONFLICT (account_id) DO NOTHING
 )
-SELECT a.email, a.name, m.stripe_customer_id, m.sync_status, coalesce(m.create_generation, 0)
+SELECT a.email, a.name, m.stripe_customer_id AS stripe_id, m.sync_status AS status,
+       coalesce(m.create_generation, 0) AS generation
 FROM a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 
 -- name: load_product
-SELECT p.name, p.description, p.active, m.stripe_product_id, m.sync_status
+SELECT p.name, p.description, p.active, m.stripe_product_id AS stripe_id,
+       m.sync_status AS status, coalesce(m.create_generation, 0) AS generation
 FROM billing.products p
 LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 WHERE p.id = %(id)s
@@ -33,16 +38,17 @@ pending AS (
     INSERT INTO stripe.product_mappings (product_id) SELECT id FROM p
     ON CONFLICT (product_id) DO NOTHING
 )
-SELECT p.name, p.description, p.active, m.stripe_product_id, m.sync_status,
-       coalesce(m.create_generation, 0)
+SELECT p.name, p.description, p.active, m.stripe_product_id AS stripe_id,
+       m.sync_status AS status, coalesce(m.create_generation, 0) AS generation
 FROM p LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 
 -- name: load_price
 -- With the product's mapping: a price can only be created under a synced product.
 SELECT p.product_id, p.currency, p.unit_amount, p.recurring_interval,
        p.recurring_interval_count, p.nickname, p.active,
-       m.stripe_price_id, m.sync_status, pm.stripe_product_id, pm.sync_status,
-       coalesce(m.create_generation, 0)
+       m.stripe_price_id AS stripe_id, m.sync_status AS status,
+       coalesce(m.create_generation, 0) AS generation,
+       pm.stripe_product_id, pm.sync_status AS product_status
 FROM billing.prices p
 LEFT JOIN stripe.price_mappings m ON m.price_id = p.id
 LEFT JOIN stripe.product_mappings pm ON pm.product_id = p.product_id
