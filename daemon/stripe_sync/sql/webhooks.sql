@@ -17,7 +17,7 @@ RETURNING stripe_event_id
 -- name: find_mapping
 -- By Stripe id, or (customers, products, prices) by the MC id its metadata
 -- names while the outbox has not recorded the Stripe id yet.
-SELECT id, {mc_col}, sync_status, last_event_created, last_event_rank, last_event_id
+SELECT id, {mc_col} AS mc_id, sync_status, last_event_created, last_event_rank, last_event_id
 FROM {mapping}
 WHERE {stripe_col} = %(stripe_id)s OR ({stripe_col} IS NULL AND {mc_col} = %(mc_id)s)
 ORDER BY {stripe_col} IS NULL
@@ -25,7 +25,7 @@ LIMIT 1
 
 -- name: lock_mapping
 -- The same, row-locked: events about one object apply one at a time.
-SELECT id, {mc_col}, sync_status, last_event_created, last_event_rank, last_event_id
+SELECT id, {mc_col} AS mc_id, sync_status, last_event_created, last_event_rank, last_event_id
 FROM {mapping}
 WHERE {stripe_col} = %(stripe_id)s OR ({stripe_col} IS NULL AND {mc_col} = %(mc_id)s)
 ORDER BY {stripe_col} IS NULL
@@ -45,10 +45,11 @@ INSERT INTO {mapping}
     ({mc_col}, {stripe_col}, sync_status, last_event_created, last_event_rank, last_event_id,
      synced_at)
 VALUES (%(mc_id)s, %(stripe_id)s, %(status)s, %(created)s, %(rank)s, %(event_id)s, now())
+RETURNING id
 
 -- name: mc_ids
 -- References: which MC rows these Stripe ids map to.
-SELECT {stripe_col}, {mc_col} FROM {mapping} WHERE {stripe_col} = ANY(%(ids)s)
+SELECT {stripe_col} AS stripe_id, {mc_col} AS mc_id FROM {mapping} WHERE {stripe_col} = ANY(%(ids)s)
 
 -- name: object_lock
 -- Serializes the first sight of one Stripe object, before its mapping row exists.
@@ -137,7 +138,8 @@ SET charge_amount_refunded = greatest(charge_amount_refunded, %(amount)s), updat
 WHERE id = %(id)s
 
 -- name: refund_state
-SELECT last_event_created, last_event_rank, last_event_id
+-- Named as common.Key's fields.
+SELECT last_event_created AS created, last_event_rank AS rank, last_event_id AS event_id
 FROM stripe.payment_refunds WHERE stripe_refund_id = %(refund_id)s
 
 -- name: upsert_refund
@@ -190,6 +192,6 @@ WHERE m.stripe_customer_id IS NULL
 RETURNING m.id
 
 -- name: account_customer
-SELECT a.id, m.stripe_customer_id
+SELECT a.id, m.stripe_customer_id AS stripe_id
 FROM billing.accounts a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 WHERE a.id = %(account_id)s

@@ -10,21 +10,22 @@ plans are prices (plan ids are price ids), so plan.* uses the price mappings.
 from __future__ import annotations
 
 from ..jobs import Done, Job
-from .common import PRICES, PRODUCTS, Key, Mapping, WebhookContext, confirm, rank_of
-from .shapes import CatalogObject, decode_event, metadata_id
+from ..mappings import PRICES, PRODUCTS, Family
+from .common import Key, WebhookContext, confirm, rank_of
+from .shapes import CatalogObject, decode_event
 
 # Ties in one second: an archiving update after a create, a deletion last.
 _RANKS = {"active": 0, "archived": 1}
 
 
-async def _handle(ctx: WebhookContext, job: Job, mapping: Mapping) -> Done:
+async def _handle(ctx: WebhookContext, job: Job, family: Family) -> Done:
     event = decode_event(job.payload, CatalogObject)
     obj = event.data.object
     deleted = obj.deleted or event.type.endswith(".deleted")
     liveness = "archived" if obj.active is False else "active"
     key = Key(event.created, rank_of(_RANKS, liveness, event.type), event.id)
-    mc_id = metadata_id(obj.metadata, mapping.metadata_key or "")
-    return await confirm(ctx, mapping, obj.id, mc_id, key, "deleted" if deleted else "synced")
+    status = "deleted" if deleted else "synced"
+    return await confirm(ctx, family, obj.id, obj.metadata, key, status)
 
 
 async def product(ctx: WebhookContext, job: Job) -> Done:

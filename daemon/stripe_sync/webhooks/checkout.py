@@ -12,16 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.rows import dict_row
 
 from ..db import queries
 from ..errors import TransientError
 from ..jobs import Done, Job
-from .common import CUSTOMERS, WebhookContext, find, ignored
+from ..mappings import CUSTOMERS
+from .common import WebhookContext, find, ignored
 from .shapes import CheckoutSession, decode_event, metadata_id, ref_id
 
 
 def account_of(session: CheckoutSession) -> int | None:
-    found = metadata_id(session.metadata, "mc_account_id")
+    assert CUSTOMERS.metadata_key is not None
+    found = metadata_id(session.metadata, CUSTOMERS.metadata_key)
     if found is None:
         found = metadata_id({"ref": session.client_reference_id}, "ref")
     return found
@@ -49,18 +52,17 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
         )
 
     async with ctx.pool.connection() as conn:
-        cur = await conn.execute(
-            queries("webhooks")["account_customer"], {"account_id": account_id}
-        )
-        row = await cur.fetchone()
-    if row is None:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(queries("webhooks")["account_customer"], {"account_id": account_id})
+        account = await cur.fetchone()
+    if account is None:
         return ignored(
             f"checkout session {session.id}: billing.accounts id={account_id} does not exist"
         )
-    if row[1] is not None:
+    if account["stripe_id"] is not None:
         return ignored(
             f"checkout session {session.id}: billing.accounts id={account_id} "
-            f"already has Stripe customer {row[1]}, not {customer}"
+            f"already has Stripe customer {account['stripe_id']}, not {customer}"
         )
 
     async def apply(conn: AsyncConnection[Any]) -> None:

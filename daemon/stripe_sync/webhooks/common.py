@@ -1,5 +1,8 @@
-"""What the webhook handlers share: the context, the mapping tables, the
-ordering key, and reference look-ups.
+"""What the webhook handlers share: the context, the ordering key, mapping
+rows (``find``, ``mark``), reference look-ups, and the two sequences every
+handler of an object uses: ``confirm`` (objects the outbox created) and
+``write_object`` (objects born in Stripe). The mapping tables themselves are
+described in ``stripe_sync.mappings``.
 
 Ordering. Events about one Stripe object are applied in the order of
 ``Key = (event.created, rank, event.id)``, compared with the key of the
@@ -22,18 +25,21 @@ the key again, and writes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from psycopg import AsyncConnection
+from psycopg.rows import class_row, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from ..db import bound_query, queries
+from ..db import queries
 from ..errors import TransientError
 from ..jobs import Done, Job
+from ..mappings import Family
 from ..stripe_api import StripeApi
+from .shapes import metadata_id
 
 
 @dataclass(frozen=True)
@@ -57,34 +63,6 @@ class WebhookContext:
 Handler = Callable[[WebhookContext, Job], Awaitable[Done]]
 
 
-@dataclass(frozen=True)
-class Mapping:
-    noun: str
-    table: str
-    mc_col: str
-    stripe_col: str
-    metadata_key: str | None = None  # how the outbox names the MC row in Stripe metadata
-
-    def query(self, name: str) -> Any:
-        return bound_query(
-            "webhooks", name, mapping=self.table, mc_col=self.mc_col, stripe_col=self.stripe_col
-        )
-
-
-CUSTOMERS = Mapping(
-    "customer", "stripe.customer_mappings", "account_id", "stripe_customer_id", "mc_account_id"
-)
-PRODUCTS = Mapping(
-    "product", "stripe.product_mappings", "product_id", "stripe_product_id", "mc_product_id"
-)
-PRICES = Mapping("price", "stripe.price_mappings", "price_id", "stripe_price_id", "mc_price_id")
-SUBSCRIPTIONS = Mapping(
-    "subscription", "stripe.subscription_mappings", "subscription_id", "stripe_subscription_id"
-)
-INVOICES = Mapping("invoice", "stripe.invoice_mappings", "invoice_id", "stripe_invoice_id")
-PAYMENTS = Mapping("payment", "stripe.payment_mappings", "payment_id", "stripe_payment_intent_id")
-
-
 @dataclass(frozen=True, order=True)
 class Key:
     created: int
@@ -99,89 +77,63 @@ def rank_of(ranks: dict[str, int], status: str | None, event_type: str) -> int:
     return ranks.get(status or "", 0)
 
 
+def stale_note(key: Key, last: Key | None) -> str | None:
+    """Why an event with ``key`` is not applied over ``last``; None when it is newer."""
+    if last is None or key > last:
+        return None
+    if key == last:
+        return f"duplicate: {key.event_id} was already applied"
+    return f"stale: older than {last.event_id}"
+
+
 @dataclass(frozen=True)
 class MappingRow:
+    """A mapping row as find_mapping/lock_mapping name its columns."""
+
     id: int
     mc_id: int
     sync_status: str
-    last: Key | None
+    last_event_created: int | None
+    last_event_rank: int | None
+    last_event_id: str | None
 
-    def stale_note(self, key: Key) -> str | None:
-        if self.last is None or key > self.last:
+    @property
+    def last(self) -> Key | None:
+        """The key of the newest event applied to this row (None: none yet)."""
+        if self.last_event_created is None:
             return None
-        if key == self.last:
-            return f"duplicate: {key.event_id} was already applied"
-        return f"stale: older than {self.last.event_id}"
+        rank = self.last_event_rank if self.last_event_rank is not None else -1
+        return Key(self.last_event_created, rank, self.last_event_id or "")
 
 
 async def find(
     conn: AsyncConnection[Any],
-    mapping: Mapping,
+    family: Family,
     stripe_id: str,
     mc_id: int | None = None,
     *,
     lock: bool = False,
 ) -> MappingRow | None:
-    cur = await conn.execute(
-        mapping.query("lock_mapping" if lock else "find_mapping"),
+    cur = conn.cursor(row_factory=class_row(MappingRow))
+    await cur.execute(
+        family.query("webhooks", "lock_mapping" if lock else "find_mapping"),
         {"stripe_id": stripe_id, "mc_id": mc_id},
     )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    row_id, mc, status, created, rank, event_id = row
-    last = (
-        Key(created, rank if rank is not None else -1, event_id or "")
-        if created is not None
-        else None
-    )
-    return MappingRow(row_id, mc, status, last)
+    return await cur.fetchone()
 
 
 async def mark(
     conn: AsyncConnection[Any],
-    mapping: Mapping,
+    family: Family,
     row_id: int,
     stripe_id: str,
     key: Key,
     status: str,
 ) -> None:
     await conn.execute(
-        mapping.query("mark_mapping"),
-        {
-            "id": row_id,
-            "stripe_id": stripe_id,
-            "status": status,
-            "created": key.created,
-            "rank": key.rank,
-            "event_id": key.event_id,
-        },
+        family.query("webhooks", "mark_mapping"),
+        {"id": row_id, "stripe_id": stripe_id, "status": status, **asdict(key)},
     )
-
-
-async def insert_mapping(
-    conn: AsyncConnection[Any],
-    mapping: Mapping,
-    mc_id: int,
-    stripe_id: str,
-    key: Key,
-    status: str = "synced",
-) -> None:
-    await conn.execute(
-        mapping.query("insert_mapping"),
-        {
-            "mc_id": mc_id,
-            "stripe_id": stripe_id,
-            "status": status,
-            "created": key.created,
-            "rank": key.rank,
-            "event_id": key.event_id,
-        },
-    )
-
-
-async def object_lock(conn: AsyncConnection[Any], stripe_id: str) -> None:
-    await conn.execute(queries("webhooks")["object_lock"], {"stripe_id": stripe_id})
 
 
 class MissingReference(TransientError):
@@ -205,15 +157,16 @@ class Raced(TransientError):
 async def resolve(
     ctx: WebhookContext,
     conn: AsyncConnection[Any],
-    mapping: Mapping,
+    family: Family,
     ids: Iterable[str],
 ) -> dict[str, int]:
     """MC ids of the Stripe ids; the first unknown one raises MissingReference."""
     wanted = list(dict.fromkeys(ids))
     if not wanted:
         return {}
-    cur = await conn.execute(mapping.query("mc_ids"), {"ids": wanted})
-    found: dict[str, int] = {stripe_id: mc_id for stripe_id, mc_id in await cur.fetchall()}
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(family.query("webhooks", "mc_ids"), {"ids": wanted})
+    found: dict[str, int] = {row["stripe_id"]: row["mc_id"] for row in await cur.fetchall()}
     for stripe_id in wanted:
         if stripe_id not in found:
             raise MissingReference(stripe_id, ctx.reference_backoff)
@@ -223,19 +176,19 @@ async def resolve(
 async def resolve_one(
     ctx: WebhookContext,
     conn: AsyncConnection[Any],
-    mapping: Mapping,
+    family: Family,
     stripe_id: str | None,
 ) -> int | None:
     if stripe_id is None:
         return None
-    return (await resolve(ctx, conn, mapping, [stripe_id]))[stripe_id]
+    return (await resolve(ctx, conn, family, [stripe_id]))[stripe_id]
 
 
 async def confirm(
     ctx: WebhookContext,
-    mapping: Mapping,
+    family: Family,
     stripe_id: str,
-    metadata_mc_id: int | None,
+    metadata: dict[str, Any] | None,
     key: Key,
     status: str,
 ) -> Done:
@@ -244,20 +197,91 @@ async def confirm(
     Found by its Stripe id, or by the MC id in its metadata while the outbox
     has not recorded the id yet (the webhook can beat the outbox's commit).
     """
+    assert family.metadata_key is not None, f"the outbox does not create {family.noun}s"
+    mc_id = metadata_id(metadata, family.metadata_key)
     async with ctx.pool.connection() as conn:
-        row = await find(conn, mapping, stripe_id, metadata_mc_id)
+        row = await find(conn, family, stripe_id, mc_id)
     if row is None:
-        return ignored(f"{mapping.noun} {stripe_id} is not mapped to any MC row")
-    if note := row.stale_note(key):
+        return ignored(f"{family.noun} {stripe_id} is not mapped to any MC row")
+    if note := stale_note(key, row.last):
         return Done(note=note)
 
     async def apply(conn: AsyncConnection[Any]) -> None:
-        locked = await find(conn, mapping, stripe_id, metadata_mc_id, lock=True)
-        if locked is None or locked.stale_note(key):
+        locked = await find(conn, family, stripe_id, mc_id, lock=True)
+        if locked is None or stale_note(key, locked.last):
             raise Raced(stripe_id)
-        await mark(conn, mapping, locked.id, stripe_id, key, status)
+        await mark(conn, family, locked.id, stripe_id, key, status)
 
     return Done(apply=apply)
+
+
+@dataclass(frozen=True)
+class Written:
+    """Where ``write_object`` put an event's state."""
+
+    mapping_id: int  # the row of stripe.<family>_mappings
+    mc_id: int  # the MC row (billing.<family>)
+
+
+@dataclass(frozen=True)
+class Write:
+    """What one event writes about an object born in Stripe."""
+
+    # The MC row's columns, for insert_<noun> / update_<noun> of sql/webhooks.sql.
+    values: dict[str, Any]
+    # Anything else, in the same transaction, once the MC row exists.
+    then: Callable[[AsyncConnection[Any], Written], Awaitable[None]] | None = None
+
+
+async def write_object(
+    ctx: WebhookContext,
+    family: Family,
+    stripe_id: str,
+    key: Key,
+    status: str,
+    prepare: Callable[[AsyncConnection[Any]], Awaitable[Write]],
+) -> Done:
+    """Subscriptions, invoices and payments: apply the whole state an event shows.
+
+    A stale or duplicate event is recorded with a note before ``prepare``
+    resolves the references it names (so it never waits for them). The apply
+    locks the object (its mapping row may not exist yet), inserts the MC row
+    and its mapping on first sight or else updates both, then runs
+    ``Write.then``; the mapping ends at ``status`` (synced or deleted).
+    """
+    async with ctx.pool.connection() as conn:
+        row = await find(conn, family, stripe_id)
+        if row is not None and (note := stale_note(key, row.last)):
+            return Done(note=note)
+        write = await prepare(conn)
+
+    async def apply(conn: AsyncConnection[Any]) -> None:
+        q = queries("webhooks")
+        await conn.execute(q["object_lock"], {"stripe_id": stripe_id})
+        locked = await find(conn, family, stripe_id, lock=True)
+        if locked is None:
+            cur = await conn.execute(q[f"insert_{family.noun}"], write.values)
+            mc_id = _returned_id(await cur.fetchone())
+            cur = await conn.execute(
+                family.query("webhooks", "insert_mapping"),
+                {"mc_id": mc_id, "stripe_id": stripe_id, "status": status, **asdict(key)},
+            )
+            written = Written(_returned_id(await cur.fetchone()), mc_id)
+        else:
+            if stale_note(key, locked.last):
+                raise Raced(stripe_id)
+            await conn.execute(q[f"update_{family.noun}"], {**write.values, "id": locked.mc_id})
+            await mark(conn, family, locked.id, stripe_id, key, status)
+            written = Written(locked.id, locked.mc_id)
+        if write.then is not None:
+            await write.then(conn, written)
+
+    return Done(apply=apply)
+
+
+def _returned_id(row: Sequence[Any] | None) -> int:
+    assert row is not None, "INSERT ... RETURNING id returned no row"
+    return int(row[0])
 
 
 def ts(value: int | None) -> datetime | None:

@@ -8,8 +8,9 @@ MC owns its accounts, so these events change only stripe.customer_mappings
 from __future__ import annotations
 
 from ..jobs import Done, Job
-from .common import CUSTOMERS, Key, WebhookContext, confirm, rank_of
-from .shapes import Customer, decode_event, metadata_id
+from ..mappings import CUSTOMERS
+from .common import Key, WebhookContext, confirm, rank_of
+from .shapes import Customer, decode_event
 
 _RANKS = {"live": 0, "deleted": 1}
 
@@ -22,6 +23,4 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
     key = Key(
         event.created, rank_of(_RANKS, "deleted" if deleted else "live", event.type), event.id
     )
-    return await confirm(
-        ctx, CUSTOMERS, customer.id, metadata_id(customer.metadata, "mc_account_id"), key, status
-    )
+    return await confirm(ctx, CUSTOMERS, customer.id, customer.metadata, key, status)

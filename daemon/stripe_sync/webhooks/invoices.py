@@ -12,24 +12,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from ..db import queries
 from ..errors import PermanentError
 from ..jobs import Done, Job
-from .common import (
-    CUSTOMERS,
-    INVOICES,
-    SUBSCRIPTIONS,
-    Key,
-    Raced,
-    WebhookContext,
-    find,
-    insert_mapping,
-    mark,
-    object_lock,
-    rank_of,
-    resolve_one,
-    ts,
-)
+from ..mappings import CUSTOMERS, INVOICES, SUBSCRIPTIONS
+from .common import Key, WebhookContext, Write, rank_of, resolve_one, ts, write_object
 from .shapes import Invoice, decode_event, ref_id
 
 _RANKS = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3, "deleted": 4}
@@ -56,44 +42,28 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
     status = status_of(invoice, event.type)
     key = Key(event.created, rank_of(_RANKS, status, event.type), event.id)
 
-    async with ctx.pool.connection() as conn:
-        row = await find(conn, INVOICES, invoice.id)
-        if row is not None and (note := row.stale_note(key)):
-            return Done(note=note)
-        account_id = await resolve_one(ctx, conn, CUSTOMERS, customer)
-        subscription_id = await resolve_one(ctx, conn, SUBSCRIPTIONS, invoice.subscription_id)
-
     paid_at = invoice.status_transitions.paid_at if invoice.status_transitions else None
-    values: dict[str, Any] = {
-        "account_id": account_id,
-        "subscription_id": subscription_id,
-        "status": status,
-        "number": invoice.number,
-        "currency": invoice.currency or "",
-        "amount_due": invoice.amount_due or 0,
-        "amount_paid": invoice.amount_paid or 0,
-        "amount_remaining": invoice.amount_remaining or 0,
-        "total": invoice.total or 0,
-        "period_start": ts(invoice.period_start),
-        "period_end": ts(invoice.period_end),
-        "due_date": ts(invoice.due_date),
-        "paid_at": ts(paid_at),
-    }
+
+    async def prepare(conn: AsyncConnection[Any]) -> Write:
+        return Write(
+            {
+                "account_id": await resolve_one(ctx, conn, CUSTOMERS, customer),
+                "subscription_id": await resolve_one(
+                    ctx, conn, SUBSCRIPTIONS, invoice.subscription_id
+                ),
+                "status": status,
+                "number": invoice.number,
+                "currency": invoice.currency or "",
+                "amount_due": invoice.amount_due or 0,
+                "amount_paid": invoice.amount_paid or 0,
+                "amount_remaining": invoice.amount_remaining or 0,
+                "total": invoice.total or 0,
+                "period_start": ts(invoice.period_start),
+                "period_end": ts(invoice.period_end),
+                "due_date": ts(invoice.due_date),
+                "paid_at": ts(paid_at),
+            }
+        )
+
     sync_status = "deleted" if status == "deleted" else "synced"
-
-    async def apply(conn: AsyncConnection[Any]) -> None:
-        q = queries("webhooks")
-        await object_lock(conn, invoice.id)
-        locked = await find(conn, INVOICES, invoice.id, lock=True)
-        if locked is None:
-            cur = await conn.execute(q["insert_invoice"], values)
-            created = await cur.fetchone()
-            assert created is not None
-            await insert_mapping(conn, INVOICES, created[0], invoice.id, key, sync_status)
-            return
-        if locked.stale_note(key):
-            raise Raced(invoice.id)
-        await conn.execute(q["update_invoice"], {**values, "id": locked.mc_id})
-        await mark(conn, INVOICES, locked.id, invoice.id, key, sync_status)
-
-    return Done(apply=apply)
+    return await write_object(ctx, INVOICES, invoice.id, key, sync_status, prepare)

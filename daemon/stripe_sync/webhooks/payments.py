@@ -17,25 +17,26 @@ from __future__ import annotations
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.rows import class_row
 
 from ..db import queries
 from ..errors import PermanentError
 from ..jobs import Done, Job
+from ..mappings import CUSTOMERS, INVOICES, PAYMENTS
 from .common import (
-    CUSTOMERS,
-    INVOICES,
-    PAYMENTS,
     Key,
+    MappingRow,
     MissingReference,
     Raced,
     WebhookContext,
+    Write,
+    Written,
     find,
     ignored,
-    insert_mapping,
-    mark,
-    object_lock,
     rank_of,
     resolve_one,
+    stale_note,
+    write_object,
 )
 from .shapes import Charge, PaymentIntent, Refund, decode_event, ref_id
 
@@ -58,52 +59,39 @@ async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
         raise PermanentError(f"{event.type}: data.object has no id")
     key = Key(event.created, rank_of(_PI_RANKS, pi.status, event.type), event.id)
 
-    async with ctx.pool.connection() as conn:
-        row = await find(conn, PAYMENTS, pi.id)
-        if row is not None and (note := row.stale_note(key)):
-            return Done(note=note)
-        account_id = await resolve_one(ctx, conn, CUSTOMERS, ref_id(pi.customer))
-        invoice_id = await resolve_one(ctx, conn, INVOICES, ref_id(pi.invoice))
-
-    values: dict[str, Any] = {
-        "account_id": account_id,
-        "invoice_id": invoice_id,
-        "status": pi.status or "unknown",
-        "currency": pi.currency or "",
-        "amount": pi.amount or 0,
-        "amount_received": pi.amount_received or 0,
-        "failure_message": pi.last_payment_error.message if pi.last_payment_error else None,
-    }
     charge_id = pi.charge_id
+    charge_amount_refunded = pi.charge_amount_refunded
 
-    async def apply(conn: AsyncConnection[Any]) -> None:
-        q = queries("webhooks")
-        await object_lock(conn, pi.id)
-        locked = await find(conn, PAYMENTS, pi.id, lock=True)
-        if locked is None:
-            cur = await conn.execute(q["insert_payment"], values)
-            created = await cur.fetchone()
-            assert created is not None
-            payment_id: int = created[0]
-            await insert_mapping(conn, PAYMENTS, payment_id, pi.id, key)
-            locked = await find(conn, PAYMENTS, pi.id, lock=True)
-            assert locked is not None
-        else:
-            if locked.stale_note(key):
-                raise Raced(pi.id)
-            payment_id = locked.mc_id
-            await conn.execute(q["update_payment"], {**values, "id": payment_id})
-            await mark(conn, PAYMENTS, locked.id, pi.id, key, "synced")
-        if charge_id:
-            await conn.execute(
-                q["set_charge"], {"id": locked.id, "charge_id": charge_id, "only_if_unset": False}
-            )
-        if amount := pi.charge_amount_refunded:
-            await conn.execute(q["charge_refunded"], {"id": locked.id, "amount": amount})
+    async def charge_and_refunds(conn: AsyncConnection[Any], written: Written) -> None:
+        await _record_charge(
+            conn, written.mapping_id, charge_id, charge_amount_refunded, only_if_unset=False
+        )
         # amount/amount_received may have changed what "full" means.
-        await conn.execute(q["recompute_refunds"], {"payment_id": payment_id})
+        await _recompute_refunds(conn, written.mc_id)
 
-    return Done(apply=apply)
+    async def prepare(conn: AsyncConnection[Any]) -> Write:
+        values = {
+            "account_id": await resolve_one(ctx, conn, CUSTOMERS, ref_id(pi.customer)),
+            "invoice_id": await resolve_one(ctx, conn, INVOICES, ref_id(pi.invoice)),
+            "status": pi.status or "unknown",
+            "currency": pi.currency or "",
+            "amount": pi.amount or 0,
+            "amount_received": pi.amount_received or 0,
+            "failure_message": pi.last_payment_error.message if pi.last_payment_error else None,
+        }
+        return Write(values, then=charge_and_refunds)
+
+    return await write_object(ctx, PAYMENTS, pi.id, key, "synced", prepare)
+
+
+async def _payment(
+    ctx: WebhookContext, conn: AsyncConnection[Any], pi_id: str, *, lock: bool = False
+) -> MappingRow:
+    """The mapping of a PaymentIntent a charge or refund names; it must exist."""
+    row = await find(conn, PAYMENTS, pi_id, lock=lock)
+    if row is None:
+        raise MissingReference(pi_id, ctx.reference_backoff)
+    return row
 
 
 async def _payment_for(
@@ -114,8 +102,7 @@ async def _payment_for(
 ) -> str:
     """The PaymentIntent id a charge or refund belongs to (its mapping must exist)."""
     if pi_id is not None:
-        if await find(conn, PAYMENTS, pi_id) is None:
-            raise MissingReference(pi_id, ctx.reference_backoff)
+        await _payment(ctx, conn, pi_id)
         return pi_id
     assert charge_id is not None
     cur = await conn.execute(queries("webhooks")["payment_by_charge"], {"charge_id": charge_id})
@@ -133,27 +120,19 @@ async def charge(ctx: WebhookContext, job: Job) -> Done:
     if pi_id is None:
         return ignored(f"charge {ch.id} has no PaymentIntent; MC tracks payments by PaymentIntent")
     async with ctx.pool.connection() as conn:
-        await _payment_for(ctx, conn, pi_id, None)
+        await _payment(ctx, conn, pi_id)
     refunds = ch.refunds.data if ch.refunds else []
+    # Only a charge that carried money is remembered, and a PaymentIntent
+    # event's own latest_charge wins over it.
+    carried = event.type == "charge.refunded" or ch.status == "succeeded" or ch.paid
 
     async def apply(conn: AsyncConnection[Any]) -> None:
-        q = queries("webhooks")
-        locked = await find(conn, PAYMENTS, pi_id, lock=True)
-        if locked is None:
-            raise MissingReference(pi_id, ctx.reference_backoff)
-        # Only a charge that carried money is remembered, and a PaymentIntent
-        # event's own latest_charge wins over it.
-        if ch.id and (event.type == "charge.refunded" or ch.status == "succeeded" or ch.paid):
-            await conn.execute(
-                q["set_charge"], {"id": locked.id, "charge_id": ch.id, "only_if_unset": True}
-            )
-        if ch.amount_refunded:
-            await conn.execute(
-                q["charge_refunded"], {"id": locked.id, "amount": ch.amount_refunded}
-            )
+        locked = await _payment(ctx, conn, pi_id, lock=True)
+        charge_id = ch.id if carried else None
+        await _record_charge(conn, locked.id, charge_id, ch.amount_refunded, only_if_unset=True)
         for refund in refunds:
             await _upsert_refund(conn, locked.mc_id, refund, event.created, event.type, event.id)
-        await conn.execute(q["recompute_refunds"], {"payment_id": locked.mc_id})
+        await _recompute_refunds(conn, locked.mc_id)
 
     return Done(apply=apply)
 
@@ -169,30 +148,44 @@ async def refund(ctx: WebhookContext, job: Job) -> Done:
     key = Key(event.created, rank_of(_REFUND_RANKS, re.status, event.type), event.id)
     async with ctx.pool.connection() as conn:
         pi_id = await _payment_for(ctx, conn, pi_id, charge_id)
-        cur = await conn.execute(queries("webhooks")["refund_state"], {"refund_id": re.id})
-        state = await cur.fetchone()
-    if state is not None and (note := _stale(key, Key(*state))):
+        cur = conn.cursor(row_factory=class_row(Key))
+        await cur.execute(queries("webhooks")["refund_state"], {"refund_id": re.id})
+        last = await cur.fetchone()
+    if note := stale_note(key, last):
         return Done(note=note)
     payment_intent_id = pi_id
 
     async def apply(conn: AsyncConnection[Any]) -> None:
         # Payment first, then refund: the lock order of charge.refunded too.
-        locked = await find(conn, PAYMENTS, payment_intent_id, lock=True)
-        if locked is None:
-            raise MissingReference(payment_intent_id, ctx.reference_backoff)
+        locked = await _payment(ctx, conn, payment_intent_id, lock=True)
         if not await _upsert_refund(conn, locked.mc_id, re, event.created, event.type, event.id):
             raise Raced(re.id)
-        await conn.execute(queries("webhooks")["recompute_refunds"], {"payment_id": locked.mc_id})
+        await _recompute_refunds(conn, locked.mc_id)
 
     return Done(apply=apply)
 
 
-def _stale(key: Key, last: Key) -> str | None:
-    if key > last:
-        return None
-    if key == last:
-        return f"duplicate: {key.event_id} was already applied"
-    return f"stale: older than {last.event_id}"
+async def _record_charge(
+    conn: AsyncConnection[Any],
+    mapping_id: int,
+    charge_id: str | None,
+    amount_refunded: int | None,
+    *,
+    only_if_unset: bool,
+) -> None:
+    """The charge that carried a payment's money, and the refunds it reports."""
+    q = queries("webhooks")
+    if charge_id:
+        await conn.execute(
+            q["set_charge"],
+            {"id": mapping_id, "charge_id": charge_id, "only_if_unset": only_if_unset},
+        )
+    if amount_refunded:
+        await conn.execute(q["charge_refunded"], {"id": mapping_id, "amount": amount_refunded})
+
+
+async def _recompute_refunds(conn: AsyncConnection[Any], payment_id: int) -> None:
+    await conn.execute(queries("webhooks")["recompute_refunds"], {"payment_id": payment_id})
 
 
 async def _upsert_refund(

@@ -11,6 +11,7 @@ per price.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -18,21 +19,17 @@ from psycopg import AsyncConnection
 from ..db import queries
 from ..errors import PermanentError
 from ..jobs import Done, Job
+from ..mappings import CUSTOMERS, PRICES, SUBSCRIPTIONS
 from .common import (
-    CUSTOMERS,
-    PRICES,
-    SUBSCRIPTIONS,
     Key,
-    Raced,
     WebhookContext,
-    find,
-    insert_mapping,
-    mark,
-    object_lock,
+    Write,
+    Written,
     rank_of,
     resolve,
     resolve_one,
     ts,
+    write_object,
 )
 from .shapes import Subscription, decode_event, ref_id
 
@@ -97,59 +94,54 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
         raise PermanentError(f"subscription {sub.id} names no customer")
     key = Key(event.created, rank_of(_RANKS, sub.status, event.type), event.id)
     items = items_of(sub)
+    start, end = period(sub, items)
 
-    async with ctx.pool.connection() as conn:
-        row = await find(conn, SUBSCRIPTIONS, sub.id)
-        if row is not None and (note := row.stale_note(key)):
-            return Done(note=note)
+    async def prepare(conn: AsyncConnection[Any]) -> Write:
         account_id = await resolve_one(ctx, conn, CUSTOMERS, customer)
         prices = await resolve(ctx, conn, PRICES, (i.stripe_price_id for i in items))
+        values = {
+            "account_id": account_id,
+            "status": sub.status or "unknown",
+            "current_period_start": ts(start),
+            "current_period_end": ts(end),
+            "cancel_at_period_end": bool(sub.cancel_at_period_end),
+            "canceled_at": ts(sub.canceled_at),
+            "ended_at": ts(sub.ended_at),
+            "trial_start": ts(sub.trial_start),
+            "trial_end": ts(sub.trial_end),
+            "paused": sub.status == "paused" or sub.pause_collection is not None,
+        }
+        then = partial(_write_items, items=items, prices=prices, default_period=(start, end))
+        return Write(values, then=then)
 
-    start, end = period(sub, items)
-    values: dict[str, Any] = {
-        "account_id": account_id,
-        "status": sub.status or "unknown",
-        "current_period_start": ts(start),
-        "current_period_end": ts(end),
-        "cancel_at_period_end": bool(sub.cancel_at_period_end),
-        "canceled_at": ts(sub.canceled_at),
-        "ended_at": ts(sub.ended_at),
-        "trial_start": ts(sub.trial_start),
-        "trial_end": ts(sub.trial_end),
-        "paused": sub.status == "paused" or sub.pause_collection is not None,
-    }
     status = "deleted" if event.type.endswith(".deleted") else "synced"
+    return await write_object(ctx, SUBSCRIPTIONS, sub.id, key, status, prepare)
 
-    async def apply(conn: AsyncConnection[Any]) -> None:
-        q = queries("webhooks")
-        await object_lock(conn, sub.id)
-        locked = await find(conn, SUBSCRIPTIONS, sub.id, lock=True)
-        if locked is None:
-            cur = await conn.execute(q["insert_subscription"], values)
-            created = await cur.fetchone()
-            assert created is not None
-            subscription_id: int = created[0]
-            await insert_mapping(conn, SUBSCRIPTIONS, subscription_id, sub.id, key, status)
-        else:
-            if locked.stale_note(key):
-                raise Raced(sub.id)
-            subscription_id = locked.mc_id
-            await conn.execute(q["update_subscription"], {**values, "id": subscription_id})
-            await mark(conn, SUBSCRIPTIONS, locked.id, sub.id, key, status)
-        mc_prices = [prices[i.stripe_price_id] for i in items]
+
+async def _write_items(
+    conn: AsyncConnection[Any],
+    written: Written,
+    *,
+    items: list[Item],
+    prices: dict[str, int],
+    default_period: tuple[int | None, int | None],
+) -> None:
+    """Exactly the items the event shows; an item's period defaults to the subscription's."""
+    q = queries("webhooks")
+    subscription_id = written.mc_id
+    start, end = default_period
+    mc_prices = [prices[i.stripe_price_id] for i in items]
+    await conn.execute(
+        q["delete_other_items"], {"subscription_id": subscription_id, "prices": mc_prices}
+    )
+    if items:
         await conn.execute(
-            q["delete_other_items"], {"subscription_id": subscription_id, "prices": mc_prices}
+            q["upsert_items"],
+            {
+                "subscription_id": subscription_id,
+                "prices": mc_prices,
+                "quantities": [i.quantity for i in items],
+                "starts": [ts(i.start if i.start is not None else start) for i in items],
+                "ends": [ts(i.end if i.end is not None else end) for i in items],
+            },
         )
-        if items:
-            await conn.execute(
-                q["upsert_items"],
-                {
-                    "subscription_id": subscription_id,
-                    "prices": mc_prices,
-                    "quantities": [i.quantity for i in items],
-                    "starts": [ts(i.start if i.start is not None else start) for i in items],
-                    "ends": [ts(i.end if i.end is not None else end) for i in items],
-                },
-            )
-
-    return Done(apply=apply)
