@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from stripe_sync.db import make_pool
+from stripe_sync.webhooks.events import Envelope
 from stripe_sync.webhooks.ingest import Ingestor, Unstorable
-from stripe_sync.webhooks.shapes import Envelope
 
 from webhook_helpers import event
 

@@ -279,7 +279,7 @@ async def store(pool: AsyncConnectionPool, *events: dict[str, Any]) -> None:
     """Store events as the endpoint would (without HTTP)."""
     import msgspec
 
-    from stripe_sync.webhooks.shapes import Envelope
+    from stripe_sync.webhooks.events import Envelope
 
     ingestor = Ingestor(pool)
     for evt in events:

@@ -27,8 +27,8 @@ from .config import Settings
 from .db import make_pool, queries
 from .errors import TransientError
 from .stripe_api import StripeApi
+from .webhooks.events import Envelope
 from .webhooks.ingest import Ingestor, Row, Unstorable, row_for
-from .webhooks.shapes import Envelope
 
 T = TypeVar("T")
 

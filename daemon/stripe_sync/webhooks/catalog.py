@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..jobs import Done, Job
 from ..mappings import PRICES, PRODUCTS, Family
 from .common import Key, WebhookContext, confirm, rank_of
-from .shapes import CatalogObject, decode_event
+from .events import CatalogObject, decode_event
 
 # Ties in one second: an archiving update after a create, a deletion last.
 _RANKS = {"active": 0, "archived": 1}

@@ -19,7 +19,7 @@ from ..errors import TransientError
 from ..jobs import Done, Job
 from ..mappings import CUSTOMERS
 from .common import WebhookContext, find, ignored
-from .shapes import CheckoutSession, decode_event, metadata_id, ref_id
+from .events import CheckoutSession, decode_event, metadata_id, ref_id
 
 
 def account_of(session: CheckoutSession) -> int | None:

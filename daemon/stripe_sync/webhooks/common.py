@@ -39,7 +39,7 @@ from ..errors import TransientError
 from ..jobs import Done, Job
 from ..mappings import Family
 from ..stripe_api import StripeApi
-from .shapes import metadata_id
+from .events import metadata_id
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ class WebhookContext:
     reference_backoff: float = 1.0
 
 
-Handler = Callable[[WebhookContext, Job], Awaitable[Done]]
+# One event type's handler (process.HANDLERS). Not the queue's Handler, which
+# process.make_handler builds around these; the outbox's counterpart is Executor.
+EventHandler = Callable[[WebhookContext, Job], Awaitable[Done]]
 
 
 @dataclass(frozen=True, order=True)

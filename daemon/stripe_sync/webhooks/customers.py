@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..jobs import Done, Job
 from ..mappings import CUSTOMERS
 from .common import Key, WebhookContext, confirm, rank_of
-from .shapes import Customer, decode_event
+from .events import Customer, decode_event
 
 _RANKS = {"live": 0, "deleted": 1}
 

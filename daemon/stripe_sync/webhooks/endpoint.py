@@ -29,8 +29,8 @@ from starlette.types import Receive, Scope, Send
 
 from ..config import Secret
 from ..metrics import WEBHOOK_INGEST_SECONDS, WEBHOOKS_RECEIVED
+from .events import Envelope, ObjectHead
 from .ingest import Ingestor, StoreError, Unstorable
-from .shapes import Envelope, ObjectHead
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from psycopg_pool import AsyncConnectionPool
 
 from ..db import queries
-from .shapes import Envelope, ObjectHead
+from .events import Envelope, ObjectHead
 
 log = logging.getLogger(__name__)
 

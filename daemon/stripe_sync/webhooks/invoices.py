@@ -16,7 +16,7 @@ from ..errors import PermanentError
 from ..jobs import Done, Job
 from ..mappings import CUSTOMERS, INVOICES, SUBSCRIPTIONS
 from .common import Key, WebhookContext, Write, rank_of, resolve_one, ts, write_object
-from .shapes import Invoice, decode_event, ref_id
+from .events import Invoice, decode_event, ref_id
 
 _RANKS = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3, "deleted": 4}
 

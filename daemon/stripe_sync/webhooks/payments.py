@@ -38,7 +38,7 @@ from .common import (
     stale_note,
     write_object,
 )
-from .shapes import Charge, PaymentIntent, Refund, decode_event, ref_id
+from .events import Charge, PaymentIntent, Refund, decode_event, ref_id
 
 _PI_RANKS = {
     "requires_payment_method": 0,

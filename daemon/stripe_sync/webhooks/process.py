@@ -17,15 +17,14 @@ from typing import Any
 import msgspec
 
 from ..errors import PermanentError
-from ..jobs import Done, Job
-from ..jobs import Handler as QueueHandler
+from ..jobs import Done, Handler, Job
 from . import catalog, checkout, customers, invoices, payments, subscriptions
-from .common import Handler, MissingReference, WebhookContext, ignored
-from .shapes import Envelope, ObjectHead
+from .common import EventHandler, MissingReference, WebhookContext, ignored
+from .events import Envelope, ObjectHead
 
 __all__ = ["HANDLERS", "WebhookContext", "make_handler"]
 
-HANDLERS: dict[str, Handler] = {
+HANDLERS: dict[str, EventHandler] = {
     "customer.created": customers.handle,
     "customer.updated": customers.handle,
     "customer.deleted": customers.handle,
@@ -103,7 +102,7 @@ _REFETCH: dict[str, str] = {
 }
 
 
-def make_handler(ctx: WebhookContext) -> QueueHandler:
+def make_handler(ctx: WebhookContext) -> Handler:
     async def handle(job: Job) -> Done:
         try:
             envelope = msgspec.json.decode(job.payload, type=Envelope)

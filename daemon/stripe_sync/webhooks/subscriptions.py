@@ -31,7 +31,7 @@ from .common import (
     ts,
     write_object,
 )
-from .shapes import Subscription, decode_event, ref_id
+from .events import Subscription, decode_event, ref_id
 
 # Lifecycle order, for events of the same second.
 _RANKS = {

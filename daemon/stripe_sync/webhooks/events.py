@@ -1,4 +1,8 @@
-"""What the webhook processor reads from Stripe events, as msgspec Structs.
+"""Stripe events and the objects they carry, as the webhook half reads them (msgspec Structs).
+
+``Envelope`` is what the endpoint checks and stores; ``decode_event`` gives
+a handler the event with its ``data.object`` decoded as one of the object
+Structs below (``Customer``, ``Subscription``, ``Invoice``, …).
 
 Real events come in every API version since 2015, so every field has a
 default and unknown fields are ignored: the handlers read whichever of the
@@ -16,11 +20,11 @@ import msgspec
 from ..errors import PermanentError
 
 
-class Shape(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+class Lenient(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     """Base: tolerate unknown and missing fields."""
 
 
-class Ref(Shape):
+class Ref(Lenient):
     """An expanded object where an id was expected; only its id matters here."""
 
     id: str | None = None
@@ -39,18 +43,18 @@ def ref_id(value: Expandable) -> str | None:
 # -- the envelope ---------------------------------------------------------------
 
 
-class ObjectHead(Shape):
+class ObjectHead(Lenient):
     id: str | None = None
     object: str | None = None
 
 
-class EnvelopeData(Shape):
+class EnvelopeData(Lenient):
     # Raw: the endpoint only checks that it is a JSON object and reads its id.
     # Empty when absent (Raw cannot be part of a union with None).
     object: msgspec.Raw = msgspec.Raw()
 
 
-class Envelope(Shape):
+class Envelope(Lenient):
     """The part of an event the endpoint checks and stores in its own columns."""
 
     id: str | None = None
@@ -68,12 +72,12 @@ class Envelope(Shape):
 T = TypeVar("T")
 
 
-class EventData(Shape, Generic[T], kw_only=True):
+class EventData(Lenient, Generic[T], kw_only=True):
     object: T
     previous_attributes: dict[str, Any] | None = None
 
 
-class Event(Shape, Generic[T], kw_only=True):
+class Event(Lenient, Generic[T], kw_only=True):
     """A stored event with its data.object decoded as ``T``."""
 
     id: str = ""
@@ -87,14 +91,14 @@ class Event(Shape, Generic[T], kw_only=True):
 # -- objects ---------------------------------------------------------------------
 
 
-class Customer(Shape):
+class Customer(Lenient):
     id: str = ""
     # customer.deleted carries either the full object or a stub {id, object, deleted}.
     deleted: bool = False
     metadata: dict[str, Any] | None = None
 
 
-class CatalogObject(Shape):
+class CatalogObject(Lenient):
     """A product, a price or a legacy plan: only identity and liveness are read."""
 
     id: str = ""
@@ -103,11 +107,11 @@ class CatalogObject(Shape):
     metadata: dict[str, Any] | None = None
 
 
-class Plan(Shape):
+class Plan(Lenient):
     id: str = ""
 
 
-class SubscriptionItem(Shape):
+class SubscriptionItem(Lenient):
     id: str | None = None
     price: Expandable = None
     plan: Plan | None = None  # versions before prices existed
@@ -117,15 +121,15 @@ class SubscriptionItem(Shape):
     current_period_end: int | None = None
 
 
-class SubscriptionItems(Shape):
+class SubscriptionItems(Lenient):
     data: list[SubscriptionItem] = []
 
 
-class PauseCollection(Shape):
+class PauseCollection(Lenient):
     behavior: str | None = None
 
 
-class Subscription(Shape):
+class Subscription(Lenient):
     id: str = ""
     customer: Expandable = None
     status: str | None = None
@@ -143,19 +147,19 @@ class Subscription(Shape):
     quantity: int | None = None
 
 
-class SubscriptionDetails(Shape):
+class SubscriptionDetails(Lenient):
     subscription: Expandable = None
 
 
-class InvoiceParent(Shape):
+class InvoiceParent(Lenient):
     subscription_details: SubscriptionDetails | None = None
 
 
-class StatusTransitions(Shape):
+class StatusTransitions(Lenient):
     paid_at: int | None = None
 
 
-class Invoice(Shape):
+class Invoice(Lenient):
     id: str = ""
     customer: Expandable = None
     subscription: Expandable = None
@@ -181,7 +185,7 @@ class Invoice(Shape):
         return ref_id(details.subscription) if details else None
 
 
-class Refund(Shape):
+class Refund(Lenient):
     id: str = ""
     amount: int | None = None
     charge: Expandable = None
@@ -189,11 +193,11 @@ class Refund(Shape):
     status: str | None = None
 
 
-class RefundList(Shape):
+class RefundList(Lenient):
     data: list[Refund] = []
 
 
-class Charge(Shape):
+class Charge(Lenient):
     id: str = ""
     payment_intent: Expandable = None
     status: str | None = None
@@ -202,15 +206,15 @@ class Charge(Shape):
     refunds: RefundList | None = None
 
 
-class ChargeList(Shape):
+class ChargeList(Lenient):
     data: list[Charge] = []
 
 
-class PaymentError(Shape):
+class PaymentError(Lenient):
     message: str | None = None
 
 
-class PaymentIntent(Shape):
+class PaymentIntent(Lenient):
     id: str = ""
     customer: Expandable = None
     invoice: Expandable = None
@@ -241,7 +245,7 @@ class PaymentIntent(Shape):
         return max((c.amount_refunded or 0 for c in charges), default=0)
 
 
-class CheckoutSession(Shape):
+class CheckoutSession(Lenient):
     id: str = ""
     customer: Expandable = None
     client_reference_id: str | None = None
@@ -253,10 +257,11 @@ class CheckoutSession(Shape):
 S = TypeVar("S")
 
 
-def decode_event(raw: str | bytes, shape: type[S]) -> Event[S]:
-    """Decode a stored event; a shape we cannot read is a PermanentError naming the field."""
+def decode_event(raw: str | bytes, obj_type: type[S]) -> Event[S]:
+    """Decode a stored event with its data.object as ``obj_type``; an event we
+    cannot read that way is a PermanentError naming the field."""
     try:
-        return msgspec.json.decode(raw, type=Event[shape])  # type: ignore[valid-type]
+        return msgspec.json.decode(raw, type=Event[obj_type])  # type: ignore[valid-type]
     except msgspec.ValidationError as exc:
         text, _, where = str(exc).partition(" - at `$")
         raise PermanentError(f"event{where.rstrip('`')}: {text}") from None
