@@ -143,6 +143,28 @@ async def test_updates_and_archives(dsn: str, conn: Conn, emulator: EmulatorServ
     assert mapping(conn, "price", "price_id") == (price["id"], "deleted")
 
 
+async def test_a_repeated_create_or_archive_is_done_without_a_request(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    catalog(conn, price=False)
+    async with outbox_pipeline(dsn, emulator.base_url) as pipeline:
+        enqueue(conn, "create_stripe_product", '{"product_id": 1}')
+        await eventually(lambda: all_settled(dsn))
+        enqueue(conn, "archive_stripe_product", '{"product_id": 1}')
+        await eventually(lambda: all_settled(dsn))
+        calls = pipeline.api.calls
+        enqueue(conn, "create_stripe_product", '{"product_id": 1}')
+        enqueue(conn, "archive_stripe_product", '{"product_id": 1}')
+        rows = await eventually(lambda: all_settled(dsn) if len(outbox_rows(dsn)) == 4 else None)
+        assert pipeline.api.calls == calls
+    [product] = emulator.emulator.objects("products")
+    assert [(r[1], r[2], r[4]) for r in rows[2:]] == [
+        ("create_stripe_product", "done", f"already mapped to {product['id']}"),
+        ("archive_stripe_product", "done", f"{product['id']} already archived"),
+    ]
+    assert mapping(conn, "product", "product_id") == (product["id"], "deleted")
+
+
 @pytest.mark.parametrize(
     "payload,error",
     [
