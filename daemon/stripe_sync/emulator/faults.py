@@ -16,7 +16,7 @@ import fnmatch
 import random
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,19 +119,40 @@ class Faults:
 
 
 class RateLimiter:
-    """Sliding one-second window, like Stripe's per-account request limits."""
+    """Stripe's request rate limiter: a token bucket (Stripe's engineering blog,
+    "Scaling your API with rate limiters"), one second's worth of requests deep,
+    refilled at the limit.
 
-    def __init__(self, per_second: int | None = None) -> None:
+    A client paced just under the limit keeps the bucket nearly full, so network
+    jitter that bunches a few of its requests is absorbed, as at Stripe; a client
+    faster than the limit empties it within seconds and is refused.
+    """
+
+    def __init__(
+        self, per_second: int | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.per_second = per_second
+        self._clock = clock
         self._lock = threading.Lock()
-        self._hits: deque[float] = deque()
+        self._tokens = float(per_second or 0)
+        self._last = clock()
 
     def reset(self) -> None:
         with self._lock:
-            self._hits.clear()
+            self._tokens = float(self.per_second or 0)
+            self._last = self._clock()
 
     def allow(self) -> bool:
         if not self.per_second:
+            return True
+        now = self._clock()
+        with self._lock:
+            refill = (now - self._last) * self.per_second
+            self._tokens = min(float(self.per_second), self._tokens + refill)
+            self._last = now
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
             return True
         now = time.monotonic()
         with self._lock:
