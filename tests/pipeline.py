@@ -43,10 +43,13 @@ async def outbox_pipeline(
     concurrency: int = 8,
     lease_seconds: float = 15.0,
     worker_id: str = "test-worker",
+    stripe_timeout: float = 10.0,
 ) -> AsyncIterator[Pipeline]:
     pool = make_pool(dsn, size=concurrency + 2)
     async with pool:
-        api = StripeApi(Secret(API_KEY), api_base=api_base, rate_limit=rate_limit, timeout=10)
+        api = StripeApi(
+            Secret(API_KEY), api_base=api_base, rate_limit=rate_limit, timeout=stripe_timeout
+        )
         worker = Worker(
             PostgresStore(OUTBOX, pool),
             make_handler(Context(pool, api, await source_of(pool))),

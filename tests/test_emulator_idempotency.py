@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 import stripe
@@ -130,15 +133,56 @@ def test_plain_500_saves_nothing(
     assert emulator.emulator.count("customers") == 1
 
 
+def test_a_key_in_use_gets_409_and_nothing_is_saved(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    # The first request takes the key and is held "executing" for a while.
+    fault = {"kind": "latency", "endpoint": "POST /v1/customers", "seconds": 1.5, "executing": True}
+    assert _fault(emulator, fault).status_code == 200
+    opts: stripe.RequestOptions = {"idempotency_key": "in-use"}
+
+    def create() -> stripe.Customer:
+        return stripe_client.v1.customers.create(params={"email": "u@x.io"}, options=opts)
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(create)
+        emu = emulator.emulator
+        deadline = time.monotonic() + 5
+        while emu.stats()["counts"].get("POST /v1/customers", 0) < 1:
+            assert time.monotonic() < deadline, "the first request never arrived"
+            time.sleep(0.01)
+        # Stripe's 409 for a key whose first request is still executing. A v1 409
+        # is no IdempotencyError to the SDK (that is only for 400/404): APIError.
+        with pytest.raises(stripe.APIError) as conflict:
+            create()
+        assert emu.count("customers") == 0
+        created = first.result(timeout=10)
+    err = conflict.value
+    assert type(err) is stripe.APIError and err.http_status == 409
+    assert err.error is not None
+    assert (err.error.type, err.error.code) == ("idempotency_error", "idempotency_key_in_use")
+    assert err.error.message is not None and "in-use" in err.error.message
+    assert err.headers is not None and "Idempotent-Replayed" not in err.headers
+    # The 409 saved nothing: the same key now gets the first request's answer.
+    again = create()
+    assert again.id == created.id and emu.count("customers") == 1
+    assert again.last_response is not None
+    assert again.last_response.headers["Idempotent-Replayed"] == "true"
+    # Another key is not held up by the one in use, and the fault is spent.
+    assert stripe_client.v1.customers.create(options={"idempotency_key": "other"}).id
+
+
 @pytest.mark.parametrize(
     "spec",
     [
         {"kind": "500", "created": True},
         {"kind": "latency", "stored": True},
         {"kind": "500", "stored": "yes"},
+        {"kind": "500", "executing": True},
+        {"kind": "latency", "executing": 1},
     ],
 )
 def test_stored_fault_validation(emulator: EmulatorServer, spec: dict[str, object]) -> None:
     response = _fault(emulator, spec)
     assert response.status_code == 400
-    assert any(name in response.json()["error"] for name in ("stored", "created"))
+    assert any(name in response.json()["error"] for name in ("stored", "created", "executing"))

@@ -217,6 +217,26 @@ async def test_applied_but_response_lost_makes_exactly_one_customer(
     assert mapping(conn, "customer", "account_id") == (customer["id"], "synced")
 
 
+async def test_a_key_in_use_is_retried_shortly_with_the_same_key(
+    dsn: str, conn: Conn, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attempt 1 gives up on its answer (timeout) while Stripe still executes it; the
+    retries meet 409 idempotency_key_in_use until it is done, then get its customer
+    (replayed under the key, or found by the search a retry makes first)."""
+    catalog(conn, price=False)
+    emu = emulator.emulator
+    emu.add_fault("latency", "POST /v1/customers", seconds=2.0, executing=True)
+    async with outbox_pipeline(dsn, emulator.base_url, stripe_timeout=0.5, max_attempts=30):
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        [row] = await eventually(lambda: all_settled(dsn), timeout=30)
+    assert row[2] == "done", row
+    [customer] = emu.objects("customers")
+    assert mapping(conn, "customer", "account_id") == (customer["id"], "synced")
+    reasons = [str(getattr(r, "reason", "")) for r in caplog.records]
+    assert any("409 idempotency_key_in_use" in r for r in reasons), reasons
+    assert emu.stats()["counts"]["POST /v1/customers"] >= 2
+
+
 async def test_a_create_retried_after_stripe_forgot_the_key_adopts(
     dsn: str, conn: Conn, emulator: EmulatorServer
 ) -> None:

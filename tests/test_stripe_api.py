@@ -68,6 +68,7 @@ def error(cls: type[stripe.StripeError], status: int, **headers: str) -> stripe.
         (error(stripe.APIError, 503), TransientError),
         (stripe.APIConnectionError("reset"), TransientError),
         (error(stripe.InvalidRequestError, 409, **{"stripe-should-retry": "true"}), TransientError),
+        (error(stripe.APIError, 409), TransientError),  # idempotency_key_in_use
         (error(stripe.APIError, 500, **{"stripe-should-retry": "false"}), PermanentError),
         (error(stripe.InvalidRequestError, 400), PermanentError),
         (error(stripe.AuthenticationError, 401), PermanentError),

@@ -22,6 +22,10 @@ from .metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# First backoff step (seconds) after a 409: the request holding the key is
+# usually done within a second or two.
+CONFLICT_BACKOFF = 0.5
+
 
 class Pacer:
     """At most ``rate`` calls in any one-second window (0: no pacing).
@@ -112,13 +116,28 @@ def classify(what: str, exc: stripe.StripeError) -> PermanentError | TransientEr
             )
         kind = "rate-limited" if status == 429 else f"failed with {status}"
         return TransientError(f"Stripe {kind} during {what}: {detail}", retry_after=retry_after)
+    if status == 409 and should_retry != "false":
+        # A conflict: mostly idempotency_key_in_use, an earlier attempt with this
+        # key still executing (one whose response we gave up on). Nothing was
+        # saved; soon the same key gets that attempt's answer. The SDK, too,
+        # retries a 409.
+        # The SDK gives a v1 409 no code of its own; the body has it.
+        code = exc.code or (exc.error.code if exc.error is not None else None)
+        return TransientError(
+            f"Stripe conflict (409{f' {code}' if code else ''}) during {what}: {detail}; "
+            "retrying shortly with the same idempotency key",
+            retry_after=retry_after,
+            backoff_base=CONFLICT_BACKOFF,
+        )
     return PermanentError(f"Stripe rejected {what} ({status}{_code(exc)}): {detail}")
 
 
 def is_idempotency_conflict(exc: BaseException) -> bool:
+    """Stripe's 400 for a key reused with other parameters (not the 409 of a key in use)."""
     cause = exc.__cause__
     return isinstance(cause, stripe.IdempotencyError) or (
         isinstance(cause, stripe.StripeError)
+        and cause.http_status == 400
         and isinstance(cause.json_body, dict)
         and cause.json_body.get("error", {}).get("type") == "idempotency_error"
     )

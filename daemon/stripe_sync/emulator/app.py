@@ -166,8 +166,11 @@ class ApiApp:
         lose_response = False
         inside: FaultRule | None = None
         delay = emu.config.latency
+        executing_for = 0.0  # a latency fault "executing": after the key is taken
         for rule in emu.faults.triggered(method, path, template):
-            if rule.kind == "latency":
+            if rule.kind == "latency" and rule.executing:
+                executing_for += rule.seconds
+            elif rule.kind == "latency":
                 delay += rule.seconds
             elif rule.kind == "applied_response_lost":
                 lose_response = True
@@ -202,6 +205,10 @@ class ApiApp:
                 headers = _headers(stored.request_id, replayed)
                 await _respond(send, stored.status, stored.body, headers)
                 return
+            if not emu.idempotency.begin(api_key, idem_key):
+                # The first request with this key is still executing: nothing is saved.
+                await error(errors.idempotency_key_in_use(idem_key))
+                return
 
         api_request = ApiRequest(
             method=method,
@@ -214,13 +221,18 @@ class ApiApp:
             api_key=api_key,
             livemode=live,
         )
-        status, body, extra = self._execute(api_request, route, inside)
-        if idem_key:
-            saved = StoredResponse(
-                method, path, fingerprint, status, body, request_id, emu.clock.now(), extra
-            )
-            emu.idempotency.store(api_key, idem_key, saved)
-            extra = {**extra, "Idempotency-Key": idem_key}
+        try:
+            await _sleep(executing_for)
+            status, body, extra = self._execute(api_request, route, inside)
+            if idem_key:
+                saved = StoredResponse(
+                    method, path, fingerprint, status, body, request_id, emu.clock.now(), extra
+                )
+                emu.idempotency.store(api_key, idem_key, saved)
+                extra = {**extra, "Idempotency-Key": idem_key}
+        finally:
+            if idem_key:
+                emu.idempotency.end(api_key, idem_key)
         if lose_response:
             await _drop(send)
         await _respond(send, status, body, _headers(request_id, extra))

@@ -21,7 +21,9 @@ faults: POST /_emulator/faults {"kind": K, "endpoint": "POST /v1/customers", "co
   500, 503               from in front of the API: nothing ran, nothing saved
   500 + "stored": true   saved under the key and replayed for 24 h (Idempotent-Replayed);
                          "created": true: the object and its events exist all the same
-  latency "seconds": S   the request waits S s first
+  latency "seconds": S   the request waits S s first; with "executing": true it waits
+                         after it began executing: a request with the same idempotency
+                         key meanwhile gets 409 idempotency_key_in_use (nothing saved)
   drop                   connection error, nothing ran
   applied_response_lost  it ran and was saved, then the connection drops
 """

@@ -169,15 +169,18 @@ class Emulator:
         seconds: float = 0.0,
         stored: bool = False,
         created: bool = False,
+        executing: bool = False,
     ) -> FaultRule:
-        """e.g. add_fault("500", "POST /v1/customers", count=2), add_fault("drop", rate=0.1)
-        or add_fault("500", "POST /v1/customers", stored=True, created=True) (faults.py)."""
+        """e.g. add_fault("500", "POST /v1/customers", count=2), add_fault("drop", rate=0.1),
+        add_fault("500", "POST /v1/customers", stored=True, created=True) or
+        add_fault("latency", "POST /v1/customers", seconds=2, executing=True) (faults.py)."""
         spec: dict[str, Any] = {
             "kind": kind,
             "endpoint": endpoint,
             "seconds": seconds,
             "stored": stored,
             "created": created,
+            "executing": executing,
         }
         if count is not None:
             spec["count"] = count

@@ -97,3 +97,16 @@ def idempotency_mismatch(key: str) -> StripeError:
         "different request.",
         type="idempotency_error",
     )
+
+
+def idempotency_key_in_use(key: str) -> StripeError:
+    # Stripe's 409 while the first request with the key still executes: nothing
+    # was saved, so a retry with the same key later gets the first one's answer.
+    return StripeError(
+        409,
+        "There is currently another in-progress request using this Idempotent Key (that "
+        "probably means you submitted twice, and the other request is still going through): "
+        f"{key}. Please try again later.",
+        type="idempotency_error",
+        code="idempotency_key_in_use",
+    )

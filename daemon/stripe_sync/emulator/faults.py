@@ -6,8 +6,10 @@ plain `500`/`503` come from in front of the API (nothing executed, nothing saved
 the idempotency key); a `500`/`503` with `stored` comes from inside the endpoint (the
 response is saved under the key and replayed for 24 hours, and with `created` the
 object and its events came into being first); `latency` holds the request before
-it executes; `applied_response_lost` executes and saves, then drops the connection
-before the response.
+it executes, or with `executing` after it began executing (its idempotency key is
+taken: another request with that key meanwhile gets Stripe's 409
+`idempotency_key_in_use`); `applied_response_lost` executes and saves, then drops
+the connection before the response.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class FaultRule:
     seconds: float = 0.0
     stored: bool = False
     created: bool = False
+    executing: bool = False
     hits: int = field(default=0)
 
     def matches(self, method: str, path: str, template: str) -> bool:
@@ -45,14 +48,18 @@ class FaultRule:
 def parse_rule(spec: dict[str, Any]) -> FaultRule:
     """JSON shape: {"kind": "500", "endpoint": "POST /v1/customers", "count": 2},
     {"kind": "rate_limit", "rate": 0.1} (rate rules apply until cleared), or
-    {"kind": "500", "endpoint": "POST /v1/customers", "stored": true, "created": true}."""
+    {"kind": "500", "endpoint": "POST /v1/customers", "stored": true, "created": true},
+    {"kind": "latency", "seconds": 2, "executing": true}."""
     kind = str(spec["kind"])
     if kind not in KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; expected one of {KINDS}")
     stored, created = spec.get("stored", False), spec.get("created", False)
-    for name, flag in (("stored", stored), ("created", created)):
+    executing = spec.get("executing", False)
+    for name, flag in (("stored", stored), ("created", created), ("executing", executing)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be true or false, got {flag!r}")
+    if executing and kind != "latency":
+        raise ValueError(f"executing applies to the latency fault, not {kind!r}")
     if (stored or created) and kind not in SERVER_ERRORS:
         raise ValueError(f"stored and created apply to the {SERVER_ERRORS} faults, not {kind!r}")
     if created and not stored:
@@ -74,6 +81,7 @@ def parse_rule(spec: dict[str, Any]) -> FaultRule:
         seconds=float(spec.get("seconds", 0.0)),
         stored=stored,
         created=created,
+        executing=executing,
     )
 
 

@@ -25,9 +25,23 @@ class IdempotencyStore:
     def __init__(self, ttl: float = DEFAULT_TTL) -> None:
         self.ttl = ttl
         self._entries: dict[tuple[str, str], StoredResponse] = {}
+        # Keys whose first request began executing and has not saved its response.
+        self._executing: set[tuple[str, str]] = set()
 
     def clear(self) -> None:
         self._entries.clear()
+        self._executing.clear()
+
+    def begin(self, api_key: str, key: str) -> bool:
+        """Take the key for a request that begins executing; False while another
+        request with it is still executing (Stripe answers that one 409)."""
+        if (api_key, key) in self._executing:
+            return False
+        self._executing.add((api_key, key))
+        return True
+
+    def end(self, api_key: str, key: str) -> None:
+        self._executing.discard((api_key, key))
 
     def lookup(self, api_key: str, key: str, now: float) -> StoredResponse | None:
         # Keys are scoped per API key (per account in Stripe) and expire by the emulator clock.
