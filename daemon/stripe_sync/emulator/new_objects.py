@@ -1,5 +1,5 @@
 """New objects as Stripe creates them: every top-level field the current API returns, at
-its initial value (checked against stripe/openapi fixtures in tests/test_emulator_shapes.py).
+its initial value (checked against stripe/openapi fixtures in tests/unit/test_emulator_shapes.py).
 Handlers fill in what the request sets. Billing objects are in new_objects_billing.py."""
 
 from __future__ import annotations

@@ -15,10 +15,12 @@ import pytest
 
 from stripe_sync import __version__
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
+def _run(
+    *cmd: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout, check=False,

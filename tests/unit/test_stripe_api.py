@@ -51,7 +51,7 @@ def test_unpaced_pacer_returns_at_once() -> None:
 
 def error(cls: type[stripe.StripeError], status: int, **headers: str) -> stripe.StripeError:
     extra = {"param": None} if "param" in inspect.signature(cls).parameters else {}
-    return cls(  # type: ignore[call-arg]
+    return cls(
         "boom",
         **extra,
         http_status=status,
@@ -66,7 +66,7 @@ def error(cls: type[stripe.StripeError], status: int, **headers: str) -> stripe.
         (error(stripe.RateLimitError, 429), TransientError),
         (error(stripe.APIError, 500), TransientError),
         (error(stripe.APIError, 503), TransientError),
-        (stripe.APIConnectionError("reset"), TransientError),
+        (stripe.APIConnectionError("reset"), TransientError),  # type: ignore[no-untyped-call]
         (error(stripe.InvalidRequestError, 409, **{"stripe-should-retry": "true"}), TransientError),
         (error(stripe.APIError, 409), TransientError),  # idempotency_key_in_use
         (error(stripe.APIError, 500, **{"stripe-should-retry": "false"}), PermanentError),

@@ -43,12 +43,14 @@ def test_customer_crud(stripe_client: stripe.StripeClient, emulator: EmulatorSer
         params={"email": "ada@example.com", "name": "Ada", "metadata": {"tier": "gold"}}
     )
     assert cus.id.startswith("cus_") and cus.object == "customer"
+    assert cus.metadata is not None
     assert cus.livemode is False and cus.metadata["tier"] == "gold"
     assert stripe_client.v1.customers.retrieve(cus.id).email == "ada@example.com"
 
     updated = stripe_client.v1.customers.update(
         cus.id, params={"name": "Ada L.", "metadata": {"tier": "", "x": "1"}}
     )
+    assert updated.metadata is not None
     assert updated.name == "Ada L." and updated.metadata.to_dict() == {"x": "1"}
 
     deleted = stripe_client.v1.customers.delete(cus.id)
@@ -69,7 +71,8 @@ def test_errors(stripe_client: stripe.StripeClient, emulator: EmulatorServer) ->
     assert bad.value.http_status == 400 and bad.value.param == "product"
     assert bad.value.code == "parameter_missing"
     with pytest.raises(stripe.InvalidRequestError) as unknown:
-        stripe_client.v1.customers.create(params={"emial": "typo"})
+        # a deliberate typo: the emulator must refuse an unknown parameter, as Stripe does
+        stripe_client.v1.customers.create(params={"emial": "typo"})  # type: ignore[arg-type]
     assert unknown.value.param == "emial"
     with pytest.raises(stripe.AuthenticationError) as auth:
         _client(emulator, "sk_live_nope").v1.customers.list()
@@ -137,7 +140,7 @@ def test_search(stripe_client: stripe.StripeClient) -> None:
     a = stripe_client.v1.customers.create(params={"email": "a@x.io", "metadata": {"row": "1"}})
     stripe_client.v1.customers.create(params={"email": "b@x.io", "metadata": {"row": "2"}})
     found = stripe_client.v1.customers.search(params={"query": "metadata['row']:'1'"})
-    assert found.object == "search_result" and [c.id for c in found.data] == [a.id]
+    assert found.to_dict()["object"] == "search_result" and [c.id for c in found.data] == [a.id]
     assert found.next_page is None and found.has_more is False
     both = stripe_client.v1.customers.search(
         params={"query": "email:'a@x.io' AND metadata['row']:'1'"}
@@ -214,7 +217,10 @@ def test_products_and_prices(stripe_client: stripe.StripeClient) -> None:
     assert one_off.type == "one_time" and one_off.recurring is None
 
     with pytest.raises(stripe.InvalidRequestError) as err:
-        stripe_client.v1.prices.update(monthly.id, params={"unit_amount": 1})  # type: ignore[typeddict-unknown-key]
+        stripe_client.v1.prices.update(
+            monthly.id,
+            params={"unit_amount": 1},  # type: ignore[arg-type]
+        )
     assert err.value.http_status == 400 and err.value.param == "unit_amount"
     renamed = stripe_client.v1.prices.update(
         monthly.id, params={"nickname": "Quarterly", "active": False, "metadata": {"a": "b"}}
@@ -249,6 +255,7 @@ def test_subscription_lifecycle(stripe_client: stripe.StripeClient) -> None:
     assert inv.parent is not None and inv.parent.subscription_details is not None
     assert inv.parent.subscription_details.subscription == sub.id
     assert inv.lines.data[0].amount == 3000
+    assert inv.payments is not None
     pi_id = inv.payments.data[0].payment.payment_intent
     pi = stripe_client.v1.payment_intents.retrieve(str(pi_id))
     assert pi.status == "succeeded" and pi.amount == 3000
@@ -306,7 +313,7 @@ def test_subscription_trial_and_validation(stripe_client: stripe.StripeClient) -
         )
     assert err.value.http_status == 404 and err.value.param == "customer"
     one_off = stripe_client.v1.prices.create(
-        params={"product": price.product, "currency": "usd", "unit_amount": 1}
+        params={"product": str(price.product), "currency": "usd", "unit_amount": 1}
     )
     with pytest.raises(stripe.InvalidRequestError) as err:
         stripe_client.v1.subscriptions.create(

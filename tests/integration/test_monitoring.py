@@ -22,7 +22,7 @@ from stripe_sync.emulator.server import EmulatorServer
 from daemons import WEBHOOK_SECRET, DaemonProcess, poll
 from webhook_helpers import event, sign
 
-MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 RULES = MONITORING / "prometheus-alerts.yml"
 RULE_TESTS = MONITORING / "prometheus-alerts.test.yml"

@@ -84,9 +84,10 @@ def stripe_customers_by_account(emulator: EmulatorServer, dsn: str) -> Counter[s
         max_network_retries=0,
     )
     counts: Counter[str] = Counter()
-    domain = "@" + psycopg.conninfo.conninfo_to_dict(dsn)["dbname"] + ".example"
+    domain = f"@{psycopg.conninfo.conninfo_to_dict(dsn)['dbname']}.example"
     for customer in client.v1.customers.list(params={"limit": 100}).auto_paging_iter():
         if str(customer.email).endswith(domain):
+            assert customer.metadata is not None
             counts[customer.metadata["mc_account_id"]] += 1
     return counts
 

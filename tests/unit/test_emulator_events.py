@@ -226,6 +226,7 @@ def test_end_to_end_story(
     )
     invoice = stripe_client.v1.invoices.retrieve(str(sub.latest_invoice))
     assert invoice.status == "paid"
+    assert invoice.payments is not None
     pi = stripe_client.v1.payment_intents.retrieve(
         str(invoice.payments.data[0].payment.payment_intent)
     )
@@ -253,7 +254,7 @@ def test_end_to_end_story(
     by_type = {e.type: e for e in events}
     assert by_type["invoice.paid"].data.object["subscription"] == sub.id
     assert by_type["charge.refunded"].data.object["refunded"] is True
-    assert by_type["charge.refunded"].data.previous_attributes["refunded"] is False
+    assert by_type["charge.refunded"].data.previous_attributes["refunded"] is False  # type: ignore[index]
     assert by_type["customer.subscription.created"].data.object["latest_invoice"] == invoice.id
     stored = [json.loads(r.body)["id"] for r in webhook_receiver.requests]
     listed = [e.id for e in stripe_client.v1.events.list(params={"limit": 100}).data]

@@ -13,7 +13,7 @@ import pytest
 
 from stripe_sync.config import CREDENTIALS
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "stripe-sync.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "stripe-sync.service"
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 

@@ -15,7 +15,7 @@ import pytest
 
 from stripe_sync.devcluster import ClusterError, find_bindir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from stripe_sync.emulator import EmulatorServer
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 FIXTURES = json.loads(
-    (Path(__file__).parent / "data" / "stripe_openapi_fixtures.json").read_text()
+    (Path(__file__).parents[1] / "data" / "stripe_openapi_fixtures.json").read_text()
 )["resources"]
 
 
