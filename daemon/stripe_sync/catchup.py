@@ -161,20 +161,12 @@ async def _store(ingestor: Ingestor, rows: list[Row], result: CatchUpResult) -> 
     if result.dry_run:
         result.newly_stored += len(lacking)
         return
-    refused = 0
-    try:
-        outcome = await ingestor.store_rows(lacking)
-    except Unstorable:
-        # Store them one by one, to count exactly and name the refused ones.
-        outcome = []
-        for row in lacking:
-            try:
-                outcome += await ingestor.store_rows([row])
-            except Unstorable as exc:
-                refused += 1
-                result.errors = [*(result.errors or []), str(exc)]
-                outcome.append(False)
-    new = sum(outcome)
+    outcome = await ingestor.store_rows(lacking)
+    errors = [str(r) for r in outcome if isinstance(r, Unstorable)]
+    if errors:
+        result.errors = [*(result.errors or []), *errors]
+    refused = len(errors)
+    new = sum(r is True for r in outcome)
     result.newly_stored += new
     result.refused += refused
     # The rest was stored by a delivery (or another catch-up) since our look-up.

@@ -144,7 +144,7 @@ class Daemon:
         endpoint = WebhookEndpoint(
             ingestor, [x.reveal() for x in s.webhook_secrets], tolerance=s.webhook_tolerance
         )
-        app = create_app(endpoint, self.ready)
+        app = create_app(endpoint.handle, self.ready)
 
         async with anyio.create_task_group() as tg:
             await tg.start(self.listener.run)

@@ -160,6 +160,27 @@ async def test_pages_and_counts_requests(
     assert set(stored(conn)) == set(event_ids(emulator, "customer.created"))
 
 
+@pytest.mark.anyio
+async def test_a_refused_event_is_named_and_the_rest_stored(
+    dsn: str, conn: Conn, emulator: EmulatorServer, stripe_client: Any
+) -> None:
+    dead_endpoint(emulator)
+    for name in ("a", "b\x00c", "d"):  # jsonb cannot hold \u0000
+        stripe_client.v1.customers.create(params={"name": name})
+    settle(emulator)
+    api = StripeApi(Secret(API_KEY), api_base=emulator.base_url, rate_limit=0)
+    async with make_pool(dsn, size=2) as pool:
+        result = await catch_up(api, Ingestor(pool), since=parse_since("1h"))
+    assert (result.listed, result.newly_stored, result.refused, result.already_stored) == (
+        3, 2, 1, 0,
+    )  # fmt: skip
+    assert len(stored(conn)) == 2
+    refused = set(event_ids(emulator, "customer.created")) - set(stored(conn))
+    assert result.errors is not None and result.errors[0].startswith(
+        f"{refused.pop()}: Untranslatable"
+    )
+
+
 def test_parse_since() -> None:
     now = 1_750_000_000.0
     assert parse_since("6h", now) == now - 6 * 3600

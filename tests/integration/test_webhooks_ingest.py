@@ -14,7 +14,7 @@ import pytest
 
 from stripe_sync.db import make_pool
 from stripe_sync.webhooks.events import Envelope
-from stripe_sync.webhooks.ingest import Ingestor, Unstorable
+from stripe_sync.webhooks.ingest import Ingestor, Unstorable, row_for
 
 from webhook_helpers import event
 
@@ -100,6 +100,17 @@ async def test_one_unstorable_event_does_not_fail_its_batch(
     assert isinstance(outcomes.pop(5), Unstorable)
     assert set(outcomes.values()) == {True}
     assert count(conn) == 19
+
+
+async def test_store_rows_answers_per_row(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    raws = [raw_event(1), raw_event(2, name="a\x00b"), raw_event(3), raw_event(1)]
+    async with make_pool(dsn, size=2) as pool:
+        outcome = await Ingestor(pool).store_rows([row_for(*r) for r in raws])
+    assert outcome[0] is True and outcome[2] is True and outcome[3] is False
+    assert isinstance(outcome[1], Unstorable) and str(outcome[1]).startswith(
+        "evt_0002: UntranslatableCharacter"
+    )
+    assert count(conn) == 2
 
 
 async def test_without_collector_stores_directly(dsn: str, conn: psycopg.Connection[Any]) -> None:

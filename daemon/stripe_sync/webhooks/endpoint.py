@@ -6,11 +6,13 @@ is a no-op and also 200), and 5xx when it could not be stored. Requests
 that can never succeed (no or bad signature, stale timestamp, not an event,
 too large) get 4xx with a short JSON reason and store nothing.
 
-Mounting (the daemon)::
+Mounting (the daemon): the endpoint stores through an Ingestor, whose
+group-commit collector its owner runs, and is a Starlette request handler::
 
-    endpoint = WebhookEndpoint(pool, secrets)
-    Route("/webhooks/stripe", endpoint, methods=["POST"])
-    ... tg.start(endpoint.ingestor.run)  # the group-commit collector
+    ingestor = Ingestor(pool)
+    endpoint = WebhookEndpoint(ingestor, secrets)
+    Route("/webhooks/stripe", endpoint.handle, methods=["POST"])
+    ... tg.start(ingestor.run)
 """
 
 from __future__ import annotations
@@ -18,16 +20,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, overload
 
 import msgspec
 import stripe
-from psycopg_pool import AsyncConnectionPool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
-from ..config import Secret
 from ..metrics import WEBHOOK_INGEST_SECONDS, WEBHOOKS_RECEIVED
 from .events import Envelope, ObjectHead
 from .ingest import Ingestor, StoreError, Unstorable
@@ -45,43 +43,19 @@ class _Reject(Exception):
 class WebhookEndpoint:
     def __init__(
         self,
-        pool: AsyncConnectionPool | Ingestor,
-        secrets: Sequence[str | Secret],
+        ingestor: Ingestor,
+        secrets: Sequence[str],
         *,
         tolerance: int = 300,
         max_body: int = 1 << 20,
-        ingestor: Ingestor | None = None,
     ) -> None:
         # Several secrets while one is being rotated: either verifies.
-        self.secrets = [s.reveal() if isinstance(s, Secret) else s for s in secrets]
-        self.secrets = [s for s in self.secrets if s.strip()]
+        self.secrets = [s for s in secrets if s.strip()]
         if not self.secrets:
             raise ValueError("WebhookEndpoint needs at least one webhook signing secret")
         self.tolerance = tolerance
         self.max_body = max_body
-        # The daemon may hand over its Ingestor (whose collector it runs) in
-        # place of the pool.
-        if ingestor is None:
-            ingestor = pool if isinstance(pool, Ingestor) else Ingestor(pool)
         self.ingestor = ingestor
-
-    # Starlette's Route treats any object that is not a function as an ASGI
-    # app, so the endpoint answers both ways: called with a Request (as a
-    # request handler) and with (scope, receive, send) (as mounted).
-    @overload
-    async def __call__(self, request: Request, /) -> Response: ...
-
-    @overload
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, /) -> None: ...
-
-    async def __call__(self, *args: Any) -> Response | None:
-        if len(args) == 3:
-            scope, receive, send = args
-            response = await self.handle(Request(scope, receive))
-            await response(scope, receive, send)
-            return None
-        request: Request = args[0]
-        return await self.handle(request)
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()

@@ -16,8 +16,10 @@ Usage (the daemon, and the ``catch-up`` command)::
         ingestor.stop()
 
 or ``async with ingestor.running(): ...``. Without a running collector,
-``store`` inserts the one event directly, so nothing breaks if the daemon
-never started it (it is merely slower under load).
+``store`` commits the one event itself, through the same ``_commit`` path, so
+nothing breaks if the daemon never started it (it is merely slower under
+load). ``store_rows`` is that path for callers holding many events at once
+(``catch-up``): one statement, and row by row only when PostgreSQL refuses one.
 """
 
 from __future__ import annotations
@@ -107,38 +109,31 @@ class Ingestor:
         """
         waiter = _Waiter(row_for(raw, event))
         if self._send is None:
-            return (await self.store_rows([waiter.row]))[0]
-        self._send.send_nowait(waiter)  # unbounded: the request itself is the backpressure
-        # Shielded: a client hanging up must not leave the caller unsure
-        # whether the insert it started will commit.
-        with anyio.CancelScope(shield=True):
-            await waiter.done.wait()
+            await self._commit([waiter])
+        else:
+            self._send.send_nowait(waiter)  # unbounded: the request itself is the backpressure
+            # Shielded: a client hanging up must not leave the caller unsure
+            # whether the insert it started will commit.
+            with anyio.CancelScope(shield=True):
+                await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
         return waiter.stored
 
-    async def store_rows(self, rows: Sequence[Row]) -> list[bool]:
-        """Insert rows in one statement; per row, True if it was new.
-
-        For callers with many events at hand (catch-up). If PostgreSQL refuses
-        one row, the others are stored one by one and Unstorable names the
-        refused ones.
+    async def store_rows(self, rows: Sequence[Row]) -> list[bool | Unstorable]:
+        """Insert rows in one statement; per row, True if it was new, False if
+        its id was already stored, or the Unstorable that names why PostgreSQL
+        refused it (then the others are stored one by one, so one bad row
+        never fails the rest). Any other database error propagates.
         """
         try:
-            return await self._insert(rows)
+            return list(await self._insert(rows))
         except psycopg.DataError as exc:
             if len(rows) == 1:
-                raise Unstorable(f"{rows[0].event_id}: {_one_line(exc)}") from exc
-        results: list[bool] = []
-        refused: list[str] = []
+                return [Unstorable(f"{rows[0].event_id}: {_one_line(exc)}")]
+        results: list[bool | Unstorable] = []
         for row in rows:
-            try:
-                results.extend(await self._insert([row]))
-            except psycopg.DataError as exc:
-                refused.append(f"{row.event_id}: {_one_line(exc)}")
-                results.append(False)
-        if refused:
-            raise Unstorable("; ".join(refused))
+            results.extend(await self.store_rows([row]))
         return results
 
     async def _insert(self, rows: Sequence[Row]) -> list[bool]:
@@ -211,15 +206,9 @@ class Ingestor:
                 self.stop()
 
     async def _commit(self, batch: list[_Waiter]) -> None:
+        """Store a batch and answer each waiter (never raises)."""
         try:
-            results = await self._insert([w.row for w in batch])
-        except psycopg.DataError as exc:
-            if len(batch) == 1:
-                _fail(batch, Unstorable(_one_line(exc)))
-                return
-            # One bad row must not fail its batch-mates: one by one then.
-            for waiter in batch:
-                await self._commit([waiter])
+            results = await self.store_rows([w.row for w in batch])
         except (psycopg.Error, OSError) as exc:
             log.warning(
                 "storing webhook events failed",
@@ -230,8 +219,11 @@ class Ingestor:
             log.exception("storing webhook events failed")
             _fail(batch, StoreError(f"{type(exc).__name__}: {exc}"))
         else:
-            for waiter, stored in zip(batch, results, strict=True):
-                waiter.stored = stored
+            for waiter, result in zip(batch, results, strict=True):
+                if isinstance(result, Unstorable):
+                    waiter.error = result
+                else:
+                    waiter.stored = result
                 waiter.done.set()
 
 
