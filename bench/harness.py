@@ -63,6 +63,16 @@ def latency_summary(seconds: Sequence[float], *, stall_ms: float = 10.0) -> dict
 # -- processes ---------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from
+    utime and stime of /proc/<pid>/stat. Unlike a rate, it hardly depends on
+    what else the machine runs: the figure to compare on a loaded box."""
+    # The command name (field 2) may hold spaces: split after its closing ")".
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of a process in MiB (VmRSS of /proc/<pid>/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

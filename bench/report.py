@@ -15,6 +15,9 @@ T2_TARGET = 2_500.0  # events/s, stored and applied
 T2_P99_TARGET = 15.0  # ms
 P_TARGET = 0.95  # of the limit, with 0 429s
 IDLE_RSS_TARGET = 60.0  # MB
+# Issue #11: the daemon's own CPU (utime+stime from /proc), which load hardly moves.
+T1_CPU_TARGET = 1.0  # ms per synced row
+T2_CPU_TARGET = 0.5  # ms per event stored and applied
 
 
 def machine() -> dict[str, Any]:
@@ -59,6 +62,16 @@ def _ratio(ours: float, peer: float) -> str:
     return f"{ours / peer:.1f}x"
 
 
+def _cpu_line(r: dict[str, Any], unit: str, target: float) -> tuple[str, str, str, str, str, str]:
+    """The daemon's own CPU per row/event (and the emulator's, when measured)."""
+    ours = r.get(f"daemon_cpu_ms_per_{unit}", math.nan)
+    text = f"daemon {_num(ours, 2)} ms/{unit}"
+    if "emulator_cpu_ms_per_row" in r:
+        text += f", emulator {_num(r['emulator_cpu_ms_per_row'], 2)} ms/row"
+    return ("", f"  CPU time per {unit} (utime+stime, /proc)", text, "", "",
+            f"daemon ≤{target} ms/{unit}: {_verdict(ours <= target)}")  # fmt: skip
+
+
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """(id, measurement, stripe-sync, peer, speed-up, target → verdict) per line."""
     out: list[tuple[str, str, str, str, str, str]] = []
@@ -82,10 +95,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     f"{_num(r['rows_per_s'])} rows/s", f"{_num(p)} jobs/s" if peer else "",
                     _ratio(r["rows_per_s"], p),
                     f"≥2,000 rows/s: {_verdict(r['rows_per_s'] >= T1_TARGET)}"))  # fmt: skip
+        out.append(_cpu_line(r, "row", T1_CPU_TARGET))
     if r := results.get("T1_latency"):
         out.append(("T1", f"  same, 50 ms Stripe latency, concurrency {r['concurrency']}",
                     f"{_num(r['rows_per_s'])} rows/s", "", "",
                     f"ceiling {r['concurrency'] / 0.05:,.0f}/s"))  # fmt: skip
+        out.append(_cpu_line(r, "row", T1_CPU_TARGET))
     if r := results.get("T2"):
         out.append(("T2", f"webhooks accepted ({r['events']:,} events, {r['clients']} clients)",
                     f"{_num(r['accepted_per_s'])} ev/s; p50 {r['p50_ms']:.1f} / "
@@ -94,6 +109,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         out.append(("T2", "  all stored and applied (status processed)",
                     f"{_num(r['applied_per_s'])} ev/s ({r['applied_seconds']:.1f} s)", "", "",
                     f"≥2,500 ev/s: {_verdict(r['applied_per_s'] >= T2_TARGET)}"))  # fmt: skip
+        out.append(_cpu_line(r, "event", T2_CPU_TARGET))
     if r := results.get("P"):
         ok = r["fraction"] >= P_TARGET and r["rate_limited"] == 0
         out.append(("P", f"pacing at {r['limit']} req/s ({r['seconds']:.0f} s)",

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     rows = counts.t1_rows
                     results["T1_latency"] = {
-                        **drain(dsn, [emulator, daemon], rows=rows, warmup=counts.t1_warmup),
+                        **drain(dsn, emulator, daemon, rows=rows, warmup=counts.t1_warmup),
                         "latency_ms": 50,
                         "concurrency": args.latency_concurrency,
                     }
@@ -227,7 +227,7 @@ def _main_stack(
         if "T1" in only:
             step(f"T1 outbox drain, {counts.t1_rows} rows")
             results["T1"] = drain(
-                dsn, [emulator, daemon], rows=counts.t1_rows, warmup=counts.t1_warmup
+                dsn, emulator, daemon, rows=counts.t1_rows, warmup=counts.t1_warmup
             )
             memory["after_t1_mb"] = rss_mb(daemon.pid)
         if "T2" in only:

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from harness import WEBHOOK_SECRET, BenchError, DaemonProc, latency_summary, wait_until
+from harness import (
+    WEBHOOK_SECRET,
+    BenchError,
+    DaemonProc,
+    cpu_seconds,
+    latency_summary,
+    wait_until,
+)
 
 PENDING = (
     "SELECT NOT EXISTS (SELECT 1 FROM integration.webhook_events "
@@ -140,11 +147,13 @@ def webhooks(
                 _request(_event(i, tag, account, customer, now), daemon.port, now)
                 for i, (account, customer) in enumerate(customers)
             ]
+            cpu0 = cpu_seconds(daemon.pid)
             latencies, statuses, start, end = asyncio.run(_post_all(daemon.port, requests, clients))
             bad = [s for s in statuses if s != 200]
             if bad:
                 raise BenchError(f"T2: {len(bad)} of {n} requests not accepted, e.g. {bad[0]}")
             applied_at = wait_until(admin, PENDING, timeout=600, interval=0.02, watch=[daemon])
+            cpu1 = cpu_seconds(daemon.pid)
             if not timed:
                 continue
             row = admin.execute(
@@ -164,6 +173,7 @@ def webhooks(
                 accepted_per_s=n / (end - start),
                 applied_seconds=applied_at - start,
                 applied_per_s=n / (applied_at - start),
+                daemon_cpu_ms_per_event=(cpu1 - cpu0) * 1000 / n,
             )
             return result
     raise BenchError("T2: no events")
