@@ -346,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep", action="store_true", help="leave everything running and print the URLs and DSN"
     )
+    demo.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="use this database instead of a throwaway one: it must be empty (or an earlier "
+        "demo's); DATABASE_URL is never used by the demo",
+    )
     return parser
 
 

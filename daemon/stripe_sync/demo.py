@@ -1,10 +1,15 @@
 """``stripe-sync demo``: the whole loop on this machine, no account, no network.
 
-A throwaway PostgreSQL (or ``DATABASE_URL``), the Stripe emulator and the
-daemon run as separate processes, as deployed. Then a DBA and a customer play
-their parts: accounts, products and prices go in by plain SQL with their
-outbox rows; a customer subscribes through the (emulated) Stripe API; a
-payment is refunded. What flows is shown live.
+A throwaway PostgreSQL (or, with ``--database-url``, an empty database of
+yours), the Stripe emulator and the daemon run as separate processes, as
+deployed. Then a DBA and a customer play their parts: accounts, products and
+prices go in by plain SQL with their outbox rows; a customer subscribes through
+the (emulated) Stripe API; a payment is refunded. Once everything has settled,
+one summary shows what went to Stripe, which events came back and which billing
+rows they produced.
+
+Nothing outlives the demo: SIGINT, SIGTERM and SIGHUP unwind it in order, and a
+reaper process (reaper.py) stops and deletes what is left if it is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -14,94 +19,68 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
 import psycopg
 import stripe
+from psycopg import sql
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from .db import queries, redact_dsn
 from .devcluster import ThrowawayCluster, free_port
 from .migrate import migrate
+from .reaper import Reaper
 
 API_KEY = "sk_test_demo_0000000000000000"
 WEBHOOK_SECRET = "whsec_demo_0000000000000000"
-console = Console(stderr=False, highlight=False)
-
-COUNTS = """
-SELECT 'integration.outbox' AS t, status, count(*) FROM integration.outbox GROUP BY status
-UNION ALL SELECT 'integration.webhook_events', status, count(*)
-          FROM integration.webhook_events GROUP BY status
-UNION ALL SELECT 'stripe.customer_mappings', sync_status, count(*)
-          FROM stripe.customer_mappings GROUP BY sync_status
-UNION ALL SELECT 'stripe.product_mappings', sync_status, count(*)
-          FROM stripe.product_mappings GROUP BY sync_status
-UNION ALL SELECT 'stripe.price_mappings', sync_status, count(*)
-          FROM stripe.price_mappings GROUP BY sync_status
-UNION ALL SELECT 'stripe.subscription_mappings', sync_status, count(*)
-          FROM stripe.subscription_mappings GROUP BY sync_status
-UNION ALL SELECT 'billing.subscriptions', status, count(*)
-          FROM billing.subscriptions GROUP BY status
-UNION ALL SELECT 'billing.invoices', status, count(*) FROM billing.invoices GROUP BY status
-UNION ALL SELECT 'billing.payments', status || '/refund:' || refund_status, count(*)
-          FROM billing.payments GROUP BY 2
-ORDER BY 1, 2
-"""
-
-STORY_SQL = """
-INSERT INTO billing.accounts (email, name) VALUES
-  ('ada@example.com', 'Ada Lovelace'), ('alan@example.com', 'Alan Turing'),
-  ('grace@example.com', 'Grace Hopper');
-INSERT INTO billing.products (name, description) VALUES
-  ('Member', 'Monthly membership'), ('Workshop', 'One-off workshop seat');
-INSERT INTO billing.prices (product_id, currency, unit_amount, recurring_interval, nickname)
-  SELECT id, 'eur', 1500, 'month', 'member monthly' FROM billing.products WHERE name = 'Member';
-INSERT INTO billing.prices (product_id, currency, unit_amount, recurring_interval, nickname)
-  SELECT id, 'eur', 15000, 'year', 'member yearly' FROM billing.products WHERE name = 'Member';
-INSERT INTO billing.prices (product_id, currency, unit_amount, nickname)
-  SELECT id, 'eur', 4000, 'workshop seat' FROM billing.products WHERE name = 'Workshop';
-SELECT integration.seed_outbox();
-"""
+# Piped into a file, rich would wrap at 80 columns; a log reads better unwrapped.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+Q = queries("demo")
 
 
-def counts_table(dsn: str, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("table")
-    table.add_column("status")
-    table.add_column("rows", justify="right")
-    with psycopg.connect(dsn) as conn:
-        for name, status, n in conn.execute(COUNTS):
-            table.add_row(name, str(status), str(n))
-    return table
+class DemoError(Exception):
+    """A reason the demo cannot go on, told in one line (never a traceback)."""
 
 
-def wait(what: str, check: Callable[[], bool], dsn: str, live: Live, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        live.update(counts_table(dsn, f"waiting: {what}"))
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"demo step timed out: {what}")
-        time.sleep(0.05)
-    live.update(counts_table(dsn, f"done: {what}"))
+class Stopped(Exception):
+    """SIGTERM or SIGHUP: unwind like Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def scalar(dsn: str, query: str) -> Any:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(query).fetchone()
-    return row[0] if row else None
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    # Once: a second signal during the clean-up must not cut it short.
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def rows(dsn: str, name: str, **params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(Q[name].encode(), params or None).fetchall()
 
 
 @contextmanager
-def process(name: str, argv: list[str], env: dict[str, str], log_path: str) -> Iterator[None]:
+def process(
+    argv: list[str], env: dict[str, str], log_path: Path, reaper: Reaper
+) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    reaper.pid(proc.pid)
     try:
-        yield
+        yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -109,9 +88,10 @@ def process(name: str, argv: list[str], env: dict[str, str], log_path: str) -> I
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
 
-def wait_http(url: str, timeout: float = 20.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -119,149 +99,300 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
                 return
         except httpx.HTTPError:
             pass
+        if proc.poll() is not None:
+            raise DemoError(f"{log.stem} exited with {proc.returncode}:\n{_tail(log)}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not come up")
+            raise DemoError(f"{url} did not answer within {timeout:.0f} s:\n{_tail(log)}")
         time.sleep(0.05)
 
 
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "  (no log)"
+    return "\n".join(f"  | {line}" for line in text[-lines:])
+
+
+def _progress(dsn: str, what: str) -> Text:
+    done, events, paid, refunded = rows(dsn, "progress")[0]
+    return Text(
+        f"  … {what}: outbox rows done {done}, webhook events {events}, "
+        f"payments {paid}, refunded {refunded}",
+        style="dim",
+    )
+
+
+def wait(what: str, check: Callable[[], bool], dsn: str, live: Live, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        live.update(_progress(dsn, what))
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f} s waiting for: {what}")
+        time.sleep(0.05)
+    live.console.print(f"  ✓ {what}")
+
+
+def settle(dsn: str, quiet_for: float = 1.0, timeout: float = 15.0) -> list[tuple[Any, ...]]:
+    """Wait until no row is pending and no new event arrived for ``quiet_for`` s.
+
+    Returns what is still moving at the timeout (empty when settled): Stripe
+    sends some events a moment after the request that caused them.
+    """
+    deadline = time.monotonic() + timeout
+    last, quiet_since = -1, time.monotonic()
+    while True:
+        moving = rows(dsn, "moving")
+        events = rows(dsn, "progress")[0][1]
+        if events != last or moving:
+            last, quiet_since = events, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_for:
+            return []
+        if time.monotonic() > deadline:
+            return moving
+        time.sleep(0.1)
+
+
+def use_database(url: str) -> str:
+    """An empty database of the user's, or one an earlier demo marked as its own."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            ours = conn.execute("SELECT to_regclass('billing.accounts') IS NOT NULL").fetchone()
+            others = conn.execute(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+                "AND n.nspname NOT IN ('billing', 'stripe', 'integration', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1 LIMIT 3"
+            ).fetchall()
+            present = (
+                conn.execute(Q["rows_present"].encode()).fetchall() if ours and ours[0] else []
+            )
+            marked = conn.execute(Q["marked"].encode()).fetchone()
+    except psycopg.Error as e:
+        raise DemoError(f"cannot use {redact_dsn(url)}: {str(e).strip()}") from None
+    if others:
+        names = ", ".join(r[0] for r in others)
+        raise DemoError(
+            f"{redact_dsn(url)} holds tables of another application ({names}, …): the demo "
+            "writes test data and fake Stripe ids, so it only uses an empty database "
+            "(createdb stripe_sync_demo) or, without --database-url, a throwaway one"
+        )
+    if present and not (marked and marked[0]):
+        held = ", ".join(f"{t} {n}" for t, n in present)
+        raise DemoError(
+            f"{redact_dsn(url)} already holds rows the demo did not create ({held}): it only "
+            "uses an empty database (createdb stripe_sync_demo) or, without --database-url, "
+            "a throwaway one"
+        )
+    return url
+
+
+def claim_database(dsn: str) -> None:
+    """Empty an earlier demo's rows and mark the database as the demo's own."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        marked = conn.execute(Q["marked"].encode()).fetchone()
+        if marked and marked[0]:
+            conn.execute(Q["wipe"].encode())
+        db = conn.execute("SELECT current_database()").fetchone()
+        try:
+            conn.execute(sql.SQL(Q["mark"]).format(db=sql.Identifier(str(db and db[0]))))
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # not the owner: a second run will ask for an empty database again
+
+
+def table(title: str, headers: tuple[str, ...], body: list[tuple[Any, ...]]) -> Table:
+    t = Table(title=title, title_justify="left", title_style="bold")
+    for h in headers:
+        t.add_column(h, no_wrap=True)
+    for row in body:
+        t.add_row(*(str(v) for v in row))
+    return t
+
+
+def summary(dsn: str) -> None:
+    console.print(
+        table(
+            "Outbox → Stripe: each row of the member console and its Stripe object",
+            ("MC row", "what", "Stripe id", "mapping"),
+            [row[2:] for row in rows(dsn, "created_in_stripe")],
+        )
+    )
+    console.print(
+        table(
+            "Stripe → webhooks: the events received",
+            ("event type", "status", "count"),
+            rows(dsn, "events_received"),
+        )
+    )
+    console.print(
+        table(
+            "What the webhooks produced in billing.*",
+            ("MC row", "what", "status"),
+            [row[2:] for row in rows(dsn, "billing_rows")],
+        )
+    )
+
+
 def main(args: argparse.Namespace) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
+    logdir: Path | None = None
+    try:
+        with ExitStack() as stack:
+            # First in, last out: it is told of each thing as it is made.
+            reaper = stack.enter_context(Reaper())
+            logdir = Path(tempfile.mkdtemp(prefix="stripe-sync-demo-"))
+            reaper.dir(logdir)
+            stack.callback(_remove, logdir)
+            return _play(args, stack, reaper, logdir)
+    except KeyboardInterrupt:
+        console.print("stopped (Ctrl-C); everything it started is stopped and deleted")
+        return 130
+    except Stopped as e:
+        console.print(f"stopped ({e}); everything it started is stopped and deleted")
+        return 128 + e.signum
+    except (DemoError, stripe.StripeError, psycopg.Error, OSError) as e:
+        console.print(f"[bold red]demo failed[/]: {e}", soft_wrap=True)
+        return 1
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _play(args: argparse.Namespace, stack: ExitStack, reaper: Reaper, logdir: Path) -> int:
     started = time.monotonic()
-    with ExitStack() as stack:
-        dsn = os.environ.get("DATABASE_URL")
-        if dsn:
-            console.print("[bold]database[/]: DATABASE_URL (yours; the demo adds rows to it)")
-        else:
-            cluster = stack.enter_context(ThrowawayCluster())
-            dsn = cluster.dsn
-            console.print(f"[bold]database[/]: throwaway PostgreSQL in {cluster.dir}")
-        applied = migrate(dsn)
-        console.print(f"[bold]migrate[/]: {len(applied)} migration(s) applied")
-
-        emu_port, daemon_port = free_port(), free_port()
-        emulator_url = f"http://127.0.0.1:{emu_port}"
-        daemon_url = f"http://127.0.0.1:{daemon_port}"
-        logdir = stack.enter_context(_tempdir())
-        python = sys.executable
-        stack.enter_context(
-            process(
-                "emulator",
-                [
-                    python,
-                    "-m",
-                    "stripe_sync.emulator",
-                    "--bind",
-                    f"127.0.0.1:{emu_port}",
-                    "--api-key",
-                    API_KEY,
-                    "--webhook-url",
-                    f"{daemon_url}/webhooks/stripe",
-                    "--webhook-secret",
-                    WEBHOOK_SECRET,
-                ],
-                dict(os.environ),
-                f"{logdir}/emulator.log",
-            )
-        )
-        env = {
-            **os.environ,
-            "DATABASE_URL": dsn,
-            "STRIPE_API_KEY": API_KEY,
-            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "STRIPE_API_BASE": emulator_url,
-            "STRIPE_SYNC_BIND": f"127.0.0.1:{daemon_port}",
-            "STRIPE_SYNC_RATE_LIMIT": "0",
-        }
-        stack.enter_context(
-            process("daemon", [python, "-m", "stripe_sync.cli", "run"], env, f"{logdir}/daemon.log")
-        )
-        wait_http(f"{emulator_url}/_emulator/requests")
-        wait_http(f"{daemon_url}/readyz")
-        console.print(
-            f"[bold]emulator[/]: {emulator_url}   [bold]daemon[/]: {daemon_url} (logs in {logdir})"
-        )
-
-        client = stripe.StripeClient(
-            API_KEY, base_addresses={"api": emulator_url}, max_network_retries=0
-        )
-        with Live(counts_table(dsn, "starting"), console=console, refresh_per_second=12) as live:
-            live.console.print(
-                "[bold cyan]1. A DBA inserts 3 accounts, 2 products, 3 prices "
-                "and their outbox rows with plain SQL[/]"
-            )
-            with psycopg.connect(dsn) as conn:
-                conn.execute(STORY_SQL.encode())
-            wait(
-                "outbox rows → Stripe objects → mappings",
-                lambda: (
-                    scalar(dsn, "SELECT count(*) FROM integration.outbox WHERE status = 'done'")
-                    == 8
-                ),
-                dsn,
-                live,
-            )
-
-            live.console.print(
-                "[bold cyan]2. Ada subscribes to the monthly membership (through the Stripe API)[/]"
-            )
-            cus = scalar(
-                dsn,
-                "SELECT stripe_customer_id FROM stripe.customer_mappings m "
-                "JOIN billing.accounts a ON a.id = m.account_id "
-                "WHERE a.email = 'ada@example.com'",
-            )
-            price = scalar(
-                dsn,
-                "SELECT stripe_price_id FROM stripe.price_mappings m "
-                "JOIN billing.prices p ON p.id = m.price_id "
-                "WHERE p.nickname = 'member monthly'",
-            )
-            sub = client.v1.subscriptions.create(
-                params={"customer": cus, "items": [{"price": price}]}
-            )
-            wait(
-                "webhooks → subscription, invoice, payment",
-                lambda: (
-                    scalar(dsn, "SELECT count(*) FROM billing.payments WHERE status = 'succeeded'")
-                    == 1
-                ),
-                dsn,
-                live,
-            )
-
-            live.console.print("[bold cyan]3. Support refunds Ada's first payment[/]")
-            invoice = client.v1.invoices.list(params={"subscription": sub.id}).data[0]
-            pi = client.v1.payment_intents.list(params={"customer": cus}).data[0]
-            client.v1.refunds.create(params={"payment_intent": pi.id})
-            wait(
-                "refund webhook → payment refunded",
-                lambda: scalar(dsn, "SELECT refund_status FROM billing.payments") == "full",
-                dsn,
-                live,
-            )
-            del invoice
-
-        console.print(counts_table(dsn, "summary"))
-        console.print(f"[bold green]demo finished in {time.monotonic() - started:.1f}s[/]")
-        if args.keep:
+    if args.database_url:
+        dsn = use_database(args.database_url)
+        console.print(f"[bold]database[/]: {redact_dsn(dsn)} (--database-url; empty or the demo's)")
+    else:
+        if os.environ.get("DATABASE_URL"):
             console.print(
-                f"\n[bold]kept running[/] (Ctrl-C stops and cleans up)\n"
-                f"  DATABASE_URL={dsn}\n  emulator: {emulator_url}\n"
-                f"  daemon:   {daemon_url}/readyz\n  logs:     {logdir}"
+                "DATABASE_URL is set but not used: the demo never writes into a database "
+                "unless given --database-url"
             )
-            try:
-                signal.pause()
-            except KeyboardInterrupt:
-                pass
+        cluster = stack.enter_context(ThrowawayCluster(reaper=reaper))
+        dsn = cluster.dsn
+        console.print(f"[bold]database[/]: throwaway PostgreSQL in {cluster.dir}")
+    applied = migrate(dsn)
+    claim_database(dsn)
+    console.print(f"[bold]migrate[/]: {len(applied)} migration(s) applied")
+
+    emu_port, daemon_port = free_port(), free_port()
+    emulator_url = f"http://127.0.0.1:{emu_port}"
+    daemon_url = f"http://127.0.0.1:{daemon_port}"
+    python = sys.executable
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_"))}
+    emulator_argv = ["--bind", f"127.0.0.1:{emu_port}", "--api-key", API_KEY]
+    emulator_argv += ["--webhook-url", f"{daemon_url}/webhooks/stripe"]
+    emulator_argv += ["--webhook-secret", WEBHOOK_SECRET]
+    emulator = stack.enter_context(
+        process(
+            [python, "-m", "stripe_sync.emulator", *emulator_argv],
+            base_env,
+            logdir / "emulator.log",
+            reaper,
+        )
+    )
+    env = {
+        **base_env,
+        "DATABASE_URL": dsn,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_API_BASE": emulator_url,
+        "STRIPE_SYNC_BIND": f"127.0.0.1:{daemon_port}",
+        "STRIPE_SYNC_RATE_LIMIT": "0",
+    }
+    daemon = stack.enter_context(
+        process([python, "-m", "stripe_sync.cli", "run"], env, logdir / "daemon.log", reaper)
+    )
+    wait_http(f"{emulator_url}/_emulator/requests", emulator, logdir / "emulator.log")
+    wait_http(f"{daemon_url}/readyz", daemon, logdir / "daemon.log")
+    console.print(f"[bold]emulator[/]: {emulator_url}   [bold]daemon[/]: {daemon_url}")
+
+    client = stripe.StripeClient(
+        API_KEY, base_addresses={"api": emulator_url}, max_network_retries=0
+    )
+    try:
+        _story(dsn, client)
+    except DemoError as e:
+        raise DemoError(
+            f"{e}\ndaemon log (end):\n{_tail(logdir / 'daemon.log')}\n"
+            f"emulator log (end):\n{_tail(logdir / 'emulator.log')}"
+        ) from None
+
+    moving = settle(dsn)
+    console.print()
+    summary(dsn)
+    if moving:
+        still = ", ".join(f"{t} {status} {n}" for t, status, n in moving)
+        console.print(f"still moving after 15 s: {still}")
+    else:
+        console.print("settled: no outbox row or webhook event is pending")
+    console.print(f"[bold green]demo finished in {time.monotonic() - started:.1f}s[/]")
+    if args.keep:
+        _keep(dsn, emulator_url, daemon_url, logdir, python)
     return 0
 
 
-@contextmanager
-def _tempdir() -> Iterator[str]:
-    import shutil
-    import tempfile
+def _story(dsn: str, client: stripe.StripeClient) -> None:
+    # transient: the progress line disappears; the step lines stay.
+    with Live(Text(""), console=console, transient=True, refresh_per_second=12) as live:
+        live.console.print(
+            "[bold cyan]1. A DBA inserts 3 accounts, 2 products, 3 prices and their outbox rows "
+            "with plain SQL[/]"
+        )
+        with psycopg.connect(dsn) as conn:
+            conn.execute(Q["story"].encode())
+        wait(
+            "8 outbox rows → 8 Stripe objects → 8 mappings",
+            lambda: rows(dsn, "progress")[0][0] == 8,
+            dsn,
+            live,
+        )
+        live.console.print(
+            "[bold cyan]2. Ada subscribes to the monthly membership (through the Stripe API)[/]"
+        )
+        (customer, price), *_ = rows(dsn, "ada")
+        sub = client.v1.subscriptions.create(
+            params={"customer": customer, "items": [{"price": price}]}
+        )
+        live.console.print(f"  Stripe made {sub.id} and sends its events to the daemon")
+        wait(
+            "webhooks → billing.subscriptions, billing.invoices, billing.payments",
+            lambda: rows(dsn, "progress")[0][2] == 1,
+            dsn,
+            live,
+        )
+        live.console.print("[bold cyan]3. Support refunds Ada's first payment[/]")
+        pi = client.v1.payment_intents.list(params={"customer": customer}).data[0]
+        refund = client.v1.refunds.create(params={"payment_intent": pi.id})
+        live.console.print(f"  Stripe made {refund.id} for {pi.id}")
+        wait(
+            "refund webhook → the payment is marked refunded",
+            lambda: rows(dsn, "progress")[0][3] == 1,
+            dsn,
+            live,
+        )
 
-    path = tempfile.mkdtemp(prefix="stripe-sync-demo-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+
+def _keep(dsn: str, emulator_url: str, daemon_url: str, logdir: Path, python: str) -> None:
+    bindir = Path(python).parent
+    console.print(
+        "\n[bold]kept running[/] (Ctrl-C, SIGTERM or a closed terminal stops and deletes it all)\n"
+        f"  DATABASE_URL={dsn}\n"
+        f"  STRIPE_API_KEY={API_KEY}   (the emulator's; it takes no other key)\n"
+        f"  STRIPE_API_BASE={emulator_url}\n"
+        f"  daemon:   {daemon_url}/readyz   {daemon_url}/webhooks/stripe\n"
+        f"  logs:     {logdir}\n"
+        f"  stripe-sync is {bindir / 'stripe-sync'}\n"
+        "try:\n"
+        f"  curl -s -u {API_KEY}: {emulator_url}/v1/customers\n"
+        f"  psql '{dsn}' -c 'SELECT * FROM stripe.customer_mappings'\n"
+        f"  DATABASE_URL='{dsn}' {bindir / 'stripe-sync'} status",
+        soft_wrap=True,
+    )
+    while True:
+        signal.pause()

@@ -31,6 +31,8 @@ from types import TracebackType
 
 import psycopg
 
+from .reaper import Reaper
+
 
 class ClusterError(Exception):
     pass
@@ -109,7 +111,7 @@ def _unprivileged_user() -> str:
 class ThrowawayCluster:
     """``with ThrowawayCluster() as c: c.dsn`` — stopped and deleted on exit."""
 
-    def __init__(self, *, durable: bool = False) -> None:
+    def __init__(self, *, durable: bool = False, reaper: Reaper | None = None) -> None:
         # durable=False turns off fsync: fine for data that dies with the run.
         self.durable = durable
         self.bindir = find_bindir()
@@ -117,6 +119,10 @@ class ThrowawayCluster:
         self.dir = Path(tempfile.mkdtemp(prefix="stripe-sync-pg-"))
         self.data = self.dir / "data"
         self._user = _unprivileged_user() if os.geteuid() == 0 else None
+        # Stops the server and deletes the directory if our process dies unannounced.
+        if reaper is not None:
+            reaper.dir(self.dir)
+            reaper.postgres(self.data)
 
     @property
     def dsn(self) -> str:

@@ -65,4 +65,4 @@ def test_built_wheel_migrates_reports_and_plays_the_demo(tmp_path: Path, empty_d
     assert "daemons listening: 0" in status and status.endswith("ok\n"), status
 
     demo = _run(cli, "demo", cwd=tmp_path, env=env, timeout=300).stdout
-    assert "demo finished" in demo and "succeeded/refund:full" in demo
+    assert "demo finished" in demo and "succeeded (refund: full)" in demo

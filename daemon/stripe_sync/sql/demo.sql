@@ -1,0 +1,114 @@
+-- The demo's story and what it shows (stripe-sync demo, demo.py).
+
+-- name: story
+-- A DBA's plain SQL: three accounts, two products, three prices, and their outbox rows.
+INSERT INTO billing.accounts (email, name) VALUES
+  ('ada@example.com', 'Ada Lovelace'), ('alan@example.com', 'Alan Turing'),
+  ('grace@example.com', 'Grace Hopper');
+INSERT INTO billing.products (name, description) VALUES
+  ('Member', 'Monthly membership'), ('Workshop', 'One-off workshop seat');
+INSERT INTO billing.prices (product_id, currency, unit_amount, recurring_interval, nickname)
+  SELECT id, 'eur', 1500, 'month', 'member monthly' FROM billing.products WHERE name = 'Member';
+INSERT INTO billing.prices (product_id, currency, unit_amount, recurring_interval, nickname)
+  SELECT id, 'eur', 15000, 'year', 'member yearly' FROM billing.products WHERE name = 'Member';
+INSERT INTO billing.prices (product_id, currency, unit_amount, nickname)
+  SELECT id, 'eur', 4000, 'workshop seat' FROM billing.products WHERE name = 'Workshop';
+SELECT integration.seed_outbox();
+
+-- name: rows_present
+-- What a database already holds, before the demo writes into it.
+SELECT t, n FROM (
+  SELECT 'billing.accounts' AS t, count(*) AS n FROM billing.accounts
+  UNION ALL SELECT 'billing.products', count(*) FROM billing.products
+  UNION ALL SELECT 'billing.prices', count(*) FROM billing.prices
+  UNION ALL SELECT 'billing.subscriptions', count(*) FROM billing.subscriptions
+  UNION ALL SELECT 'billing.invoices', count(*) FROM billing.invoices
+  UNION ALL SELECT 'billing.payments', count(*) FROM billing.payments
+  UNION ALL SELECT 'integration.outbox', count(*) FROM integration.outbox
+  UNION ALL SELECT 'integration.webhook_events', count(*) FROM integration.webhook_events
+) AS c WHERE n > 0 ORDER BY t
+
+-- name: mark
+-- The demo's own database: a later demo run may empty it again.
+COMMENT ON DATABASE {db} IS 'stripe-sync demo: its rows are the demo''s own'
+
+-- name: marked
+SELECT shobj_description(oid, 'pg_database') = 'stripe-sync demo: its rows are the demo''s own'
+FROM pg_database WHERE datname = current_database()
+
+-- name: wipe
+-- Only in a database the demo marked as its own: the previous story's rows
+-- point at objects of an emulator that is gone.
+TRUNCATE billing.accounts, billing.products, billing.prices, billing.subscriptions,
+         billing.subscription_items, billing.invoices, billing.payments,
+         stripe.provider_configs, stripe.customer_mappings, stripe.product_mappings,
+         stripe.price_mappings, stripe.subscription_mappings, stripe.invoice_mappings,
+         stripe.payment_mappings, integration.outbox, integration.webhook_events
+  RESTART IDENTITY CASCADE
+
+-- name: moving
+-- What has not settled yet; empty when the story is over.
+SELECT 'integration.outbox' AS t, status, count(*) FROM integration.outbox
+  WHERE status IN ('pending', 'processing') GROUP BY status
+UNION ALL
+SELECT 'integration.webhook_events', status, count(*) FROM integration.webhook_events
+  WHERE status IN ('pending', 'processing') GROUP BY status
+ORDER BY 1, 2
+
+-- name: progress
+SELECT (SELECT count(*) FROM integration.outbox WHERE status = 'done') AS outbox_done,
+       (SELECT count(*) FROM integration.webhook_events) AS events,
+       (SELECT count(*) FROM billing.payments WHERE status = 'succeeded') AS payments,
+       (SELECT count(*) FROM billing.payments WHERE refund_status = 'full') AS refunded
+
+-- name: ada
+SELECT c.stripe_customer_id, p.stripe_price_id
+FROM billing.accounts a
+JOIN stripe.customer_mappings c ON c.account_id = a.id
+CROSS JOIN billing.prices bp
+JOIN stripe.price_mappings p ON p.price_id = bp.id
+WHERE a.email = 'ada@example.com' AND bp.nickname = 'member monthly'
+
+-- name: created_in_stripe
+-- Outbox → Stripe: each MC row and the Stripe object made for it.
+SELECT 1 AS family, a.id, 'billing.accounts ' || a.id AS mc_row, a.name || ' <' || a.email || '>' AS what,
+       m.stripe_customer_id AS stripe_id, m.sync_status
+FROM stripe.customer_mappings m JOIN billing.accounts a ON a.id = m.account_id
+UNION ALL
+SELECT 2, p.id, 'billing.products ' || p.id, p.name, m.stripe_product_id, m.sync_status
+FROM stripe.product_mappings m JOIN billing.products p ON p.id = m.product_id
+UNION ALL
+SELECT 3, p.id, 'billing.prices ' || p.id,
+       p.nickname || ': ' || upper(p.currency) || ' ' || to_char(p.unit_amount / 100.0, 'FM999990.00')
+         || coalesce(' / ' || p.recurring_interval, ' once'),
+       m.stripe_price_id, m.sync_status
+FROM stripe.price_mappings m JOIN billing.prices p ON p.id = m.price_id
+ORDER BY 1, 2
+
+-- name: events_received
+-- Stripe → webhooks: what arrived and what became of it.
+SELECT event_type, status, count(*) FROM integration.webhook_events
+GROUP BY event_type, status ORDER BY event_type, status
+
+-- name: billing_rows
+-- What the webhooks produced in the member console's tables.
+SELECT 1 AS family, s.id, 'billing.subscriptions ' || s.id AS mc_row,
+       a.name || ', ' || string_agg(p.nickname, ', ') AS what, s.status AS state
+FROM billing.subscriptions s JOIN billing.accounts a ON a.id = s.account_id
+LEFT JOIN billing.subscription_items i ON i.subscription_id = s.id
+LEFT JOIN billing.prices p ON p.id = i.price_id
+GROUP BY s.id, a.name
+UNION ALL
+SELECT 2, v.id, 'billing.invoices ' || v.id,
+       a.name || ', ' || upper(v.currency) || ' ' || to_char(v.total / 100.0, 'FM999990.00'),
+       v.status
+FROM billing.invoices v JOIN billing.accounts a ON a.id = v.account_id
+UNION ALL
+SELECT 3, y.id, 'billing.payments ' || y.id,
+       coalesce(a.name || ', ', '') || upper(y.currency) || ' ' || to_char(y.amount / 100.0, 'FM999990.00')
+         || CASE WHEN y.amount_refunded > 0
+                 THEN ', refunded ' || to_char(y.amount_refunded / 100.0, 'FM999990.00') ELSE '' END,
+       y.status || CASE WHEN y.refund_status <> 'none' THEN ' (refund: ' || y.refund_status || ')'
+                        ELSE '' END
+FROM billing.payments y LEFT JOIN billing.accounts a ON a.id = y.account_id
+ORDER BY 1, 2
