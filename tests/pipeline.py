@@ -44,6 +44,7 @@ async def outbox_pipeline(
     lease_seconds: float = 15.0,
     worker_id: str = "test-worker",
     stripe_timeout: float = 10.0,
+    search_lag: float = 300.0,
 ) -> AsyncIterator[Pipeline]:
     pool = make_pool(dsn, size=concurrency + 2)
     async with pool:
@@ -52,7 +53,7 @@ async def outbox_pipeline(
         )
         worker = Worker(
             PostgresStore(OUTBOX, pool),
-            make_handler(Context(pool, api, await source_of(pool))),
+            make_handler(Context(pool, api, await source_of(pool), search_lag)),
             worker_id=worker_id,
             concurrency=concurrency,
             lease_seconds=lease_seconds,

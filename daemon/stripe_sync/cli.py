@@ -56,6 +56,8 @@ environment:
   STRIPE_SYNC_POOL_SIZE         database connections (default 10)
   STRIPE_SYNC_SHUTDOWN_TIMEOUT  seconds in-flight work gets on SIGTERM (default 30)
   STRIPE_SYNC_STRIPE_TIMEOUT    seconds per Stripe request (default 30)
+  STRIPE_SYNC_SEARCH_LAG        seconds before a create that met a saved 500 trusts
+                                Stripe's search (default 300)
   STRIPE_SYNC_WEBHOOK_TOLERANCE signature timestamp tolerance in seconds (default 300)
   STRIPE_SYNC_WEBHOOK_REFETCH   true: refetch objects from Stripe before applying (default false)
   STRIPE_SYNC_LOG_FORMAT        logfmt or json (default logfmt)

@@ -72,6 +72,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     pool_size: int = msgspec.field(default=10, name="STRIPE_SYNC_POOL_SIZE")
     shutdown_timeout: float = msgspec.field(default=30.0, name="STRIPE_SYNC_SHUTDOWN_TIMEOUT")
     stripe_timeout: float = msgspec.field(default=30.0, name="STRIPE_SYNC_STRIPE_TIMEOUT")
+    # Seconds a create whose 500 Stripe saved waits before its metadata search
+    # is trusted (then: adopt what it finds, or create with a new key). Stripe
+    # documents data as searchable "in under 1 minute" normally, later during
+    # an outage; 5 minutes leaves room, and a webhook maps the object sooner.
+    search_lag: float = msgspec.field(default=300.0, name="STRIPE_SYNC_SEARCH_LAG")
     webhook_tolerance: int = msgspec.field(default=300, name="STRIPE_SYNC_WEBHOOK_TOLERANCE")
     webhook_refetch: bool = msgspec.field(default=False, name="STRIPE_SYNC_WEBHOOK_REFETCH")
     log_format: Literal["logfmt", "json"] = msgspec.field(
@@ -93,6 +98,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name}: must be > 0, got {value}")
+        if self.search_lag < 0:
+            raise ValueError(f"STRIPE_SYNC_SEARCH_LAG: must be >= 0, got {self.search_lag}")
         if self.rate_limit is not None and self.rate_limit < 0:
             raise ValueError(f"STRIPE_SYNC_RATE_LIMIT: must be >= 0, got {self.rate_limit}")
         if self.stripe_api_key is not None:

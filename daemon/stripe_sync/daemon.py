@@ -127,8 +127,9 @@ class Daemon:
         async with self.pool.connection() as conn:
             await check_current(conn)
         _account, mode = await provider.check(self.pool, self.api, s.mode)
+        source = await source_of(self.pool)
         outbox = self._worker(
-            OUTBOX, outbox_handler(Context(self.pool, self.api, await source_of(self.pool)))
+            OUTBOX, outbox_handler(Context(self.pool, self.api, source, s.search_lag))
         )
         webhooks = self._worker(
             WEBHOOKS,

@@ -11,6 +11,21 @@ class PermanentError(Exception):
     """
 
 
+class SavedFailure(PermanentError):
+    """Stripe answered 5xx and saved that answer under the request's idempotency
+    key (``Stripe-Should-Retry: false``, or ``Idempotent-Replayed: true`` on the
+    replay): every retry with the key gets it again for 24 hours.
+
+    The outcome is unknown (the object may or may not exist) and that key cannot
+    tell more. Permanent for a caller that knows no better; the outbox executors
+    act on it (outbox/common.py: search and adopt, or a new key).
+    """
+
+    def __init__(self, message: str, *, replayed: bool) -> None:
+        super().__init__(message)
+        self.replayed = replayed  # this answer was a replay, not the first of the key
+
+
 class TransientError(Exception):
     """Worth retrying later with backoff (network, 5xx, 429, a mapping not there yet)."""
 

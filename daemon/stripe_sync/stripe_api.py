@@ -16,7 +16,7 @@ import anyio
 import stripe
 
 from .config import Secret
-from .errors import PermanentError, TransientError
+from .errors import PermanentError, SavedFailure, TransientError
 from .metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,13 @@ def classify(what: str, exc: stripe.StripeError) -> PermanentError | TransientEr
     if isinstance(exc, stripe.APIConnectionError):
         return TransientError(f"Stripe unreachable during {what}: {detail}")
     if should_retry == "true" or status == 429 or status is None or status >= 500:
+        replayed = headers.get("idempotent-replayed") == "true"
+        if status is not None and status >= 500 and (should_retry == "false" or replayed):
+            return SavedFailure(
+                f"Stripe failed with {status} during {what} and saved that answer under "
+                f"the idempotency key{' (this was its replay)' if replayed else ''}: {detail}",
+                replayed=replayed,
+            )
         if should_retry == "false":
             return PermanentError(
                 f"Stripe refused {what} ({status}) and says not to retry: {detail}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from psycopg import AsyncConnection
@@ -16,10 +17,11 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from ..db import queries
-from ..errors import PermanentError, TransientError
+from ..errors import PermanentError, SavedFailure, TransientError
 from ..jobs import Apply, Done, Job
 from ..mappings import Family
 from ..stripe_api import StripeApi, is_idempotency_conflict
+from .keys import create_key, write_key
 from .payloads import decode
 
 
@@ -28,28 +30,16 @@ class Context:
     pool: AsyncConnectionPool
     api: StripeApi
     # "<database>/<installation>" (schema/0007): in every object's metadata
-    # and every idempotency key, so databases sharing a Stripe account never
-    # replay or adopt each other's objects.
+    # and every idempotency key (keys.py), so databases sharing a Stripe
+    # account never replay or adopt each other's objects.
     source: str
-
-    @property
-    def key_prefix(self) -> str:
-        return f"stripe-sync:{self.source}"
+    # Seconds after a create met a 500 that Stripe saved before its search is
+    # trusted to show the object if it exists (STRIPE_SYNC_SEARCH_LAG).
+    search_lag: float = 300.0
 
     def metadata(self, family: Family, mc_id: int) -> dict[str, str]:
         assert family.metadata_key is not None, f"the outbox does not push {family.noun}s"
         return {family.metadata_key: str(mc_id), "mc_source": self.source}
-
-    def create_key(self, family: Family, mc_id: int, generation: int) -> str:
-        # Keyed by the MC row, not the outbox row: two create rows for one
-        # account (app + seed, a DBA's double insert) make one customer. The
-        # generation changes when a mapping is reset to re-create a vanished
-        # object (schema/0006), so Stripe does not replay the old answer.
-        suffix = f":g{generation}" if generation else ""
-        return f"{self.key_prefix}:create:{family.noun}:{mc_id}{suffix}"
-
-    def write_key(self, job: Job) -> str:
-        return f"{self.key_prefix}:outbox:{job.id}"
 
     def service(self, family: Family) -> Any:
         """The SDK service of the family (``client.v1.customers``, …)."""
@@ -94,14 +84,17 @@ async def create_or_adopt(
     family: Family,
     job: Job,
     mc_id: int,
-    generation: int,
+    row: MappedRow,
     params: dict[str, Any],
 ) -> Done:
     """Create the Stripe object for an MC row exactly once.
 
     The idempotency key covers a retry within Stripe's 24 h; after that (or
     when the key clashes because the row changed meanwhile) the object a
-    lost response created is found by its metadata and adopted.
+    lost response created is found by its metadata and adopted. A key that
+    met a 500 Stripe saved cannot tell whether the object exists: after
+    ``ctx.search_lag`` the search decides, and only if it finds nothing is a
+    new key (the next generation) committed and used.
     """
     service = ctx.service(family)
     what = f"create {family.noun} for {family.mc_table} id={mc_id}"
@@ -113,14 +106,28 @@ async def create_or_adopt(
         )
         return _only(found, family, mc_id)
 
-    found = await search() if job.attempts > 1 else None
+    generation = row.generation
+    found: StripeObject | None = None
+    if row.unknown_for is not None:
+        if (left := ctx.search_lag - row.unknown_for) > 0:
+            raise _waiting(ctx, family, what, generation, left)
+        found = await search()
+        if found is not None:
+            note = f"adopted {found.id}, found by its metadata after its create met a saved 500"
+            return Done(apply=record(family, mc_id, found.id), note=note)
+        generation = await _next_generation(ctx, family, mc_id, generation)
+    elif job.attempts > 1:
+        found = await search()
     if found is None:
-        key = ctx.create_key(family, mc_id, generation)
+        key = create_key(ctx.source, family, mc_id, generation)
         try:
             created: StripeObject = await ctx.api.call(
                 what, service.create_async(params=params, options={"idempotency_key": key})
             )
             found = created
+        except SavedFailure as exc:
+            left = ctx.search_lag - await _mark_unknown(ctx, family, mc_id, generation)
+            raise _waiting(ctx, family, what, generation, max(left, 0.0), str(exc)) from exc
         except PermanentError as exc:
             if not is_idempotency_conflict(exc):
                 raise
@@ -131,6 +138,51 @@ async def create_or_adopt(
                     f"{what}: an earlier attempt with other parameters is not searchable yet"
                 ) from exc
     return Done(apply=record(family, mc_id, found.id), note=None)
+
+
+def _waiting(
+    ctx: Context, family: Family, what: str, generation: int, left: float, cause: str = ""
+) -> TransientError:
+    """The wait for Stripe's search after a saved 500, saying what and until when."""
+    until = datetime.now(UTC) + timedelta(seconds=left)
+    return TransientError(
+        f"{what}: Stripe saved a 500 for the create key of generation {generation}, so "
+        f"the {family.noun} may or may not exist{f' ({cause})' if cause else ''}; waiting "
+        f"until {until:%Y-%m-%d %H:%M:%S} UTC (STRIPE_SYNC_SEARCH_LAG={ctx.search_lag:g}s) "
+        f"for Stripe's search, then adopting the {family.noun} it finds by metadata, or "
+        f"creating one with a new key (generation {generation + 1})",
+        retry_after=left,
+    )
+
+
+async def _mark_unknown(ctx: Context, family: Family, mc_id: int, generation: int) -> float:
+    """Record (durably) that this generation's key met a saved 500; seconds since."""
+    return float(await _step(ctx, family, "mark_create_unknown", mc_id, generation))
+
+
+async def _next_generation(ctx: Context, family: Family, mc_id: int, generation: int) -> int:
+    """Commit the next create generation (a new key) before any request uses it."""
+    return int(await _step(ctx, family, "next_generation", mc_id, generation))
+
+
+async def _step(ctx: Context, family: Family, query: str, mc_id: int, generation: int) -> Any:
+    """One committed step of a create's generation; what it returns, or _moved_on."""
+    async with ctx.pool.connection() as conn:
+        cur = await conn.execute(
+            family.query("outbox", query), {"mc_id": mc_id, "generation": generation}
+        )
+        row = await cur.fetchone()
+    if row is None:
+        raise _moved_on(family, mc_id)
+    return row[0]
+
+
+def _moved_on(family: Family, mc_id: int) -> TransientError:
+    return TransientError(
+        f"{family.mc_table} id={mc_id}: its {family.noun} mapping changed meanwhile "
+        "(a webhook confirmed the object, or another attempt moved on); looking again",
+        backoff_base=0.1,
+    )
 
 
 def _only(result: Any, family: Family, mc_id: int) -> StripeObject | None:
@@ -167,6 +219,8 @@ class MappedRow:
     stripe_id: str | None
     status: str | None
     generation: int
+    # Seconds since this generation's create key met a 500 Stripe saved; None: never.
+    unknown_for: float | None
 
 
 R = TypeVar("R", bound=MappedRow)
@@ -197,7 +251,7 @@ class Pushed(Generic[R]):
         params = self._params(ctx, mc_id, row)
         if self.create_fields is not None:
             params = {**await self.create_fields(ctx, mc_id, row), **params}
-        return await create_or_adopt(ctx, self.family, job, mc_id, row.generation, params)
+        return await create_or_adopt(ctx, self.family, job, mc_id, row, params)
 
     async def update(self, ctx: Context, job: Job) -> Done:
         mc_id = decode(job.payload, self.family)
@@ -232,9 +286,25 @@ class Pushed(Generic[R]):
     async def _update(
         self, ctx: Context, job: Job, verb: str, stripe_id: str, params: dict[str, Any]
     ) -> None:
-        await ctx.api.call(
-            f"{verb} {self.family.noun} {stripe_id}",
-            ctx.service(self.family).update_async(
-                stripe_id, params=params, options={"idempotency_key": ctx.write_key(job)}
-            ),
-        )
+        """Send an update with the row's key; when that key is spent (a replayed
+        500, or other parameters since), once more with a fresh key (keys.py)."""
+        what = f"{verb} {self.family.noun} {stripe_id}"
+        service = ctx.service(self.family)
+
+        async def send(key: str) -> None:
+            options: Any = {"idempotency_key": key}
+            update = service.update_async(stripe_id, params=params, options=options)
+            await ctx.api.call(what, update)
+
+        try:
+            await send(write_key(ctx.source, job))
+        except SavedFailure as exc:
+            if not exc.replayed:
+                # Stripe failed just now: retry later (the row's key then gets the
+                # replay, and a fresh key follows).
+                raise TransientError(f"{exc}; retrying with a fresh key") from exc
+            await send(write_key(ctx.source, job, fresh=True))
+        except PermanentError as exc:
+            if not is_idempotency_conflict(exc):
+                raise
+            await send(write_key(ctx.source, job, fresh=True))

@@ -1,11 +1,14 @@
 -- Queries of the outbox executors. {mapping} is stripe.<family>_mappings,
 -- {mc_col} its MC id column, {stripe_col} its Stripe id column. The load_*
--- queries name the mapping's columns stripe_id, status and generation alike
--- (outbox/common.py MappedRow): NULL/0 while the MC row has no mapping.
+-- queries name the mapping's columns stripe_id, status, generation and
+-- unknown_for alike (outbox/common.py MappedRow): NULL/0 while the MC row has
+-- no mapping. unknown_for: seconds since the current generation's create key
+-- met a 500 Stripe saved (schema/0008), by the database's clock; NULL if none.
 
 -- name: load_account
 SELECT a.email, a.name, m.stripe_customer_id AS stripe_id, m.sync_status AS status,
-       coalesce(m.create_generation, 0) AS generation
+       coalesce(m.create_generation, 0) AS generation,
+       extract(epoch FROM now() - m.create_unknown_since)::float8 AS unknown_for
 FROM billing.accounts a
 LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 WHERE a.id = %(id)s
@@ -21,12 +24,14 @@ pending AS (
     ON CONFLICT (account_id) DO NOTHING
 )
 SELECT a.email, a.name, m.stripe_customer_id AS stripe_id, m.sync_status AS status,
-       coalesce(m.create_generation, 0) AS generation
+       coalesce(m.create_generation, 0) AS generation,
+       extract(epoch FROM now() - m.create_unknown_since)::float8 AS unknown_for
 FROM a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 
 -- name: load_product
 SELECT p.name, p.description, p.active, m.stripe_product_id AS stripe_id,
-       m.sync_status AS status, coalesce(m.create_generation, 0) AS generation
+       m.sync_status AS status, coalesce(m.create_generation, 0) AS generation,
+       extract(epoch FROM now() - m.create_unknown_since)::float8 AS unknown_for
 FROM billing.products p
 LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 WHERE p.id = %(id)s
@@ -39,7 +44,8 @@ pending AS (
     ON CONFLICT (product_id) DO NOTHING
 )
 SELECT p.name, p.description, p.active, m.stripe_product_id AS stripe_id,
-       m.sync_status AS status, coalesce(m.create_generation, 0) AS generation
+       m.sync_status AS status, coalesce(m.create_generation, 0) AS generation,
+       extract(epoch FROM now() - m.create_unknown_since)::float8 AS unknown_for
 FROM p LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 
 -- name: load_price
@@ -48,6 +54,7 @@ SELECT p.product_id, p.currency, p.unit_amount, p.recurring_interval,
        p.recurring_interval_count, p.nickname, p.active,
        m.stripe_price_id AS stripe_id, m.sync_status AS status,
        coalesce(m.create_generation, 0) AS generation,
+       extract(epoch FROM now() - m.create_unknown_since)::float8 AS unknown_for,
        pm.stripe_product_id, pm.sync_status AS product_status
 FROM billing.prices p
 LEFT JOIN stripe.price_mappings m ON m.price_id = p.id
@@ -66,9 +73,27 @@ INSERT INTO {mapping} AS m ({mc_col}, {stripe_col}, sync_status, synced_at)
 VALUES (%(mc_id)s, %(stripe_id)s, %(status)s, now())
 ON CONFLICT ({mc_col}) DO UPDATE
 SET {stripe_col} = EXCLUDED.{stripe_col}, sync_status = EXCLUDED.sync_status,
-    synced_at = now(), updated_at = now()
+    synced_at = now(), updated_at = now(), create_unknown_since = NULL
 WHERE m.{stripe_col} IS NULL OR m.{stripe_col} = EXCLUDED.{stripe_col}
 RETURNING m.id
+
+-- name: mark_create_unknown
+-- The create key of this generation met a 500 that Stripe saved: from the
+-- first such answer on, the executor waits for the search index (schema/0008).
+-- A no-op once the mapping names an object (a webhook confirmed it meanwhile).
+UPDATE {mapping}
+SET create_unknown_since = coalesce(create_unknown_since, now()), updated_at = now()
+WHERE {mc_col} = %(mc_id)s AND create_generation = %(generation)s AND {stripe_col} IS NULL
+RETURNING extract(epoch FROM now() - create_unknown_since)::float8
+
+-- name: next_generation
+-- The search found no object after the wait: a new create key. Committed before
+-- the request that uses it; no row back means another attempt moved on first.
+UPDATE {mapping}
+SET create_generation = create_generation + 1, create_unknown_since = NULL, updated_at = now()
+WHERE {mc_col} = %(mc_id)s AND create_generation = %(generation)s AND {stripe_col} IS NULL
+  AND create_unknown_since IS NOT NULL
+RETURNING create_generation
 
 -- name: source
 -- This database's name in Stripe metadata and idempotency keys (schema/0007).
