@@ -14,23 +14,19 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-import anyio
 import msgspec
 
 from .config import Settings
 from .db import make_pool, queries
-from .errors import TransientError
-from .stripe_api import StripeApi
+from .stripe_api import StripeApi, call_with_retries, from_settings
 from .webhooks.events import Envelope
 from .webhooks.ingest import Ingestor, Row, Unstorable, row_for
-
-T = TypeVar("T")
 
 RETENTION_DAYS = 30  # how long Stripe keeps events
 PAGE_SIZE = 100  # Stripe's maximum
@@ -62,20 +58,6 @@ def default_since(now: float | None = None) -> int:
 
 def iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-async def call_with_retries(
-    api: StripeApi, what: str, request: Callable[[], Awaitable[T]], attempts: int = 5
-) -> T:
-    """``api.call`` with a few retries of temporary failures (429, 5xx, network)."""
-    for attempt in range(attempts):
-        try:
-            return await api.call(what, request())
-        except TransientError as exc:
-            if attempt == attempts - 1:
-                raise
-            await anyio.sleep(max(exc.retry_after or 0.0, min(30.0, 0.25 * 2**attempt)))
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass
@@ -173,18 +155,6 @@ async def _store(ingestor: Ingestor, rows: list[Row], result: CatchUpResult) -> 
     result.already_stored += len(lacking) - new - refused
 
 
-def make_api(settings: Settings) -> StripeApi:
-    """The Stripe client of an operator command: the key, base and pace of the daemon."""
-    settings.require("STRIPE_API_KEY")
-    assert settings.stripe_api_key is not None
-    return StripeApi(
-        settings.stripe_api_key,
-        api_base=settings.stripe_api_base,
-        rate_limit=settings.effective_rate_limit,
-        timeout=settings.stripe_timeout,
-    )
-
-
 async def run(
     settings: Settings,
     *,
@@ -195,7 +165,7 @@ async def run(
 ) -> CatchUpResult:
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
     assert settings.database_url is not None
-    api = make_api(settings)
+    api = from_settings(settings)
     async with make_pool(settings.database_url, size=2, role="catch-up") as pool:
         return await catch_up(
             api,

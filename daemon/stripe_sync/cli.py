@@ -7,18 +7,26 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 import psycopg
 
 from . import __version__, logs
-from .config import ConfigError, Settings, load_settings
+from .config import Settings, load_settings
+from .errors import (
+    EX_FAILURE,
+    CommandStopped,
+    PermanentError,
+    StripeSyncError,
+    TransientError,
+)
 
 log = logging.getLogger("stripe_sync")
 
-EX_CONFIG = 78  # sysexits.h; the systemd unit does not restart on it
+EX_STOPPED = 3  # reconcile: Stripe or the database stopped it (1 means drift)
 
 # flag → environment variable, for the flags `run` accepts
 _RUN_FLAGS: dict[str, tuple[str, str]] = {
@@ -190,24 +198,25 @@ def _since(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _operator_failure(command: str, exc: BaseException) -> str:
-    return f"stripe-sync {command}: {logs.scrub(str(exc)).strip()}"
+@contextmanager
+def _stops(command: str, exit_code: int) -> Iterator[None]:
+    """Stripe or the database failing midway ends ``command`` with ``exit_code``."""
+    try:
+        yield
+    except (PermanentError, TransientError, psycopg.Error) as exc:
+        raise CommandStopped(command, exc, exit_code) from exc
 
 
 def cmd_catch_up(args: argparse.Namespace) -> int:
     from .catchup import default_since, run
-    from .errors import PermanentError, TransientError
 
     settings = _settings(args).require("DATABASE_URL", "STRIPE_API_KEY")
     logs.register_secrets([settings.stripe_api_key.reveal()] if settings.stripe_api_key else [])
     since = default_since() if args.since is None else args.since
-    try:
+    with _stops("catch-up", EX_FAILURE):
         result = anyio.run(
             lambda: run(settings, since=since, all_events=args.all, dry_run=args.dry_run)
         )
-    except (PermanentError, TransientError, psycopg.Error) as exc:
-        print(_operator_failure("catch-up", exc), file=sys.stderr)
-        return 1
     print(result.to_json() if args.json else result.summary())
     for error in result.errors or []:
         print(f"stripe-sync catch-up: not stored: {error}", file=sys.stderr)
@@ -215,16 +224,12 @@ def cmd_catch_up(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from .errors import PermanentError, TransientError
     from .reconcile import progress_run
 
     settings = _settings(args).require("DATABASE_URL", "STRIPE_API_KEY")
     logs.register_secrets([settings.stripe_api_key.reveal()] if settings.stripe_api_key else [])
-    try:
+    with _stops("reconcile", EX_STOPPED):
         report = progress_run(settings, fix=args.fix, json_output=args.json)
-    except (PermanentError, TransientError, psycopg.Error) as exc:
-        print(_operator_failure("reconcile", exc), file=sys.stderr)
-        return 3
     return 1 if report.drift else 0
 
 
@@ -367,29 +372,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"stripe-sync: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
     except KeyboardInterrupt:
         return 130
     except Exception as raised:
-        from .devcluster import ClusterError
-        from .migrate import MigrationError, SchemaNotReady
-        from .provider import ProviderMismatch
-
         cause = _unwrap(raised)
-        if isinstance(
-            cause,
-            ProviderMismatch
-            | MigrationError
-            | SchemaNotReady
-            | ClusterError
-            | psycopg.OperationalError
-            | OSError,
-        ):
-            print(f"stripe-sync: {logs.scrub(str(cause)).strip()}", file=sys.stderr)
-            return EX_CONFIG if isinstance(cause, ProviderMismatch | SchemaNotReady) else 1
-        raise
+        if isinstance(cause, psycopg.OperationalError | OSError):
+            # The database or the network is not there: as much the
+            # operator's to fix as our own errors, and as one line.
+            cause = StripeSyncError(str(cause))
+        if not isinstance(cause, StripeSyncError):
+            raise
+        print(logs.scrub(cause.line()), file=sys.stderr)
+        return cause.exit_code
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .errors import EX_CONFIG, StripeSyncError, validation_parts
+
 
 class Secret:
     """A credential that does not leak through repr, str, format or logs."""
@@ -47,8 +49,11 @@ class Secret:
         return hash(self._value)
 
 
-class ConfigError(Exception):
+class ConfigError(StripeSyncError):
     """One line naming the variable that is missing or wrong."""
+
+    exit_code = EX_CONFIG
+    label = "configuration error: "
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -216,9 +221,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 def _describe(exc: msgspec.ValidationError) -> str:
     # msgspec says "Expected `int`, got `str` - at `$.STRIPE_SYNC_CONCURRENCY`";
     # operators want the variable first.
-    message = str(exc)
-    if " - at `$." in message:
-        text, _, where = message.partition(" - at `$.")
-        name = where.rstrip("`").split("[")[0]
-        return f"{name}: {text}"
-    return message
+    text, where = validation_parts(exc)
+    if where.startswith("."):
+        return f"{where[1:].split('[')[0]}: {text}"
+    return str(exc)

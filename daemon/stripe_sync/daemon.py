@@ -30,7 +30,7 @@ from .outbox.common import Context, source_of
 from .outbox.execute import make_handler as outbox_handler
 from .retry import Retry
 from .store import OUTBOX, WEBHOOKS, PostgresStore
-from .stripe_api import StripeApi
+from .stripe_api import from_settings
 from .webhooks.endpoint import WebhookEndpoint
 from .webhooks.ingest import Ingestor
 from .webhooks.process import WebhookContext
@@ -51,12 +51,7 @@ class Daemon:
         self.settings = settings
         self.dsn = settings.database_url
         self.id = worker_id()
-        self.api = StripeApi(
-            settings.stripe_api_key,
-            api_base=settings.stripe_api_base,
-            rate_limit=settings.effective_rate_limit,
-            timeout=settings.stripe_timeout,
-        )
+        self.api = from_settings(settings)
         self.pool: AsyncConnectionPool = make_pool(self.dsn, size=settings.pool_size)
         self.workers: list[Worker] = []
         self.listener: Listener | None = None

@@ -31,11 +31,12 @@ from types import TracebackType
 
 import psycopg
 
+from .errors import StripeSyncError
 from .reaper import Reaper
 
 
-class ClusterError(Exception):
-    pass
+class ClusterError(StripeSyncError):
+    """The throwaway cluster cannot be found, created or started."""
 
 
 def wheel_bindir() -> Path | None:

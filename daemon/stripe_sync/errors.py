@@ -1,9 +1,50 @@
-"""How a unit of work failed, which decides what the queue does next."""
+"""The program's errors and how they are worded.
+
+:class:`StripeSyncError` is the base of every error that ends a command with
+one line for the operator and an exit code (``cli.main`` maps them; nothing
+else there sorts exceptions). :class:`PermanentError` and
+:class:`TransientError` also say how a unit of work failed, which decides
+what the queue does next. :func:`one_line` and :func:`validation_parts` word
+foreign exceptions (psycopg's, msgspec's) the same way everywhere.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class PermanentError(Exception):
+import msgspec
+
+EX_FAILURE = 1
+EX_CONFIG = 78  # sysexits.h EX_CONFIG; the systemd unit does not restart on it
+
+
+class StripeSyncError(Exception):
+    """Ends a command: :meth:`line` on stderr and :attr:`exit_code`.
+
+    The message is all the operator reads: name the variable, table or file.
+    """
+
+    exit_code: int = EX_FAILURE
+    # Between "stripe-sync: " and the message, e.g. "configuration error: ".
+    label: ClassVar[str] = ""
+
+    def line(self) -> str:
+        return f"stripe-sync: {self.label}{str(self).strip()}"
+
+
+class CommandStopped(StripeSyncError):
+    """Stripe or the database stopped an operator command midway (catch-up, reconcile)."""
+
+    def __init__(self, command: str, cause: BaseException, exit_code: int) -> None:
+        super().__init__(str(cause))
+        self.command = command
+        self.exit_code = exit_code
+
+    def line(self) -> str:
+        return f"stripe-sync {self.command}: {str(self).strip()}"
+
+
+class PermanentError(StripeSyncError):
     """Retrying cannot help (bad payload, missing MC row, Stripe 4xx): mark failed now.
 
     The message is what a DBA reads in ``last_error``: say what and where,
@@ -26,7 +67,7 @@ class SavedFailure(PermanentError):
         self.replayed = replayed  # this answer was a replay, not the first of the key
 
 
-class TransientError(Exception):
+class TransientError(StripeSyncError):
     """Worth retrying later with backoff (network, 5xx, 429, a mapping not there yet)."""
 
     def __init__(
@@ -42,3 +83,19 @@ class TransientError(Exception):
 
 class LeaseLost(Exception):
     """Our claim expired and another daemon owns the row now: roll back, do nothing."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``TypeName: first line of the message``, for logs and ``last_error``."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def validation_parts(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec's ``Expected `int`, got `str` - at `$.a[0]``` as (the text, ``.a[0]``).
+
+    The path is ``""`` when the error is about the whole document; each caller
+    puts its own root in front (``payload``, ``event``, the variable's name).
+    """
+    text, _, where = str(exc).partition(" - at `$")
+    return text, where.rstrip("`")

@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 
+from .errors import EX_CONFIG, StripeSyncError
+
 log = logging.getLogger(__name__)
 
 # Any constant unique to this project; pg_advisory_xact_lock takes a bigint.
@@ -30,8 +32,8 @@ CREATE TABLE IF NOT EXISTS integration.schema_migrations (
 """
 
 
-class MigrationError(Exception):
-    pass
+class MigrationError(StripeSyncError):
+    """A migration cannot be applied (or was edited after it was)."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,10 @@ def migrate(dsn: str) -> list[str]:
     return applied_now
 
 
-class SchemaNotReady(Exception):
+class SchemaNotReady(StripeSyncError):
     """The daemon refuses to start on a database that is not fully migrated."""
+
+    exit_code = EX_CONFIG  # a restart cannot help until someone runs migrate
 
 
 async def check_current(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -10,15 +10,17 @@ from typing import Literal
 from psycopg_pool import AsyncConnectionPool
 
 from .db import queries
-from .errors import PermanentError, TransientError
+from .errors import EX_CONFIG, PermanentError, StripeSyncError, TransientError
 from .stripe_api import StripeApi
 
 log = logging.getLogger(__name__)
 Mode = Literal["test", "live"]
 
 
-class ProviderMismatch(Exception):
+class ProviderMismatch(StripeSyncError):
     """Refuse to start; the message is the one line the operator reads."""
+
+    exit_code = EX_CONFIG  # a restart cannot help: the key or the database is wrong
 
 
 async def check(

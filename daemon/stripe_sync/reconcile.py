@@ -43,12 +43,11 @@ import anyio
 import stripe
 from psycopg_pool import AsyncConnectionPool
 
-from .catchup import call_with_retries, make_api
 from .config import Settings
 from .db import make_pool, queries
 from .errors import PermanentError
 from .mappings import CUSTOMERS, PRICES, PRODUCTS, Family
-from .stripe_api import StripeApi
+from .stripe_api import StripeApi, call_with_retries, from_settings
 
 Kind = Literal["missing", "deleted", "changed", "metadata"]
 # What --fix does about a finding; an object gets the first of these its findings need.
@@ -289,7 +288,7 @@ async def run(
     """``on_start(totals)`` gets the number of mappings to check per family first."""
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
     assert settings.database_url is not None
-    api = make_api(settings)
+    api = from_settings(settings)
     async with make_pool(settings.database_url, size=2, role="reconcile") as pool:
         if on_start is not None:
             on_start(await count(pool))

@@ -1,5 +1,8 @@
 """The Stripe SDK client, one pace for all calls, and what each failure means.
 
+:func:`from_settings` is the one place a client is built from the settings
+(the daemon and the operator commands alike).
+
 The SDK's own retries are off: a retry is the queue's job, so that it is
 logged, backed off, counted against the row's attempts, and sent with the
 same idempotency key however many restarts lie in between.
@@ -9,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
 import stripe
 
-from .config import Secret
+from .config import Secret, Settings
 from .errors import PermanentError, SavedFailure, TransientError
 from .metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
 
@@ -99,6 +102,35 @@ class StripeApi:
                 self.rate_limited += 1
                 STRIPE_RATE_LIMITED.inc()
             raise classify(what, exc) from exc
+
+
+def from_settings(settings: Settings) -> StripeApi:
+    """The client for ``STRIPE_API_KEY``, ``STRIPE_API_BASE``, the rate limit and the timeout."""
+    settings.require("STRIPE_API_KEY")
+    assert settings.stripe_api_key is not None
+    return StripeApi(
+        settings.stripe_api_key,
+        api_base=settings.stripe_api_base,
+        rate_limit=settings.effective_rate_limit,
+        timeout=settings.stripe_timeout,
+    )
+
+
+async def call_with_retries(
+    api: StripeApi, what: str, request: Callable[[], Awaitable[T]], attempts: int = 5
+) -> T:
+    """``api.call`` with a few retries of temporary failures (429, 5xx, network).
+
+    For operator commands, which have no queue to retry for them.
+    """
+    for attempt in range(attempts):
+        try:
+            return await api.call(what, request())
+        except TransientError as exc:
+            if attempt == attempts - 1:
+                raise
+            await anyio.sleep(max(exc.retry_after or 0.0, min(30.0, 0.25 * 2**attempt)))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def classify(what: str, exc: stripe.StripeError) -> PermanentError | TransientError:

@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from .errors import LeaseLost, PermanentError, TransientError
+from .errors import LeaseLost, PermanentError, TransientError, one_line
 from .jobs import Done, Handler, Job
 from .metrics import PROCESSED, WAKEUPS
 from .retry import Retry
@@ -141,7 +141,7 @@ class Worker:
                         "claim failed; retrying",
                         extra={
                             "queue": self.spec.name,
-                            "error": _one_line(exc),
+                            "error": one_line(exc),
                             "retry_in": round(wait, 2),
                         },
                     )
@@ -232,7 +232,7 @@ class Worker:
                     extra={"queue": self.spec.name, "row_id": job.id},
                 )
             except DATABASE_ERRORS as exc:
-                await self._record_retry(job, f"database error: {_one_line(exc)}", None)
+                await self._record_retry(job, f"database error: {one_line(exc)}", None)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
@@ -315,7 +315,7 @@ class Worker:
                 await self.store.renew(list(self.in_flight), self.worker_id, self.lease_seconds)
             except DATABASE_ERRORS as exc:
                 log.warning(
-                    "lease renewal failed", extra={"queue": self.spec.name, "error": _one_line(exc)}
+                    "lease renewal failed", extra={"queue": self.spec.name, "error": one_line(exc)}
                 )
 
     async def _sweep(self) -> None:
@@ -328,12 +328,5 @@ class Worker:
                         "took back expired claims", extra={"queue": self.spec.name, "rows": n}
                     )
             except DATABASE_ERRORS as exc:
-                log.warning(
-                    "sweep failed", extra={"queue": self.spec.name, "error": _one_line(exc)}
-                )
+                log.warning("sweep failed", extra={"queue": self.spec.name, "error": one_line(exc)})
             self.wake("sweep")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

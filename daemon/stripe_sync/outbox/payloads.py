@@ -6,7 +6,7 @@ from functools import cache
 
 import msgspec
 
-from ..errors import PermanentError
+from ..errors import PermanentError, validation_parts
 from ..mappings import Family
 
 
@@ -34,8 +34,8 @@ def decode(raw: str, family: Family) -> int:
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
-    text, _, where = str(exc).partition(" - at `$")
-    path = "payload" + where.rstrip("`")
+    text, where = validation_parts(exc)
+    path = "payload" + where
     text = text.replace("`", "")
     if text.startswith("Object missing required field"):
         field = text.rsplit(" ", 1)[-1]

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from ..errors import PermanentError
+from ..errors import PermanentError, validation_parts
 
 
 class Lenient(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -263,8 +263,8 @@ def decode_event(raw: str | bytes, obj_type: type[S]) -> Event[S]:
     try:
         return msgspec.json.decode(raw, type=Event[obj_type])  # type: ignore[valid-type]
     except msgspec.ValidationError as exc:
-        text, _, where = str(exc).partition(" - at `$")
-        raise PermanentError(f"event{where.rstrip('`')}: {text}") from None
+        text, where = validation_parts(exc)
+        raise PermanentError(f"event{where}: {text}") from None
     except msgspec.DecodeError as exc:
         raise PermanentError(f"event is not valid JSON ({exc})") from None
     except RecursionError:

@@ -39,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from psycopg_pool import AsyncConnectionPool
 
 from ..db import queries
+from ..errors import one_line
 from .events import Envelope, ObjectHead
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class Ingestor:
             return list(await self._insert(rows))
         except psycopg.DataError as exc:
             if len(rows) == 1:
-                return [Unstorable(f"{rows[0].event_id}: {_one_line(exc)}")]
+                return [Unstorable(f"{rows[0].event_id}: {one_line(exc)}")]
         results: list[bool | Unstorable] = []
         for row in rows:
             results.extend(await self.store_rows([row]))
@@ -215,9 +216,9 @@ class Ingestor:
         except (psycopg.Error, OSError) as exc:
             log.warning(
                 "storing webhook events failed",
-                extra={"events": len(batch), "error": _one_line(exc)},
+                extra={"events": len(batch), "error": one_line(exc)},
             )
-            _fail(batch, StoreError(_one_line(exc)))
+            _fail(batch, StoreError(one_line(exc)))
         except Exception as exc:  # a bug: answer the requests rather than hang them
             log.exception("storing webhook events failed")
             _fail(batch, StoreError(f"{type(exc).__name__}: {exc}"))
@@ -243,8 +244,3 @@ def _drain(receive: MemoryObjectReceiveStream[_Waiter]) -> list[_Waiter]:
             left.append(receive.receive_nowait())
         except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
             return left
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
