@@ -15,7 +15,7 @@ import anyio
 import psycopg
 
 from . import __version__, logs
-from .config import Settings, load_settings
+from .config import Settings, load_settings, variables
 from .errors import (
     EX_FAILURE,
     CommandStopped,
@@ -28,58 +28,36 @@ log = logging.getLogger("stripe_sync")
 
 EX_STOPPED = 3  # reconcile: Stripe or the database stopped it (1 means drift)
 
-# flag → environment variable, for the flags `run` accepts
-_RUN_FLAGS: dict[str, tuple[str, str]] = {
-    "--database-url": ("DATABASE_URL", "libpq URL or conninfo of the billing database"),
-    "--bind": ("STRIPE_SYNC_BIND", "HTTP address for webhooks and health (default 127.0.0.1:8080)"),
-    "--api-base": (
-        "STRIPE_API_BASE",
-        "Stripe API base URL (default Stripe's; the emulator's in dev)",
-    ),
-    "--concurrency": ("STRIPE_SYNC_CONCURRENCY", "rows processed at once per queue (default 16)"),
-    "--rate-limit": (
-        "STRIPE_SYNC_RATE_LIMIT",
-        "Stripe requests/s for the process; 0 = unpaced (default 25 test, 100 live)",
-    ),
-    "--sweep-interval": ("STRIPE_SYNC_SWEEP_INTERVAL", "seconds between sweeps (default 5)"),
-    "--log-format": ("STRIPE_SYNC_LOG_FORMAT", "logfmt or json (default logfmt)"),
-    "--log-level": ("STRIPE_SYNC_LOG_LEVEL", "debug, info, warning, error (default info)"),
+# flag → environment variable, for the flags `run` accepts; their meaning and
+# default come from Settings, like the environment table of `run --help`.
+_RUN_FLAGS: dict[str, str] = {
+    "--database-url": "DATABASE_URL",
+    "--bind": "STRIPE_SYNC_BIND",
+    "--api-base": "STRIPE_API_BASE",
+    "--concurrency": "STRIPE_SYNC_CONCURRENCY",
+    "--rate-limit": "STRIPE_SYNC_RATE_LIMIT",
+    "--sweep-interval": "STRIPE_SYNC_SWEEP_INTERVAL",
+    "--log-format": "STRIPE_SYNC_LOG_FORMAT",
+    "--log-level": "STRIPE_SYNC_LOG_LEVEL",
 }
+_VARIABLES = {v.name: v for v in variables()}
 
-_ENVIRONMENT_HELP = """\
-environment:
-  DATABASE_URL                  billing database (required)
-  STRIPE_API_KEY                sk_test_…/sk_live_…/rk_… (required; never logged)
-  STRIPE_WEBHOOK_SECRET         whsec_…; several comma-separated while rotating
-  STRIPE_API_BASE               Stripe API base URL (the emulator's in development)
-  STRIPE_SYNC_BIND              HTTP address (default 127.0.0.1:8080)
-  STRIPE_SYNC_METRICS_BIND      Prometheus metrics address, e.g. 127.0.0.1:9108 (default off)
-  STRIPE_SYNC_RATE_LIMIT        Stripe requests/s; 0 = unpaced (default 25 test / 100 live)
-  STRIPE_SYNC_CONCURRENCY       rows in flight per queue (default 16)
-  STRIPE_SYNC_BATCH_SIZE        rows per claim (default 32)
-  STRIPE_SYNC_SWEEP_INTERVAL    seconds between sweeps for missed work (default 5)
-  STRIPE_SYNC_LEASE_SECONDS     claim lease, renewed while working (default 15)
-  STRIPE_SYNC_MAX_ATTEMPTS      attempts before a row is failed (default 10)
-  STRIPE_SYNC_RETRY_BASE_SECONDS / STRIPE_SYNC_RETRY_MAX_SECONDS  backoff (default 1 / 600)
-  STRIPE_SYNC_POOL_SIZE         database connections (default 10)
-  STRIPE_SYNC_SHUTDOWN_TIMEOUT  seconds in-flight work gets on SIGTERM (default 30)
-  STRIPE_SYNC_STRIPE_TIMEOUT    seconds per Stripe request (default 30)
-  STRIPE_SYNC_SEARCH_LAG        seconds before a create that met a saved 500 trusts
-                                Stripe's search (default 300)
-  STRIPE_SYNC_WEBHOOK_TOLERANCE signature timestamp tolerance in seconds (default 300)
-  STRIPE_SYNC_WEBHOOK_REFETCH   true: refetch objects from Stripe before applying (default false)
-  STRIPE_SYNC_LOG_FORMAT        logfmt or json (default logfmt)
-  STRIPE_SYNC_LOG_LEVEL         debug, info, warning, error (default info)
 
-The three secrets may instead come from files: NAME_FILE (e.g. STRIPE_API_KEY_FILE) or
-systemd credentials ($CREDENTIALS_DIRECTORY/database_url, stripe_api_key, stripe_webhook_secret).
-"""
+def _environment_help() -> str:
+    width = max(len(name) for name in _VARIABLES) + 2
+    rows = "".join(f"  {v.name:<{width}}{v.meaning} ({v.note})\n" for v in _VARIABLES.values())
+    return (
+        f"environment:\n{rows}\n"
+        "The three secrets may instead come from files: NAME_FILE (e.g. STRIPE_API_KEY_FILE) or\n"
+        "systemd credentials ($CREDENTIALS_DIRECTORY/database_url, stripe_api_key, "
+        "stripe_webhook_secret).\n"
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         env: getattr(args, flag.lstrip("-").replace("-", "_"), None)
-        for flag, (env, _) in _RUN_FLAGS.items()
+        for flag, env in _RUN_FLAGS.items()
     }
     return load_settings(**overrides)
 
@@ -256,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, **kwargs)
         for flag in flags:
-            env, text = _RUN_FLAGS[flag]
-            p.add_argument(flag, metavar=env, help=f"{text} [env {env}]")
+            v = _VARIABLES[_RUN_FLAGS[flag]]
+            p.add_argument(flag, metavar=v.name, help=f"{v.meaning} ({v.note}) [env {v.name}]")
         p.set_defaults(func=func)
         return p
 
@@ -278,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_run,
         "run the daemon: outbox, webhooks, HTTP",
         list(_RUN_FLAGS),
-        epilog=_ENVIRONMENT_HELP,
+        epilog=_environment_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status = command(

@@ -1,8 +1,11 @@
 """Settings from the environment, decoded and checked by msgspec.
 
 Every field is named after its environment variable, so a decoding error
-names the variable the operator has to fix. Secrets are wrapped in
-:class:`Secret`, whose repr and str never show the value.
+names the variable the operator has to fix. Each field's default and meaning
+are written once, here: :func:`variables` gives them to ``run --help``, and
+:data:`DEFAULTS` to the constructors that take them (``Worker``, ``Retry``,
+``WebhookEndpoint``, ``StripeApi``). Secrets are wrapped in :class:`Secret`,
+whose repr and str never show the value.
 
 The three secrets (``DATABASE_URL``, ``STRIPE_API_KEY``,
 ``STRIPE_WEBHOOK_SECRET``) may also come from files: systemd credentials
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -56,39 +59,104 @@ class ConfigError(StripeSyncError):
     label = "configuration error: "
 
 
+# Stripe's default rate limits per mode (requests/s), when STRIPE_SYNC_RATE_LIMIT is unset.
+RATE_LIMITS: dict[str, float] = {"live": 100.0, "test": 25.0}
+
+
+T = TypeVar("T")
+# Variable → (meaning, what unset means when there is no default value), for ``run --help``.
+_MEANINGS: dict[str, tuple[str, str]] = {}
+
+
+def _setting(name: str, default: T, meaning: str, unset: str = "") -> T:
+    """A field read from the variable ``name``; its meaning is written beside it."""
+    _MEANINGS[name] = (meaning, unset)
+    return msgspec.field(default=default, name=name)
+
+
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
-    database_url: str | None = msgspec.field(default=None, name="DATABASE_URL")
-    stripe_api_key: Secret | None = msgspec.field(default=None, name="STRIPE_API_KEY")
+    """Every setting: its variable, type, default and meaning are written here
+    once; ``stripe-sync run --help`` is generated from them, and tests hold
+    docs/stripe.md and systemd/stripe-sync.env.example to them."""
+
+    database_url: str | None = _setting(
+        "DATABASE_URL", None, "libpq URL or conninfo of the billing database", "required"
+    )
+    stripe_api_key: Secret | None = _setting(
+        "STRIPE_API_KEY", None, "sk_test_…, sk_live_…, rk_…; never logged", "required for Stripe"
+    )
     # Several comma-separated secrets while a webhook secret is being rotated.
-    webhook_secrets: tuple[Secret, ...] = msgspec.field(default=(), name="STRIPE_WEBHOOK_SECRET")
-    stripe_api_base: str | None = msgspec.field(default=None, name="STRIPE_API_BASE")
-    bind: str = msgspec.field(default="127.0.0.1:8080", name="STRIPE_SYNC_BIND")
-    metrics_bind: str | None = msgspec.field(default=None, name="STRIPE_SYNC_METRICS_BIND")
+    webhook_secrets: tuple[Secret, ...] = _setting(
+        "STRIPE_WEBHOOK_SECRET",
+        (),
+        "whsec_…; several, comma-separated, while rotating",
+        "required by run",
+    )
+    stripe_api_base: str | None = _setting(
+        "STRIPE_API_BASE",
+        None,
+        "Stripe API base URL; the emulator's in development",
+        "default Stripe's",
+    )
+    bind: str = _setting(
+        "STRIPE_SYNC_BIND", "127.0.0.1:8080", "HTTP address for webhooks and health"
+    )
+    metrics_bind: str | None = _setting(
+        "STRIPE_SYNC_METRICS_BIND",
+        None,
+        "Prometheus metrics address, e.g. 127.0.0.1:9108",
+        "default off",
+    )
     # Requests/s for all Stripe calls of the process; None picks Stripe's
     # default for the key's mode, 0 disables pacing (emulator, benchmarks).
-    rate_limit: float | None = msgspec.field(default=None, name="STRIPE_SYNC_RATE_LIMIT")
-    concurrency: int = msgspec.field(default=16, name="STRIPE_SYNC_CONCURRENCY")
-    batch_size: int = msgspec.field(default=32, name="STRIPE_SYNC_BATCH_SIZE")
-    sweep_interval: float = msgspec.field(default=5.0, name="STRIPE_SYNC_SWEEP_INTERVAL")
-    lease_seconds: float = msgspec.field(default=15.0, name="STRIPE_SYNC_LEASE_SECONDS")
-    max_attempts: int = msgspec.field(default=10, name="STRIPE_SYNC_MAX_ATTEMPTS")
-    retry_base_seconds: float = msgspec.field(default=1.0, name="STRIPE_SYNC_RETRY_BASE_SECONDS")
-    retry_max_seconds: float = msgspec.field(default=600.0, name="STRIPE_SYNC_RETRY_MAX_SECONDS")
-    pool_size: int = msgspec.field(default=10, name="STRIPE_SYNC_POOL_SIZE")
-    shutdown_timeout: float = msgspec.field(default=30.0, name="STRIPE_SYNC_SHUTDOWN_TIMEOUT")
-    stripe_timeout: float = msgspec.field(default=30.0, name="STRIPE_SYNC_STRIPE_TIMEOUT")
+    rate_limit: float | None = _setting(
+        "STRIPE_SYNC_RATE_LIMIT",
+        None,
+        "Stripe requests/s for the process; 0 = unpaced",
+        f"default {RATE_LIMITS['test']:g} test / {RATE_LIMITS['live']:g} live",
+    )
+    concurrency: int = _setting("STRIPE_SYNC_CONCURRENCY", 16, "rows in flight at once, per queue")
+    batch_size: int = _setting("STRIPE_SYNC_BATCH_SIZE", 32, "rows per claim")
+    sweep_interval: float = _setting(
+        "STRIPE_SYNC_SWEEP_INTERVAL", 5.0, "seconds between sweeps for missed work"
+    )
+    lease_seconds: float = _setting(
+        "STRIPE_SYNC_LEASE_SECONDS", 15.0, "claim lease in seconds, renewed while working"
+    )
+    max_attempts: int = _setting("STRIPE_SYNC_MAX_ATTEMPTS", 10, "attempts before a row is failed")
+    retry_base_seconds: float = _setting(
+        "STRIPE_SYNC_RETRY_BASE_SECONDS", 1.0, "first backoff step in seconds"
+    )
+    retry_max_seconds: float = _setting(
+        "STRIPE_SYNC_RETRY_MAX_SECONDS", 600.0, "backoff ceiling in seconds"
+    )
+    pool_size: int = _setting(
+        "STRIPE_SYNC_POOL_SIZE", 10, "database connections, plus one for LISTEN"
+    )
+    shutdown_timeout: float = _setting(
+        "STRIPE_SYNC_SHUTDOWN_TIMEOUT", 30.0, "seconds in-flight work gets on SIGTERM"
+    )
+    stripe_timeout: float = _setting(
+        "STRIPE_SYNC_STRIPE_TIMEOUT", 30.0, "seconds per Stripe request"
+    )
     # Seconds a create whose 500 Stripe saved waits before its metadata search
     # is trusted (then: adopt what it finds, or create with a new key). Stripe
     # documents data as searchable "in under 1 minute" normally, later during
     # an outage; 5 minutes leaves room, and a webhook maps the object sooner.
-    search_lag: float = msgspec.field(default=300.0, name="STRIPE_SYNC_SEARCH_LAG")
-    webhook_tolerance: int = msgspec.field(default=300, name="STRIPE_SYNC_WEBHOOK_TOLERANCE")
-    webhook_refetch: bool = msgspec.field(default=False, name="STRIPE_SYNC_WEBHOOK_REFETCH")
-    log_format: Literal["logfmt", "json"] = msgspec.field(
-        default="logfmt", name="STRIPE_SYNC_LOG_FORMAT"
+    search_lag: float = _setting(
+        "STRIPE_SYNC_SEARCH_LAG", 300.0, "seconds a create that met a saved 500 waits for search"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = msgspec.field(
-        default="info", name="STRIPE_SYNC_LOG_LEVEL"
+    webhook_tolerance: int = _setting(
+        "STRIPE_SYNC_WEBHOOK_TOLERANCE", 300, "signature timestamp tolerance in seconds"
+    )
+    webhook_refetch: bool = _setting(
+        "STRIPE_SYNC_WEBHOOK_REFETCH", False, "true: refetch objects before applying events"
+    )
+    log_format: Literal["logfmt", "json"] = _setting(
+        "STRIPE_SYNC_LOG_FORMAT", "logfmt", "logfmt or json"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = _setting(
+        "STRIPE_SYNC_LOG_LEVEL", "info", "debug, info, warning or error"
     )
 
     def __post_init__(self) -> None:
@@ -129,7 +197,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         """Requests/s; 0 means unpaced."""
         if self.rate_limit is not None:
             return self.rate_limit
-        return 100.0 if self.mode == "live" else 25.0
+        return RATE_LIMITS[self.mode or "test"]
 
     def require(self, *names: str) -> Settings:
         """Fail with one line for the first required variable that is unset."""
@@ -139,7 +207,46 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return self
 
 
+# What an unset setting amounts to: the values the constructors of Worker,
+# Retry and WebhookEndpoint take by default.
+DEFAULTS = Settings()
 ENV_NAMES = frozenset(f.encode_name for f in msgspec.structs.fields(Settings))
+
+
+class Variable(NamedTuple):
+    """One setting as the operator sees it (``run --help``, docs, the systemd example)."""
+
+    name: str  # the environment variable
+    value: str | None  # the default as it would be written in the environment; None: unset
+    meaning: str
+    unset: str  # what unset means, when there is no default value: "required", "default off"
+
+    @property
+    def note(self) -> str:
+        """``default 16``, or what unset means."""
+        return self.unset if self.value is None else f"default {self.value}"
+
+
+def env_value(value: Any) -> str | None:
+    """A default as an operator writes it: ``5``, not ``5.0``; ``false``; None when unset."""
+    if value is None or value == ():
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def variables() -> list[Variable]:
+    """Every setting, in the order of :class:`Settings`."""
+    found = []
+    for field in msgspec.structs.fields(Settings):
+        meaning, unset = _MEANINGS[field.encode_name]
+        found.append(Variable(field.encode_name, env_value(field.default), meaning, unset))
+    return found
+
+
 _LIST_FIELDS = frozenset({"STRIPE_WEBHOOK_SECRET"})
 # Variable → its systemd credential name (a file in $CREDENTIALS_DIRECTORY).
 CREDENTIALS = {

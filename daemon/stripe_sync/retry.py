@@ -8,12 +8,15 @@ import math
 import random
 from dataclasses import dataclass
 
+from .config import DEFAULTS
+
 
 @dataclass(frozen=True)
 class Retry:
-    max_attempts: int = 10
-    base_seconds: float = 1.0
-    max_seconds: float = 600.0
+    # Unset: the settings' defaults (STRIPE_SYNC_MAX_ATTEMPTS, STRIPE_SYNC_RETRY_*).
+    max_attempts: int = DEFAULTS.max_attempts
+    base_seconds: float = DEFAULTS.retry_base_seconds
+    max_seconds: float = DEFAULTS.retry_max_seconds
 
     def delay(
         self, attempts: int, retry_after: float | None = None, base: float | None = None

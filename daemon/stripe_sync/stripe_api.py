@@ -18,7 +18,7 @@ from typing import TypeVar
 import anyio
 import stripe
 
-from .config import Secret, Settings
+from .config import DEFAULTS, RATE_LIMITS, Secret, Settings
 from .errors import PermanentError, SavedFailure, TransientError
 from .metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
 
@@ -72,8 +72,8 @@ class StripeApi:
         api_key: Secret,
         *,
         api_base: str | None = None,
-        rate_limit: float = 25.0,
-        timeout: float = 30.0,
+        rate_limit: float = RATE_LIMITS["test"],
+        timeout: float = DEFAULTS.stripe_timeout,
     ) -> None:
         self.client = stripe.StripeClient(
             api_key.reveal(),

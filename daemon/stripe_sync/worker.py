@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from .config import DEFAULTS
 from .errors import LeaseLost, PermanentError, TransientError, one_line
 from .jobs import Done, Handler, Job
 from .metrics import PROCESSED, WAKEUPS
@@ -43,12 +44,13 @@ class Worker:
         handler: Handler,
         *,
         worker_id: str,
-        concurrency: int = 16,
-        batch_size: int = 32,
-        lease_seconds: float = 15.0,
-        sweep_interval: float = 5.0,
+        # Unset: the settings' defaults (STRIPE_SYNC_CONCURRENCY, …).
+        concurrency: int = DEFAULTS.concurrency,
+        batch_size: int = DEFAULTS.batch_size,
+        lease_seconds: float = DEFAULTS.lease_seconds,
+        sweep_interval: float = DEFAULTS.sweep_interval,
         retry: Retry | None = None,
-        shutdown_timeout: float = 30.0,
+        shutdown_timeout: float = DEFAULTS.shutdown_timeout,
     ) -> None:
         self.store = store
         self.spec = store.spec

@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from ..config import DEFAULTS
 from ..db import queries
 from ..errors import PermanentError, SavedFailure, TransientError
 from ..jobs import Apply, Done, Job
@@ -35,7 +36,7 @@ class Context:
     source: str
     # Seconds after a create met a 500 that Stripe saved before its search is
     # trusted to show the object if it exists (STRIPE_SYNC_SEARCH_LAG).
-    search_lag: float = 300.0
+    search_lag: float = DEFAULTS.search_lag
 
     def metadata(self, family: Family, mc_id: int) -> dict[str, str]:
         assert family.metadata_key is not None, f"the outbox does not push {family.noun}s"

@@ -26,6 +26,7 @@ import stripe
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from ..config import DEFAULTS
 from ..metrics import WEBHOOK_INGEST_SECONDS, WEBHOOKS_RECEIVED
 from .events import Envelope, ObjectHead
 from .ingest import Ingestor, StoreError, Unstorable
@@ -46,7 +47,7 @@ class WebhookEndpoint:
         ingestor: Ingestor,
         secrets: Sequence[str],
         *,
-        tolerance: int = 300,
+        tolerance: int = DEFAULTS.webhook_tolerance,
         max_body: int = 1 << 20,
     ) -> None:
         # Several secrets while one is being rotated: either verifies.

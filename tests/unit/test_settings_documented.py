@@ -1,0 +1,97 @@
+"""The settings are written once, in ``config.Settings``: docs/stripe.md's table,
+the systemd example environment file and ``run --help`` list exactly its
+variables, with its defaults."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from stripe_sync.cli import main
+from stripe_sync.config import DEFAULTS, ENV_NAMES, env_value, variables
+from stripe_sync.outbox.common import Context
+from stripe_sync.retry import Retry
+from stripe_sync.stripe_api import StripeApi
+from stripe_sync.webhooks.endpoint import WebhookEndpoint
+from stripe_sync.worker import Worker
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS_BY_NAME = {v.name: v.value for v in variables()}
+
+
+def docs_table() -> dict[str, str]:
+    """Variable → its Default cell, from section 3 of docs/stripe.md."""
+    text = (ROOT / "docs" / "stripe.md").read_text()
+    section = text.split("\n## 3. Settings\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([A-Z_]+)` \| ([^|]*?) \|", section, re.MULTILINE))
+
+
+def example_lines() -> dict[str, tuple[bool, str]]:
+    """Variable → (commented out, value), from systemd/stripe-sync.env.example."""
+    text = (ROOT / "systemd" / "stripe-sync.env.example").read_text()
+    found = re.findall(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$", text, re.MULTILINE)
+    return {name: (hash_ == "#", value) for hash_, name, value in found}
+
+
+def test_docs_list_every_setting_with_its_default() -> None:
+    table = docs_table()
+    assert sorted(table) == sorted(ENV_NAMES)
+    for name, default in DEFAULTS_BY_NAME.items():
+        if default is not None:
+            assert table[name] == f"`{default}`", name
+        else:  # what unset means is prose ("Stripe's", "unset (off)"), not a value
+            assert not re.fullmatch(r"`[^`]*`", table[name]), name
+
+
+def test_the_systemd_example_lists_every_setting_with_its_default() -> None:
+    lines = example_lines()
+    assert sorted(lines) == sorted(ENV_NAMES)
+    for name, default in DEFAULTS_BY_NAME.items():
+        commented, value = lines[name]
+        if default is not None:
+            # A commented-out line shows the default.
+            assert (commented, value) == (True, default), name
+        elif commented:
+            assert value == "", name
+
+
+def test_run_help_shows_each_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for v in variables():
+        assert re.search(
+            rf"^  {v.name} +{re.escape(v.meaning)} \({re.escape(v.note)}\)$", text, re.M
+        )
+
+
+def test_env_value() -> None:
+    assert [env_value(x) for x in (5.0, 0.25, 16, False, "info", None, ())] == [
+        "5", "0.25", "16", "false", "info", None, None
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("constructor", "parameter", "setting"),
+    [
+        (Retry, "max_attempts", "max_attempts"),
+        (Retry, "base_seconds", "retry_base_seconds"),
+        (Retry, "max_seconds", "retry_max_seconds"),
+        (Worker, "concurrency", "concurrency"),
+        (Worker, "batch_size", "batch_size"),
+        (Worker, "lease_seconds", "lease_seconds"),
+        (Worker, "sweep_interval", "sweep_interval"),
+        (Worker, "shutdown_timeout", "shutdown_timeout"),
+        (WebhookEndpoint, "tolerance", "webhook_tolerance"),
+        (StripeApi, "timeout", "stripe_timeout"),
+        (Context, "search_lag", "search_lag"),
+    ],
+)
+def test_constructors_default_to_the_settings(
+    constructor: type, parameter: str, setting: str
+) -> None:
+    default = inspect.signature(constructor).parameters[parameter].default
+    assert default == getattr(DEFAULTS, setting)
