@@ -165,8 +165,10 @@ async def run(
 ) -> CatchUpResult:
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
     assert settings.database_url is not None
-    api = from_settings(settings)
-    async with make_pool(settings.database_url, size=2, role="catch-up") as pool:
+    async with (
+        from_settings(settings) as api,
+        make_pool(settings.database_url, size=2, role="catch-up") as pool,
+    ):
         return await catch_up(
             api,
             Ingestor(pool),

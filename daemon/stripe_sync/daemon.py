@@ -110,7 +110,7 @@ class Daemon:
         if s.metrics_bind:
             metrics.serve(s.metrics_bind, self.dsn)
         try:
-            async with self.pool:
+            async with self.api, self.pool:
                 await self._run(sock, task_status)
         finally:
             sock.close()

@@ -288,8 +288,10 @@ async def run(
     """``on_start(totals)`` gets the number of mappings to check per family first."""
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
     assert settings.database_url is not None
-    api = from_settings(settings)
-    async with make_pool(settings.database_url, size=2, role="reconcile") as pool:
+    async with (
+        from_settings(settings) as api,
+        make_pool(settings.database_url, size=2, role="reconcile") as pool,
+    ):
         if on_start is not None:
             on_start(await count(pool))
         return await reconcile(api, pool, fix=fix, on_checked=on_checked)

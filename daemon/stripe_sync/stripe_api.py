@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import aiohttp
 import anyio
 import stripe
 
@@ -75,15 +76,30 @@ class StripeApi:
         rate_limit: float = RATE_LIMITS["test"],
         timeout: float = DEFAULTS.stripe_timeout,
     ) -> None:
+        # The SDK's aiohttp client, chosen by measurement (docs/benchmarks.md,
+        # issue 11): about half the CPU per call of its httpx client, which was
+        # the largest single cost of a synced row. Its session opens on the
+        # first call, in the event loop that makes it; aclose() ends it.
+        self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout))
         self.client = stripe.StripeClient(
             api_key.reveal(),
             base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.HTTPXClient(timeout=timeout),
+            http_client=self._http,
             max_network_retries=0,
         )
         self.pacer = Pacer(rate_limit)
         self.calls = 0
         self.rate_limited = 0
+
+    async def __aenter__(self) -> StripeApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session and its keep-alive connections (in the loop that used them)."""
+        await self._http.close_async()  # type: ignore[no-untyped-call]
 
     async def call(self, what: str, request: Awaitable[T]) -> T:
         """Await one SDK coroutine, paced; map its failure to Permanent/TransientError.
