@@ -12,6 +12,11 @@ reports drift:
               name/description/active; price nickname/active). A field MC leaves
               NULL is not compared: the outbox never clears it in Stripe.
 ``metadata``  the object's ``mc_*_id`` metadata is missing or names another MC row.
+``duplicate`` several live Stripe objects carry one MC row's ``mc_*_id`` and this
+              database's ``mc_source`` (a search per family): two objects for one
+              MC row, e.g. when Stripe's search lagged more than
+              STRIPE_SYNC_SEARCH_LAG after a saved 500 (docs/stripe.md 6.4).
+              Never repaired: which one to keep, and what to move, is a person's call.
 
 ``--fix`` repairs, each in one transaction:
 
@@ -23,9 +28,9 @@ reports drift:
 - missing (404): set the mapping back to ``pending`` with no Stripe id (only if it
   still names that id) and enqueue ``create_stripe_<x>`` in the same transaction.
   Nothing refers to a mapping's Stripe id by key, and the price create waits for
-  a re-created product. The create reuses the idempotency key of the MC row, so
-  within 24 h of the first create Stripe replays its first answer (the old id):
-  the next reconcile then reports it missing again.
+  a re-created product. The reset bumps the create generation (schema/0006), so
+  the create has a new key (outbox/keys.py); it searches by metadata first and
+  adopts an object that still exists under another id.
 
 An outbox row is not enqueued twice while an identical one is pending.
 """
@@ -47,15 +52,17 @@ from .config import Settings
 from .db import make_pool, queries
 from .errors import PermanentError
 from .mappings import CUSTOMERS, PRICES, PRODUCTS, Family
+from .outbox.common import source_of
 from .stripe_api import StripeApi, call_with_retries, from_settings
+from .webhooks.events import metadata_id
 
-Kind = Literal["missing", "deleted", "changed", "metadata"]
+Kind = Literal["missing", "deleted", "changed", "metadata", "duplicate"]
 # What --fix does about a finding; an object gets the first of these its findings need.
 Repair = Literal["create", "mark_deleted", "update"]
 REPAIRS: tuple[Repair, ...] = ("create", "mark_deleted", "update")
-KINDS: tuple[Kind, ...] = ("missing", "deleted", "changed", "metadata")
+KINDS: tuple[Kind, ...] = ("missing", "deleted", "changed", "metadata", "duplicate")
 FAMILIES: tuple[Family, ...] = (CUSTOMERS, PRODUCTS, PRICES)  # products before their prices
-PAGE_SIZE = 100
+PAGE_SIZE = 100  # mappings per page, and Stripe's largest search page
 CONCURRENCY = 8  # retrieves in flight; the pacer still spaces them
 
 
@@ -229,6 +236,46 @@ async def _fetch(
         into[i] = await retrieve(api, item.family, item.stripe_id)
 
 
+async def duplicates(
+    api: StripeApi, pool: AsyncConnectionPool, family: Family, source: str, fix: bool
+) -> list[Drift]:
+    """MC rows of this database that several live Stripe objects name in metadata."""
+    assert family.metadata_key is not None
+    service: Any = getattr(api.client.v1, family.resource)
+    objects: dict[int, list[str]] = {}
+    params: dict[str, Any] = {"query": f"metadata['mc_source']:'{source}'", "limit": PAGE_SIZE}
+    while True:
+        found = await call_with_retries(
+            api, f"search {family.noun}s", partial(service.search_async, params=dict(params))
+        )
+        for obj in (o.to_dict() for o in found.data):
+            mc_id = metadata_id(obj.get("metadata"), family.metadata_key)
+            if mc_id is not None and not obj.get("deleted"):
+                objects.setdefault(mc_id, []).append(str(obj["id"]))
+        if not found.has_more:
+            break
+        params["page"] = found.next_page
+    drift = []
+    for mc_id, ids in sorted(objects.items()):
+        if len(ids) < 2:
+            continue
+        async with pool.connection() as conn:
+            cur = await conn.execute(family.query("reconcile", "mapped_id"), {"mc_id": mc_id})
+            row = await cur.fetchone()
+        mapped = row[0] if row is not None and row[0] is not None else None
+        keep = f"the mapped one is {mapped}" if mapped else "none is mapped"
+        detail = (
+            f"{len(ids)} Stripe {family.noun}s carry {family.metadata_key}={mc_id} of this "
+            f"database ({', '.join(sorted(ids))}); {keep}: delete or merge the others by hand"
+        )
+        stripe_id = mapped or sorted(ids)[0]
+        left = "left alone: resolve by hand" if fix else None
+        drift.append(
+            Drift("duplicate", family.noun, family.mc_table, mc_id, stripe_id, detail, left)
+        )
+    return drift
+
+
 async def count(pool: AsyncConnectionPool) -> dict[str, int]:
     totals: dict[str, int] = {}
     async with pool.connection() as conn:
@@ -245,10 +292,13 @@ async def reconcile(
     *,
     fix: bool = False,
     on_checked: Callable[[str, Sequence[Drift]], None] | None = None,
+    on_duplicates: Callable[[Sequence[Drift]], None] | None = None,
 ) -> Report:
-    """Compare every mapping; with ``fix``, repair. ``on_checked(noun, drift)`` per object."""
+    """Compare every mapping; with ``fix``, repair. ``on_checked(noun, drift)`` per
+    object; ``on_duplicates(drift)`` per family, after its search for duplicates."""
     report = Report(fix=fix)
     limiter = anyio.CapacityLimiter(CONCURRENCY)
+    source = await source_of(pool)
     for family in FAMILIES:
         report.checked[family.noun] = 0
         async for page in _pages(pool, family):
@@ -275,6 +325,10 @@ async def reconcile(
                 report.drift += drift
                 if on_checked is not None:
                     on_checked(family.noun, drift)
+        extra = await duplicates(api, pool, family, source, fix)
+        report.drift += extra
+        if on_duplicates is not None:
+            on_duplicates(extra)
     return report
 
 
@@ -284,6 +338,7 @@ async def run(
     fix: bool = False,
     on_start: Callable[[dict[str, int]], None] | None = None,
     on_checked: Callable[[str, Sequence[Drift]], None] | None = None,
+    on_duplicates: Callable[[Sequence[Drift]], None] | None = None,
 ) -> Report:
     """``on_start(totals)`` gets the number of mappings to check per family first."""
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
@@ -294,7 +349,9 @@ async def run(
     ):
         if on_start is not None:
             on_start(await count(pool))
-        return await reconcile(api, pool, fix=fix, on_checked=on_checked)
+        return await reconcile(
+            api, pool, fix=fix, on_checked=on_checked, on_duplicates=on_duplicates
+        )
 
 
 def progress_run(settings: Settings, *, fix: bool = False, json_output: bool = False) -> Report:
@@ -317,9 +374,18 @@ def progress_run(settings: Settings, *, fix: bool = False, json_output: bool = F
         else:
             print(line, flush=True)
 
+    def on_duplicates(drift: Sequence[Drift]) -> None:
+        _emit_all(emit, drift)
+
     if not err.is_terminal:
         report = anyio.run(
-            partial(run, settings, fix=fix, on_checked=lambda _, drift: _emit_all(emit, drift))
+            partial(
+                run,
+                settings,
+                fix=fix,
+                on_checked=lambda _, drift: _emit_all(emit, drift),
+                on_duplicates=on_duplicates,
+            )
         )
     else:
         columns = (
@@ -341,7 +407,14 @@ def progress_run(settings: Settings, *, fix: bool = False, json_output: bool = F
                 _emit_all(emit, drift)
 
             report = anyio.run(
-                partial(run, settings, fix=fix, on_start=on_start, on_checked=on_checked)
+                partial(
+                    run,
+                    settings,
+                    fix=fix,
+                    on_start=on_start,
+                    on_checked=on_checked,
+                    on_duplicates=on_duplicates,
+                )
             )
     print(report.to_json() if json_output else report.summary(), flush=True)
     return report

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from test_outbox import source
 
 from stripe_sync.emulator.server import EmulatorServer
 
@@ -122,7 +123,13 @@ async def test_drift_of_each_kind_reported_fixed_and_gone(
         ("product", 2): "missing",
         ("price", 1): "metadata",
     }
-    assert report["counts"] == {"missing": 1, "deleted": 2, "changed": 1, "metadata": 1}
+    assert report["counts"] == {
+        "missing": 1,
+        "deleted": 2,
+        "changed": 1,
+        "metadata": 1,
+        "duplicate": 0,
+    }
     changed = next(d for d in report["drift"] if d["kind"] == "changed")
     assert "ada@example.com" in changed["detail"] and "ada@elsewhere.example" in changed["detail"]
     assert all(d["fix"] is None for d in report["drift"])
@@ -173,6 +180,48 @@ async def test_drift_of_each_kind_reported_fixed_and_gone(
     assert new_prod2 != prod2
 
 
+async def test_several_stripe_objects_for_one_mc_row_are_reported_never_fixed(
+    dsn: str, conn: Conn, emulator: EmulatorServer, stripe_client: Any
+) -> None:
+    await synced_catalog(dsn, conn, emulator)
+    cus1 = stripe_id(conn, "customer", "account_id", 1)
+    prod2 = stripe_id(conn, "product", "product_id", 2)
+    env, ours = settings_env(dsn, emulator), source(conn)
+
+    def create(service: Any, key: str, mc_id: str, mc_source: str, **params: Any) -> str:
+        metadata = {key: mc_id, "mc_source": mc_source}
+        return str(service.create(params={**params, "metadata": metadata}).id)
+
+    # A second customer for account 1 and a second product for product 2, as a
+    # search slower than STRIPE_SYNC_SEARCH_LAG could leave them; not duplicates:
+    # another database's customer for its account 1, and a deleted one of ours.
+    extra_cus = create(stripe_client.v1.customers, "mc_account_id", "1", ours, email="a@x.io")
+    extra_prod = create(stripe_client.v1.products, "mc_product_id", "2", ours, name="Silver")
+    create(stripe_client.v1.customers, "mc_account_id", "1", "other_db/12345678")
+    gone = create(stripe_client.v1.customers, "mc_account_id", "2", ours)
+    stripe_client.v1.customers.delete(gone)
+
+    before = last_outbox_id(conn)
+    found = cli("--json", "--fix", env=env)
+    assert found.returncode == 1, found.stderr
+    report = json.loads(found.stdout)
+    assert report["counts"]["duplicate"] == 2 and len(report["drift"]) == 2, report
+    by_family = {d["family"]: d for d in report["drift"]}
+    customer, product = by_family["customer"], by_family["product"]
+    assert (customer["kind"], customer["mc_id"], customer["stripe_id"]) == ("duplicate", 1, cus1)
+    assert (product["kind"], product["mc_id"], product["stripe_id"]) == ("duplicate", 2, prod2)
+    assert customer["detail"] == (
+        f"2 Stripe customers carry mc_account_id=1 of this database "
+        f"({', '.join(sorted([cus1, extra_cus]))}); the mapped one is {cus1}: "
+        "delete or merge the others by hand"
+    )
+    assert extra_prod in product["detail"]
+    assert {d["fix"] for d in report["drift"]} == {"left alone: resolve by hand"}
+    assert outbox(conn, before) == []  # nothing is repaired
+    plain = cli(env=env)
+    assert f"customer billing.accounts id=1 {cus1}: duplicate: 2 Stripe customers" in plain.stdout
+
+
 async def test_missing_metadata_and_bad_stripe_id(
     dsn: str, conn: Conn, emulator: EmulatorServer, stripe_client: Any
 ) -> None:
@@ -191,11 +240,12 @@ async def test_missing_metadata_and_bad_stripe_id(
         ("customer", 1): ("metadata", "metadata mc_account_id missing"),
         ("customer", 2): ("missing", "Stripe has no customer cus_doesnotexist"),
     }
-    # The re-create for account 2 adopts its real customer (the idempotency key of
-    # the MC row replays the first create); account 1 gets its metadata back.
+    # The re-create for account 2 (a new generation, so a new key) searches first
+    # and adopts its real customer; account 1 gets its metadata back. No duplicate.
     await sync(dsn, emulator)
     assert cli(env=env).returncode == 0
     assert stripe_id(conn, "customer", "account_id", 2).startswith("cus_")
+    assert emulator.emulator.count("customers") == 2
 
 
 def test_usage_and_config_errors() -> None:

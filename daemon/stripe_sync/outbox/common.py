@@ -117,7 +117,9 @@ async def create_or_adopt(
             note = f"adopted {found.id}, found by its metadata after its create met a saved 500"
             return Done(apply=record(family, mc_id, found.id), note=note)
         generation = await _next_generation(ctx, family, mc_id, generation)
-    elif job.attempts > 1:
+    elif job.attempts > 1 or generation > 0:
+        # A retry, or a re-create after a reset (reconcile --fix, a DBA): the
+        # object may exist already, under an id the mapping did not name.
         found = await search()
     if found is None:
         key = create_key(ctx.source, family, mc_id, generation)

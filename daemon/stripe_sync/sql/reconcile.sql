@@ -53,3 +53,7 @@ UPDATE {mapping}
 SET sync_status = 'deleted', updated_at = now()
 WHERE {mc_col} = %(mc_id)s AND {stripe_col} = %(stripe_id)s AND sync_status <> 'deleted'
 RETURNING id
+
+-- name: mapped_id
+-- The Stripe object an MC row is mapped to (for a duplicate's report).
+SELECT {stripe_col} FROM {mapping} WHERE {mc_col} = %(mc_id)s
