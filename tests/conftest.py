@@ -15,10 +15,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from openapi_check import SpecCheck
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from stripe_sync.devcluster import reachable_or_throwaway
+from stripe_sync.emulator import EmulatorServer
 from stripe_sync.migrate import migrate
 
 pytest_plugins = ["stripe_sync.emulator.pytest_plugin"]
@@ -104,3 +106,29 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+SPEC = SpecCheck()
+
+
+@pytest.fixture(scope="session")
+def emulator_server(emulator_server: EmulatorServer) -> EmulatorServer:
+    """The plugin's emulator, with every accepted request held to Stripe's spec."""
+    emulator_server.emulator.observer = SPEC.observe
+    return emulator_server
+
+
+@pytest.fixture
+def emulator(emulator: EmulatorServer) -> Iterator[EmulatorServer]:
+    """The plugin's per-test emulator; the test fails if the emulator accepted a
+    request Stripe would refuse or answered with a shape Stripe does not send."""
+    SPEC.take()
+    yield emulator
+    emulator.emulator.wait_requests_idle()
+    problems = SPEC.take()
+    if problems:
+        pytest.fail(
+            "the emulator's traffic does not match Stripe's OpenAPI spec "
+            "(tests/openapi_check.py):\n  " + "\n  ".join(problems),
+            pytrace=False,
+        )

@@ -224,7 +224,9 @@ def test_end_to_end_story(
     sub = stripe_client.v1.subscriptions.create(
         params={"customer": cus.id, "items": [{"price": price.id}]}
     )
-    invoice = stripe_client.v1.invoices.retrieve(str(sub.latest_invoice))
+    invoice = stripe_client.v1.invoices.retrieve(
+        str(sub.latest_invoice), params={"expand": ["payments"]}
+    )
     assert invoice.status == "paid"
     assert invoice.payments is not None
     pi = stripe_client.v1.payment_intents.retrieve(

@@ -246,7 +246,9 @@ def test_subscription_lifecycle(stripe_client: stripe.StripeClient) -> None:
     assert item.price.id == price.id and item.quantity == 2
     assert item.current_period_end > item.current_period_start
 
-    inv = stripe_client.v1.invoices.retrieve(str(sub.latest_invoice))
+    inv = stripe_client.v1.invoices.retrieve(
+        str(sub.latest_invoice), params={"expand": ["payments"]}
+    )
     assert (
         inv.status == "paid"
         and inv.amount_paid == 3000

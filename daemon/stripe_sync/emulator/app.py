@@ -233,6 +233,8 @@ class ApiApp:
         finally:
             if idem_key:
                 emu.idempotency.end(api_key, idem_key)
+        if emu.observer is not None and status < 300:
+            emu.observer(method, template, params, body)
         if lose_response:
             await _drop(send)
         await _respond(send, status, body, _headers(request_id, extra))

@@ -240,7 +240,7 @@ def fail_payment(emu: Emulator, req: ApiRequest, pi: JSON, method: str) -> Strip
         "decline_code": decline,
         "message": "Your card was declined.",
         "charge": ch["id"],
-        "payment_method": {"id": method, "object": "payment_method", "type": "card"},
+        "payment_method": new_objects_billing.payment_method(method, emu.now(), pi["livemode"]),
     }
     pi.update(
         status="requires_payment_method",

@@ -190,6 +190,20 @@ def subscription_item(si_id: str, created: int, sub_id: str, p: JSON, quantity: 
     }
 
 
+def _requirements() -> JSON:
+    """Nothing due: the account of a finished onboarding."""
+    return {
+        "alternatives": [],
+        "current_deadline": None,
+        "currently_due": [],
+        "disabled_reason": None,
+        "errors": [],
+        "eventually_due": [],
+        "past_due": [],
+        "pending_verification": [],
+    }
+
+
 def account(account_id: str, created: int, name: str | None) -> JSON:
     return {
         "id": account_id,
@@ -205,11 +219,24 @@ def account(account_id: str, created: int, name: str | None) -> JSON:
         "details_submitted": True,
         "email": None,
         "external_accounts": list_object(f"/v1/accounts/{account_id}/external_accounts"),
-        "future_requirements": None,
+        "future_requirements": _requirements(),
         "metadata": {},
         "payouts_enabled": True,
-        "requirements": None,
-        "settings": {"dashboard": {"display_name": name, "timezone": "Etc/UTC"}},
+        "requirements": _requirements(),
+        "settings": {
+            "branding": {
+                "icon": None,
+                "logo": None,
+                "primary_color": None,
+                "secondary_color": None,
+            },
+            "card_payments": {
+                "decline_on": {"avs_failure": False, "cvc_failure": False},
+                "statement_descriptor_prefix": None,
+            },
+            "dashboard": {"display_name": name, "timezone": "Etc/UTC"},
+            "payments": {"statement_descriptor": None},
+        },
         "tos_acceptance": {"date": None, "ip": None, "user_agent": None},
         "type": "standard",
     }

@@ -201,7 +201,14 @@ def charge(cid: str, created: int, livemode: bool) -> JSON:
         "payment_intent": None,
         "payment_method": None,
         "payment_method_details": {
-            "card": {"brand": "visa", "country": "US", "last4": "4242", "funding": "credit"},
+            "card": {
+                "brand": "visa",
+                "country": "US",
+                "exp_month": 12,
+                "exp_year": 2034,
+                "funding": "credit",
+                "last4": "4242",
+            },
             "type": "card",
         },
         "receipt_email": None,
@@ -218,6 +225,28 @@ def charge(cid: str, created: int, livemode: bool) -> JSON:
         "status": "succeeded",
         "transfer_data": None,
         "transfer_group": None,
+    }
+
+
+def payment_method(pmid: str, created: int, livemode: bool) -> JSON:
+    """The test card's payment method, as a declined payment's error carries it."""
+    return {
+        "id": pmid,
+        "object": "payment_method",
+        "billing_details": {"address": _address(), "email": None, "name": None, "phone": None},
+        "card": {
+            "brand": "visa",
+            "country": "US",
+            "exp_month": 12,
+            "exp_year": 2034,
+            "funding": "credit",
+            "last4": "0002",
+        },
+        "created": created,
+        "customer": None,
+        "livemode": livemode,
+        "metadata": {},
+        "type": "card",
     }
 
 

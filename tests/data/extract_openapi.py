@@ -1,0 +1,113 @@
+"""Writes tests/data/stripe_openapi_spec.json: the part of Stripe's OpenAPI spec
+(stripe/openapi spec3.yaml, API 2023-08-16, MIT: LICENSE-stripe-openapi.txt) that
+tests/openapi_check.py holds the emulator's traffic to — the request schema of each
+operation the emulator serves and the response schemas they name, descriptions left
+out. Run by hand from the repository root when the spec or the emulator's routes
+change (needs PyYAML, which the project itself does not):
+
+    python tests/data/extract_openapi.py ../shared/stripe/openapi/spec3.2023-09-12.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stripe_sync.emulator.emulator import _ROUTES
+
+OUT = Path(__file__).parent / "stripe_openapi_spec.json"
+DROP = {
+    "description",
+    "x-expandableFields",
+    "x-resourceId",
+    "x-stripeBypassValidation",
+    "x-stripeMostCommon",
+    "x-stripeOperations",
+    "x-stripeResource",
+    "title",
+    "x-expansionResources",
+}
+
+
+def strip(node: Any) -> Any:
+    """The schema without prose and vendor keys (property names are kept as they are)."""
+    if isinstance(node, dict):
+        return {
+            k: ({name: strip(s) for name, s in v.items()} if k == "properties" else strip(v))
+            for k, v in node.items()
+            if k not in DROP
+        }
+    if isinstance(node, list):
+        return [strip(v) for v in node]
+    return node
+
+
+def refs(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if "$ref" in node:
+            found.add(node["$ref"].rsplit("/", 1)[1])
+        for v in node.values():
+            found |= refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            found |= refs(v)
+    return found
+
+
+def main(spec_path: str) -> None:
+    spec = yaml.load(Path(spec_path).read_text(), Loader=yaml.CSafeLoader)
+    by_shape = {re.sub(r"\{[^}]+\}", "{}", p): p for p in spec["paths"]}
+    operations: dict[str, Any] = {}
+    for routes in _ROUTES.values():
+        for route in routes:
+            shape = re.sub(r"\{[^}]+\}", "{}", route.template)
+            op = spec["paths"][by_shape[shape]][route.method.lower()]
+            if route.method == "GET":
+                params = [p for p in op.get("parameters", []) if p["in"] == "query"]
+                request = {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {p["name"]: p["schema"] for p in params},
+                    "required": [p["name"] for p in params if p.get("required")],
+                }
+            else:
+                body = op.get("requestBody", {}).get("content", {})
+                form = body.get("application/x-www-form-urlencoded", {})
+                request = form.get("schema", {"type": "object", "properties": {}})
+            response = op["responses"]["200"]["content"]["application/json"]["schema"]
+            operations[f"{route.method} {route.template}"] = strip(
+                {"request": request, "response": response}
+            )
+    schemas: dict[str, Any] = {}
+    todo = refs(operations)
+    while todo:
+        name = todo.pop()
+        if name not in schemas:
+            schemas[name] = strip(spec["components"]["schemas"][name])
+            todo |= refs(schemas[name]) - schemas.keys()
+    OUT.write_text(
+        json.dumps(
+            {
+                "source": "stripe/openapi spec3.yaml, API " + spec["info"]["version"],
+                "operations": operations,
+                "schemas": dict(sorted(schemas.items())),
+            },
+            indent=None,
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        + "\n"
+    )
+    print(
+        f"{OUT}: {len(operations)} operations, {len(schemas)} schemas, {OUT.stat().st_size} bytes"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
