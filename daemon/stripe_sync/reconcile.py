@@ -53,7 +53,7 @@ from .db import make_pool, queries
 from .errors import PermanentError
 from .mappings import CUSTOMERS, PRICES, PRODUCTS, Family
 from .outbox.common import source_of
-from .stripe_api import StripeApi, call_with_retries, from_settings
+from .stripe_api import StripeApi, call_with_retries, from_settings, search_clause
 from .webhooks.events import metadata_id
 
 Kind = Literal["missing", "deleted", "changed", "metadata", "duplicate"]
@@ -243,7 +243,10 @@ async def duplicates(
     assert family.metadata_key is not None
     service: Any = getattr(api.client.v1, family.resource)
     objects: dict[int, list[str]] = {}
-    params: dict[str, Any] = {"query": f"metadata['mc_source']:'{source}'", "limit": PAGE_SIZE}
+    params: dict[str, Any] = {
+        "query": search_clause("metadata['mc_source']", source),
+        "limit": PAGE_SIZE,
+    }
     while True:
         found = await call_with_retries(
             api, f"search {family.noun}s", partial(service.search_async, params=dict(params))

@@ -149,6 +149,14 @@ async def call_with_retries(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def search_clause(field: str, value: str) -> str:
+    """One clause of Stripe's search query language: ``metadata['k']:'v'`` with
+    the value quoted, a quote or backslash inside it escaped with a backslash
+    (a database name may hold a ``'``, and mc_source embeds it)."""
+    quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{field}:'{quoted}'"
+
+
 def classify(what: str, exc: stripe.StripeError) -> PermanentError | TransientError:
     status = exc.http_status
     headers = exc.headers or {}

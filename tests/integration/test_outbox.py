@@ -3,10 +3,13 @@ official SDK over HTTP → the emulator → mapping row + done."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from conftest import _janitor, dsn_for
 
 from stripe_sync.db import queries
 from stripe_sync.emulator.server import EmulatorServer
@@ -252,6 +255,36 @@ async def test_a_create_retried_after_stripe_forgot_the_key_adopts(
     assert row[2] == "done"
     assert emu.count("customers") == 1
     assert emu.stats()["counts"].get("GET /v1/customers/search", 0) >= 1
+
+
+@pytest.fixture
+def quoted_dsn(pg_server: dict[str, Any], db_template: str) -> Iterator[str]:
+    """A database whose name holds a quote: mc_source embeds it in search queries."""
+    name = f"stripe_sync_q{os.getpid()}_o'brien"
+    janitor = _janitor(pg_server, name, template_dbname=db_template)
+    janitor.drop()
+    janitor.init()
+    try:
+        yield dsn_for(pg_server, name)
+    finally:
+        janitor.drop()
+
+
+async def test_the_adoption_search_quotes_a_database_name(
+    quoted_dsn: str, emulator: EmulatorServer
+) -> None:
+    with psycopg.connect(quoted_dsn, autocommit=True) as conn:
+        catalog(conn, price=False)
+        assert "o'brien/" in source(conn)
+        emu = emulator.emulator
+        emu.add_fault("applied_response_lost", "POST /v1/customers", count=1)
+        async with outbox_pipeline(quoted_dsn, emulator.base_url, max_attempts=3):
+            enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+            await eventually(lambda: emu.count("customers") == 1)
+            emu.advance_clock(25 * 3600)  # the key is forgotten: only the search can tell
+            [row] = await eventually(lambda: all_settled(quoted_dsn))
+    assert row[2] == "done", row
+    assert emu.count("customers") == 1
 
 
 async def test_never_adopts_another_databases_customer(

@@ -21,7 +21,7 @@ from ..db import queries
 from ..errors import PermanentError, SavedFailure, TransientError
 from ..jobs import Apply, Done, Job
 from ..mappings import Family
-from ..stripe_api import StripeApi, is_idempotency_conflict
+from ..stripe_api import StripeApi, is_idempotency_conflict, search_clause
 from .keys import create_key, write_key
 from .payloads import decode
 
@@ -99,7 +99,12 @@ async def create_or_adopt(
     """
     service = ctx.service(family)
     what = f"create {family.noun} for {family.mc_table} id={mc_id}"
-    query = f"metadata['{family.metadata_key}']:'{mc_id}' AND metadata['mc_source']:'{ctx.source}'"
+    query = " AND ".join(
+        (
+            search_clause(f"metadata['{family.metadata_key}']", str(mc_id)),
+            search_clause("metadata['mc_source']", ctx.source),
+        )
+    )
 
     async def search() -> StripeObject | None:
         found = await ctx.api.call(
