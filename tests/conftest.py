@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -70,30 +71,32 @@ def db_template(pg_server: dict[str, Any]) -> Iterator[str]:
         janitor.drop()
 
 
-@pytest.fixture
-def dsn(pg_server: dict[str, Any], db_template: str) -> Iterator[str]:
-    """A fresh, migrated database for this test."""
-    name = f"stripe_sync_t{os.getpid()}_{next(_counter)}"
-    janitor = _janitor(pg_server, name, template_dbname=db_template)
+@contextmanager
+def fresh_database(server: dict[str, Any], name: str, template: str | None = None) -> Iterator[str]:
+    """A database of this name (a clone of ``template``), dropped afterwards."""
+    janitor = _janitor(server, name, template_dbname=template)
     janitor.drop()
     janitor.init()
     try:
-        yield dsn_for(pg_server, name)
+        yield dsn_for(server, name)
     finally:
         janitor.drop()
+
+
+@pytest.fixture
+def dsn(pg_server: dict[str, Any], db_template: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    with fresh_database(
+        pg_server, f"stripe_sync_t{os.getpid()}_{next(_counter)}", db_template
+    ) as d:
+        yield d
 
 
 @pytest.fixture
 def empty_dsn(pg_server: dict[str, Any]) -> Iterator[str]:
     """A fresh database without the schema, for migration tests."""
-    name = f"stripe_sync_e{os.getpid()}_{next(_counter)}"
-    janitor = _janitor(pg_server, name)
-    janitor.drop()
-    janitor.init()
-    try:
-        yield dsn_for(pg_server, name)
-    finally:
-        janitor.drop()
+    with fresh_database(pg_server, f"stripe_sync_e{os.getpid()}_{next(_counter)}") as d:
+        yield d
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import _janitor, dsn_for
+from conftest import fresh_database
 
 from stripe_sync.db import queries
 from stripe_sync.emulator.server import EmulatorServer
@@ -260,14 +260,8 @@ async def test_a_create_retried_after_stripe_forgot_the_key_adopts(
 @pytest.fixture
 def quoted_dsn(pg_server: dict[str, Any], db_template: str) -> Iterator[str]:
     """A database whose name holds a quote: mc_source embeds it in search queries."""
-    name = f"stripe_sync_q{os.getpid()}_o'brien"
-    janitor = _janitor(pg_server, name, template_dbname=db_template)
-    janitor.drop()
-    janitor.init()
-    try:
-        yield dsn_for(pg_server, name)
-    finally:
-        janitor.drop()
+    with fresh_database(pg_server, f"stripe_sync_q{os.getpid()}_o'brien", db_template) as d:
+        yield d
 
 
 async def test_the_adoption_search_quotes_a_database_name(
