@@ -129,7 +129,13 @@ class Daemon:
         webhooks = self._worker(
             WEBHOOKS,
             webhook_handler(
-                WebhookContext(pool=self.pool, api=self.api, mode=mode, refetch=s.webhook_refetch)
+                WebhookContext(
+                    pool=self.pool,
+                    api=self.api,
+                    mode=mode,
+                    refetch=s.webhook_refetch,
+                    source=source,
+                )
             ),
         )
         self.workers = [outbox, webhooks]

@@ -114,6 +114,27 @@ async def test_customer_events_confirm_known_customers(
     assert st["evt_x"] == ("ignored", "customer cus_X is not mapped to any MC row")
 
 
+async def test_only_this_databases_objects_confirm_a_pending_mapping(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """Databases sharing a Stripe account each number their accounts from 1: a
+    customer.created of another database names our pending account too."""
+    pending = add_account(conn, None)
+
+    def created(cus_id: str, mc_source: str) -> dict[str, Any]:
+        metadata = {"mc_account_id": str(pending), "mc_source": mc_source}
+        obj = {"id": cus_id, "object": "customer", "metadata": metadata}
+        return event("customer.created", obj, event_id=f"evt_{cus_id}")
+
+    ctx = WebhookContext(pool, source="billing/ours0001")
+    await run(pool, created("cus_T", "billing/theirs01"), ctx=ctx)
+    query = "SELECT stripe_customer_id FROM stripe.customer_mappings WHERE account_id = %s"
+    assert one(conn, query, pending) is None
+    assert statuses(conn)["evt_cus_T"] == ("ignored", "customer cus_T is not mapped to any MC row")
+    await run(pool, created("cus_O", "billing/ours0001"), ctx=ctx)
+    assert one(conn, query, pending) == "cus_O"
+
+
 async def test_customer_deleted_stub_then_stale_update(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],

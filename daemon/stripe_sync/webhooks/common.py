@@ -52,6 +52,10 @@ class WebhookContext:
     refetch: bool = False
     # Connect events (with "account") are ignored unless this is set.
     allow_connect: bool = False
+    # This database's mc_source (schema/0007): an object found by its mc_*_id
+    # metadata must carry it too, or it is another database's on the same
+    # Stripe account. None: not checked.
+    source: str | None = None
     # How many attempts an event waits for a mapping it names (a customer
     # whose outbox create is still in flight) before it fails.
     reference_attempts: int = 8
@@ -201,6 +205,8 @@ async def confirm(
     """
     assert family.metadata_key is not None, f"the outbox does not create {family.noun}s"
     mc_id = metadata_id(metadata, family.metadata_key)
+    if ctx.source is not None and (metadata or {}).get("mc_source") != ctx.source:
+        mc_id = None  # another database's object: never confirms our pending create
     async with ctx.pool.connection() as conn:
         row = await find(conn, family, stripe_id, mc_id)
     if row is None:
