@@ -18,9 +18,12 @@ WHERE a.id = %(id)s
 -- shows as a pending mapping without a Stripe id yet. The insert is a no-op
 -- when a mapping exists (synced, deleted or pending), and the SELECT sees
 -- the mapping as it was before it, exactly as the two statements did.
-WITH a AS (SELECT id, email, name FROM billing.accounts WHERE id = %(id)s),
+-- Relaxed (queue.sql says what that is): the placeholder is only a sign; if a
+-- server crash loses it, the completion's write_mapping inserts the mapping anyway.
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
+a AS (SELECT id, email, name FROM billing.accounts WHERE id = %(id)s),
 pending AS (
-    INSERT INTO stripe.customer_mappings (account_id) SELECT id FROM a
+    INSERT INTO stripe.customer_mappings (account_id) SELECT id FROM a, relaxed
     ON CONFLICT (account_id) DO NOTHING
 )
 SELECT a.email, a.name, m.stripe_customer_id AS stripe_id, m.sync_status AS status,
@@ -37,10 +40,12 @@ LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 WHERE p.id = %(id)s
 
 -- name: load_product_for_create
--- load_product and mark_pending in one round trip (see load_account_for_create).
-WITH p AS (SELECT id, name, description, active FROM billing.products WHERE id = %(id)s),
+-- load_product and mark_pending in one round trip (see load_account_for_create;
+-- relaxed alike).
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
+p AS (SELECT id, name, description, active FROM billing.products WHERE id = %(id)s),
 pending AS (
-    INSERT INTO stripe.product_mappings (product_id) SELECT id FROM p
+    INSERT INTO stripe.product_mappings (product_id) SELECT id FROM p, relaxed
     ON CONFLICT (product_id) DO NOTHING
 )
 SELECT p.name, p.description, p.active, m.stripe_product_id AS stripe_id,
@@ -63,7 +68,9 @@ WHERE p.id = %(id)s
 
 -- name: mark_pending
 -- A create in flight shows as a pending mapping without a Stripe id yet.
-INSERT INTO {mapping} ({mc_col}) VALUES (%(mc_id)s)
+-- Relaxed, like load_account_for_create's placeholder.
+INSERT INTO {mapping} ({mc_col})
+SELECT %(mc_id)s::bigint FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 ON CONFLICT ({mc_col}) DO NOTHING
 
 -- name: write_mapping

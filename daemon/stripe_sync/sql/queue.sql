@@ -1,11 +1,25 @@
 -- The one claim/lease/retry mechanism behind both pipelines. {table} is
 -- integration.outbox or integration.webhook_events, {kind} its action_type or
 -- event_type column; both share the other columns.
+--
+-- Durability, decided per statement. A statement that joins `relaxed` commits
+-- without waiting for its WAL flush (set_config(..., true) is SET LOCAL: this
+-- transaction only, and an autocommit statement is its own transaction; the
+-- server's and the session's settings stay as they are). A crash of the
+-- PostgreSQL server (not of the daemon: a committed transaction survives that)
+-- may then lose the last ~0.6 s of such commits, which leaves the row as it was
+-- before the statement; each case below says why that is safe. Rows are then
+-- run again with the same idempotency keys, as after a lost Stripe response
+-- (docs/reliability.md, "What waits for the disk"). The webhook event INSERT
+-- (webhooks.sql) never relaxes: the 200 promises that event is on disk.
 
 -- name: claim
 -- Oldest due rows first; SKIP LOCKED lets replicas claim side by side
--- without ever taking the same row.
-WITH due AS (
+-- without ever taking the same row. Relaxed: a lost claim leaves the row
+-- pending with the attempt uncounted, so it is claimed and run again (any
+-- later durable commit flushes it too: WAL is written in order).
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
+due AS (
     SELECT id FROM {table}
     WHERE status = 'pending' AND next_attempt_at <= now()
     ORDER BY next_attempt_at, id
@@ -17,7 +31,7 @@ SET status = 'processing',
     attempts = t.attempts + 1,
     locked_by = %(worker)s,
     locked_until = now() + make_interval(secs => %(lease)s)
-FROM due
+FROM due, relaxed
 WHERE t.id = due.id
 RETURNING t.id, t.{kind}, t.attempts, t.payload::text
 
@@ -28,15 +42,26 @@ SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
 FROM {table} WHERE status = 'pending'
 
 -- name: renew
+-- Relaxed: a lost renewal shortens a lease that the next renewal, a third of
+-- a lease later, extends again; if the lease lapses the row runs again.
 UPDATE {table}
 SET locked_until = now() + make_interval(secs => %(lease)s)
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s AND status = 'processing'
 
 -- name: finish
 -- The lock check makes a late finisher whose lease expired a no-op.
+-- Relaxed, and with it the handler's writes in the same transaction (the
+-- mapping, billing.*): if the commit is lost the row is still processing
+-- under an expired lease, so the sweep makes it pending and it runs again:
+-- an outbox row replays its Stripe call with the same idempotency key and
+-- writes the same mapping; a webhook event is applied again from its durable
+-- row, and the ordering key makes that a no-op or the same update. A lost
+-- 'failed' (Store.fail) runs the row again, to fail again.
 UPDATE {table}
 SET status = %(status)s, locked_by = NULL, locked_until = NULL,
     last_error = %(error)s, processed_at = now()
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'processing'
 
 -- name: retry
