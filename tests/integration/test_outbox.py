@@ -146,6 +146,44 @@ async def test_updates_and_archives(dsn: str, conn: Conn, emulator: EmulatorServ
     assert mapping(conn, "price", "price_id") == (price["id"], "deleted")
 
 
+async def test_values_stripe_would_refuse_fail_before_any_request(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    conn.execute(
+        "INSERT INTO billing.accounts (id, email, name) VALUES (1, %s, 'Ada'), (2, 'b@x.io', '')",
+        ("a" * 600 + "@example.com",),
+    )
+    async with outbox_pipeline(dsn, emulator.base_url):
+        enqueue(conn, "create_stripe_customer", '{"account_id": 1}')
+        enqueue(conn, "create_stripe_customer", '{"account_id": 2}')
+        rows = await eventually(lambda: all_settled(dsn))
+    too_long, empty = rows
+    assert too_long[2:4] == ("failed", 1), too_long
+    assert too_long[4] == (
+        "billing.accounts.email id=1: 612 characters; Stripe accepts at most 512, "
+        "so nothing was sent"
+    )
+    # An empty name is left out (Stripe refuses name=): the customer has none.
+    assert empty[2] == "done", empty
+    [customer] = emulator.emulator.objects("customers")
+    assert (customer["email"], customer["name"]) == ("b@x.io", None)
+
+
+async def test_an_emptied_description_is_unset_in_stripe(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    catalog(conn, price=False)
+    async with outbox_pipeline(dsn, emulator.base_url):
+        enqueue(conn, "create_stripe_product", '{"product_id": 1}')
+        await eventually(lambda: all_settled(dsn))
+        conn.execute("UPDATE billing.products SET description = ''")
+        enqueue(conn, "update_stripe_product", '{"product_id": 1}')
+        rows = await eventually(lambda: all_settled(dsn))
+    assert [r[2] for r in rows] == ["done", "done"], rows
+    [product] = emulator.emulator.objects("products")
+    assert product["description"] is None
+
+
 async def test_a_repeated_create_or_archive_is_done_without_a_request(
     dsn: str, conn: Conn, emulator: EmulatorServer
 ) -> None:

@@ -388,3 +388,31 @@ async def test_async_client(stripe_client: stripe.StripeClient) -> None:
     assert [c.id for c in listed.data] == [cus.id]
     with pytest.raises(stripe.InvalidRequestError):
         await stripe_client.v1.customers.retrieve_async("cus_missing")
+
+
+def test_string_limits_and_empty_strings_as_stripe(stripe_client: stripe.StripeClient) -> None:
+    """Stripe's maxLength per parameter, and an empty string only where it unsets."""
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        stripe_client.v1.customers.create(params={"email": "a" * 503 + "@example.com"})
+    assert err.value.param == "email" and "must be at most 512 characters" in str(err.value)
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        stripe_client.v1.customers.create(params={"name": ""})
+    assert err.value.param == "name" and err.value.code == "parameter_invalid_empty"
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        stripe_client.v1.customers.create(params={"metadata": {"k" * 41: "v"}})
+    assert err.value.param == "metadata"
+    product = stripe_client.v1.products.create(params={"name": "P", "description": "d"})
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        stripe_client.v1.products.create(params={"name": "P", "description": ""})
+    assert err.value.param == "description"
+    unset = stripe_client.v1.products.update(product.id, params={"description": ""})
+    assert unset.description is None
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        stripe_client.v1.products.update(product.id, params={"name": ""})
+    assert err.value.param == "name"
+    price = stripe_client.v1.prices.create(
+        params={"product": product.id, "currency": "eur", "unit_amount": 1, "nickname": "n"}
+    )
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        stripe_client.v1.prices.update(price.id, params={"nickname": ""})
+    assert err.value.param == "nickname"

@@ -9,6 +9,7 @@ from .errors import StripeError, invalid, missing
 from .forms import (
     assign,
     check_known,
+    check_strings,
     get_bool,
     get_dict,
     get_int,
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 # -- products ------------------------------------------------------------------------
 _PRODUCT_FIELDS = ("name", "description", "statement_descriptor", "tax_code", "unit_label", "url")
+# maxLength in Stripe's spec; an update may unset the description (not the name).
+_PRODUCT_LIMITS = {"name": 5000, "description": 40000}
+_PRICE_LIMITS = {"nickname": 5000}
 _PRODUCT_PARAMS = {
     *_PRODUCT_FIELDS,
     "id",
@@ -55,6 +59,7 @@ def _apply_product(prod: JSON, p: dict[str, Any]) -> None:
 def create_product(emu: Emulator, req: ApiRequest) -> JSON:
     p = req.params
     check_known(p, _PRODUCT_PARAMS - {"default_price"})
+    check_strings(p, _PRODUCT_LIMITS)
     get_str(p, "name", required=True)
     pid = get_str(p, "id") or new_id("prod", 14)
     if emu.store.get("products", pid) is not None:
@@ -77,8 +82,7 @@ def update_product(emu: Emulator, req: ApiRequest) -> JSON:
     prod = emu.store.require("products", req.path_params["id"])
     p = req.params
     check_known(p, _PRODUCT_PARAMS - {"id", "type"})
-    if "name" in p and p["name"] == "":
-        raise invalid("name", "You passed an empty string for 'name'.")
+    check_strings(p, _PRODUCT_LIMITS, unsettable={"description"})
     with emu.updating(req, prod, "product.updated"):
         _apply_product(prod, p)
         default_price = get_str(p, "default_price")
@@ -149,6 +153,7 @@ _PRICE_CREATE = {
 def create_price(emu: Emulator, req: ApiRequest) -> JSON:
     p = req.params
     check_known(p, _PRICE_CREATE)
+    check_strings(p, _PRICE_LIMITS)
     product_data = get_dict(p, "product_data")
     product_id = get_str(p, "product")
     if product_id is None and not product_data:
@@ -225,6 +230,7 @@ def update_price(emu: Emulator, req: ApiRequest) -> JSON:
     price = emu.store.require("prices", req.path_params["id"])
     # Amounts, currency and interval are immutable: Stripe does not even know them here.
     check_known(req.params, _PRICE_UPDATABLE)
+    check_strings(req.params, _PRICE_LIMITS)
     with emu.updating(req, price, "price.updated"):
         _apply_price(emu, price, req.params)
     return price

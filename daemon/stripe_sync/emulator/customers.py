@@ -9,6 +9,7 @@ from .errors import no_such
 from .forms import (
     assign,
     check_known,
+    check_strings,
     get_bool,
     get_dict,
     get_int,
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 # -- customers -----------------------------------------------------------------------
 _CUSTOMER_FIELDS = ("email", "name", "description", "phone", "address", "shipping")
+# maxLength in Stripe's spec; none of these may be unset with an empty string.
+_CUSTOMER_LIMITS = {"email": 512, "name": 256, "description": 5000, "phone": 20}
 _CUSTOMER_PARAMS = {
     *_CUSTOMER_FIELDS,
     "metadata",
@@ -41,6 +44,7 @@ _CUSTOMER_PARAMS = {
 def create_customer(emu: Emulator, req: ApiRequest) -> JSON:
     p = req.params
     check_known(p, _CUSTOMER_PARAMS)
+    check_strings(p, _CUSTOMER_LIMITS)
     cus = new_objects.customer(new_id("cus", 14), emu.now(), req.livemode)
     _apply_customer(cus, p)
     emu.store.put("customers", cus)
@@ -79,6 +83,7 @@ def update_customer(emu: Emulator, req: ApiRequest) -> JSON:
     check_known(
         req.params, _CUSTOMER_PARAMS - {"payment_method", "test_clock"} | {"default_source"}
     )
+    check_strings(req.params, _CUSTOMER_LIMITS)
     with emu.updating(req, cus, "customer.updated"):
         _apply_customer(cus, req.params)
     return cus

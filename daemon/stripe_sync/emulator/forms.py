@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from .errors import StripeError, missing, unknown_param
+from .errors import StripeError, invalid, missing, unknown_param
 
 _TOKEN = re.compile(r"\[([^\]]*)\]")
 
@@ -144,6 +144,31 @@ def assign(obj: dict[str, Any], params: dict[str, Any], names: tuple[str, ...]) 
             obj[name] = None if value == "" else value
 
 
+def check_strings(
+    params: dict[str, Any], limits: dict[str, int], unsettable: AbstractSet[str] = frozenset()
+) -> None:
+    """Stripe's string rules for the named parameters (limits from its OpenAPI spec):
+    at most ``limits[name]`` characters, and an empty string only where it unsets."""
+    for name, limit in limits.items():
+        value = params.get(name)
+        if not isinstance(value, str):
+            continue
+        if value == "" and name not in unsettable:
+            raise invalid(
+                name,
+                f"You passed an empty string for '{name}'. We assume empty values are an "
+                f"attempt to unset a parameter; however '{name}' cannot be unset. You should "
+                f"remove '{name}' from your request or supply a non-empty value.",
+            )
+        if len(value) > limit:
+            shown = value if len(value) <= 23 else f"{value[:10]}...{value[-10:]}"
+            raise invalid(
+                name,
+                f"Invalid string: {shown}; must be at most {limit} characters",
+                "parameter_invalid_string",
+            )
+
+
 def merge_metadata(current: dict[str, str], params: dict[str, Any]) -> dict[str, str]:
     """`metadata=""` clears; `metadata[k]=""` removes one key; other keys merge."""
     if "metadata" not in params:
@@ -157,6 +182,11 @@ def merge_metadata(current: dict[str, str], params: dict[str, Any]) -> dict[str,
         )
     merged = dict(current)
     for key, value in update.items():
+        if len(str(key)) > 40:
+            raise invalid("metadata", f"Invalid key: {key} must be a string under 40 characters")
+        if len(str(value)) > 500:
+            shown = f"{str(value)[:10]}...{str(value)[-10:]}"
+            raise invalid("metadata", f"Invalid val: {shown} must be a string under 500 characters")
         if value == "":
             merged.pop(key, None)
         else:

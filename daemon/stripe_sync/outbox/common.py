@@ -7,8 +7,8 @@ The mapping tables themselves are described in ``stripe_sync.mappings``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -246,10 +246,16 @@ class Pushed(Generic[R]):
     # ``create_fields`` does that itself after its checks.
     load: str
     load_for_create: str
-    # What create and update send (besides the metadata); None values are left out.
+    # What create and update send (besides the metadata), by parameter = MC column.
+    # None and empty values are left out (Stripe takes "" as "unset", and refuses
+    # it for most parameters), except that an update sends "" for ``unsettable``.
     fields: Callable[[R], dict[str, Any]]
     # What only a create sends; may wait (TransientError) or refuse first.
     create_fields: Callable[[Context, int, R], Awaitable[dict[str, Any]]] | None = None
+    # Stripe's maxLength of each parameter (its OpenAPI spec): a longer value fails
+    # the row before any request, naming the column.
+    limits: Mapping[str, int] = field(default_factory=dict)
+    unsettable: frozenset[str] = frozenset()
 
     async def create(self, ctx: Context, job: Job) -> Done:
         mc_id = decode(job.payload, self.family)
@@ -265,7 +271,8 @@ class Pushed(Generic[R]):
         mc_id = decode(job.payload, self.family)
         row = await self._load(ctx, self.load, mc_id)
         stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
-        await self._update(ctx, job, "update", stripe_id, self._params(ctx, mc_id, row))
+        params = self._params(ctx, mc_id, row, update=True)
+        await self._update(ctx, job, "update", stripe_id, params)
         return Done(apply=record(self.family, mc_id, stripe_id))
 
     async def archive(self, ctx: Context, job: Job) -> Done:
@@ -287,9 +294,21 @@ class Pushed(Generic[R]):
             raise PermanentError(f"{self.family.mc_table} id={mc_id} does not exist")
         return row
 
-    def _params(self, ctx: Context, mc_id: int, row: R) -> dict[str, Any]:
-        fields = {k: v for k, v in self.fields(row).items() if v is not None}
-        return {**fields, "metadata": ctx.metadata(self.family, mc_id)}
+    def _params(self, ctx: Context, mc_id: int, row: R, *, update: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, value in self.fields(row).items():
+            if value is None or value == "":
+                if update and name in self.unsettable:
+                    params[name] = ""
+                continue
+            limit = self.limits.get(name)
+            if limit is not None and len(value) > limit:
+                raise PermanentError(
+                    f"{self.family.mc_table}.{name} id={mc_id}: {len(value)} characters; "
+                    f"Stripe accepts at most {limit}, so nothing was sent"
+                )
+            params[name] = value
+        return {**params, "metadata": ctx.metadata(self.family, mc_id)}
 
     async def _update(
         self, ctx: Context, job: Job, verb: str, stripe_id: str, params: dict[str, Any]

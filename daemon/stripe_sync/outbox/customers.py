@@ -25,4 +25,5 @@ PUSHED = Pushed(
     load="load_account",
     load_for_create="load_account_for_create",
     fields=_fields,
+    limits={"email": 512, "name": 256},
 )

@@ -66,4 +66,5 @@ PUSHED = Pushed(
     load_for_create="load_price",
     fields=_fields,
     create_fields=_create_fields,
+    limits={"nickname": 5000},
 )

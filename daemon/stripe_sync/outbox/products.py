@@ -20,7 +20,7 @@ def _fields(product: Product) -> dict[str, Any]:
     return {
         "name": product.name,
         "active": product.active,
-        "description": product.description or None,  # Stripe rejects an empty description
+        "description": product.description,
     }
 
 
@@ -30,4 +30,6 @@ PUSHED = Pushed(
     load="load_product",
     load_for_create="load_product_for_create",
     fields=_fields,
+    limits={"name": 5000, "description": 40000},
+    unsettable=frozenset({"description"}),
 )
