@@ -22,12 +22,32 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .db import bound_query
-from .errors import LeaseLost
+from .errors import LeaseLost, one_line
 from .jobs import Apply, Job
 
 # A failed round trip to the database (psycopg's errors, or the socket's):
 # worth another try later, never a reason for the worker to stop.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, OSError)
+
+# Except these: SQLSTATE class 22 (data exception) and 23 (integrity constraint
+# violation) fail the same statement the same way every time, so a retry only
+# delays the error. Lost connections, serialization failures and deadlocks are
+# other classes and stay worth another try.
+REFUSALS: tuple[type[Exception], ...] = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+
+
+def refusal(exc: psycopg.Error) -> str:
+    """What the database refused, for last_error: its reason, the table, the
+    constraint and the detail (which names the offending value, a Stripe id)."""
+    diag = exc.diag
+    parts = [f"the database refused the change: {diag.message_primary or one_line(exc)}"]
+    if diag.table_name:
+        parts.append(f"table {diag.schema_name}.{diag.table_name}")
+    if diag.constraint_name:
+        parts.append(f"constraint {diag.constraint_name}")
+    if diag.message_detail:
+        parts.append(diag.message_detail)
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import psycopg
 
 from .config import DEFAULTS
 from .errors import LeaseLost, PermanentError, TransientError, one_line
 from .jobs import Done, Handler, Job
 from .metrics import PROCESSED, WAKEUPS
 from .retry import Retry
-from .store import DATABASE_ERRORS, Store
+from .store import DATABASE_ERRORS, REFUSALS, Store, refusal
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,9 @@ class Worker:
                     "lease lost; another daemon owns the row now",
                     extra={"queue": self.spec.name, "row_id": job.id},
                 )
+            except REFUSALS as exc:
+                assert isinstance(exc, psycopg.Error)
+                await self._record_failed(job, refusal(exc))
             except DATABASE_ERRORS as exc:
                 await self._record_retry(job, f"database error: {one_line(exc)}", None)
         except anyio.get_cancelled_exc_class():

@@ -135,6 +135,26 @@ async def test_only_this_databases_objects_confirm_a_pending_mapping(
     assert one(conn, query, pending) == "cus_O"
 
 
+async def test_a_row_the_database_refuses_fails_at_once_naming_the_constraint(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """A CheckViolation is deterministic: no ten retries, and a message that says
+    which table, which constraint and which Stripe id."""
+    pending = add_account(conn, None)
+    metadata = {"mc_account_id": str(pending), "mc_source": "billing/ours0001"}
+    obj = {"id": "cux_not_a_customer_id", "object": "customer", "metadata": metadata}
+    ctx = WebhookContext(pool, source="billing/ours0001")
+    await run(pool, event("customer.created", obj, event_id="evt_bad"), ctx=ctx)
+    status, error = statuses(conn)["evt_bad"]
+    assert status == "failed", error
+    assert error is not None
+    assert "table stripe.customer_mappings" in error, error
+    assert "constraint customer_mappings_stripe_customer_id_check" in error, error
+    assert "cux_not_a_customer_id" in error, error
+    attempts = one(conn, "SELECT attempts FROM integration.webhook_events")
+    assert attempts == 1
+
+
 async def test_customer_deleted_stub_then_stale_update(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 
 from stripe_sync.errors import TransientError
@@ -209,3 +210,32 @@ async def test_the_sweep_takes_back_an_expired_lease() -> None:
         await until(lambda: jobs.started == [1], "the sweep takes the row back")
         jobs.finish(1)
     assert (store.rows[1].status, store.rows[1].attempts) == ("done", 2)
+
+
+@pytest.mark.parametrize(
+    "error, outcome",
+    [
+        (psycopg.errors.CheckViolation("new row violates check constraint"), "failed"),
+        (psycopg.errors.UniqueViolation("duplicate key"), "failed"),
+        (psycopg.errors.InvalidTextRepresentation("invalid input syntax"), "failed"),
+        (psycopg.errors.SerializationFailure("could not serialize"), "done"),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), "done"),
+        (psycopg.OperationalError("server closed the connection"), "done"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else v,
+)
+async def test_database_refusals_fail_at_once_and_the_rest_is_retried(
+    error: Exception, outcome: str
+) -> None:
+    """SQLSTATE classes 22 and 23 fail the same way every time; lost connections,
+    serialization failures and deadlocks may pass on the next attempt."""
+    store = FakeStore(reports_next_due=False)
+    store.insert()
+
+    async def once(job: Job) -> Done:
+        if job.attempts == 1:
+            raise error
+        return Done()
+
+    async with make(store, once).in_background():
+        await until(lambda: store.statuses() == {1: outcome}, f"the row {outcome}")
