@@ -6,9 +6,10 @@ one small interface, :class:`Store`, and its PostgreSQL implementation,
 
 The worker only says what happened — claim due rows, renew these leases, this
 row is done together with these writes, retry that one later, hand these
-back — and never how it becomes statements. So a store may later record
-several completions in one transaction, or choose ``synchronous_commit`` per
-statement, without the worker's rules changing. ``tests/fake_store.py``
+back — and never how it becomes statements. So :class:`PostgresStore` records
+the outbox's completions that finish together in one transaction
+(``group_commit.py``) and chooses ``synchronous_commit`` per statement
+(``sql/queue.sql``) without the worker's rules changing. ``tests/fake_store.py``
 honours the same contract in memory, for fast unit tests of the worker.
 """
 
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from .db import bound_query
 from .errors import LeaseLost, one_line
+from .group_commit import GroupCommit
 from .jobs import Apply, Job
 
 # A failed round trip to the database (psycopg's errors, or the socket's):
@@ -57,12 +60,19 @@ class QueueSpec:
     kind: str  # the column that says what to do: action_type or event_type
     channel: str  # NOTIFY channel of its triggers
     done_status: str
+    # Completions may share a transaction (group_commit.py). The outbox's do:
+    # each writes its own mapping row. The webhook queue's are left one per
+    # transaction until its own batching (issue 11, webhook side) decides how
+    # events on one object order and lock together.
+    group_commit: bool = False
 
     def query(self, name: str) -> psycopg.sql.Composed:
         return bound_query("queue", name, table=self.table, kind=self.kind)
 
 
-OUTBOX = QueueSpec("outbox", "integration.outbox", "action_type", "stripe_sync_outbox", "done")
+OUTBOX = QueueSpec(
+    "outbox", "integration.outbox", "action_type", "stripe_sync_outbox", "done", group_commit=True
+)
 WEBHOOKS = QueueSpec(
     "webhooks", "integration.webhook_events", "event_type", "stripe_sync_webhooks", "processed"
 )
@@ -120,11 +130,14 @@ class Store(Protocol):
 
 
 class PostgresStore:
-    """:class:`Store` on a PostgreSQL queue table: one pooled statement per call."""
+    """:class:`Store` on a PostgreSQL queue table: one pooled statement per call,
+    except ``finish``: a transaction, shared with other completions when the
+    queue allows it (:attr:`QueueSpec.group_commit`)."""
 
     def __init__(self, spec: QueueSpec, pool: AsyncConnectionPool) -> None:
         self.spec = spec
         self.pool = pool
+        self.completions = GroupCommit(pool)
 
     async def claim(self, limit: int, worker: str, lease: float) -> list[Job]:
         async with self.pool.connection() as conn:
@@ -145,7 +158,7 @@ class PostgresStore:
     async def finish(
         self, job_id: int, worker: str, status: str, note: str | None, apply: Apply | None
     ) -> None:
-        async with self.pool.connection() as conn, conn.transaction():
+        async def record(conn: AsyncConnection[Any]) -> None:
             if apply is not None:
                 await apply(conn)
             cur = await conn.execute(
@@ -154,6 +167,12 @@ class PostgresStore:
             )
             if cur.rowcount != 1:
                 raise LeaseLost(job_id)  # rolls back apply
+
+        if self.spec.group_commit:
+            await self.completions.run(record)
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            await record(conn)
 
     async def fail(self, job_id: int, worker: str, error: str) -> None:
         await self._run(

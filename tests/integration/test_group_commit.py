@@ -1,0 +1,110 @@
+"""Group commit of the outbox's completions (group_commit.py), on PostgreSQL:
+completions that queue up behind a running one share one transaction, and a
+row that is refused in a group gets its own answer without costing the others
+theirs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from psycopg import AsyncConnection
+
+from stripe_sync.db import make_pool
+from stripe_sync.errors import LeaseLost, PermanentError
+from stripe_sync.jobs import Apply
+from stripe_sync.store import OUTBOX, PostgresStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[PostgresStore]:
+    async with make_pool(dsn, size=4) as pool:
+        s = PostgresStore(OUTBOX, pool)
+        s.completions.max_leaders = 1  # one transaction at a time: the others queue
+        yield s
+
+
+async def _claimed(store: PostgresStore, n: int) -> list[int]:
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO integration.outbox (action_type, payload) "
+            "SELECT 'create_stripe_customer', jsonb_build_object('account_id', g) "
+            "FROM generate_series(1, %s) g",
+            (n,),
+        )
+    return [job.id for job in await store.claim(n, "w", 30)]
+
+
+async def _rows(store: PostgresStore) -> dict[int, tuple[str, int]]:
+    """id → (status, xmin): rows written by one transaction share its xmin."""
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SELECT id, status, xmin::text::bigint FROM integration.outbox")
+        return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+
+async def _behind_a_held_leader(store: PostgresStore, first: int, *rest: Any) -> dict[int, Any]:
+    """Finish ``first`` with an apply that holds its transaction open until every
+    one of ``rest`` ((id, worker, apply) triples) has queued; each one's outcome."""
+    release = anyio.Event()
+
+    async def hold(conn: AsyncConnection[Any]) -> None:
+        await release.wait()
+
+    outcomes: dict[int, Any] = {}
+
+    async def finish(id_: int, worker: str, apply: Apply | None) -> None:
+        try:
+            await store.finish(id_, worker, "done", None, apply)
+            outcomes[id_] = "done"
+        except Exception as exc:
+            outcomes[id_] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish, first, "w", hold)
+        await anyio.wait_all_tasks_blocked()
+        for id_, worker, apply in rest:
+            tg.start_soon(finish, id_, worker, apply)
+        await anyio.wait_all_tasks_blocked()
+        assert len(store.completions._queue) == len(rest), "the others did not queue"
+        release.set()
+    return outcomes
+
+
+async def test_completions_that_queue_up_commit_in_one_transaction(
+    store: PostgresStore,
+) -> None:
+    a, b, c, d = await _claimed(store, 4)
+    outcomes = await _behind_a_held_leader(store, a, (b, "w", None), (c, "w", None),
+                                           (d, "w", None))  # fmt: skip
+    assert outcomes == {a: "done", b: "done", c: "done", d: "done"}
+    rows = await _rows(store)
+    assert {rows[x][0] for x in (a, b, c, d)} == {"done"}
+    assert rows[b][1] == rows[c][1] == rows[d][1] != rows[a][1]
+    assert store.completions.groups == 1
+
+
+async def test_a_refused_row_leaves_the_rest_of_its_group_recorded(store: PostgresStore) -> None:
+    a, b, c, d = await _claimed(store, 4)
+
+    async def refused(conn: AsyncConnection[Any]) -> None:
+        await conn.execute("UPDATE integration.outbox SET last_error = 'half-written'")
+        raise PermanentError("mapping refused")
+
+    outcomes = await _behind_a_held_leader(
+        store, a, (b, "someone else", None), (c, "w", refused), (d, "w", None)
+    )
+    assert outcomes[a] == outcomes[d] == "done"
+    assert isinstance(outcomes[b], LeaseLost)
+    assert isinstance(outcomes[c], PermanentError)
+    rows = await _rows(store)
+    assert [rows[x][0] for x in (a, b, c, d)] == ["done", "processing", "processing", "done"]
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM integration.outbox WHERE last_error = 'half-written'"
+        )
+        assert await cur.fetchone() == (0,)  # the refused row's writes were rolled back
+    assert store.completions.groups == 0  # the group fell back to one row per transaction
