@@ -6,7 +6,8 @@ with ``--all``) since a point in time, and stores the events the database
 lacks through the webhook endpoint's own store path (``row_for`` →
 ``Ingestor.store_rows``). The insert trigger wakes the running daemon, which
 applies them like any delivered event; the ordering rules make their late
-arrival harmless. Stripe keeps events for 30 days.
+arrival harmless. Stripe keeps events for 30 days. :func:`run` collects a
+:class:`CatchUpResult`, the command's :class:`~.outcome.Outcome`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import msgspec
 
@@ -82,6 +83,15 @@ class CatchUpResult:
         if self.refused or self.unusable:
             text += f", {self.refused} refused by the database, {self.unusable} unusable"
         return text
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.refused else 0
+
+    def render(self, out: TextIO, err: TextIO) -> None:
+        print(self.summary(), file=out)
+        for error in self.errors or []:
+            print(f"stripe-sync catch-up: not stored: {error}", file=err)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "since": iso(self.since)})

@@ -1,5 +1,9 @@
 """The ``stripe-sync`` command. Every setting is an environment variable
-(see ``stripe-sync run --help``); flags override them for one invocation."""
+(see ``stripe-sync run --help``); flags override them for one invocation.
+
+Each operator command parses, runs its module's async collect and shows the
+:class:`~.outcome.Outcome` (text, or ``--json``). :func:`main` maps every
+:class:`~.errors.StripeSyncError` to its one line and exit code."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -23,6 +28,7 @@ from .errors import (
     StripeSyncError,
     TransientError,
 )
+from .outcome import show
 
 log = logging.getLogger("stripe_sync")
 
@@ -62,27 +68,79 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(**overrides)
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from .migrate import migrate
-
+def _dsn(args: argparse.Namespace) -> str:
     settings = _settings(args).require("DATABASE_URL")
     assert settings.database_url is not None
-    applied = migrate(settings.database_url)
-    print(
-        f"applied {len(applied)} migration(s): {', '.join(applied)}"
-        if applied
-        else "schema is up to date"
-    )
-    return 0
+    return settings.database_url
+
+
+def _stripe_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command that calls Stripe; its key is scrubbed from every line."""
+    settings = _settings(args).require("DATABASE_URL", "STRIPE_API_KEY")
+    logs.register_secrets([settings.stripe_api_key.reveal()] if settings.stripe_api_key else [])
+    return settings
+
+
+# The commands below all have one shape: settings → collect (async, in
+# daemon modules) → show the Outcome (text or --json) → its exit code.
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import Applied, migrate
+
+    return show(Applied(migrate(_dsn(args))), json=args.json)
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    settings = _settings(args).require("DATABASE_URL")
-    assert settings.database_url is not None
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        row = conn.execute("SELECT integration.seed_outbox()").fetchone()
-    print(f"enqueued {row[0] if row else 0} outbox row(s) for MC rows without a mapping")
-    return 0
+    from .ops import seed
+
+    return show(anyio.run(seed, _dsn(args)), json=args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect
+
+    return show(anyio.run(partial(collect, _dsn(args), failures=args.failures)), json=args.json)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .ops import retry
+
+    if not args.ids and not args.all_failed:
+        print("stripe-sync retry: give row ids or --all-failed", file=sys.stderr)
+        return 2
+    collect = partial(retry, _dsn(args), args.table, args.ids, all_failed=args.all_failed)
+    return show(anyio.run(collect), json=args.json)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .ops import replay
+
+    return show(anyio.run(replay, _dsn(args), args.event_ids), json=args.json)
+
+
+def cmd_catch_up(args: argparse.Namespace) -> int:
+    from .catchup import default_since, run
+
+    settings = _stripe_settings(args)
+    since = default_since() if args.since is None else args.since
+    collect = partial(run, settings, since=since, all_events=args.all, dry_run=args.dry_run)
+    with _stops("catch-up", EX_FAILURE):
+        result = anyio.run(collect)
+    return show(result, json=args.json)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from .progress import reconcile_progress
+    from .reconcile import run
+
+    settings = _stripe_settings(args)
+    with _stops("reconcile", EX_STOPPED), reconcile_progress() as watch:
+        collect = partial(
+            run, settings, fix=args.fix, on_start=watch.on_start, on_checked=watch.on_checked
+        )
+        report = anyio.run(collect)
+    return show(report, json=args.json)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -112,61 +170,6 @@ async def _stop_on_signal(stop: Callable[[], None]) -> None:
             stop()
 
 
-def _dsn(args: argparse.Namespace) -> str:
-    settings = _settings(args).require("DATABASE_URL")
-    assert settings.database_url is not None
-    return settings.database_url
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from .status import collect, render, to_json
-
-    status = collect(_dsn(args), failures=args.failures)
-    if args.json:
-        sys.stdout.buffer.write(to_json(status) + b"\n")
-    else:
-        render(status, Console())
-    return 0 if status.healthy else 1
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    from .db import queries
-
-    if not args.ids and not args.all_failed:
-        print("stripe-sync retry: give row ids or --all-failed", file=sys.stderr)
-        return 2
-    query = queries("ops")["retry_outbox" if args.table == "outbox" else "retry_webhooks"]
-    with psycopg.connect(_dsn(args), autocommit=True) as conn:
-        rows = conn.execute(query, {"ids": args.ids, "all_failed": args.all_failed}).fetchall()
-    done = sorted(r[0] for r in rows)
-    print(f"{len(done)} {args.table} row(s) due again: {', '.join(map(str, done)) or '-'}")
-    missing = sorted(set(args.ids) - set(done))
-    if missing:
-        print(
-            f"not retried (no such row, or not failed): {', '.join(map(str, missing))}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from .db import queries
-
-    with psycopg.connect(_dsn(args), autocommit=True) as conn:
-        rows = conn.execute(queries("ops")["replay"], {"ids": args.event_ids}).fetchall()
-    done = {r[0] for r in rows}
-    for event_id in args.event_ids:
-        print(
-            f"{event_id}: queued for replay"
-            if event_id in done
-            else f"{event_id}: not stored (or being processed right now)"
-        )
-    return 0 if len(done) == len(set(args.event_ids)) else 1
-
-
 def _since(text: str) -> int:
     from .catchup import parse_since
 
@@ -183,32 +186,6 @@ def _stops(command: str, exit_code: int) -> Iterator[None]:
         yield
     except (PermanentError, TransientError, psycopg.Error) as exc:
         raise CommandStopped(command, exc, exit_code) from exc
-
-
-def cmd_catch_up(args: argparse.Namespace) -> int:
-    from .catchup import default_since, run
-
-    settings = _settings(args).require("DATABASE_URL", "STRIPE_API_KEY")
-    logs.register_secrets([settings.stripe_api_key.reveal()] if settings.stripe_api_key else [])
-    since = default_since() if args.since is None else args.since
-    with _stops("catch-up", EX_FAILURE):
-        result = anyio.run(
-            lambda: run(settings, since=since, all_events=args.all, dry_run=args.dry_run)
-        )
-    print(result.to_json() if args.json else result.summary())
-    for error in result.errors or []:
-        print(f"stripe-sync catch-up: not stored: {error}", file=sys.stderr)
-    return 1 if result.refused else 0
-
-
-def cmd_reconcile(args: argparse.Namespace) -> int:
-    from .reconcile import progress_run
-
-    settings = _settings(args).require("DATABASE_URL", "STRIPE_API_KEY")
-    logs.register_secrets([settings.stripe_api_key.reveal()] if settings.stripe_api_key else [])
-    with _stops("reconcile", EX_STOPPED):
-        report = progress_run(settings, fix=args.fix, json_output=args.json)
-    return 1 if report.drift else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -230,12 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
         func: Callable[[argparse.Namespace], int],
         help: str,
         flags: Sequence[str] = (),
+        *,
+        outcome: bool = True,
         **kwargs: Any,
     ) -> argparse.ArgumentParser:
+        """A subcommand; with ``outcome``, one whose result ``show`` prints (so: --json)."""
         p = sub.add_parser(name, help=help, description=help, **kwargs)
         for flag in flags:
             v = _VARIABLES[_RUN_FLAGS[flag]]
             p.add_argument(flag, metavar=v.name, help=f"{v.meaning} ({v.note}) [env {v.name}]")
+        if outcome:
+            p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
         p.set_defaults(func=func)
         return p
 
@@ -256,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_run,
         "run the daemon: outbox, webhooks, HTTP",
         list(_RUN_FLAGS),
+        outcome=False,
         epilog=_environment_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -266,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
         "exit 1 when anything is failed or stuck",
         ["--database-url"],
     )
-    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     status.add_argument(
         "--failures", type=int, default=10, metavar="N", help="recent failures to show (default 10)"
     )
@@ -308,7 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
         "answered Stripe with 2xx)",
     )
     catch_up.add_argument("--dry-run", action="store_true", help="list and count, store nothing")
-    catch_up.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     reconcile = command(
         "reconcile",
         cmd_reconcile,
@@ -322,11 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="repair: enqueue update_stripe_* for changed/metadata/archived, "
         "mark deleted mappings, re-create missing objects (see docs/stripe.md)",
     )
-    reconcile.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     # parsed by stripe_sync.emulator.cli; listed here for the overview
     sub.add_parser("emulator", help="run the Stripe emulator (see `stripe-sync emulator --help`)")
     demo = command(
-        "demo", cmd_demo, "play the whole loop on a throwaway PostgreSQL and the emulator"
+        "demo",
+        cmd_demo,
+        "play the whole loop on a throwaway PostgreSQL and the emulator",
+        outcome=False,
     )
     demo.add_argument(
         "--keep", action="store_true", help="leave everything running and print the URLs and DSN"

@@ -4,6 +4,8 @@ the named queries kept in ``stripe_sync/sql/*.sql``."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -58,6 +60,13 @@ def redact_dsn(dsn: str) -> str:
     if "password" in params:
         params["password"] = "***"
     return make_conninfo("", **params)
+
+
+@asynccontextmanager
+async def connect(dsn: str, role: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """One autocommit connection for an operator command (``role``: status, retry…)."""
+    async with await psycopg.AsyncConnection.connect(conninfo(dsn, role), autocommit=True) as conn:
+        yield conn
 
 
 def make_pool(dsn: str, *, size: int, role: str = "") -> AsyncConnectionPool:

@@ -2,7 +2,9 @@
 
 Each file runs in its own transaction together with its ledger row, under a
 transaction-level advisory lock, so two concurrent ``migrate`` runs serialize
-and the second finds nothing to do.
+and the second finds nothing to do. :func:`migrate` is synchronous: it is also
+the set-up step of the tests and the benchmarks; ``stripe-sync migrate`` shows
+its :class:`Applied`. The ledger's SQL is in ``sql/migrate.sql``.
 """
 
 from __future__ import annotations
@@ -11,25 +13,18 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 
+from .db import queries
 from .errors import EX_CONFIG, StripeSyncError
+from .outcome import Record
 
 log = logging.getLogger(__name__)
 
 # Any constant unique to this project; pg_advisory_xact_lock takes a bigint.
 _LOCK_KEY = 0x5EED_5711C
-
-_LEDGER = """
-CREATE SCHEMA IF NOT EXISTS integration;
-CREATE TABLE IF NOT EXISTS integration.schema_migrations (
-    filename   text PRIMARY KEY,
-    checksum   text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
 
 
 class MigrationError(StripeSyncError):
@@ -55,18 +50,32 @@ def available() -> list[Migration]:
     return [Migration(f.name, f.read_text()) for f in found]
 
 
+class Applied(Record):
+    """``stripe-sync migrate``'s outcome: the files applied by this run."""
+
+    applied: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return 0
+
+    def render(self, out: TextIO, err: TextIO) -> None:
+        if self.applied:
+            print(f"applied {len(self.applied)} migration(s): {', '.join(self.applied)}", file=out)
+        else:
+            print("schema is up to date", file=out)
+
+
 def migrate(dsn: str) -> list[str]:
     """Apply what is missing; return the filenames applied (empty when up to date)."""
     applied_now: list[str] = []
+    sql = queries("migrate")
     with psycopg.connect(dsn, autocommit=True) as conn:
         for migration in available():
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                conn.execute(_LEDGER)
-                row = conn.execute(
-                    "SELECT checksum FROM integration.schema_migrations WHERE filename = %s",
-                    (migration.filename,),
-                ).fetchone()
+                conn.execute(sql["lock"], {"key": _LOCK_KEY})
+                conn.execute(sql["ledger"])
+                row = conn.execute(sql["checksum"], {"filename": migration.filename}).fetchone()
                 if row is not None:
                     if row[0] != migration.checksum:
                         raise MigrationError(
@@ -77,9 +86,7 @@ def migrate(dsn: str) -> list[str]:
                     continue
                 conn.execute(migration.sql.encode())
                 conn.execute(
-                    "INSERT INTO integration.schema_migrations (filename, checksum) "
-                    "VALUES (%s, %s)",
-                    (migration.filename, migration.checksum),
+                    sql["record"], {"filename": migration.filename, "checksum": migration.checksum}
                 )
                 applied_now.append(migration.filename)
                 log.info("migration applied file=%s", migration.filename)
@@ -94,11 +101,12 @@ class SchemaNotReady(StripeSyncError):
 
 async def check_current(conn: psycopg.AsyncConnection[Any]) -> None:
     """Raise SchemaNotReady unless every migration on disk is applied."""
-    cur = await conn.execute("SELECT to_regclass('integration.schema_migrations') IS NOT NULL")
+    sql = queries("migrate")
+    cur = await conn.execute(sql["has_ledger"])
     row = await cur.fetchone()
     if not row or not row[0]:
         raise SchemaNotReady("the database has no stripe-sync schema; run `stripe-sync migrate`")
-    cur = await conn.execute("SELECT filename FROM integration.schema_migrations")
+    cur = await conn.execute(sql["applied"])
     applied = {r[0] for r in await cur.fetchall()}
     missing = [m.filename for m in available() if m.filename not in applied]
     if missing:

@@ -33,16 +33,20 @@ reports drift:
   adopts an object that still exists under another id.
 
 An outbox row is not enqueued twice while an identical one is pending.
+
+:func:`run` collects a :class:`Report` (an :class:`~.outcome.Outcome`: the
+drift lines and a summary, or JSON; exit 1 on drift). It calls back per
+object checked, which is how ``progress.py`` draws its bar; nothing here
+prints.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import anyio
 import stripe
@@ -109,6 +113,15 @@ class Report:
         counts = ", ".join(f"{k} {n}" for k, n in self.counts.items() if n)
         verb = "fixed or enqueued" if self.fix else "found (run with --fix to repair)"
         return f"checked {checked}: {len(self.drift)} drift(s) {verb} ({counts})"
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.drift else 0
+
+    def render(self, out: TextIO, err: TextIO) -> None:
+        for d in self.drift:
+            print(d.line(), file=out)
+        print(self.summary(), file=out, flush=True)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -295,10 +308,9 @@ async def reconcile(
     *,
     fix: bool = False,
     on_checked: Callable[[str, Sequence[Drift]], None] | None = None,
-    on_duplicates: Callable[[Sequence[Drift]], None] | None = None,
 ) -> Report:
-    """Compare every mapping; with ``fix``, repair. ``on_checked(noun, drift)`` per
-    object; ``on_duplicates(drift)`` per family, after its search for duplicates."""
+    """Compare every mapping, then search each family for duplicates; with ``fix``,
+    repair. ``on_checked(noun, drift)`` per object."""
     report = Report(fix=fix)
     limiter = anyio.CapacityLimiter(CONCURRENCY)
     source = await source_of(pool)
@@ -328,10 +340,7 @@ async def reconcile(
                 report.drift += drift
                 if on_checked is not None:
                     on_checked(family.noun, drift)
-        extra = await duplicates(api, pool, family, source, fix)
-        report.drift += extra
-        if on_duplicates is not None:
-            on_duplicates(extra)
+        report.drift += await duplicates(api, pool, family, source, fix)
     return report
 
 
@@ -341,7 +350,6 @@ async def run(
     fix: bool = False,
     on_start: Callable[[dict[str, int]], None] | None = None,
     on_checked: Callable[[str, Sequence[Drift]], None] | None = None,
-    on_duplicates: Callable[[Sequence[Drift]], None] | None = None,
 ) -> Report:
     """``on_start(totals)`` gets the number of mappings to check per family first."""
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
@@ -352,77 +360,4 @@ async def run(
     ):
         if on_start is not None:
             on_start(await count(pool))
-        return await reconcile(
-            api, pool, fix=fix, on_checked=on_checked, on_duplicates=on_duplicates
-        )
-
-
-def progress_run(settings: Settings, *, fix: bool = False, json_output: bool = False) -> Report:
-    """The command: a progress bar on a terminal (stderr), plain lines otherwise.
-
-    Drift lines go to stdout as they are found, then a summary (or, with
-    ``json_output``, only one JSON object).
-    """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    err = Console(stderr=True, highlight=False)
-    both_terminal = err.is_terminal and sys.stdout.isatty()
-
-    def emit(line: str) -> None:
-        if json_output:
-            return
-        if both_terminal:
-            err.print(line, markup=False)
-        else:
-            print(line, flush=True)
-
-    def on_duplicates(drift: Sequence[Drift]) -> None:
-        _emit_all(emit, drift)
-
-    if not err.is_terminal:
-        report = anyio.run(
-            partial(
-                run,
-                settings,
-                fix=fix,
-                on_checked=lambda _, drift: _emit_all(emit, drift),
-                on_duplicates=on_duplicates,
-            )
-        )
-    else:
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(
-            *columns, console=err, transient=True, redirect_stdout=False, redirect_stderr=False
-        ) as progress:
-            task = progress.add_task("checking mappings", total=None)
-
-            def on_start(totals: dict[str, int]) -> None:
-                progress.update(task, total=sum(totals.values()))
-
-            def on_checked(noun: str, drift: Sequence[Drift]) -> None:
-                progress.update(task, advance=1, description=f"checking {noun}s")
-                _emit_all(emit, drift)
-
-            report = anyio.run(
-                partial(
-                    run,
-                    settings,
-                    fix=fix,
-                    on_start=on_start,
-                    on_checked=on_checked,
-                    on_duplicates=on_duplicates,
-                )
-            )
-    print(report.to_json() if json_output else report.summary(), flush=True)
-    return report
-
-
-def _emit_all(emit: Callable[[str], None], drift: Sequence[Drift]) -> None:
-    for d in drift:
-        emit(d.line())
+        return await reconcile(api, pool, fix=fix, on_checked=on_checked)

@@ -1,17 +1,18 @@
 """``stripe-sync status``: what the queues hold and whether anything is wrong,
-read from the database alone (works with the daemon down)."""
+read from the database alone (works with the daemon down): :func:`collect`
+→ :class:`Status` (an :class:`~.outcome.Outcome`)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from .db import queries
+from .db import connect, queries
 
 
 class QueueRow(msgspec.Struct):
@@ -43,19 +44,31 @@ class Status(msgspec.Struct):
     def healthy(self) -> bool:
         return not self.problems
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.healthy else 1
+
+    def render(self, out: TextIO, err: TextIO) -> None:
+        _render(self, Console(file=out))
+
+    def to_json(self) -> str:
+        return msgspec.json.encode(
+            {**msgspec.structs.asdict(self), "healthy": self.healthy}
+        ).decode()
+
 
 # A due row older than this means the daemon is not keeping up (or is down).
 BACKLOG_ALARM_SECONDS = 300.0
 
 
-def collect(dsn: str, *, failures: int = 10) -> Status:
+async def collect(dsn: str, *, failures: int = 10) -> Status:
     sql = queries("ops")
-    with psycopg.connect(dsn) as conn:
-        rows = [QueueRow(*r) for r in conn.execute(sql["queue_counts"])]
-        recent = [Failure(*r) for r in conn.execute(sql["recent_failures"], {"limit": failures})]
-        stuck = _one(conn, sql["stuck"]) or 0
-        lag, oldest = conn.execute(sql["webhook_lag"]).fetchone() or (None, None)
-        daemons = _one(conn, sql["daemons"]) or 0
+    async with connect(dsn, "status") as conn:
+        rows = [QueueRow(*r) for r in await _all(conn, sql["queue_counts"])]
+        recent = [Failure(*r) for r in await _all(conn, sql["recent_failures"], limit=failures)]
+        stuck = (await _all(conn, sql["stuck"]))[0][0] or 0
+        lag, oldest = (await _all(conn, sql["webhook_lag"]))[0]
+        daemons = (await _all(conn, sql["daemons"]))[0][0] or 0
     problems = []
     failed = sum(r.count for r in rows if r.status == "failed")
     if failed:
@@ -71,12 +84,11 @@ def collect(dsn: str, *, failures: int = 10) -> Status:
     return Status(rows, recent, int(stuck), lag, oldest, int(daemons), problems)
 
 
-def _one(conn: psycopg.Connection[Any], query: str) -> Any:
-    row = conn.execute(query).fetchone()
-    return row[0] if row else None
+async def _all(conn: psycopg.AsyncConnection[Any], query: str, **params: Any) -> list[Any]:
+    return await (await conn.execute(query, params or None)).fetchall()
 
 
-def render(status: Status, console: Console) -> None:
+def _render(status: Status, console: Console) -> None:
     table = Table(title="queues", title_justify="left")
     for col in ("queue", "status", "rows", "oldest due"):
         table.add_column(col, justify="right" if col in ("rows", "oldest due") else "left")
@@ -101,7 +113,3 @@ def render(status: Status, console: Console) -> None:
         console.print("[bold red]problems:[/] " + "; ".join(status.problems))
     else:
         console.print("[bold green]ok[/]")
-
-
-def to_json(status: Status) -> bytes:
-    return msgspec.json.encode({**msgspec.structs.asdict(status), "healthy": status.healthy})

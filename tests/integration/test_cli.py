@@ -9,6 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from stripe_sync.migrate import available
+
 from daemons import run_cli
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -84,6 +86,31 @@ def test_seed(dsn: str, conn: Conn) -> None:
     conn.execute("INSERT INTO billing.accounts (email) VALUES ('a@example.com'), ('b@example.com')")
     assert stripe_sync("seed", "--database-url", dsn).stdout.startswith("enqueued 2 ")
     assert stripe_sync("seed", "--database-url", dsn).stdout.startswith("enqueued 0 ")
+
+
+def test_every_operator_command_answers_json_with_its_exit_code(
+    empty_dsn: str, dsn: str, conn: Conn
+) -> None:
+    """One shape: each command's outcome prints as one JSON object with --json."""
+    migrated = stripe_sync("migrate", "--json", "--database-url", empty_dsn)
+    every_file = [m.filename for m in available()]
+    assert (migrated.returncode, json.loads(migrated.stdout)) == (0, {"applied": every_file})
+    conn.execute("INSERT INTO billing.accounts (email) VALUES ('a@example.com')")
+    seeded = stripe_sync("seed", "--json", "--database-url", dsn)
+    assert (seeded.returncode, json.loads(seeded.stdout)) == (0, {"enqueued": 1})
+    outbox_id = conn.execute("SELECT id FROM integration.outbox").fetchone()
+    assert outbox_id is not None
+    conn.execute("UPDATE integration.outbox SET status = 'failed'")
+    retried = stripe_sync("retry", "--json", str(outbox_id[0]), "999", "--database-url", dsn)
+    assert (retried.returncode, retried.stderr) == (1, "")
+    assert json.loads(retried.stdout) == {
+        "table": "outbox",
+        "due_again": [outbox_id[0]],
+        "not_retried": [999],
+    }
+    replayed = stripe_sync("replay", "--json", "evt_missing", "--database-url", dsn)
+    assert replayed.returncode == 1
+    assert json.loads(replayed.stdout) == {"asked": ["evt_missing"], "queued": []}
 
 
 def test_status_retry_replay(dsn: str, conn: Conn) -> None:

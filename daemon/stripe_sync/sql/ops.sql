@@ -1,5 +1,9 @@
--- Operator commands: status, retry, replay. Read-mostly, and cheap on the
--- partial indexes.
+-- Operator commands: status, seed, retry, replay. Read-mostly, and cheap on
+-- the partial indexes.
+
+-- name: seed
+-- Outbox creates for MC rows that have no mapping yet (schema: integration.seed_outbox).
+SELECT integration.seed_outbox()
 
 -- name: queue_counts
 SELECT 'outbox' AS queue, status, count(*)::int,
