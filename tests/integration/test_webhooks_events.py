@@ -59,6 +59,7 @@ def born_in_stripe(conn: psycopg.Connection[Any], account: int) -> None:
         "pi_3Kl36gJDPojXS6LN02fQVtKR",
         "pi_3KtQThJDPojXS6LN0H9EfsjV",
         "pi_1GszsK2eZvKYlo2CfhZyoZLp",
+        "pi_103Q0w2eZvKYlo2C364X582Z",  # invoice_payment_paid.json links it
     ):
         row = conn.execute(
             "INSERT INTO billing.payments (account_id, status, currency, amount, "
@@ -72,10 +73,21 @@ def born_in_stripe(conn: psycopg.Connection[Any], account: int) -> None:
             "VALUES (%s, %s)",
             [row[0], pi],
         )
+    row = conn.execute(
+        "INSERT INTO billing.invoices (account_id, status, currency) "
+        "VALUES (%s, 'paid', 'usd') RETURNING id",
+        [account],
+    ).fetchone()
+    assert row is not None
+    conn.execute(
+        "INSERT INTO stripe.invoice_mappings (invoice_id, stripe_invoice_id) VALUES (%s, %s)",
+        [row[0], "in_103Q0w2eZvKYlo2C5PYwf6Wf"],
+    )
 
 
 # Per sample file: what it must end as. Everything else must end "ignored".
 PROCESSED = {
+    "stripe-sync-engine/invoice_payment_paid.json",
     "stripe-mock-data/2015-10-01/customer_created.json",
     "stripe-mock-data/2015-10-01/customer_deleted.json",
     "stripe-mock-data/2015-10-01/customer_subscription_created.json",

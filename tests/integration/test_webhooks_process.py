@@ -135,6 +135,83 @@ async def test_only_this_databases_objects_confirm_a_pending_mapping(
     assert one(conn, query, pending) == "cus_O"
 
 
+def _invoice_and_payment(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """(the invoice's MC id, the payment's MC id, the payment's invoice_id)."""
+    invoice = one(conn, "SELECT invoice_id FROM stripe.invoice_mappings")
+    payment = conn.execute("SELECT id, invoice_id FROM billing.payments").fetchone()
+    return (invoice, *(payment or (None, None)))
+
+
+_INVOICE = {
+    "id": "in_1",
+    "object": "invoice",
+    "customer": "cus_A",
+    "status": "paid",
+    "currency": "eur",
+    "total": 2000,
+}
+_PI = {
+    "id": "pi_1",
+    "object": "payment_intent",
+    "customer": "cus_A",
+    "status": "succeeded",
+    "currency": "eur",
+    "amount": 2000,
+    "amount_received": 2000,
+    "latest_charge": "ch_1",
+}
+_LINK = {
+    "id": "inpay_1",
+    "object": "invoice_payment",
+    "invoice": "in_1",
+    "payment": {"type": "payment_intent", "payment_intent": "pi_1"},
+    "status": "paid",
+}
+
+
+@pytest.mark.parametrize("link_first", [False, True], ids=["link last", "link first"])
+async def test_a_payment_learns_its_invoice_from_invoice_payment_paid(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], link_first: bool
+) -> None:
+    """API 2025-03-31+: neither the PaymentIntent nor the invoice names the other."""
+    add_account(conn, "cus_A")
+    events = [
+        event("invoice.paid", _INVOICE, created=T0, event_id="evt_in"),
+        event("payment_intent.succeeded", _PI, created=T0, event_id="evt_pi"),
+    ]
+    link = event("invoice_payment.paid", _LINK, created=T0 + 1, event_id="evt_link")
+    await run(pool, *([link, *events] if link_first else [*events, link]))
+    invoice, _, linked = _invoice_and_payment(conn)
+    assert linked == invoice
+    assert statuses(conn)["evt_link"] == ("processed", None)
+    # A later PaymentIntent event, which names no invoice, keeps the link.
+    later = {**_PI, "metadata": {"note": "x"}}
+    await run(pool, event("payment_intent.succeeded", later, created=T0 + 5, event_id="evt_pi2"))
+    assert _invoice_and_payment(conn)[2] == invoice
+
+
+@pytest.mark.parametrize("names_it", ["charge", "invoice"])
+async def test_a_payment_learns_its_invoice_from_old_shapes(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], names_it: str
+) -> None:
+    """Before 2025-03-31 the charge names its invoice, or the invoice its payment."""
+    add_account(conn, "cus_A")
+    charge = {"id": "ch_1", "object": "charge", "payment_intent": "pi_1", "status": "succeeded"}
+    invoice = dict(_INVOICE)
+    if names_it == "charge":
+        charge["invoice"] = "in_1"
+    else:
+        invoice["payment_intent"] = "pi_1"
+    # One at a time, so that only the event under test can make the link.
+    await run(pool, event("payment_intent.succeeded", _PI, created=T0, event_id="evt_pi"))
+    await run(pool, event("invoice.paid", invoice, created=T0, event_id="evt_in"))
+    invoice_id = one(conn, "SELECT invoice_id FROM stripe.invoice_mappings")
+    assert _invoice_and_payment(conn)[2] == (None if names_it == "charge" else invoice_id)
+    await run(pool, event("charge.succeeded", charge, created=T0, event_id="evt_ch"))
+    assert _invoice_and_payment(conn)[2] == invoice_id
+    assert {s for s, _ in statuses(conn).values()} == {"processed"}
+
+
 async def test_a_row_the_database_refuses_fails_at_once_naming_the_constraint(
     pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
 ) -> None:

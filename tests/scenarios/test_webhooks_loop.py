@@ -116,6 +116,15 @@ def test_subscribe_pay_refund(
         daemon=daemon,
     )
     assert payment[1:3] == (account, 5000)
+    # Today's shapes name the invoice of a payment only in invoice_payment.paid.
+    linked = wait_for(
+        conn,
+        "SELECT m.stripe_invoice_id FROM billing.payments p "
+        "JOIN stripe.invoice_mappings m ON m.invoice_id = p.invoice_id WHERE p.id = %s",
+        payment[0],
+        daemon=daemon,
+    )
+    assert linked == (invoice[3],)
 
     stripe_client.v1.refunds.create(params={"payment_intent": payment[3], "amount": 1000})
     refunded = wait_for(

@@ -246,6 +246,7 @@ def test_end_to_end_story(
         "payment_intent.created",
         "charge.succeeded",
         "payment_intent.succeeded",
+        "invoice_payment.paid",
         "invoice.paid",
         "invoice.payment_succeeded",
         "charge.refunded",

@@ -146,7 +146,7 @@ def subscription_invoice(
         emu.store.put("payment_intents", pi)
         emu.record_event(req, "payment_intent.created", pi)
         succeed_payment(emu, req, pi)
-        inv["payments"]["data"] = [invoice_payment(emu, inv, pi)]
+        inv["payments"]["data"] = [invoice_payment(emu, req, inv, pi)]
     inv.update(
         status="paid",
         attempted=total > 0,
@@ -161,7 +161,9 @@ def subscription_invoice(
     return inv
 
 
-def invoice_payment(emu: Emulator, inv: JSON, pi: JSON) -> JSON:
+def invoice_payment(emu: Emulator, req: ApiRequest, inv: JSON, pi: JSON) -> JSON:
+    """The invoice's payment (API 2025-03-31+), announced by invoice_payment.paid:
+    since then the only event that links a payment to its invoice."""
     payment = {
         "id": new_id("inpay"),
         "object": "invoice_payment",
@@ -177,6 +179,7 @@ def invoice_payment(emu: Emulator, inv: JSON, pi: JSON) -> JSON:
         "status_transitions": {"canceled_at": None, "paid_at": emu.now()},
     }
     emu.store.put("invoice_payments", payment)
+    emu.record_event(req, "invoice_payment.paid", payment)
     return payment
 
 

@@ -113,8 +113,11 @@ VALUES (%(account_id)s, %(invoice_id)s, %(status)s, %(currency)s, %(amount)s,
 RETURNING id
 
 -- name: update_payment
+-- invoice_id: newer API versions no longer name the invoice on a PaymentIntent;
+-- a link made by another event is kept.
 UPDATE billing.payments
-SET account_id = %(account_id)s, invoice_id = %(invoice_id)s, status = %(status)s,
+SET account_id = %(account_id)s, invoice_id = coalesce(%(invoice_id)s, invoice_id),
+    status = %(status)s,
     currency = %(currency)s, amount = %(amount)s, amount_received = %(amount_received)s,
     failure_message = %(failure_message)s, updated_at = now()
 WHERE id = %(id)s
@@ -195,3 +198,19 @@ RETURNING m.id
 SELECT a.id, m.stripe_customer_id AS stripe_id
 FROM billing.accounts a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 WHERE a.id = %(account_id)s
+
+-- name: link_payment_to_invoice
+-- A payment learns its invoice from whichever event names both first.
+UPDATE billing.payments
+SET invoice_id = %(invoice_id)s, updated_at = now()
+WHERE id = %(payment_id)s AND invoice_id IS DISTINCT FROM %(invoice_id)s
+
+-- name: link_invoice_payments
+-- An invoice event of the old shape names its PaymentIntent or charge: link
+-- the payment if MC has it already (else its own event will name the invoice).
+UPDATE billing.payments AS p
+SET invoice_id = %(invoice_id)s, updated_at = now()
+FROM stripe.payment_mappings AS m
+WHERE m.payment_id = p.id
+  AND (m.stripe_payment_intent_id = %(payment_intent)s OR m.stripe_charge_id = %(charge)s)
+  AND p.invoice_id IS DISTINCT FROM %(invoice_id)s

@@ -176,6 +176,14 @@ class Invoice(Lenient):
     period_end: int | None = None
     due_date: int | None = None
     status_transitions: StatusTransitions | None = None
+    # Its payment, in versions before 2025-03-31 (since: invoice_payment events).
+    payment_intent: Expandable = None
+    # Real 2015 events hold a number here: only an id (or object) is a link.
+    charge: Expandable | int = None
+
+    @property
+    def charge_id(self) -> str | None:
+        return None if isinstance(self.charge, int) else ref_id(self.charge)
 
     @property
     def subscription_id(self) -> str | None:
@@ -200,6 +208,7 @@ class RefundList(Lenient):
 class Charge(Lenient):
     id: str = ""
     payment_intent: Expandable = None
+    invoice: Expandable = None  # before API 2025-03-31
     status: str | None = None
     paid: bool | None = None
     amount_refunded: int | None = None
@@ -243,6 +252,21 @@ class PaymentIntent(Lenient):
     def charge_amount_refunded(self) -> int:
         charges = self.charges.data if self.charges else []
         return max((c.amount_refunded or 0 for c in charges), default=0)
+
+
+class InvoicePaymentTarget(Lenient):
+    type: str | None = None
+    payment_intent: Expandable = None
+    charge: Expandable = None
+
+
+class InvoicePayment(Lenient):
+    """API 2025-03-31 and later: the link between an invoice and its payment."""
+
+    id: str = ""
+    invoice: Expandable = None
+    payment: InvoicePaymentTarget | None = None
+    status: str | None = None
 
 
 class CheckoutSession(Lenient):

@@ -12,10 +12,20 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from ..db import queries
 from ..errors import PermanentError
 from ..jobs import Done, Job
 from ..mappings import CUSTOMERS, INVOICES, SUBSCRIPTIONS
-from .common import Key, WebhookContext, Write, rank_of, resolve_one, ts, write_object
+from .common import (
+    Key,
+    WebhookContext,
+    Write,
+    Written,
+    rank_of,
+    resolve_one,
+    ts,
+    write_object,
+)
 from .events import Invoice, decode_event, ref_id
 
 _RANKS = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3, "deleted": 4}
@@ -43,6 +53,16 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
     key = Key(event.created, rank_of(_RANKS, status, event.type), event.id)
 
     paid_at = invoice.status_transitions.paid_at if invoice.status_transitions else None
+    payment_intent, charge = ref_id(invoice.payment_intent), invoice.charge_id
+
+    async def link_payment(conn: AsyncConnection[Any], written: Written) -> None:
+        # Versions before 2025-03-31 name the payment here; later ones send
+        # invoice_payment.paid (payments.invoice_payment).
+        if payment_intent or charge:
+            await conn.execute(
+                queries("webhooks")["link_invoice_payments"],
+                {"invoice_id": written.mc_id, "payment_intent": payment_intent, "charge": charge},
+            )
 
     async def prepare(conn: AsyncConnection[Any]) -> Write:
         return Write(
@@ -62,7 +82,8 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
                 "period_end": ts(invoice.period_end),
                 "due_date": ts(invoice.due_date),
                 "paid_at": ts(paid_at),
-            }
+            },
+            then=link_payment,
         )
 
     sync_status = "deleted" if status == "deleted" else "synced"

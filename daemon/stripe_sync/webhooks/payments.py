@@ -1,4 +1,11 @@
-"""payment_intent.*, charge.succeeded/refunded and refund.*: billing.payments.
+"""payment_intent.*, charge.succeeded/refunded, refund.* and invoice_payment.paid:
+billing.payments.
+
+A payment's invoice comes from whichever event names both first: before API
+2025-03-31 the PaymentIntent, the charge or the invoice itself names the other;
+since then only invoice_payment.paid does (an invoice's ``payments`` list is
+includable, so no event carries it). A link once made is never undone by an
+event that names no invoice.
 
 MC tracks payments by PaymentIntent: the first payment_intent event creates
 the row and its mapping. Charge and refund events only add to a payment
@@ -38,7 +45,7 @@ from .common import (
     stale_note,
     write_object,
 )
-from .events import Charge, PaymentIntent, Refund, decode_event, ref_id
+from .events import Charge, InvoicePayment, PaymentIntent, Refund, decode_event, ref_id
 
 _PI_RANKS = {
     "requires_payment_method": 0,
@@ -121,6 +128,9 @@ async def charge(ctx: WebhookContext, job: Job) -> Done:
         return ignored(f"charge {ch.id} has no PaymentIntent; MC tracks payments by PaymentIntent")
     async with ctx.pool.connection() as conn:
         await _payment(ctx, conn, pi_id)
+    # Before API 2025-03-31 a charge names its invoice. Not waited for: the
+    # refund figures matter more, and the invoice's own event links it too.
+    invoice = ref_id(ch.invoice)
     refunds = ch.refunds.data if ch.refunds else []
     # Only a charge that carried money is remembered, and a PaymentIntent
     # event's own latest_charge wins over it.
@@ -133,8 +143,47 @@ async def charge(ctx: WebhookContext, job: Job) -> Done:
         for refund in refunds:
             await _upsert_refund(conn, locked.mc_id, refund, event.created, event.type, event.id)
         await _recompute_refunds(conn, locked.mc_id)
+        known = await find(conn, INVOICES, invoice) if invoice else None
+        if known is not None:
+            await _link(conn, locked.mc_id, known.mc_id)
 
     return Done(apply=apply)
+
+
+async def invoice_payment(ctx: WebhookContext, job: Job) -> Done:
+    """invoice_payment.paid (API 2025-03-31 and later): which invoice a payment paid.
+
+    Both the payment and the invoice must be in MC first; the event waits for
+    whichever has not arrived, like any reference.
+    """
+    event = decode_event(job.payload, InvoicePayment)
+    link = event.data.object
+    target = link.payment
+    pi_id = ref_id(target.payment_intent) if target else None
+    invoice = ref_id(link.invoice)
+    if pi_id is None or invoice is None:
+        kind = target.type if target else None
+        return ignored(
+            f"invoice_payment {link.id} links {invoice} to a {kind or 'payment'} "
+            "that is not a PaymentIntent; MC tracks payments by PaymentIntent"
+        )
+    async with ctx.pool.connection() as conn:
+        await _payment(ctx, conn, pi_id)
+        invoice_id = await resolve_one(ctx, conn, INVOICES, invoice)
+    assert invoice_id is not None
+
+    async def apply(conn: AsyncConnection[Any]) -> None:
+        payment = await _payment(ctx, conn, pi_id, lock=True)
+        await _link(conn, payment.mc_id, invoice_id)
+
+    return Done(apply=apply)
+
+
+async def _link(conn: AsyncConnection[Any], payment_id: int, invoice_id: int) -> None:
+    await conn.execute(
+        queries("webhooks")["link_payment_to_invoice"],
+        {"payment_id": payment_id, "invoice_id": invoice_id},
+    )
 
 
 async def refund(ctx: WebhookContext, job: Job) -> Done:

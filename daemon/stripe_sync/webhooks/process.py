@@ -85,6 +85,7 @@ HANDLERS: dict[str, EventHandler] = {
     "refund.created": payments.refund,
     "refund.updated": payments.refund,
     "refund.failed": payments.refund,
+    "invoice_payment.paid": payments.invoice_payment,
     "checkout.session.completed": checkout.handle,
 }
 
