@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import psycopg
 
-from stripe_sync.config import Secret
+from stripe_sync.config import DEFAULTS, Secret
 from stripe_sync.db import make_pool
 from stripe_sync.listen import Listener
 from stripe_sync.outbox.common import Context, source_of
@@ -44,7 +44,7 @@ async def outbox_pipeline(
     lease_seconds: float = 15.0,
     worker_id: str = "test-worker",
     stripe_timeout: float = 10.0,
-    search_lag: float = 300.0,
+    search_lag: float = DEFAULTS.search_lag,
 ) -> AsyncIterator[Pipeline]:
     pool = make_pool(dsn, size=concurrency + 2)
     async with pool:

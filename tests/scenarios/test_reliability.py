@@ -141,7 +141,18 @@ def test_stripe_faults_retry_to_exactly_one_each(
     for kind in ("rate_limit", "500", "503", "drop", "applied_response_lost"):
         emu.add_fault(kind, "POST /v1/customers", rate=0.04)  # ~20 % of calls in all
     emu.add_fault("latency", "POST /v1/customers", rate=0.02, seconds=3.0)
-    spawn(started, dsn, emulator, STRIPE_SYNC_STRIPE_TIMEOUT=1, STRIPE_SYNC_MAX_ATTEMPTS=30)
+    # 500s Stripe saved under the key, the customer made or not: the rows wait
+    # for the search (1 s here), then adopt or create with a new key.
+    for created in (True, False):
+        emu.add_fault("500", "POST /v1/customers", rate=0.01, stored=True, created=created)
+    spawn(
+        started,
+        dsn,
+        emulator,
+        STRIPE_SYNC_STRIPE_TIMEOUT=1,
+        STRIPE_SYNC_MAX_ATTEMPTS=30,
+        STRIPE_SYNC_SEARCH_LAG=1,
+    )
     enqueue_accounts(dsn, rows)
     wait_until(lambda: statuses(dsn) == {"done": rows}, timeout=90)
     assert_exactly_one_customer_each(dsn, emulator, rows)
