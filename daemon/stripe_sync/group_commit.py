@@ -10,7 +10,8 @@ meanwhile queue up for the next leader. A lone completion (the pickup-latency
 path) goes at once: nothing waits for company.
 
 A row's outcome never depends on another's: if anything in a group fails (a
-lease lost, a mapping refused, the database), the group is rolled back and
+lease lost, a mapping refused, the database, a row lock awaited longer than
+the group's lock timeout), the group is rolled back and
 each of its rows is recorded again alone, in its own transaction, and gets its
 own result.
 """
@@ -25,6 +26,8 @@ import anyio
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+from .db import queries
 
 
 @dataclass(eq=False)
@@ -115,6 +118,7 @@ async def _together(conn: AsyncConnection[Any], group: list[Completion]) -> bool
     """All of the group in one transaction; False (rolled back) if any refused."""
     try:
         async with conn.transaction():
+            await conn.execute(queries("queue")["group_lock_wait"])
             for c in group:
                 await c.record(conn)
     except Exception:

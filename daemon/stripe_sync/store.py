@@ -61,9 +61,12 @@ class QueueSpec:
     channel: str  # NOTIFY channel of its triggers
     done_status: str
     # Completions may share a transaction (group_commit.py). The outbox's do:
-    # each writes its own mapping row. The webhook queue's are left one per
-    # transaction until its own batching (issue 11, webhook side) decides how
-    # events on one object order and lock together.
+    # each writes its own mapping row. The webhook queue's do too: events of
+    # different objects lock different mapping rows; two events of one object
+    # in one group apply in turn in one transaction, the second checking its
+    # ordering key against the row the first just wrote (an older one raises
+    # Raced, the group is redone row by row); two groups locking two objects in
+    # opposite orders stop waiting after the group lock timeout and fall back.
     group_commit: bool = False
 
     def query(self, name: str) -> psycopg.sql.Composed:
@@ -74,7 +77,12 @@ OUTBOX = QueueSpec(
     "outbox", "integration.outbox", "action_type", "stripe_sync_outbox", "done", group_commit=True
 )
 WEBHOOKS = QueueSpec(
-    "webhooks", "integration.webhook_events", "event_type", "stripe_sync_webhooks", "processed"
+    "webhooks",
+    "integration.webhook_events",
+    "event_type",
+    "stripe_sync_webhooks",
+    "processed",
+    group_commit=True,
 )
 
 

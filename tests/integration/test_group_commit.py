@@ -108,3 +108,29 @@ async def test_a_refused_row_leaves_the_rest_of_its_group_recorded(store: Postgr
         )
         assert await cur.fetchone() == (0,)  # the refused row's writes were rolled back
     assert store.completions.groups == 0  # the group fell back to one row per transaction
+
+
+async def test_a_group_waits_for_row_locks_briefly(store: PostgresStore) -> None:
+    """Two groups locking two rows in opposite orders must not wait for the
+    deadlock check: in a group the lock timeout is short; a row alone, and any
+    later use of the pooled connection, keeps the server's."""
+    a, b, c = await _claimed(store, 3)
+    seen: dict[int, str] = {}
+
+    def noting(id_: int) -> Apply:
+        async def apply(conn: AsyncConnection[Any]) -> None:
+            cur = await conn.execute("SELECT current_setting('lock_timeout')")
+            row = await cur.fetchone()
+            assert row is not None
+            seen[id_] = row[0]
+
+        return apply
+
+    await _behind_a_held_leader(store, a, (b, "w", noting(b)), (c, "w", noting(c)))
+    [d] = await _claimed(store, 1)
+    await store.finish(d, "w", "done", None, noting(d))
+    assert seen == {b: "200ms", c: "200ms", d: "0"}
+    async with store.pool.connection() as c1, store.pool.connection() as c2:
+        for conn in (c1, c2):
+            cur = await conn.execute("SHOW lock_timeout")
+            assert await cur.fetchone() == ("0",)

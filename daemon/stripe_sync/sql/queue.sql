@@ -64,6 +64,14 @@ SET status = %(status)s, locked_by = NULL, locked_until = NULL,
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'processing'
 
+-- name: group_lock_wait
+-- A group of completions (group_commit.py) waits at most this long for a row
+-- lock, then is redone row by row: two groups locking two mapping rows in
+-- opposite orders (two webhook events of each of two objects) would otherwise
+-- wait for PostgreSQL's deadlock check (deadlock_timeout, 1 s by default).
+-- SET LOCAL: this transaction only; a row alone waits as long as it takes.
+SET LOCAL lock_timeout = '200ms'
+
 -- name: retry
 UPDATE {table}
 SET status = 'pending', locked_by = NULL, locked_until = NULL, last_error = %(error)s,
