@@ -24,8 +24,8 @@ from typing import Any, TextIO, cast
 import msgspec
 
 from .config import Settings
-from .db import make_pool, queries
-from .stripe_api import StripeApi, call_with_retries, from_settings
+from .db import queries
+from .stripe_api import StripeApi, call_with_retries, for_command
 from .webhooks.events import Envelope
 from .webhooks.ingest import Ingestor, Row, Unstorable, row_for
 
@@ -173,12 +173,7 @@ async def run(
     dry_run: bool = False,
     on_page: Callable[[CatchUpResult], None] | None = None,
 ) -> CatchUpResult:
-    settings.require("DATABASE_URL", "STRIPE_API_KEY")
-    assert settings.database_url is not None
-    async with (
-        from_settings(settings) as api,
-        make_pool(settings.database_url, size=2, role="catch-up") as pool,
-    ):
+    async with for_command(settings, "catch-up") as (api, pool):
         return await catch_up(
             api,
             Ingestor(pool),

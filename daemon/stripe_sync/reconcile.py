@@ -53,11 +53,11 @@ import stripe
 from psycopg_pool import AsyncConnectionPool
 
 from .config import Settings
-from .db import make_pool, queries
+from .db import queries
 from .errors import PermanentError
 from .mappings import CUSTOMERS, PRICES, PRODUCTS, Family
 from .outbox.common import source_of
-from .stripe_api import StripeApi, call_with_retries, from_settings, search_clause
+from .stripe_api import StripeApi, call_with_retries, for_command, search_clause
 from .webhooks.events import metadata_id
 
 Kind = Literal["missing", "deleted", "changed", "metadata", "duplicate"]
@@ -352,12 +352,7 @@ async def run(
     on_checked: Callable[[str, Sequence[Drift]], None] | None = None,
 ) -> Report:
     """``on_start(totals)`` gets the number of mappings to check per family first."""
-    settings.require("DATABASE_URL", "STRIPE_API_KEY")
-    assert settings.database_url is not None
-    async with (
-        from_settings(settings) as api,
-        make_pool(settings.database_url, size=2, role="reconcile") as pool,
-    ):
+    async with for_command(settings, "reconcile") as (api, pool):
         if on_start is not None:
             on_start(await count(pool))
         return await reconcile(api, pool, fix=fix, on_checked=on_checked)

@@ -1,7 +1,8 @@
 """The Stripe SDK client, one pace for all calls, and what each failure means.
 
 :func:`from_settings` is the one place a client is built from the settings
-(the daemon and the operator commands alike).
+(the daemon and the operator commands alike; :func:`for_command` adds the
+small pool that catch-up and reconcile work with).
 
 The SDK's own retries are off: a retry is the queue's job, so that it is
 logged, backed off, counted against the row's attempts, and sent with the
@@ -12,14 +13,17 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import aiohttp
 import anyio
 import stripe
+from psycopg_pool import AsyncConnectionPool
 
 from .config import DEFAULTS, RATE_LIMITS, Secret, Settings
+from .db import make_pool
 from .errors import PermanentError, SavedFailure, TransientError
 from .metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
 
@@ -130,6 +134,20 @@ def from_settings(settings: Settings) -> StripeApi:
         rate_limit=settings.effective_rate_limit,
         timeout=settings.stripe_timeout,
     )
+
+
+@asynccontextmanager
+async def for_command(
+    settings: Settings, role: str
+) -> AsyncIterator[tuple[StripeApi, AsyncConnectionPool]]:
+    """An operator command's client and its small pool (catch-up, reconcile)."""
+    settings.require("DATABASE_URL", "STRIPE_API_KEY")
+    assert settings.database_url is not None
+    async with (
+        from_settings(settings) as api,
+        make_pool(settings.database_url, size=2, role=role) as pool,
+    ):
+        yield api, pool
 
 
 async def call_with_retries(
