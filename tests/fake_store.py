@@ -41,6 +41,7 @@ class Row:
     locked_by: str | None = None
     locked_until: float | None = None
     last_error: str | None = None
+    note: str | None = None
 
 
 class Call(NamedTuple):
@@ -150,7 +151,8 @@ class FakeStore:
         if apply is not None:
             # Unit tests' applies record what they would write; there is no database.
             await apply(cast("AsyncConnection[Any]", None))
-        self._settle(rows[0], status, note)
+        self._settle(rows[0], status, None)
+        rows[0].note = note
         await self._leave("finish")
 
     async def fail(self, job_id: int, worker: str, error: str) -> None:

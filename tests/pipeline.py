@@ -92,7 +92,9 @@ async def eventually(
 def outbox_rows(dsn: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as c:
         return c.execute(
-            "SELECT id, action_type, status, attempts, last_error FROM integration.outbox "
+            # the error, else the note of a row that succeeded
+            "SELECT id, action_type, status, attempts, coalesce(last_error, note) "
+            "FROM integration.outbox "
             "ORDER BY id"
         ).fetchall()
 

@@ -174,7 +174,9 @@ def statuses(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, str | None]]
     return {
         r[0]: (r[1], r[2])
         for r in conn.execute(
-            "SELECT stripe_event_id, status, last_error FROM integration.webhook_events"
+            # the error, else the note of an event that was applied or ignored
+            "SELECT stripe_event_id, status, coalesce(last_error, note) "
+            "FROM integration.webhook_events"
         )
     }
 

@@ -104,12 +104,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from .ops import retry
+    from .ops import retry, rows
 
     if not args.ids and not args.all_failed:
         print("stripe-sync retry: give row ids or --all-failed", file=sys.stderr)
         return 2
-    collect = partial(retry, _dsn(args), args.table, args.ids, all_failed=args.all_failed)
+    target = rows(args.ids, args.table)
+    collect = partial(retry, _dsn(args), target, all_failed=args.all_failed)
+    return show(anyio.run(collect), json=args.json)
+
+
+def cmd_dismiss(args: argparse.Namespace) -> int:
+    from .ops import dismiss, rows
+
+    collect = partial(dismiss, _dsn(args), rows(args.ids, args.table), args.reason)
     return show(anyio.run(collect), json=args.json)
 
 
@@ -258,14 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
         "make failed rows due again with a fresh retry budget",
         ["--database-url"],
     )
-    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="row ids (the id column)")
-    retry.add_argument("--all-failed", action="store_true", help="every failed row of the table")
-    retry.add_argument(
-        "--table",
-        choices=["outbox", "webhooks"],
-        default="outbox",
-        help="integration.outbox (default) or integration.webhook_events",
+    ids_help = "ids as `status` shows them: outbox row ids, webhook events' evt_ ids (or row ids)"
+    table_help = (
+        "the table of numeric ids: integration.outbox (default) or "
+        "integration.webhook_events (implied by evt_ ids)"
     )
+    retry.add_argument("ids", nargs="*", metavar="ID", help=ids_help)
+    retry.add_argument("--all-failed", action="store_true", help="every failed row of the table")
+    retry.add_argument("--table", choices=["outbox", "webhooks"], help=table_help)
+    dismiss = command(
+        "dismiss",
+        cmd_dismiss,
+        "set failed rows aside for good (status dismissed, with the reason; "
+        "`status` stops counting them; `retry` brings them back)",
+        ["--database-url"],
+    )
+    dismiss.add_argument("ids", nargs="+", metavar="ID", help=ids_help)
+    dismiss.add_argument("--reason", required=True, help="why, kept in the row's note")
+    dismiss.add_argument("--table", choices=["outbox", "webhooks"], help=table_help)
     replay = command("replay", cmd_replay, "re-apply stored webhook events", ["--database-url"])
     replay.add_argument("event_ids", nargs="+", metavar="evt_ID")
     stripe_flags = ["--database-url", "--api-base", "--rate-limit"]

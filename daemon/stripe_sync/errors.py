@@ -32,6 +32,12 @@ class StripeSyncError(Exception):
         return f"stripe-sync: {self.label}{str(self).strip()}"
 
 
+class UsageError(StripeSyncError):
+    """A command line that cannot be carried out as written (exit 2, as argparse)."""
+
+    exit_code = 2
+
+
 class CommandStopped(StripeSyncError):
     """Stripe or the database stopped an operator command midway (catch-up, reconcile)."""
 

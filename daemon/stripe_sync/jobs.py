@@ -32,7 +32,7 @@ class Done:
 
     apply: Apply | None = None
     status: str | None = None  # default: the queue's done status
-    note: str | None = None  # kept in last_error, e.g. why an event was ignored
+    note: str | None = None  # kept in the row's note, e.g. why an event was ignored
 
 
 Handler = Callable[[Job], Awaitable[Done]]

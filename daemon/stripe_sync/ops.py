@@ -4,9 +4,10 @@ whose result renders as text or JSON and names its exit code."""
 
 from __future__ import annotations
 
-from typing import Literal, TextIO
+from typing import Any, ClassVar, Literal, NamedTuple, TextIO
 
 from .db import connect, queries
+from .errors import UsageError
 from .outcome import Record
 
 Table = Literal["outbox", "webhooks"]
@@ -29,31 +30,82 @@ async def seed(dsn: str) -> Seeded:
     return Seeded(int(row[0]) if row and row[0] is not None else 0)
 
 
-class Retried(Record):
+class Rows(NamedTuple):
+    """Rows an operator names the way ``status`` shows them: outbox row ids, and
+    webhook events by row id or by their ``evt_`` id."""
+
     table: Table
-    due_again: list[int]
-    # Asked for by id but not retried: no such row, or not failed.
-    not_retried: list[int]
+    ids: list[int]
+    event_ids: list[str]
+
+
+def rows(raw: list[str], table: Table | None) -> Rows:
+    """``raw`` ids as given; an ``evt_`` id implies the webhooks table."""
+    event_ids = [r for r in raw if r.startswith("evt_")]
+    bad = [r for r in raw if not r.startswith("evt_") and not r.isdigit()]
+    if bad:
+        raise UsageError(f"not a row id or an evt_ id: {', '.join(bad)}")
+    if event_ids and table == "outbox":
+        raise UsageError("evt_ ids name webhook events, not outbox rows (--table webhooks)")
+    chosen: Table = "webhooks" if event_ids else (table or "outbox")
+    return Rows(chosen, [int(r) for r in raw if r.isdigit()], event_ids)
+
+
+class Changed(Record):
+    """What ``retry`` or ``dismiss`` changed, named as the operator named them
+    (an ``evt_`` id stays one); rows of ``--all-failed`` by row id."""
+
+    verb: ClassVar[str]
+    table: Table
+    done: list[int | str]
+    # Named but not changed: no such row, or not in a state that allows it.
+    not_done: list[int | str]
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.not_retried else 0
+        return 1 if self.not_done else 0
 
     def render(self, out: TextIO, err: TextIO) -> None:
-        done = ", ".join(map(str, self.due_again)) or "-"
-        print(f"{len(self.due_again)} {self.table} row(s) due again: {done}", file=out)
-        if self.not_retried:
-            missing = ", ".join(map(str, self.not_retried))
-            print(f"not retried (no such row, or not failed): {missing}", file=err)
+        done = ", ".join(map(str, self.done)) or "-"
+        print(f"{len(self.done)} {self.table} row(s) {self.verb}: {done}", file=out)
+        if self.not_done:
+            missing = ", ".join(map(str, self.not_done))
+            print(f"not {self.verb} (no such row, or not failed): {missing}", file=err)
 
 
-async def retry(dsn: str, table: Table, ids: list[int], *, all_failed: bool) -> Retried:
+class Retried(Changed):
+    verb = "due again"
+
+
+class Dismissed(Changed):
+    verb = "dismissed"
+
+
+async def _change(
+    dsn: str, query: str, target: Rows, **params: Any
+) -> tuple[list[int | str], list[int | str]]:
+    """Run ``{query}_{table}`` of sql/ops.sql on the rows: (changed, named but not)."""
+    async with connect(dsn, query) as conn:
+        cur = await conn.execute(
+            queries("ops")[f"{query}_{target.table}"],
+            {"ids": target.ids, "event_ids": target.event_ids, **params},
+        )
+        found = sorted(await cur.fetchall(), key=lambda r: int(r[0]))
+    done: list[int | str] = [
+        r[1] if len(r) > 1 and r[1] in target.event_ids else int(r[0]) for r in found
+    ]
+    asked: list[int | str] = [*target.ids, *target.event_ids]
+    return done, [a for a in asked if a not in done]
+
+
+async def retry(dsn: str, target: Rows, *, all_failed: bool) -> Retried:
     """Failed rows (by id, or all) due again with a fresh retry budget."""
-    query = queries("ops")["retry_outbox" if table == "outbox" else "retry_webhooks"]
-    async with connect(dsn, "retry") as conn:
-        cur = await conn.execute(query, {"ids": ids, "all_failed": all_failed})
-        done = sorted(int(r[0]) for r in await cur.fetchall())
-    return Retried(table, done, sorted(set(ids) - set(done)))
+    return Retried(target.table, *await _change(dsn, "retry", target, all_failed=all_failed))
+
+
+async def dismiss(dsn: str, target: Rows, reason: str) -> Dismissed:
+    """Failed rows set aside for good, with the reason; ``retry`` brings them back."""
+    return Dismissed(target.table, *await _change(dsn, "dismiss", target, reason=reason))
 
 
 class Replayed(Record):

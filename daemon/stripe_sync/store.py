@@ -115,7 +115,7 @@ class Store(Protocol):
     async def finish(
         self, job_id: int, worker: str, status: str, note: str | None, apply: Apply | None
     ) -> None:
-        """Record ``status`` (and ``note`` as last_error) together with ``apply``'s
+        """Record ``status`` and ``note`` (last_error is cleared) together with ``apply``'s
         writes, atomically; raise :class:`LeaseLost`, keeping none of them, when the
         row is no longer this worker's."""
         ...
@@ -171,7 +171,7 @@ class PostgresStore:
                 await apply(conn)
             cur = await conn.execute(
                 self.spec.query("finish"),
-                {"id": job_id, "worker": worker, "status": status, "error": note},
+                {"id": job_id, "worker": worker, "status": status, "note": note, "error": None},
             )
             if cur.rowcount != 1:
                 raise LeaseLost(job_id)  # rolls back apply
@@ -184,7 +184,8 @@ class PostgresStore:
 
     async def fail(self, job_id: int, worker: str, error: str) -> None:
         await self._run(
-            "finish", {"id": job_id, "worker": worker, "status": "failed", "error": error}
+            "finish",
+            {"id": job_id, "worker": worker, "status": "failed", "note": None, "error": error},
         )
 
     async def retry(self, job_id: int, worker: str, error: str, delay: float) -> None:

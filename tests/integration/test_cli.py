@@ -20,6 +20,7 @@ COMMANDS = [
     "run",
     "status",
     "retry",
+    "dismiss",
     "replay",
     "catch-up",
     "reconcile",
@@ -105,8 +106,8 @@ def test_every_operator_command_answers_json_with_its_exit_code(
     assert (retried.returncode, retried.stderr) == (1, "")
     assert json.loads(retried.stdout) == {
         "table": "outbox",
-        "due_again": [outbox_id[0]],
-        "not_retried": [999],
+        "done": [outbox_id[0]],
+        "not_done": [999],
     }
     replayed = stripe_sync("replay", "--json", "evt_missing", "--database-url", dsn)
     assert replayed.returncode == 1
@@ -150,6 +151,56 @@ def test_status_retry_replay(dsn: str, conn: Conn) -> None:
     assert "evt_1: queued for replay" in replay.stdout
     assert "evt_missing: not stored" in replay.stdout
     assert conn.execute("SELECT status FROM integration.webhook_events").fetchone() == ("pending",)
+
+
+def _failed_event(conn: Conn, event_id: str) -> None:
+    conn.execute(
+        "INSERT INTO integration.webhook_events (stripe_event_id, event_type, livemode, "
+        "event_created, payload, status, attempts, last_error) "
+        "VALUES (%s, 'customer.created', false, 1, '{}', 'failed', 10, 'no mapping for cus_1')",
+        [event_id],
+    )
+
+
+def test_every_command_takes_the_ids_status_prints(dsn: str, conn: Conn) -> None:
+    _failed_event(conn, "evt_A")
+    _failed_event(conn, "evt_B")
+    shown = json.loads(stripe_sync("status", "--json", "--database-url", dsn).stdout)
+    printed = [f["id"] for f in shown["recent_failures"]]
+    assert sorted(printed) == ["evt_A", "evt_B"]
+    retried = stripe_sync("retry", "--json", printed[0], "evt_nope", "--database-url", dsn)
+    assert retried.returncode == 1, retried.stderr
+    assert json.loads(retried.stdout) == {
+        "table": "webhooks",
+        "done": [printed[0]],
+        "not_done": ["evt_nope"],
+    }
+    wrong = stripe_sync("retry", "--table", "outbox", "evt_A", "--database-url", dsn)
+    assert wrong.returncode == 2 and "evt_ ids name webhook events" in wrong.stderr
+    typo = stripe_sync("retry", "evt-A", "--database-url", dsn)
+    assert typo.returncode == 2 and "not a row id or an evt_ id: evt-A" in typo.stderr
+
+
+def test_dismiss_sets_a_row_aside_and_status_stops_counting_it(dsn: str, conn: Conn) -> None:
+    _failed_event(conn, "evt_A")
+    assert stripe_sync("status", "--database-url", dsn).returncode == 1
+    dismissed = stripe_sync(
+        "dismiss", "evt_A", "--reason", "a test customer, deleted", "--database-url", dsn
+    )
+    assert dismissed.returncode == 0, dismissed.stderr
+    assert dismissed.stdout.startswith("1 webhooks row(s) dismissed: evt_A")
+    healthy = stripe_sync("status", "--json", "--database-url", dsn)
+    assert healthy.returncode == 0, healthy.stdout
+    assert conn.execute(
+        "SELECT status, last_error, note FROM integration.webhook_events"
+    ).fetchone() == ("dismissed", "no mapping for cus_1", "dismissed: a test customer, deleted")
+    again = stripe_sync("dismiss", "evt_A", "--reason", "x", "--database-url", dsn)
+    assert again.returncode == 1 and "not dismissed" in again.stderr
+    back = stripe_sync("retry", "evt_A", "--database-url", dsn)
+    assert back.returncode == 0
+    assert conn.execute("SELECT status FROM integration.webhook_events").fetchone() == ("pending",)
+    missing = stripe_sync("dismiss", "evt_A", "--database-url", dsn)
+    assert missing.returncode == 2 and "--reason" in missing.stderr
 
 
 def test_database_url_from_a_systemd_credential(dsn: str, tmp_path: Path) -> None:

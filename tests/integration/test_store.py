@@ -32,6 +32,8 @@ class Table(Protocol):
 
     async def row(self, id_: int) -> RowView: ...
 
+    async def note(self, id_: int) -> str | None: ...
+
 
 class FakeTable:
     def __init__(self) -> None:
@@ -44,6 +46,9 @@ class FakeTable:
     async def row(self, id_: int) -> RowView:
         r = self.fake.rows[id_]
         return r.status, r.attempts, r.locked_by, r.last_error
+
+    async def note(self, id_: int) -> str | None:
+        return self.fake.rows[id_].note
 
 
 class PostgresTable:
@@ -71,6 +76,13 @@ class PostgresTable:
             r = await cur.fetchone()
             assert r is not None
             return r[0], r[1], r[2], r[3]
+
+    async def note(self, id_: int) -> str | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT note FROM integration.outbox WHERE id = %s", (id_,))
+            r = await cur.fetchone()
+            assert r is not None
+            return None if r[0] is None else str(r[0])
 
 
 @pytest.fixture(params=["fake", "postgres"])
@@ -127,7 +139,9 @@ async def test_finish_records_only_for_the_lease_holder(table: Table) -> None:
     assert await table.row(id_) == ("processing", 1, "a", None)
 
     await store.finish(id_, "a", "done", "a note", None)
-    assert await table.row(id_) == ("done", 1, None, "a note")
+    # A note is not an error: last_error is cleared, the note kept apart.
+    assert await table.row(id_) == ("done", 1, None, None)
+    assert await table.note(id_) == "a note"
     with pytest.raises(LeaseLost):  # finished: no second record
         await store.finish(id_, "a", "done", None, None)
 

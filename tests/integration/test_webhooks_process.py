@@ -114,6 +114,15 @@ async def test_customer_events_confirm_known_customers(
     assert st["evt_x"] == ("ignored", "customer cus_X is not mapped to any MC row")
 
 
+async def test_a_note_is_not_an_error(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """Why an event was ignored is a note; last_error stays for errors."""
+    await run(pool, event("customer.created", {"id": "cus_X", "object": "customer"}, event_id="e"))
+    row = conn.execute("SELECT status, note, last_error FROM integration.webhook_events").fetchone()
+    assert row == ("ignored", "customer cus_X is not mapped to any MC row", None)
+
+
 async def test_only_this_databases_objects_confirm_a_pending_mapping(
     pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
 ) -> None:

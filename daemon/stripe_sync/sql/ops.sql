@@ -49,19 +49,35 @@ SELECT count(*)::int FROM pg_stat_activity
 WHERE application_name = 'stripe-sync/listen' AND datname = current_database()
 
 -- name: retry_outbox
--- A fresh retry budget; the due-again trigger wakes the daemon.
+-- A fresh retry budget; the due-again trigger wakes the daemon. A dismissed
+-- row named by id comes back too.
 UPDATE integration.outbox
 SET status = 'pending', attempts = 0, next_attempt_at = now()
 WHERE (id = ANY(%(ids)s) OR (%(all_failed)s AND status = 'failed'))
-  AND status IN ('failed', 'pending')
-RETURNING id
+  AND status IN ('failed', 'pending', 'dismissed')
+RETURNING id::text
 
 -- name: retry_webhooks
+-- Rows by id or by the evt_ id that `status` shows.
 UPDATE integration.webhook_events
 SET status = 'pending', attempts = 0, next_attempt_at = now()
-WHERE (id = ANY(%(ids)s) OR (%(all_failed)s AND status = 'failed'))
-  AND status IN ('failed', 'pending')
-RETURNING id
+WHERE (id = ANY(%(ids)s) OR stripe_event_id = ANY(%(event_ids)s)
+       OR (%(all_failed)s AND status = 'failed'))
+  AND status IN ('failed', 'pending', 'dismissed')
+RETURNING id::text, stripe_event_id
+
+-- name: dismiss_outbox
+-- Failed rows an operator gives up on: terminal, kept with the error and why.
+UPDATE integration.outbox
+SET status = 'dismissed', note = 'dismissed: ' || %(reason)s, processed_at = now()
+WHERE id = ANY(%(ids)s) AND status = 'failed'
+RETURNING id::text
+
+-- name: dismiss_webhooks
+UPDATE integration.webhook_events
+SET status = 'dismissed', note = 'dismissed: ' || %(reason)s, processed_at = now()
+WHERE (id = ANY(%(ids)s) OR stripe_event_id = ANY(%(event_ids)s)) AND status = 'failed'
+RETURNING id::text, stripe_event_id
 
 -- name: replay
 -- Re-apply a stored event whatever became of it; ordering still protects

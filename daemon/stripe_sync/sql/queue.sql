@@ -60,7 +60,7 @@ WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s AND status = 'processing'
 -- 'failed' (Store.fail) runs the row again, to fail again.
 UPDATE {table}
 SET status = %(status)s, locked_by = NULL, locked_until = NULL,
-    last_error = %(error)s, processed_at = now()
+    note = %(note)s, last_error = %(error)s, processed_at = now()
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'processing'
 
