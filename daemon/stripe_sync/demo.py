@@ -311,6 +311,7 @@ def _play(args: argparse.Namespace, stack: ExitStack, reaper: Reaper, logdir: Pa
     wait_http(f"{emulator_url}/_emulator/requests", emulator, logdir / "emulator.log")
     wait_http(f"{daemon_url}/readyz", daemon, logdir / "daemon.log")
     console.print(f"[bold]emulator[/]: {emulator_url}   [bold]daemon[/]: {daemon_url}")
+    console.print(f"[bold]logs[/]: {logdir}")
 
     client = stripe.StripeClient(
         API_KEY, base_addresses={"api": emulator_url}, max_network_retries=0

@@ -186,3 +186,13 @@ def test_stored_fault_validation(emulator: EmulatorServer, spec: dict[str, objec
     response = _fault(emulator, spec)
     assert response.status_code == 400
     assert any(name in response.json()["error"] for name in ("stored", "created", "executing"))
+
+
+def test_reset_forgets_time_travel(emulator: EmulatorServer) -> None:
+    """The next test starts at wall time: a test that moved the clock two days
+    ahead must not make "created in the last day" mean something else after it."""
+    emu = emulator.emulator
+    start = emu.now()
+    emu.advance_clock(48 * 3600)
+    emu.reset()
+    assert abs(emu.now() - start) < 60

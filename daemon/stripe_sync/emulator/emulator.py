@@ -124,6 +124,7 @@ class Emulator:
     def __init__(self, config: EmulatorConfig | None = None, clock: Clock | None = None) -> None:
         self.config = config or EmulatorConfig()
         self.clock = clock or Clock()
+        self._start_offset = self.clock.offset  # what reset() returns the clock to
         self.lock = threading.RLock()
         self.store = Store()
         self.idempotency = IdempotencyStore()
@@ -147,8 +148,10 @@ class Emulator:
 
     # -- control -----------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget all objects, events, keys, faults, endpoints and counters."""
+        """Forget all objects, events, keys, faults, endpoints and counters, and
+        undo any advance of the clock (a test's time travel must not leak into the next)."""
         with self.lock:
+            self.clock.offset = self._start_offset
             self.store.clear()
             self.idempotency.clear()
             self.faults.clear()
