@@ -54,7 +54,7 @@ def _statement(name: str, row_id: int) -> tuple[sql.SQL | sql.Composed, dict[str
             return OUTBOX.query(name), {"ids": [row_id], **worker}
         case "finish":
             return OUTBOX.query(name), {"id": row_id, "worker": "w", "status": "done",
-                                        "error": None}  # fmt: skip
+                                        "note": None, "error": None}  # fmt: skip
         case "retry":
             return OUTBOX.query(name), {"id": row_id, "worker": "w", "error": "x", "delay": 1.0}
         case "reclaim_expired":
