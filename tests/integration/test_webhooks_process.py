@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -847,3 +848,56 @@ async def test_refetch_applies_the_state_stripe_has_now(
         4200,
     )
     assert one(conn, "SELECT stripe_charge_id FROM stripe.payment_mappings") == pi.latest_charge
+
+
+async def test_confirm_applies_only_over_an_older_key(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """The apply checks the key again under the row lock: an event that was newer
+    at the handler's check but not any more at the apply raises Raced and writes
+    nothing; one still newer marks the row."""
+    from stripe_sync.jobs import Job
+    from stripe_sync.webhooks import customers
+    from stripe_sync.webhooks.common import Raced
+
+    account = add_account(conn, "cus_A")
+    ctx = WebhookContext(pool)
+
+    async def prepared(event_id: str, created: int, deleted: bool = False) -> Any:
+        evt = event(
+            "customer.deleted" if deleted else "customer.updated",
+            {"id": "cus_A", "object": "customer"},
+            event_id=event_id,
+            created=created,
+        )
+        done = await customers.handle(ctx, Job(1, evt["type"], 1, json.dumps(evt)))
+        assert done.apply is not None and done.note is None
+        return done.apply
+
+    def mapping() -> Any:
+        return one(
+            conn,
+            "SELECT sync_status, last_event_created, last_event_rank, last_event_id "
+            "FROM stripe.customer_mappings WHERE account_id = %s",
+            account,
+        )
+
+    older, same, newer = (
+        await prepared("evt_b", T0),
+        await prepared("evt_a", T0 + 1),
+        await prepared("evt_c", T0 + 1, deleted=True),
+    )
+    # Meanwhile an event (T0 + 1, rank 0, evt_a) is applied.
+    conn.execute(
+        "UPDATE stripe.customer_mappings SET last_event_created = %s, last_event_rank = 0, "
+        "last_event_id = 'evt_a' WHERE account_id = %s",
+        [T0 + 1, account],
+    )
+    for stale in (older, same):  # older, and the very same key
+        with pytest.raises(Raced):
+            async with pool.connection() as c, c.transaction():
+                await stale(c)
+    assert mapping() == ("synced", T0 + 1, 0, "evt_a")
+    async with pool.connection() as c, c.transaction():
+        await newer(c)  # same second, higher rank (a deletion)
+    assert mapping() == ("deleted", T0 + 1, 100, "evt_c")

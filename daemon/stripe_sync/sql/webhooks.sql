@@ -32,6 +32,28 @@ ORDER BY {stripe_col} IS NULL
 LIMIT 1
 FOR UPDATE
 
+-- name: mark_if_newer
+-- confirm's apply in one round trip: lock the row lock_mapping locks and mark
+-- it as mark_mapping does, only if the event's key is above the newest one
+-- applied, in common.Key's order (as MappingRow.last reads the row: no key yet
+-- is older than any, a missing rank is -1). No row updated: a newer event was
+-- applied meanwhile, or the row is gone.
+UPDATE {mapping} AS m
+SET {stripe_col} = %(stripe_id)s, sync_status = %(status)s,
+    last_event_created = %(created)s, last_event_rank = %(rank)s, last_event_id = %(event_id)s,
+    synced_at = now(), updated_at = now()
+WHERE m.id = (
+    SELECT id FROM {mapping}
+    WHERE {stripe_col} = %(stripe_id)s OR ({stripe_col} IS NULL AND {mc_col} = %(mc_id)s)
+    ORDER BY {stripe_col} IS NULL
+    LIMIT 1
+    FOR UPDATE
+)
+AND (m.last_event_created IS NULL
+     OR (%(created)s::bigint, %(rank)s::integer, %(event_id)s::text COLLATE "C")
+        > (m.last_event_created, coalesce(m.last_event_rank, -1),
+           coalesce(m.last_event_id, '') COLLATE "C"))
+
 -- name: mark_mapping
 UPDATE {mapping}
 SET {stripe_col} = %(stripe_id)s, sync_status = %(status)s,

@@ -215,10 +215,13 @@ async def confirm(
         return Done(note=note)
 
     async def apply(conn: AsyncConnection[Any]) -> None:
-        locked = await find(conn, family, stripe_id, mc_id, lock=True)
-        if locked is None or stale_note(key, locked.last):
+        # Lock, check the key again and mark, in one statement.
+        cur = await conn.execute(
+            family.query("webhooks", "mark_if_newer"),
+            {"stripe_id": stripe_id, "mc_id": mc_id, "status": status, **asdict(key)},
+        )
+        if cur.rowcount != 1:
             raise Raced(stripe_id)
-        await mark(conn, family, locked.id, stripe_id, key, status)
 
     return Done(apply=apply)
 
