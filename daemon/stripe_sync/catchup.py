@@ -13,7 +13,6 @@ arrival harmless. Stripe keeps events for 30 days. :func:`run` collects a
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from typing import Any, TextIO, cast
 
 import msgspec
 
+from . import duration
 from .config import Settings
 from .db import queries
 from .stripe_api import StripeApi, call_with_retries, for_command
@@ -31,16 +31,14 @@ from .webhooks.ingest import Ingestor, Row, Unstorable, row_for
 
 RETENTION_DAYS = 30  # how long Stripe keeps events
 PAGE_SIZE = 100  # Stripe's maximum
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_since(text: str, now: float | None = None) -> int:
     """A Unix time from ``6h``/``3d``/``90m``/``2w`` (ago) or an ISO date/time (UTC if naive)."""
     now = time.time() if now is None else now
-    found = _DURATION.match(text)
-    if found:
-        return int(now - float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+    ago = duration.seconds(text)
+    if ago is not None:
+        return int(now - ago)
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -43,6 +43,7 @@ _RUN_FLAGS: dict[str, str] = {
     "--concurrency": "STRIPE_SYNC_CONCURRENCY",
     "--rate-limit": "STRIPE_SYNC_RATE_LIMIT",
     "--sweep-interval": "STRIPE_SYNC_SWEEP_INTERVAL",
+    "--retention": "STRIPE_SYNC_RETENTION",
     "--log-format": "STRIPE_SYNC_LOG_FORMAT",
     "--log-level": "STRIPE_SYNC_LOG_LEVEL",
 }
@@ -125,6 +126,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .ops import replay
 
     return show(anyio.run(replay, _dsn(args), args.event_ids), json=args.json)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .retention import prune
+
+    settings = _settings(args).require("DATABASE_URL")
+    assert settings.database_url is not None
+    collect = partial(
+        prune,
+        settings.database_url,
+        settings.retention,
+        settings.retention_seconds,
+        dry_run=args.dry_run,
+    )
+    return show(anyio.run(collect), json=args.json)
 
 
 def cmd_catch_up(args: argparse.Namespace) -> int:
@@ -286,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     dismiss.add_argument("--table", choices=["outbox", "webhooks"], help=table_help)
     replay = command("replay", cmd_replay, "re-apply stored webhook events", ["--database-url"])
     replay.add_argument("event_ids", nargs="+", metavar="evt_ID")
+    prune = command(
+        "prune",
+        cmd_prune,
+        "delete finished rows older than STRIPE_SYNC_RETENTION now, as the daemon does "
+        "every minute (outbox done/dismissed; webhook events processed/ignored/dismissed)",
+        ["--database-url", "--retention"],
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count them, delete nothing")
     stripe_flags = ["--database-url", "--api-base", "--rate-limit"]
     catch_up = command(
         "catch-up",

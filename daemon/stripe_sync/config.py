@@ -23,6 +23,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
+from . import duration
 from .errors import EX_CONFIG, StripeSyncError, validation_parts
 
 
@@ -146,6 +147,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     search_lag: float = _setting(
         "STRIPE_SYNC_SEARCH_LAG", 300.0, "seconds a create that met a saved 500 waits for search"
     )
+    # Stripe keeps events 30 days and catch-up reaches back as far: every
+    # event it can list is still stored (so recognised, not stored again) and
+    # replayable, with two months to spare for an investigation. About 2 KB
+    # per event: 90 days of 100,000 events a month is ~0.6 GB.
+    retention: str = _setting(
+        "STRIPE_SYNC_RETENTION",
+        "90d",
+        "finished rows older than this (30m, 12h, 90d, 2w) are deleted; 0 keeps all",
+    )
     webhook_tolerance: int = _setting(
         "STRIPE_SYNC_WEBHOOK_TOLERANCE", 300, "signature timestamp tolerance in seconds"
     )
@@ -171,6 +181,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name}: must be > 0, got {value}")
+        if duration.seconds(self.retention) is None:
+            raise ValueError(
+                "STRIPE_SYNC_RETENTION: expected a duration such as 90d, 12h or 0, "
+                f"got {self.retention!r}"
+            )
         if self.search_lag < 0:
             raise ValueError(f"STRIPE_SYNC_SEARCH_LAG: must be >= 0, got {self.search_lag}")
         if self.rate_limit is not None and self.rate_limit < 0:
@@ -191,6 +206,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         if self.stripe_api_key is None:
             return None
         return "live" if "_live_" in self.stripe_api_key.reveal()[:8] else "test"
+
+    @property
+    def retention_seconds(self) -> float:
+        """Seconds finished rows are kept; 0 keeps them all."""
+        return duration.seconds(self.retention) or 0.0
 
     @property
     def effective_rate_limit(self) -> float:

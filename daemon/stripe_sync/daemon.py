@@ -28,6 +28,7 @@ from .listen import Listener
 from .migrate import check_current
 from .outbox.common import Context, source_of
 from .outbox.execute import make_handler as outbox_handler
+from .retention import Pruner
 from .retry import Retry
 from .store import OUTBOX, WEBHOOKS, PostgresStore
 from .stripe_api import from_settings
@@ -158,6 +159,7 @@ class Daemon:
                 # the ingestor behind them is cancelled.
                 work.start_soon(serve_http, app, sock, self._http_stop)
                 tg.start_soon(self._watchdog)
+                tg.start_soon(Pruner(self.pool, s.retention_seconds).run)
                 sdnotify.notify("READY=1")
                 log.info("ready", extra={"http_port": self.http_port})
                 task_status.started()

@@ -21,6 +21,7 @@ COMMANDS = [
     "status",
     "retry",
     "dismiss",
+    "prune",
     "replay",
     "catch-up",
     "reconcile",
