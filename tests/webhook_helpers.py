@@ -214,6 +214,11 @@ SNAPSHOT_QUERIES = {
     "refunds": "SELECT r.stripe_refund_id, m.stripe_payment_intent_id, r.amount, r.status, "
     "r.last_event_id FROM stripe.payment_refunds r "
     "JOIN stripe.payment_mappings m ON m.payment_id = r.payment_id ORDER BY 1",
+    "disputes": "SELECT m.stripe_dispute_id, m.sync_status, m.last_event_id, "
+    "pm.stripe_payment_intent_id, d.status, d.reason, d.amount, d.currency, "
+    "d.evidence_due_by, d.closed_at "
+    "FROM stripe.dispute_mappings m JOIN billing.disputes d ON d.id = m.dispute_id "
+    "JOIN stripe.payment_mappings pm ON pm.payment_id = d.payment_id ORDER BY 1",
 }
 
 

@@ -105,4 +105,43 @@ PAYMENTS = Family(
     resource="payment_intents",
 )
 
-FAMILIES: tuple[Family, ...] = (CUSTOMERS, PRODUCTS, PRICES, SUBSCRIPTIONS, INVOICES, PAYMENTS)
+# Issue 14: born in Stripe, written only by webhooks (schema/0010).
+DISPUTES = Family(
+    noun="dispute",
+    table="stripe.dispute_mappings",
+    mc_table="billing.disputes",
+    mc_col="dispute_id",
+    stripe_col="stripe_dispute_id",
+    id_prefix="dp_",
+    resource="disputes",
+)
+PAYMENT_METHODS = Family(
+    noun="payment_method",
+    table="stripe.payment_method_mappings",
+    mc_table="billing.payment_methods",
+    mc_col="payment_method_id",
+    stripe_col="stripe_payment_method_id",
+    id_prefix="pm_",
+    resource="payment_methods",
+)
+CREDIT_NOTES = Family(
+    noun="credit_note",
+    table="stripe.credit_note_mappings",
+    mc_table="billing.credit_notes",
+    mc_col="credit_note_id",
+    stripe_col="stripe_credit_note_id",
+    id_prefix="cn_",
+    resource="credit_notes",
+)
+
+FAMILIES: tuple[Family, ...] = (
+    CUSTOMERS,
+    PRODUCTS,
+    PRICES,
+    SUBSCRIPTIONS,
+    INVOICES,
+    PAYMENTS,
+    DISPUTES,
+    PAYMENT_METHODS,
+    CREDIT_NOTES,
+)

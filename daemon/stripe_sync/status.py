@@ -31,6 +31,20 @@ class Failure(msgspec.Struct):
     at: datetime
 
 
+class OpenDispute(msgspec.Struct):
+    """A dispute that needs a response (billing.disputes); ids are MC's but the dispute's."""
+
+    id: int
+    stripe_dispute_id: str | None
+    payment_id: int
+    account_id: int | None
+    status: str
+    reason: str | None
+    amount: int
+    currency: str
+    evidence_due_by: datetime | None
+
+
 class Status(msgspec.Struct):
     queues: list[QueueRow]
     recent_failures: list[Failure]
@@ -39,6 +53,8 @@ class Status(msgspec.Struct):
     webhook_oldest_waiting_seconds: float | None
     daemons_listening: int
     problems: list[str]
+    # Billing work for people, not a sync problem: never changes the exit code.
+    open_disputes: list[OpenDispute] = []
 
     @property
     def healthy(self) -> bool:
@@ -61,7 +77,7 @@ class Status(msgspec.Struct):
 BACKLOG_ALARM_SECONDS = 300.0
 
 
-async def collect(dsn: str, *, failures: int = 10) -> Status:
+async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status:
     sql = queries("ops")
     async with connect(dsn, "status") as conn:
         rows = [QueueRow(*r) for r in await _all(conn, sql["queue_counts"])]
@@ -69,6 +85,9 @@ async def collect(dsn: str, *, failures: int = 10) -> Status:
         stuck = (await _all(conn, sql["stuck"]))[0][0] or 0
         lag, oldest = (await _all(conn, sql["webhook_lag"]))[0]
         daemons = (await _all(conn, sql["daemons"]))[0][0] or 0
+        open_disputes = [
+            OpenDispute(*r) for r in await _all(conn, sql["open_disputes"], limit=disputes)
+        ]
     problems = []
     failed = sum(r.count for r in rows if r.status == "failed")
     if failed:
@@ -81,7 +100,7 @@ async def collect(dsn: str, *, failures: int = 10) -> Status:
     pending = sum(r.count for r in rows if r.status in ("pending", "processing"))
     if pending and not daemons:
         problems.append("work is waiting and no daemon is listening")
-    return Status(rows, recent, int(stuck), lag, oldest, int(daemons), problems)
+    return Status(rows, recent, int(stuck), lag, oldest, int(daemons), problems, open_disputes)
 
 
 async def _all(conn: psycopg.AsyncConnection[Any], query: str, **params: Any) -> list[Any]:
@@ -109,6 +128,22 @@ def _render(status: Status, console: Console) -> None:
         for f in status.recent_failures:
             failures.add_row(f.queue, f.id, f.kind, str(f.attempts), f.last_error or "")
         console.print(failures)
+    if status.open_disputes:
+        disputes = Table(title="disputes needing a response", title_justify="left")
+        for col in ("due by", "dispute", "stripe id", "payment", "account", "amount", "reason"):
+            disputes.add_column(col, overflow="fold")
+        for d in status.open_disputes:
+            due = "-" if d.evidence_due_by is None else f"{d.evidence_due_by:%Y-%m-%d %H:%M %Z}"
+            disputes.add_row(
+                due,
+                str(d.id),
+                d.stripe_dispute_id or "",
+                str(d.payment_id),
+                "" if d.account_id is None else str(d.account_id),
+                f"{d.amount} {d.currency}",
+                d.reason or "",
+            )
+        console.print(disputes)
     if status.problems:
         console.print("[bold red]problems:[/] " + "; ".join(status.problems))
     else:

@@ -221,3 +221,45 @@ def test_secret_sources_that_disagree_exit_78_naming_both(tmp_path: Path) -> Non
         "stripe-sync: configuration error: DATABASE_URL: the variable DATABASE_URL and "
         "DATABASE_URL_FILE disagree; set it in one place\n",
     )
+
+
+def test_status_lists_disputes_needing_a_response_soonest_first(dsn: str, conn: Conn) -> None:
+    account = conn.execute(
+        "INSERT INTO billing.accounts (email) VALUES ('eve@example.com') RETURNING id"
+    ).fetchone()
+    payment = conn.execute(
+        "INSERT INTO billing.payments (account_id, status, currency, amount) "
+        "VALUES (%s, 'succeeded', 'usd', 900) RETURNING id",
+        [account[0] if account else None],
+    ).fetchone()
+    assert account is not None and payment is not None
+    disputes = [
+        ("dp_later", "needs_response", "2031-05-02T00:00:00Z"),
+        ("dp_closed", "lost", "2031-04-01T00:00:00Z"),
+        ("dp_soon", "warning_needs_response", "2031-05-01T00:00:00Z"),
+        ("dp_reviewed", "under_review", "2031-03-01T00:00:00Z"),
+        ("dp_undated", "needs_response", None),
+    ]
+    for stripe_id, status, due in disputes:
+        conn.execute(
+            "WITH d AS (INSERT INTO billing.disputes (payment_id, status, reason, amount, "
+            "currency, evidence_due_by) VALUES (%s, %s, 'fraudulent', 900, 'usd', %s) "
+            "RETURNING id) INSERT INTO stripe.dispute_mappings (dispute_id, stripe_dispute_id) "
+            "SELECT id, %s FROM d",
+            [payment[0], status, due, stripe_id],
+        )
+    shown = stripe_sync("status", "--json", "--database-url", dsn)
+    # Work for people, not a sync problem.
+    assert shown.returncode == 0, shown.stdout
+    report = json.loads(shown.stdout)
+    assert [(d["stripe_dispute_id"], d["evidence_due_by"]) for d in report["open_disputes"]] == [
+        ("dp_soon", "2031-05-01T00:00:00Z"),
+        ("dp_later", "2031-05-02T00:00:00Z"),
+        ("dp_undated", None),
+    ]
+    assert report["open_disputes"][0]["account_id"] == account[0]
+    assert report["open_disputes"][0]["payment_id"] == payment[0]
+    text = stripe_sync("status", "--database-url", dsn).stdout
+    assert "disputes needing a response" in text
+    assert text.index("dp_soon") < text.index("dp_later") < text.index("dp_undated")
+    assert "dp_closed" not in text and "dp_reviewed" not in text

@@ -26,6 +26,12 @@ EXPECTED_TABLES = {
     ("stripe", "payment_refunds"),
     ("integration", "installation"),
     ("stripe", "payment_mappings"),
+    ("billing", "disputes"),
+    ("stripe", "dispute_mappings"),
+    ("billing", "payment_methods"),
+    ("stripe", "payment_method_mappings"),
+    ("billing", "credit_notes"),
+    ("stripe", "credit_note_mappings"),
     ("integration", "outbox"),
     ("integration", "webhook_events"),
     ("integration", "schema_migrations"),
@@ -107,3 +113,85 @@ def test_failed_file_rolls_back_and_is_not_recorded(
     with pytest.raises(psycopg.errors.DivisionByZero):
         migrate(empty_dsn)
     assert ("billing", "half") not in tables(empty_dsn)
+
+
+# Every table of the schema before 0010, one or more rows each, as MC and the
+# daemon would have left them.
+_FILL_BEFORE_0010 = """
+INSERT INTO stripe.provider_configs (account_id, mode) VALUES ('acct_1', 'test');
+INSERT INTO billing.accounts (id, email, name) VALUES (1, 'ada@example.com', 'Ada'),
+    (2, 'bob@example.com', NULL);
+INSERT INTO stripe.customer_mappings (account_id, stripe_customer_id, sync_status,
+    last_event_created, last_event_rank, last_event_id)
+    VALUES (1, 'cus_1', 'synced', 1700000000, 0, 'evt_1'), (2, NULL, 'pending', NULL, NULL, NULL);
+INSERT INTO billing.products (id, name) VALUES (1, 'Pro');
+INSERT INTO stripe.product_mappings (product_id, stripe_product_id, sync_status)
+    VALUES (1, 'prod_1', 'synced');
+INSERT INTO billing.prices (id, product_id, currency, unit_amount, recurring_interval)
+    VALUES (1, 1, 'usd', 2500, 'month');
+INSERT INTO stripe.price_mappings (price_id, stripe_price_id, sync_status)
+    VALUES (1, 'price_1', 'synced');
+INSERT INTO billing.subscriptions (id, account_id, status) VALUES (1, 1, 'active');
+INSERT INTO billing.subscription_items (subscription_id, price_id, quantity) VALUES (1, 1, 2);
+INSERT INTO stripe.subscription_mappings (subscription_id, stripe_subscription_id)
+    VALUES (1, 'sub_1');
+INSERT INTO billing.invoices (id, account_id, subscription_id, status, currency, amount_paid)
+    VALUES (1, 1, 1, 'paid', 'usd', 5000);
+INSERT INTO stripe.invoice_mappings (invoice_id, stripe_invoice_id) VALUES (1, 'in_1');
+INSERT INTO billing.payments (id, account_id, invoice_id, status, currency, amount,
+    amount_received, amount_refunded, refund_status)
+    VALUES (1, 1, 1, 'succeeded', 'usd', 5000, 5000, 1000, 'partial');
+INSERT INTO stripe.payment_mappings (payment_id, stripe_payment_intent_id, stripe_charge_id)
+    VALUES (1, 'pi_1', 'ch_1');
+INSERT INTO stripe.payment_refunds (stripe_refund_id, payment_id, amount, status,
+    last_event_created, last_event_rank, last_event_id)
+    VALUES ('re_1', 1, 1000, 'succeeded', 1700000001, 1, 'evt_2');
+INSERT INTO integration.outbox (action_type, payload, status, note)
+    VALUES ('create_stripe_customer', '{"account_id": 2}', 'pending', NULL);
+INSERT INTO integration.webhook_events (stripe_event_id, event_type, livemode, event_created,
+    payload, status, note)
+    VALUES ('evt_1', 'customer.updated', false, 1700000000, '{}', 'processed', 'a note');
+"""
+
+
+def _rows(dsn: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table, by table, as JSON objects in id order."""
+    with psycopg.connect(dsn) as c:
+        names = [f"{s}.{t}" for s, t in sorted(tables(dsn))]
+        return {
+            name: [r[0] for r in c.execute(f"SELECT to_jsonb(t) FROM {name} t ORDER BY 1")]
+            for name in names
+        }
+
+
+def test_a_database_filled_before_0010_migrates_with_no_data_loss(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every = available()
+    monkeypatch.setattr(
+        migrate_module, "available", lambda: [m for m in every if m.filename < "0010"]
+    )
+    migrate(empty_dsn)
+    with psycopg.connect(empty_dsn) as c:
+        c.execute(_FILL_BEFORE_0010)
+    before = _rows(empty_dsn)
+    assert all(before[name] for name in before if name != "integration.installation"), before
+
+    monkeypatch.setattr(migrate_module, "available", lambda: every)
+    assert migrate(empty_dsn) == [m.filename for m in every if m.filename >= "0010"]
+    after = _rows(empty_dsn)
+    for name, rows in before.items():
+        # New columns may appear; every old row keeps every old value (and
+        # the ledger gains the new files' rows).
+        kept = [{k: row[k] for k in rows[0]} for row in after[name]] if rows else []
+        if name == "integration.schema_migrations":
+            kept = [r for r in kept if r["filename"] < "0010"]
+        assert kept == rows, name
+    assert set(after) - set(before) == {
+        "billing.disputes",
+        "stripe.dispute_mappings",
+        "billing.payment_methods",
+        "stripe.payment_method_mappings",
+        "billing.credit_notes",
+        "stripe.credit_note_mappings",
+    }

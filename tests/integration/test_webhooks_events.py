@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -60,6 +61,7 @@ def born_in_stripe(conn: psycopg.Connection[Any], account: int) -> None:
         "pi_3KtQThJDPojXS6LN0H9EfsjV",
         "pi_1GszsK2eZvKYlo2CfhZyoZLp",
         "pi_103Q0w2eZvKYlo2C364X582Z",  # invoice_payment_paid.json links it
+        "pi_1IqtG9JDPojXS6LNOGnYrIqq",  # the charge_dispute_*.json samples dispute it
     ):
         row = conn.execute(
             "INSERT INTO billing.payments (account_id, status, currency, amount, "
@@ -105,6 +107,11 @@ PROCESSED = {
     "stripe-mock-data/2015-10-01/product_created.json",
     "stripe-mock-data/2015-10-01/product_updated.json",
     "stripe-sync-engine/charge_refunded.json",
+    "stripe-sync-engine/charge_dispute_created.json",
+    "stripe-sync-engine/charge_dispute_updated.json",
+    "stripe-sync-engine/charge_dispute_closed.json",
+    "stripe-sync-engine/charge_dispute_funds_withdrawn.json",
+    "stripe-sync-engine/charge_dispute_funds_reinstated.json",
     "stripe-sync-engine/charge_succeeded.json",
     "stripe-sync-engine/checkout_session_completed.json",
     "stripe-sync-engine/customer_deleted.json",
@@ -214,6 +221,22 @@ async def test_every_sample_event_is_accepted_and_ends_well(
         "SELECT status FROM billing.invoices i JOIN stripe.invoice_mappings m "
         "ON m.invoice_id = i.id WHERE m.stripe_invoice_id = 'in_xyz'"
     ).fetchone() == ("deleted",)
+    assert conn.execute(
+        "SELECT pm.stripe_payment_intent_id, d.status, d.reason, d.amount, d.currency, "
+        "extract(epoch FROM d.evidence_due_by)::bigint, d.closed_at "
+        "FROM billing.disputes d JOIN stripe.dispute_mappings m ON m.dispute_id = d.id "
+        "JOIN stripe.payment_mappings pm ON pm.payment_id = d.payment_id"
+    ).fetchall() == [
+        (
+            "pi_1IqtG9JDPojXS6LNOGnYrIqq",
+            "warning_needs_response",
+            "general",
+            1000,
+            "usd",
+            1674345599,
+            None,
+        )
+    ]
 
 
 # -- order independence ----------------------------------------------------------------------
@@ -281,6 +304,22 @@ def story() -> list[dict[str, Any]]:
             "status": status,
         }
 
+    def dispute(
+        dp_id: str, status: str, pi_id: str | None = "pi_1", **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "id": dp_id,
+            "object": "dispute",
+            "charge": "ch_1",
+            "payment_intent": pi_id,
+            "status": status,
+            "reason": "fraudulent" if pi_id else "general",
+            "amount": 1000 if pi_id else 200,
+            "currency": "usd",
+            "evidence_details": {"due_by": T0 + 86400, "has_evidence": False},
+            **extra,
+        }
+
     steps: list[tuple[int, str, dict[str, Any]]] = [
         (0, "customer.updated", {"id": "cus_A", "object": "customer"}),
         (0, "customer.subscription.created", sub("incomplete")),
@@ -329,6 +368,17 @@ def story() -> list[dict[str, Any]]:
         (4, "customer.subscription.deleted", sub("canceled", canceled_at=T0 + 4, ended_at=T0 + 4)),
         (5, "customer.updated", {"id": "cus_A", "object": "customer"}),
         (5, "customer.deleted", {"id": "cus_A", "object": "customer", "deleted": True}),
+        # A chargeback: its same-second updates resolve by lifecycle rank.
+        (2, "charge.dispute.created", dispute("dp_1", "needs_response")),
+        (2, "charge.dispute.funds_withdrawn", dispute("dp_1", "needs_response")),
+        # (by event id alone under_review would win: its id is the largest)
+        (3, "charge.dispute.closed", dispute("dp_1", "won")),
+        (3, "charge.dispute.funds_reinstated", dispute("dp_1", "won")),
+        (3, "charge.dispute.updated", dispute("dp_1", "under_review")),
+        # An inquiry naming only the charge, closed a second before its closed event.
+        (2, "charge.dispute.created", dispute("dp_2", "warning_needs_response", None)),
+        (4, "charge.dispute.updated", dispute("dp_2", "warning_closed", None)),
+        (5, "charge.dispute.closed", dispute("dp_2", "warning_closed", None)),
     ]
     return [
         event(kind, obj, created=T0 + dt, event_id=f"evt_{i:02d}{kind[:4]}")
@@ -337,7 +387,8 @@ def story() -> list[dict[str, Any]]:
 
 
 RESET = """
-TRUNCATE integration.webhook_events, stripe.payment_refunds, stripe.payment_mappings,
+TRUNCATE integration.webhook_events, stripe.dispute_mappings, billing.disputes,
+    stripe.payment_refunds, stripe.payment_mappings,
     stripe.invoice_mappings, stripe.subscription_mappings, stripe.customer_mappings,
     stripe.price_mappings, stripe.product_mappings, billing.payments, billing.invoices,
     billing.subscription_items, billing.subscriptions, billing.prices, billing.products,
@@ -384,6 +435,33 @@ async def test_shuffled_delivery_gives_the_same_tables(
     assert expected["prices"] == [
         (1, "price_A", "synced", None),
         (2, "price_B", "deleted", "evt_17pric"),
+    ]
+    t = datetime.fromtimestamp
+    assert expected["disputes"] == [
+        (
+            "dp_1",
+            "synced",
+            "evt_29char",
+            "pi_1",
+            "won",
+            "fraudulent",
+            1000,
+            "usd",
+            t(T0 + 86400, UTC),
+            t(T0 + 3, UTC),
+        ),
+        (
+            "dp_2",
+            "synced",
+            "evt_33char",
+            "pi_1",
+            "warning_closed",
+            "general",
+            200,
+            "usd",
+            t(T0 + 86400, UTC),
+            t(T0 + 4, UTC),
+        ),
     ]
     rng = random.Random(5711)
     orders = [list(reversed(events))] + [rng.sample(events, len(events)) for _ in range(4)]

@@ -47,6 +47,22 @@ def wait_for(
         time.sleep(0.05)
 
 
+def settled(
+    conn: Conn, emulator: EmulatorServer, daemon: DaemonProcess
+) -> list[tuple[str, str, str | None]]:
+    """Once every event the emulator sent is stored and applied: (type, status, error) of each."""
+    assert emulator.emulator.webhooks.wait_idle(10)
+    wait_for(
+        conn,
+        "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM integration.webhook_events "
+        "WHERE status IN ('pending', 'processing'))",
+        daemon=daemon,
+    )
+    return conn.execute(
+        "SELECT event_type, status, last_error FROM integration.webhook_events ORDER BY id"
+    ).fetchall()
+
+
 def test_subscribe_pay_refund(
     daemon: DaemonProcess,
     conn: Conn,
@@ -145,16 +161,74 @@ def test_subscribe_pay_refund(
     )
 
     # Everything the emulator sent ended well: processed, or ignored with a reason.
-    assert emulator.emulator.webhooks.wait_idle(10)
-    wait_for(
-        conn,
-        "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM integration.webhook_events "
-        "WHERE status IN ('pending', 'processing'))",
-        daemon=daemon,
-    )
-    rows = conn.execute(
-        "SELECT event_type, status, last_error FROM integration.webhook_events"
-    ).fetchall()
+    rows = settled(conn, emulator, daemon)
     assert rows
     assert all(status in ("processed", "ignored") for _, status, _ in rows), rows
     assert all(err for _, status, err in rows if status == "ignored"), rows
+
+
+def test_a_disputed_payment_and_its_deadline(
+    daemon: DaemonProcess,
+    conn: Conn,
+    stripe_client: Any,
+    emulator: EmulatorServer,
+) -> None:
+    """Stripe's dispute test card: the payment succeeds, then is disputed; MC
+    sees the dispute with its deadline, then closed once it is accepted."""
+    account = conn.execute(
+        "INSERT INTO billing.accounts (email) VALUES ('eve@example.com') RETURNING id"
+    ).fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT integration.seed_outbox()")
+    (customer,) = wait_for(
+        conn,
+        "SELECT stripe_customer_id FROM stripe.customer_mappings "
+        "WHERE account_id = %s AND last_event_id IS NOT NULL",
+        account,
+        daemon=daemon,
+    )
+    pi = stripe_client.v1.payment_intents.create(
+        params={
+            "amount": 4200,
+            "currency": "eur",
+            "customer": customer,
+            "payment_method": "pm_card_createDispute",
+            "confirm": True,
+        }
+    )
+    assert pi.status == "succeeded"
+    dispute = wait_for(
+        conn,
+        "SELECT d.id, p.account_id, d.status, d.reason, d.amount, d.currency, "
+        "extract(epoch FROM d.evidence_due_by)::bigint, m.stripe_dispute_id "
+        "FROM billing.disputes d JOIN billing.payments p ON p.id = d.payment_id "
+        "JOIN stripe.payment_mappings pm ON pm.payment_id = p.id "
+        "JOIN stripe.dispute_mappings m ON m.dispute_id = d.id "
+        "WHERE pm.stripe_payment_intent_id = %s",
+        pi.id,
+        daemon=daemon,
+    )
+    stripe_dispute = stripe_client.v1.disputes.retrieve(dispute[7])
+    assert dispute[1:7] == (
+        account,
+        "needs_response",
+        "fraudulent",
+        4200,
+        "eur",
+        stripe_dispute.evidence_details.due_by,
+    )
+    assert conn.execute("SELECT closed_at FROM billing.disputes").fetchone() == (None,)
+
+    closed = stripe_client.v1.disputes.close(dispute[7])
+    assert closed.status == "lost"
+    wait_for(
+        conn,
+        "SELECT closed_at FROM billing.disputes WHERE id = %s AND status = 'lost'",
+        dispute[0],
+        daemon=daemon,
+    )
+    rows = [r for r in settled(conn, emulator, daemon) if r[0].startswith("charge.dispute.")]
+    assert rows == [
+        ("charge.dispute.created", "processed", None),
+        ("charge.dispute.funds_withdrawn", "processed", None),
+        ("charge.dispute.closed", "processed", None),
+    ]

@@ -22,6 +22,11 @@ DECLINING_METHODS = {
     "pm_card_chargeDeclinedExpiredCard": "expired_card",
 }
 DEFAULT_PAYMENT_METHOD = "pm_card_visa"
+# Stripe's test card 4000000000000259: the charge succeeds, then is disputed as
+# fraudulent (https://docs.stripe.com/testing#disputes).
+DISPUTING_METHOD = "pm_card_createDispute"
+# How long Stripe gives to respond to a dispute in the emulator (card networks vary).
+EVIDENCE_DAYS = 7
 
 
 def add_interval(ts: int, interval: str, count: int) -> int:
@@ -214,6 +219,26 @@ def succeed_payment(emu: Emulator, req: ApiRequest, pi: JSON) -> None:
         last_payment_error=None,
     )
     emu.record_event(req, "payment_intent.succeeded", pi)
+    if method == DISPUTING_METHOD:
+        open_dispute(emu, req, ch)
+
+
+def open_dispute(emu: Emulator, req: ApiRequest, ch: JSON) -> JSON:
+    """The cardholder disputes the charge: its full amount is withdrawn until the
+    dispute is won, and the evidence is due in EVIDENCE_DAYS."""
+    now = emu.now()
+    dp = new_objects_billing.dispute(new_id("dp"), now, ch["livemode"], now + EVIDENCE_DAYS * 86400)
+    dp.update(
+        amount=ch["amount"],
+        charge=ch["id"],
+        currency=ch["currency"],
+        payment_intent=ch["payment_intent"],
+    )
+    emu.store.put("disputes", dp)
+    ch["disputed"] = True
+    emu.record_event(req, "charge.dispute.created", dp)
+    emu.record_event(req, "charge.dispute.funds_withdrawn", dp)
+    return dp
 
 
 def fail_payment(emu: Emulator, req: ApiRequest, pi: JSON, method: str) -> StripeError:

@@ -250,6 +250,44 @@ def payment_method(pmid: str, created: int, livemode: bool) -> JSON:
     }
 
 
+def dispute(did: str, created: int, livemode: bool, evidence_due_by: int) -> JSON:
+    evidence = (
+        "access_activity_log billing_address cancellation_policy cancellation_policy_disclosure "
+        "cancellation_rebuttal customer_communication customer_email_address customer_name "
+        "customer_purchase_ip customer_signature duplicate_charge_documentation "
+        "duplicate_charge_explanation duplicate_charge_id product_description receipt "
+        "refund_policy refund_policy_disclosure refund_refusal_explanation service_date "
+        "service_documentation shipping_address shipping_carrier shipping_date "
+        "shipping_documentation shipping_tracking_number uncategorized_file uncategorized_text"
+    )
+    return {
+        "id": did,
+        "object": "dispute",
+        "amount": 0,
+        "balance_transactions": [],
+        "charge": None,
+        "created": created,
+        "currency": None,
+        "evidence": dict.fromkeys(evidence.split()),
+        "evidence_details": {
+            "due_by": evidence_due_by,
+            "has_evidence": False,
+            "past_due": False,
+            "submission_count": 0,
+        },
+        "is_charge_refundable": False,
+        "livemode": livemode,
+        "metadata": {},
+        "payment_intent": None,
+        "payment_method_details": {
+            "card": {"brand": "visa", "network_reason_code": "10.4"},
+            "type": "card",
+        },
+        "reason": "fraudulent",
+        "status": "needs_response",
+    }
+
+
 def refund(rid: str, created: int) -> JSON:
     return {
         "id": rid,

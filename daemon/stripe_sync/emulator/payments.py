@@ -248,6 +248,25 @@ def list_refunds(emu: Emulator, req: ApiRequest) -> JSON:
     return list_objects(emu.store, req.params, "refunds", equal=("charge", "payment_intent"))
 
 
+# -- disputes -------------------------------------------------------------------------
+def retrieve_dispute(emu: Emulator, req: ApiRequest) -> JSON:
+    return emu.store.require("disputes", req.path_params["dispute"], "dispute")
+
+
+def close_dispute(emu: Emulator, req: ApiRequest) -> JSON:
+    """Accept the dispute: it is lost (Stripe: closing is conceding)."""
+    dp = emu.store.require("disputes", req.path_params["dispute"], "dispute")
+    check_known(req.params, set())
+    if dp["status"] not in ("needs_response", "warning_needs_response"):
+        raise StripeError(400, f"This dispute is already {dp['status']}.")
+    dp.update(
+        status="warning_closed" if dp["status"].startswith("warning") else "lost",
+        is_charge_refundable=False,
+    )
+    emu.record_event(req, "charge.dispute.closed", dp)
+    return dp
+
+
 ROUTES = [
     ("POST", "/v1/payment_intents", create_payment_intent),
     ("GET", "/v1/payment_intents", list_payment_intents),
@@ -260,4 +279,6 @@ ROUTES = [
     ("POST", "/v1/refunds", create_refund),
     ("GET", "/v1/refunds", list_refunds),
     ("GET", "/v1/refunds/{id}", retrieve_refund),
+    ("GET", "/v1/disputes/{dispute}", retrieve_dispute),
+    ("POST", "/v1/disputes/{dispute}/close", close_dispute),
 ]

@@ -29,6 +29,7 @@ KINDS = (
     "payment_intents",
     "charges",
     "refunds",
+    "disputes",
     "events",
 )
 

@@ -90,3 +90,14 @@ RETURNING stripe_event_id
 -- name: stored_event_ids
 -- catch-up: which of these listed events are stored already.
 SELECT stripe_event_id FROM integration.webhook_events WHERE stripe_event_id = ANY(%(ids)s)
+
+-- name: open_disputes
+-- Disputes that still need a response, soonest deadline first (no deadline last).
+SELECT d.id, m.stripe_dispute_id, d.payment_id, p.account_id, d.status, d.reason, d.amount,
+       d.currency, d.evidence_due_by
+FROM billing.disputes d
+JOIN billing.payments p ON p.id = d.payment_id
+LEFT JOIN stripe.dispute_mappings m ON m.dispute_id = d.id
+WHERE d.status IN ('needs_response', 'warning_needs_response')
+ORDER BY d.evidence_due_by NULLS LAST, d.id
+LIMIT %(limit)s

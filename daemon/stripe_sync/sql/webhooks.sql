@@ -236,3 +236,23 @@ FROM stripe.payment_mappings AS m
 WHERE m.payment_id = p.id
   AND (m.stripe_payment_intent_id = %(payment_intent)s OR m.stripe_charge_id = %(charge)s)
   AND p.invoice_id IS DISTINCT FROM %(invoice_id)s
+
+-- name: insert_dispute
+INSERT INTO billing.disputes
+    (payment_id, status, reason, amount, currency, evidence_due_by)
+VALUES (%(payment_id)s, %(status)s, %(reason)s, %(amount)s, %(currency)s, %(evidence_due_by)s)
+RETURNING id
+
+-- name: update_dispute
+-- closed_at is not here: dispute_closed sets it, from stale events too.
+UPDATE billing.disputes
+SET payment_id = %(payment_id)s, status = %(status)s, reason = %(reason)s, amount = %(amount)s,
+    currency = %(currency)s, evidence_due_by = %(evidence_due_by)s, updated_at = now()
+WHERE id = %(id)s
+
+-- name: dispute_closed
+-- The earliest event that shows the dispute closed: the same whatever order
+-- the events came in, so it is also taken from events too old to apply.
+UPDATE billing.disputes
+SET closed_at = least(coalesce(closed_at, %(closed_at)s), %(closed_at)s), updated_at = now()
+WHERE id = %(id)s AND closed_at IS DISTINCT FROM least(coalesce(closed_at, %(closed_at)s), %(closed_at)s)

@@ -269,6 +269,23 @@ class InvoicePayment(Lenient):
     status: str | None = None
 
 
+class EvidenceDetails(Lenient):
+    due_by: int | None = None
+
+
+class Dispute(Lenient):
+    """A charge dispute (chargeback or inquiry); ``payment_intent`` since 2019."""
+
+    id: str = ""
+    charge: Expandable = None
+    payment_intent: Expandable = None
+    status: str | None = None
+    reason: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    evidence_details: EvidenceDetails | None = None
+
+
 class CheckoutSession(Lenient):
     id: str = ""
     customer: Expandable = None

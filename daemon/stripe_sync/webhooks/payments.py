@@ -120,6 +120,17 @@ async def _payment_for(
     return found
 
 
+async def payment_of(
+    ctx: WebhookContext,
+    conn: AsyncConnection[Any],
+    pi_id: str | None,
+    charge_id: str | None,
+) -> MappingRow:
+    """The payment mapping an object about a charge (a dispute) names by
+    PaymentIntent or by charge; it must exist."""
+    return await _payment(ctx, conn, await _payment_for(ctx, conn, pi_id, charge_id))
+
+
 async def charge(ctx: WebhookContext, job: Job) -> Done:
     event = decode_event(job.payload, Charge)
     ch = event.data.object

@@ -18,7 +18,7 @@ import msgspec
 
 from ..errors import PermanentError
 from ..jobs import Done, Handler, Job
-from . import catalog, checkout, customers, invoices, payments, subscriptions
+from . import catalog, checkout, customers, disputes, invoices, payments, subscriptions
 from .common import EventHandler, MissingReference, WebhookContext, ignored
 from .events import Envelope, ObjectHead
 
@@ -86,11 +86,17 @@ HANDLERS: dict[str, EventHandler] = {
     "refund.updated": payments.refund,
     "refund.failed": payments.refund,
     "invoice_payment.paid": payments.invoice_payment,
+    **{
+        f"charge.dispute.{what}": disputes.handle
+        for what in ("created", "updated", "closed", "funds_withdrawn", "funds_reinstated")
+    },
     "checkout.session.completed": checkout.handle,
 }
 
-# What to retrieve for ``refetch``: the object family of an event type.
+# What to retrieve for ``refetch``: the object family of an event type (the
+# first prefix that matches: charge.dispute before charge).
 _REFETCH: dict[str, str] = {
+    "charge.dispute": "disputes",
     "customer.subscription": "subscriptions",
     "customer": "customers",
     "product": "products",
