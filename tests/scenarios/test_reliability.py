@@ -118,19 +118,31 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     emulator.emulator.add_fault("applied_response_lost", "POST /v1/customers", rate=0.1)
     # Slow enough that the kills land mid-drain, not after it.
     emulator.emulator.add_fault("latency", "POST /v1/customers", rate=1.0, seconds=0.05)
+    # Saved 500s (customer made or not): kills also land between recording one,
+    # the wait for the search, the new generation's commit and its create.
+    for created in (True, False):
+        emulator.emulator.add_fault(
+            "500", "POST /v1/customers", rate=0.01, stored=True, created=created
+        )
+    settings = {**FAST, "STRIPE_SYNC_SEARCH_LAG": 0.5}
     enqueue_accounts(dsn, rows)
     rng = random.Random(20261127)
     for _ in range(kills):
-        daemon = spawn(started, dsn, emulator, **FAST)
+        daemon = spawn(started, dsn, emulator, **settings)
         time.sleep(rng.uniform(0.05, 0.6))
         daemon.signal(signal.SIGKILL)
         daemon.wait(10)
     assert statuses(dsn).get("done", 0) < rows, "the kills came too late to matter"
-    spawn(started, dsn, emulator, **FAST)
+    spawn(started, dsn, emulator, **settings)
     # A correctness scenario, not a timed one: the drain after the kills takes
     # ~50 s on an idle 2-core machine and several minutes beside other CPU-bound work.
     wait_until(lambda: statuses(dsn) == {"done": rows}, timeout=600, show=lambda: statuses(dsn))
     assert_exactly_one_customer_each(dsn, emulator, rows)
+    with psycopg.connect(dsn) as c:
+        renewed = c.execute(
+            "SELECT count(*) FROM stripe.customer_mappings WHERE create_generation > 0"
+        ).fetchone()
+    assert renewed is not None and renewed[0] > 0, "no create took a new key"
 
 
 def test_stripe_faults_retry_to_exactly_one_each(
