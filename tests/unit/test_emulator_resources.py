@@ -190,6 +190,29 @@ def test_search_follows_metadata_updates_and_quoting(stripe_client: stripe.Strip
     assert err.value.param == "query"
 
 
+def test_search_lags_new_objects_when_asked(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    # Stripe's search index shows new data "in under 1 minute", not at once;
+    # Emulator.search_lag (--search-lag) models that, by the created second.
+    emu = emulator.emulator
+    emu.search_lag = 5.0
+    customer = stripe_client.v1.customers.create(params={"metadata": {"row": "1"}})
+    product = stripe_client.v1.products.create(params={"name": "Lag", "metadata": {"row": "1"}})
+    query = "metadata['row']:'1'"
+    assert stripe_client.v1.customers.search(params={"query": query}).data == []
+    assert stripe_client.v1.products.search(params={"query": query}).data == []
+    assert stripe_client.v1.customers.retrieve(customer.id).id == customer.id  # no lag here
+    emu.advance_clock(6)
+    found = stripe_client.v1.customers.search(params={"query": query}).data
+    assert [c.id for c in found] == [customer.id]
+    assert [p.id for p in stripe_client.v1.products.search(params={"query": query}).data] == [
+        product.id
+    ]
+    emu.reset()
+    assert emu.search_lag == 0.0
+
+
 def test_products_and_prices(stripe_client: stripe.StripeClient) -> None:
     product = stripe_client.v1.products.create(params={"name": "Silver", "id": "prod_silver"})
     assert product.id == "prod_silver" and product.active is True

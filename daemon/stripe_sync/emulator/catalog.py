@@ -126,7 +126,7 @@ def list_products(emu: Emulator, req: ApiRequest) -> JSON:
 
 def search_products(emu: Emulator, req: ApiRequest) -> JSON:
     fields = {"active", "name", "description", "created", "shippable", "url"}
-    return search(emu.store, "products", req.params, fields)
+    return search(emu.store, "products", req.params, fields, emu.searchable_until())
 
 
 # -- prices --------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def list_prices(emu: Emulator, req: ApiRequest) -> JSON:
 
 def search_prices(emu: Emulator, req: ApiRequest) -> JSON:
     fields = {"active", "currency", "lookup_key", "product", "type", "created"}
-    return search(emu.store, "prices", req.params, fields)
+    return search(emu.store, "prices", req.params, fields, emu.searchable_until())
 
 
 ROUTES = [

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency", type=float, default=0.0, metavar="SECONDS", help="added to every API request"
     )
     parser.add_argument(
+        "--search-lag",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="new objects show in search results only after this long (Stripe: under a minute)",
+    )
+    parser.add_argument(
         "--request-log",
         type=int,
         default=0,
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     config = EmulatorConfig(
         rate_limit=args.rate_limit,
         latency=args.latency,
+        search_lag=max(args.search_lag, 0.0),
         allow_live=args.allow_live,
         request_log=max(args.request_log, 0),
     )

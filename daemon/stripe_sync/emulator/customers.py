@@ -102,7 +102,7 @@ def list_customers(emu: Emulator, req: ApiRequest) -> JSON:
 
 def search_customers(emu: Emulator, req: ApiRequest) -> JSON:
     fields = {"email", "name", "phone", "created"}
-    return search(emu.store, "customers", req.params, fields)
+    return search(emu.store, "customers", req.params, fields, emu.searchable_until())
 
 
 # -- events and account --------------------------------------------------------------

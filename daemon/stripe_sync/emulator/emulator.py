@@ -42,6 +42,9 @@ class EmulatorConfig:
     allow_live: bool = False
     rate_limit: int | None = None
     latency: float = 0.0
+    # Seconds before a new object shows in search results (by its created
+    # second), as Stripe's search index lags writes ("under 1 minute").
+    search_lag: float = 0.0
     seed: int = 0
     # Keep the arrival times of the last N API requests for
     # GET /_emulator/request_log (benchmarks); 0: off, nothing is recorded.
@@ -135,6 +138,7 @@ class Emulator:
         self.total_requests = 0
         self.rate_limited_requests = 0
         self.requests_in_flight = 0  # maintained by the app
+        self.search_lag = self.config.search_lag  # tests may change it; reset restores it
         # Bounded, appended to without the state lock (deque.append is atomic).
         self.request_log: deque[LoggedRequest] | None = (
             deque(maxlen=self.config.request_log) if self.config.request_log > 0 else None
@@ -153,6 +157,7 @@ class Emulator:
         with self.lock:
             self.clock.offset = self._start_offset
             self.store.clear()
+            self.search_lag = self.config.search_lag
             self.idempotency.clear()
             self.faults.clear()
             self.rate_limiter.reset()
@@ -196,6 +201,10 @@ class Emulator:
 
     def clear_faults(self) -> None:
         self.faults.clear()
+
+    def searchable_until(self) -> float | None:
+        """Objects created after this (emulator clock) are not searchable yet; None: all are."""
+        return self.clock.now() - self.search_lag if self.search_lag > 0 else None
 
     def set_rate_limit(self, per_second: int | None) -> None:
         self.rate_limiter.per_second = per_second

@@ -207,9 +207,16 @@ def parse_query(query: str, fields: set[str]) -> tuple[list[_Clause], bool]:
     return clauses, joiners == {"OR"}
 
 
-def search(store: Store, kind: str, params: dict[str, Any], fields: set[str]) -> JSON:
+def search(
+    store: Store,
+    kind: str,
+    params: dict[str, Any],
+    fields: set[str],
+    searchable_until: float | None = None,
+) -> JSON:
     """`GET /v1/<kind>/search`. An AND query with a metadata equality reads only the
-    objects the store's metadata index names; anything else scans the kind."""
+    objects the store's metadata index names; anything else scans the kind. Objects
+    created after ``searchable_until`` are not in the index yet (Emulator.search_lag)."""
     query = params.get("query")
     if not isinstance(query, str):
         query = ""
@@ -221,6 +228,8 @@ def search(store: Store, kind: str, params: dict[str, Any], fields: set[str]) ->
     else:
         candidates = store.newest_first(kind)
     combine = any if any_of else all
+    if searchable_until is not None:
+        candidates = [o for o in candidates if o.get("created", 0) <= searchable_until]
     matched = [obj for obj in candidates if combine(c.test(obj) for c in clauses)]
     limit = _limit(params)
     page_token = params.get("page")
