@@ -17,11 +17,15 @@ are configuration errors.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
 import msgspec
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from . import duration
 from .errors import EX_CONFIG, StripeSyncError, validation_parts
@@ -58,6 +62,32 @@ class ConfigError(StripeSyncError):
 
     exit_code = EX_CONFIG
     label = "configuration error: "
+
+
+def _choices(name: str) -> list[str]:
+    """The values a Literal setting accepts."""
+    field = next(f for f in msgspec.structs.fields(Settings) if f.encode_name == name)
+    return [str(a) for a in get_args(field.type) if a is not type(None)]
+
+
+def split_address(name: str, address: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080``; an empty host is 127.0.0.1), or a ValueError
+    naming the variable."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{name}={address}: expected host:port, e.g. 127.0.0.1:8080")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def cannot_listen(name: str, address: str, exc: OSError) -> StripeSyncError:
+    """A configured address we cannot listen on: a configuration error (exit 78),
+    except a port in use, which a restart may find free (exit 1)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        return StripeSyncError(
+            f"{name}={address}: cannot listen there: {reason} (another process?)"
+        )
+    return ConfigError(f"{name}={address}: cannot listen there: {reason}")
 
 
 # Stripe's default rate limits per mode (requests/s), when STRIPE_SYNC_RATE_LIMIT is unset.
@@ -200,6 +230,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         for secret in self.webhook_secrets:
             if not secret.reveal().startswith("whsec_"):
                 raise ValueError("STRIPE_WEBHOOK_SECRET: each secret must start with whsec_")
+        for name, address in (
+            ("STRIPE_SYNC_BIND", self.bind),
+            ("STRIPE_SYNC_METRICS_BIND", self.metrics_bind),
+        ):
+            if address is not None:
+                split_address(name, address)
+        if self.database_url is not None:
+            try:
+                conninfo_to_dict(self.database_url)
+            except psycopg.ProgrammingError as exc:
+                # libpq's reason names the option; the value may hold a password.
+                raise ValueError(f"DATABASE_URL: {str(exc).strip()}") from None
 
     @property
     def mode(self) -> Literal["test", "live"] | None:
@@ -342,13 +384,29 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     try:
         return msgspec.convert(raw, Settings, strict=False, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, raw)) from None
 
 
-def _describe(exc: msgspec.ValidationError) -> str:
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "text",
+    "array": "a comma-separated list",
+}
+
+
+def _describe(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
     # msgspec says "Expected `int`, got `str` - at `$.STRIPE_SYNC_CONCURRENCY`";
-    # operators want the variable first.
+    # operators want the variable and what they gave first, in words.
     text, where = validation_parts(exc)
-    if where.startswith("."):
-        return f"{where[1:].split('[')[0]}: {text}"
-    return str(exc)
+    if not where.startswith("."):
+        return text
+    name = where[1:].split("[")[0]
+    expected = re.match(r"Expected `(\w+)`", text)
+    if expected and expected[1] in _EXPECTED:
+        text = f"expected {_EXPECTED[expected[1]]}"
+    elif text.startswith("Invalid enum value"):
+        text = f"expected one of {', '.join(_choices(name))}"
+    shown = f"={raw[name]}" if name in raw and name not in CREDENTIALS else ""
+    return f"{name}{shown}: {text}"

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import metrics, provider, sdnotify
 from .config import Settings
-from .db import make_pool, redact_dsn
+from .db import first_connect, make_pool, redact_dsn
 from .http import bind_socket, create_app, serve_http
 from .listen import Listener
 from .migrate import check_current
@@ -57,6 +57,7 @@ class Daemon:
         self.workers: list[Worker] = []
         self.listener: Listener | None = None
         self.http_port: int | None = None
+        self.recheck_seconds = provider.RECHECK_SECONDS  # tests shorten it
         self._stop = anyio.Event()
         self._http_stop = anyio.Event()
 
@@ -108,6 +109,7 @@ class Daemon:
                 "concurrency": s.concurrency,
             },
         )
+        await first_connect(self.dsn)
         if s.metrics_bind:
             metrics.serve(s.metrics_bind, self.dsn)
         try:
@@ -122,7 +124,8 @@ class Daemon:
         assert s.mode is not None
         async with self.pool.connection() as conn:
             await check_current(conn)
-        _account, mode = await provider.check(self.pool, self.api, s.mode)
+        checked = await provider.check(self.pool, self.api, s.mode)
+        mode = checked.mode
         source = await source_of(self.pool)
         outbox = self._worker(
             OUTBOX, outbox_handler(Context(self.pool, self.api, source, s.search_lag))
@@ -150,6 +153,8 @@ class Daemon:
         app = create_app(endpoint.handle, self.ready)
 
         async with anyio.create_task_group() as tg:
+            if checked.recheck:
+                tg.start_soon(self._recheck_account, mode)
             await tg.start(self.listener.run)
             await tg.start(ingestor.run)
             async with anyio.create_task_group() as work:
@@ -175,6 +180,16 @@ class Daemon:
                     worker.stop()
             # Workers have drained (or handed back their claims), HTTP is closed.
             tg.cancel_scope.cancel()
+
+    async def _recheck_account(self, mode: provider.Mode) -> None:
+        """Stripe was unreachable at start: check the account once it answers (a
+        key of another account then stops the daemon, as at start)."""
+        while True:
+            await anyio.sleep(self.recheck_seconds)
+            checked = await provider.check(self.pool, self.api, mode)
+            if not checked.recheck:
+                log.info("Stripe account checked", extra={"account_id": checked.account_id})
+                return
 
     async def _watchdog(self) -> None:
         interval = sdnotify.watchdog_interval()

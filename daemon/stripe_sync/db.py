@@ -3,6 +3,7 @@ the named queries kept in ``stripe_sync/sql/*.sql``."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,10 +11,16 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
+
+from .config import ConfigError
+from .errors import StripeSyncError
+
+log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "stripe-sync"
 # Keepalives make the kernel notice a peer that vanished without a FIN;
@@ -67,6 +74,49 @@ async def connect(dsn: str, role: str) -> AsyncIterator[psycopg.AsyncConnection[
     """One autocommit connection for an operator command (``role``: status, retry…)."""
     async with await psycopg.AsyncConnection.connect(conninfo(dsn, role), autocommit=True) as conn:
         yield conn
+
+
+# A server that answers FATAL has refused us for good (no such database or
+# role, a wrong password, pg_hba.conf), unless it says it is busy or restarting.
+_BUSY = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
+
+
+def connect_failure(exc: psycopg.OperationalError) -> str:
+    """libpq's reason for a failed connection, on one line."""
+    return " ".join(str(exc).split())
+
+
+def refused_for_good(exc: psycopg.OperationalError) -> bool:
+    text = str(exc)
+    return "FATAL:" in text and not any(busy in text for busy in _BUSY)
+
+
+async def first_connect(dsn: str, *, wait: float = 30.0) -> None:
+    """Connect once before the pool does, so the operator reads why it failed:
+    a refusal that retrying cannot fix is a configuration error (exit 78) at
+    once; a server that does not answer is retried for ``wait`` seconds, with
+    libpq's reason in every log line and in the final message (exit 1)."""
+    deadline = anyio.current_time() + wait
+    delay = 0.25
+    while True:
+        try:
+            conn = await psycopg.AsyncConnection.connect(conninfo(dsn, "start"), connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            reason = connect_failure(exc)
+            if refused_for_good(exc):
+                raise ConfigError(f"DATABASE_URL ({redact_dsn(dsn)}): {reason}") from None
+            if anyio.current_time() + delay > deadline:
+                raise StripeSyncError(
+                    f"DATABASE_URL ({redact_dsn(dsn)}): no answer for {wait:.0f} s: {reason}"
+                ) from None
+            log.warning(
+                "database not reachable; retrying", extra={"reason": reason, "retry_in": delay}
+            )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            await conn.close()
+            return
 
 
 def make_pool(dsn: str, *, size: int, role: str = "") -> AsyncConnectionPool:

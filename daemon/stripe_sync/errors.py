@@ -92,9 +92,18 @@ class LeaseLost(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """``TypeName: first line of the message``, for logs and ``last_error``."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    """``TypeName: the message`` on one line, for logs and ``last_error``."""
+    return f"{type(exc).__name__}: {joined(str(exc))}"
+
+
+def joined(text: str) -> str:
+    """A message's lines joined, whole: Stripe's break mid-sentence ("If this problem
+    persists,⏎let us know…"). PostgreSQL's quoted-SQL context (``LINE 4: …`` and
+    the caret under it) is left out."""
+    lines = (line.strip() for line in text.splitlines())
+    return " ".join(
+        line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}
+    )
 
 
 def validation_parts(exc: msgspec.ValidationError) -> tuple[str, str]:

@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .config import cannot_listen, split_address
+
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -51,18 +53,17 @@ def create_app(webhook: Callable[[Request], Awaitable[Response]], ready: ReadyCh
     )
 
 
-def bind_socket(address: str) -> socket.socket:
+def bind_socket(address: str, name: str = "STRIPE_SYNC_BIND") -> socket.socket:
     """Bind before serving, so the port is known (``:0`` in tests) and ready at once."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
+    host, port = split_address(name, address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, int(port)))
-    except (OSError, ValueError) as exc:
+        sock.bind((host, port))
+    except OSError as exc:
         sock.close()
-        raise OSError(f"STRIPE_SYNC_BIND={address}: cannot listen there ({exc})") from None
+        raise cannot_listen(name, address, exc) from None
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock

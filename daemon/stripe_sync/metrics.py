@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .config import cannot_listen, split_address
 from .db import conninfo, queries
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ class QueueCollector(Collector):
 
 def serve(bind: str, dsn: str) -> None:
     """Start the metrics HTTP server in a background thread."""
-    host, _, port = bind.rpartition(":")
+    host, port = split_address("STRIPE_SYNC_METRICS_BIND", bind)
+    try:
+        start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        raise cannot_listen("STRIPE_SYNC_METRICS_BIND", bind, exc) from None
     REGISTRY.register(QueueCollector(dsn))
-    start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
     log.info("metrics listening", extra={"bind": bind})

@@ -55,6 +55,8 @@ class Status(msgspec.Struct):
     problems: list[str]
     # Billing work for people, not a sync problem: never changes the exit code.
     open_disputes: list[OpenDispute] = []
+    # Worth knowing, not wrong: e.g. the Stripe account not verified yet.
+    warnings: list[str] = []
 
     @property
     def healthy(self) -> bool:
@@ -88,6 +90,7 @@ async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status
         open_disputes = [
             OpenDispute(*r) for r in await _all(conn, sql["open_disputes"], limit=disputes)
         ]
+        provider = await _all(conn, queries("provider")["load"])
     problems = []
     failed = sum(r.count for r in rows if r.status == "failed")
     if failed:
@@ -100,7 +103,16 @@ async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status
     pending = sum(r.count for r in rows if r.status in ("pending", "processing"))
     if pending and not daemons:
         problems.append("work is waiting and no daemon is listening")
-    return Status(rows, recent, int(stuck), lag, oldest, int(daemons), problems, open_disputes)
+    warnings = []
+    if provider and provider[0][0] is None:
+        warnings.append(
+            "the Stripe account is not verified (stripe.provider_configs.account_id is empty: "
+            "Stripe was unreachable when the daemon started, or the key cannot read the "
+            "account); the daemon checks again every minute"
+        )
+    return Status(
+        rows, recent, int(stuck), lag, oldest, int(daemons), problems, open_disputes, warnings
+    )
 
 
 async def _all(conn: psycopg.AsyncConnection[Any], query: str, **params: Any) -> list[Any]:
@@ -144,6 +156,8 @@ def _render(status: Status, console: Console) -> None:
                 d.reason or "",
             )
         console.print(disputes)
+    for warning in status.warnings:
+        console.print(f"[bold yellow]note:[/] {warning}")
     if status.problems:
         console.print("[bold red]problems:[/] " + "; ".join(status.problems))
     else:

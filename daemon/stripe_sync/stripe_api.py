@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .config import DEFAULTS, RATE_LIMITS, Secret, Settings
 from .db import make_pool
-from .errors import PermanentError, SavedFailure, TransientError
+from .errors import PermanentError, SavedFailure, TransientError, joined
 from .metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -232,8 +232,8 @@ def _code(exc: stripe.StripeError) -> str:
 
 
 def _detail(exc: stripe.StripeError) -> str:
-    message = exc.user_message or str(getattr(exc, "_message", "") or "") or type(exc).__name__
-    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    message = exc.user_message or str(getattr(exc, "_message", "") or "")
+    return joined(message) or type(exc).__name__
 
 
 def _seconds(value: str | None) -> float | None:

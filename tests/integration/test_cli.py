@@ -59,7 +59,7 @@ def test_bad_config_is_one_clear_line() -> None:
     )
     assert result.returncode == 78
     assert result.stderr == (
-        "stripe-sync: configuration error: STRIPE_SYNC_CONCURRENCY: Expected `int`, got `str`\n"
+        "stripe-sync: configuration error: STRIPE_SYNC_CONCURRENCY=lots: expected an integer\n"
     )
     missing = stripe_sync("migrate")
     assert (missing.returncode, missing.stderr) == (

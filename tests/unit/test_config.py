@@ -30,9 +30,12 @@ def test_defaults_and_types() -> None:
 @pytest.mark.parametrize(
     "env,message",
     [
-        ({"STRIPE_SYNC_CONCURRENCY": "many"}, "STRIPE_SYNC_CONCURRENCY: Expected `int`, got `str`"),
+        ({"STRIPE_SYNC_CONCURRENCY": "many"}, "STRIPE_SYNC_CONCURRENCY=many: expected an integer"),
         ({"STRIPE_SYNC_CONCURRENCY": "0"}, "STRIPE_SYNC_CONCURRENCY: must be > 0, got 0"),
-        ({"STRIPE_SYNC_LOG_FORMAT": "xml"}, "STRIPE_SYNC_LOG_FORMAT: Invalid enum value 'xml'"),
+        ({"STRIPE_SYNC_LOG_FORMAT": "xml"}, "STRIPE_SYNC_LOG_FORMAT=xml: expected one of "),
+        ({"STRIPE_SYNC_BIND": "localhost"}, "STRIPE_SYNC_BIND=localhost: expected host:port"),
+        ({"STRIPE_SYNC_METRICS_BIND": ":x"}, "STRIPE_SYNC_METRICS_BIND=:x: expected host:port"),
+        ({"DATABASE_URL": "nonsense=1"}, 'DATABASE_URL: invalid connection option "nonsense"'),
         ({"STRIPE_API_KEY": "pk_test_123"}, "STRIPE_API_KEY: expected a secret or restricted key"),
         ({"STRIPE_WEBHOOK_SECRET": "whsec_a,nope"}, "STRIPE_WEBHOOK_SECRET: each secret must"),
         ({"STRIPE_SYNC_RATE_LIMIT": "-1"}, "STRIPE_SYNC_RATE_LIMIT: must be >= 0"),

@@ -58,8 +58,20 @@ def test_other_exceptions_are_bugs_and_keep_their_traceback(
 
 
 def test_one_line() -> None:
-    assert one_line(ValueError("first\nsecond")) == "ValueError: first"
+    assert one_line(ValueError("first\nsecond")) == "ValueError: first second"
     assert one_line(ValueError()) == "ValueError: "
+    # Stripe breaks its message mid-sentence: all of it, on one line.
+    stripe_message = (
+        "Unexpected error communicating with Stripe. If this problem persists,\n"
+        "let us know at support@stripe.com.\n\n(Network error: ConnectionRefusedError)"
+    )
+    assert one_line(RuntimeError(stripe_message)) == (
+        "RuntimeError: Unexpected error communicating with Stripe. If this problem persists, "
+        "let us know at support@stripe.com. (Network error: ConnectionRefusedError)"
+    )
+    # PostgreSQL's quoted SQL and caret are left out.
+    pg = 'relation "x" does not exist\nLINE 4: FROM x GROUP BY status\n             ^'
+    assert one_line(RuntimeError(pg)) == 'RuntimeError: relation "x" does not exist'
 
 
 def test_validation_parts() -> None:
