@@ -189,21 +189,13 @@ class ThrowawayCluster:
         ]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "server.log"),
-            "-o",
-            " ".join(options),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
+        self._pg_ctl("-o", " ".join(options), "-w", "-t", "60", "start")
         self._wait_ready()
         return self
+
+    def _pg_ctl(self, *args: str) -> None:
+        # -l: a server whose output went to our pipe would keep run() waiting for EOF.
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), *args)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
@@ -226,18 +218,7 @@ class ThrowawayCluster:
 
     def restart(self) -> None:
         """Stop and start on the same port: for tests of reconnects."""
-        # -l: a server whose output went to our pipe would keep run() waiting for EOF.
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "server.log"),
-            "-m",
-            "fast",
-            "-w",
-            "restart",
-        )
+        self._pg_ctl("-m", "fast", "-w", "restart")
         self._wait_ready()
 
     def __enter__(self) -> ThrowawayCluster:
