@@ -18,6 +18,7 @@ import socket
 from typing import Any
 
 import anyio
+from anyio.from_thread import BlockingPortal
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics, provider, sdnotify
@@ -30,6 +31,7 @@ from .outbox.common import Context, source_of
 from .outbox.execute import make_handler as outbox_handler
 from .retention import Pruner
 from .retry import Retry
+from .status import QueueRow, queue_rows
 from .store import OUTBOX, WEBHOOKS, PostgresStore
 from .stripe_api import from_settings
 from .webhooks.endpoint import WebhookEndpoint
@@ -60,6 +62,7 @@ class Daemon:
         self.recheck_seconds = provider.RECHECK_SECONDS  # tests shorten it
         self._stop = anyio.Event()
         self._http_stop = anyio.Event()
+        self._portal: BlockingPortal | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -93,6 +96,19 @@ class Daemon:
             "workers": bool(self.workers) and all(w.running for w in self.workers),
         }
 
+    def _read_queues(self) -> list[QueueRow]:
+        """A metrics scrape (in the metrics server's thread) reads through the
+        event loop and the work pool, never on a connection of its own."""
+        if self._portal is None:
+            raise RuntimeError("the daemon's pool is not open")
+        return self._portal.call(self._queue_rows)
+
+    async def _queue_rows(self) -> list[QueueRow]:
+        """A metrics scrape's read, on a connection of the work pool."""
+        with anyio.fail_after(5):
+            async with self.pool.connection() as conn:
+                return await queue_rows(conn)
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -111,9 +127,9 @@ class Daemon:
         )
         await first_connect(self.dsn)
         if s.metrics_bind:
-            metrics.serve(s.metrics_bind, self.dsn)
+            metrics.serve(s.metrics_bind, self._read_queues)
         try:
-            async with self.api, self.pool:
+            async with self.api, self.pool, BlockingPortal() as self._portal:
                 await self._run(sock, task_status)
         finally:
             sock.close()

@@ -2,21 +2,23 @@
 apart from the webhook endpoint that faces Stripe.
 
 Queue depth and age are read from the database at scrape time (the tables are
-the truth); everything else is counted as it happens.
+the truth) through the daemon's own pool, with the query of ``status``: live
+rows counted exactly on their partial indexes, finished rows estimated, so a
+scrape costs the same at 10 million rows as at 10. Everything else is counted
+as it happens.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
-import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .config import cannot_listen, split_address
-from .db import conninfo, queries
+from .status import QueueRow
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,15 @@ WEBHOOK_INGEST_SECONDS = Histogram(
 )
 
 
+# Runs in the metrics server's thread; reads through the daemon's event loop and pool.
+ReadQueues = Callable[[], Sequence[QueueRow]]
+
+
 class QueueCollector(Collector):
     """Queue depth and oldest-due age per table and status, read at scrape time."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = conninfo(dsn, "metrics")
+    def __init__(self, read: ReadQueues) -> None:
+        self.read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         rows = GaugeMetricFamily(
@@ -76,11 +82,12 @@ class QueueCollector(Collector):
         # 0 for a queue with nothing due, not no sample: a dashboard shows 0, not "No data".
         ages: dict[str, float] = {}
         try:
-            with psycopg.connect(self.dsn, connect_timeout=3) as conn:
-                for queue, status, count, age in conn.execute(queries("ops")["queue_counts"]):
-                    rows.add_metric([queue, status], count)
-                    ages[queue] = max(ages.get(queue, 0.0), age or 0.0)
-        except psycopg.Error as exc:
+            for r in self.read():
+                rows.add_metric([r.queue, r.status], r.count)
+                ages[r.queue] = max(ages.get(r.queue, 0.0), r.oldest_due_seconds or 0.0)
+        except Exception as exc:
+            # The database is away, or the daemon is stopping: the scrape
+            # still answers, with the counters, and the alert on up/absent fires.
             log.warning("metrics: cannot read queue depth", extra={"error": str(exc)[:200]})
         for queue, age in ages.items():
             oldest.add_metric([queue], age)
@@ -88,12 +95,12 @@ class QueueCollector(Collector):
         yield oldest
 
 
-def serve(bind: str, dsn: str) -> None:
+def serve(bind: str, read: ReadQueues) -> None:
     """Start the metrics HTTP server in a background thread."""
     host, port = split_address("STRIPE_SYNC_METRICS_BIND", bind)
     try:
         start_http_server(port, addr=host, registry=REGISTRY)
     except OSError as exc:
         raise cannot_listen("STRIPE_SYNC_METRICS_BIND", bind, exc) from None
-    REGISTRY.register(QueueCollector(dsn))
+    REGISTRY.register(QueueCollector(read))
     log.info("metrics listening", extra={"bind": bind})

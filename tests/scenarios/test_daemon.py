@@ -205,9 +205,27 @@ def test_metrics_and_json_logs(
     )
     wait_until(lambda: statuses(conn) == {"done": 1})
     assert httpx.post(f"{d.url}/webhooks/stripe", content=b"{}").status_code == 400
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+
+    # Finished rows are an estimate from the statistics counters, which a
+    # backend flushes within seconds of its commits.
+    def scrape_once_finished_counted() -> str | None:
+        text = httpx.get(metrics_url).text
+        return (
+            text if 'stripe_sync_queue_rows{queue="outbox",status="finished"} 1.0' in text else None
+        )
+
+    text = wait_until(scrape_once_finished_counted)
+    # Scrapes read through the daemon's pool: no connection of their own.
+    sessions = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+    before = conn.execute(sessions).fetchone()
+    for _ in range(5):
+        assert httpx.get(metrics_url).status_code == 200
+    time.sleep(1.5)  # a closed session's statistics are flushed as it exits
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    assert conn.execute(sessions).fetchone() == before
     for line in (
-        'stripe_sync_queue_rows{queue="outbox",status="done"} 1.0',
+        'stripe_sync_queue_rows{queue="outbox",status="pending"} 0.0',
         'stripe_sync_processed_total{kind="create_stripe_customer",outcome="done",'
         'queue="outbox"} 1.0',
         'stripe_sync_wakeups_total{cause="notify",queue="outbox"}',
