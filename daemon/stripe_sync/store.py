@@ -7,7 +7,7 @@ one small interface, :class:`Store`, and its PostgreSQL implementation,
 The worker only says what happened — claim due rows, renew these leases, this
 row is done together with these writes, retry that one later, hand these
 back — and never how it becomes statements. So :class:`PostgresStore` records
-the outbox's completions that finish together in one transaction
+completions that finish together in one transaction
 (``group_commit.py``) and chooses ``synchronous_commit`` per statement
 (``sql/queue.sql``) without the worker's rules changing. ``tests/fake_store.py``
 honours the same contract in memory, for fast unit tests of the worker.

@@ -1,0 +1,117 @@
+"""Interleaved A/B of the daemon at two (or more) git revisions, on a loaded machine.
+
+    .venv/bin/python bench/ab.py main HEAD --rounds 3
+    .venv/bin/python bench/ab.py main HEAD --l1 300 --rows 3000 --profile /tmp/prof
+
+Each revision's ``daemon/stripe_sync`` and ``schema`` are exported (``git archive``)
+into a directory of their own, and its daemon runs with ``PYTHONPATH`` pointing there;
+the harness (bench/harness.py, bench/outbox_runs.py) is this checkout's. Runs are
+interleaved (A B A B ...), each on a fresh database of one durable throwaway cluster
+with a fresh emulator and daemon: L1 (``--l1`` samples), then T1 (``--rows``). Prints
+each run and the medians; the daemon's CPU per row (utime+stime from /proc) is the
+figure that load moves least. ``--profile P`` records py-spy (if installed) during
+each T1 drain into ``P-<rev>-<round>.txt`` (raw, collapsed stacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import DaemonProc, EmulatorProc, create_database, rss_mb
+from outbox_runs import drain, pickup_latency
+
+from stripe_sync.devcluster import ThrowawayCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def export(rev: str, into: Path) -> Path:
+    """The package of ``rev`` laid out as an installed one (schema inside it)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "daemon/stripe_sync", "schema"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    shutil.move(into / "schema", into / "daemon" / "stripe_sync" / "schema")
+    return into / "daemon"
+
+
+def one_run(
+    cluster: ThrowawayCluster, path: Path, name: str, args: argparse.Namespace, run_dir: Path
+) -> dict[str, Any]:
+    dsn = create_database(cluster.dsn, name)
+    os.environ["PYTHONPATH"] = str(path)  # the daemon and the migration both come from it
+    emulator = EmulatorProc(run_dir).start()
+    daemon = DaemonProc(run_dir, dsn, emulator.url, STRIPE_SYNC_LOG_LEVEL="warning").start()
+    try:
+        time.sleep(1.5)
+        out: dict[str, Any] = {"idle_mb": rss_mb(daemon.pid)}
+        if args.l1:
+            lat = pickup_latency(dsn, emulator, daemon, samples=args.l1, warmup=30)
+            out.update(l1_p50=lat["p50_ms"], l1_p99=lat["p99_ms"])
+        spy = None
+        if args.profile and shutil.which("py-spy"):
+            spy = subprocess.Popen(
+                ["py-spy", "record", "-p", str(daemon.pid), "-o", f"{args.profile}-{name}.txt",
+                 "-f", "raw", "-r", "200", "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1)
+        t1 = drain(dsn, emulator, daemon, rows=args.rows, warmup=200)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait()
+        out.update(t1=t1["rows_per_s"], cpu_ms_per_row=t1["daemon_cpu_ms_per_row"],
+                   emulator_cpu_ms_per_row=t1["emulator_cpu_ms_per_row"])  # fmt: skip
+        return out
+    finally:
+        daemon.stop()
+        emulator.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench/ab.py", description=__doc__.split("\n")[0])
+    parser.add_argument("revs", nargs="+", help="git revisions to compare (at least two)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--l1", type=int, default=150, help="L1 samples per run (0: none)")
+    parser.add_argument("--rows", type=int, default=3000, help="T1 rows per run")
+    parser.add_argument("--profile", metavar="PREFIX", help="py-spy during each T1 drain")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="stripe-sync-ab-"))
+    paths = {rev: export(rev, work / f"rev{i}") for i, rev in enumerate(args.revs)}
+    results: dict[str, list[dict[str, Any]]] = {rev: [] for rev in args.revs}
+    try:
+        with ThrowawayCluster(durable=True) as cluster:
+            for r in range(args.rounds):
+                for i, rev in enumerate(args.revs):
+                    out = one_run(cluster, paths[rev], f"ab{r}_{i}", args, work)
+                    results[rev].append(out)
+                    shown = {k: round(v, 3) for k, v in out.items()}
+                    print(f"{rev} round {r}: {json.dumps(shown)}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("medians:")
+    for rev, outs in results.items():
+        if outs:
+            med = {k: round(statistics.median(o[k] for o in outs), 3) for k in outs[0]}
+            print(f"  {rev}: {json.dumps(med)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
