@@ -47,10 +47,10 @@ async def outbox_pipeline(
     search_lag: float = DEFAULTS.search_lag,
 ) -> AsyncIterator[Pipeline]:
     pool = make_pool(dsn, size=concurrency + 2)
-    async with pool:
-        api = StripeApi(
-            Secret(API_KEY), api_base=api_base, rate_limit=rate_limit, timeout=stripe_timeout
-        )
+    api = StripeApi(
+        Secret(API_KEY), api_base=api_base, rate_limit=rate_limit, timeout=stripe_timeout
+    )
+    async with pool, api:
         worker = Worker(
             PostgresStore(OUTBOX, pool),
             make_handler(Context(pool, api, await source_of(pool), search_lag)),

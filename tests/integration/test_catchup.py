@@ -145,7 +145,7 @@ async def test_pages_and_counts_requests(
     settle(emulator)
     api = StripeApi(Secret(API_KEY), api_base=emulator.base_url, rate_limit=0)
     pages: list[int] = []
-    async with make_pool(dsn, size=2) as pool:
+    async with api, make_pool(dsn, size=2) as pool:
         result = await catch_up(
             api,
             Ingestor(pool),
@@ -169,7 +169,7 @@ async def test_a_refused_event_is_named_and_the_rest_stored(
         stripe_client.v1.customers.create(params={"name": name})
     settle(emulator)
     api = StripeApi(Secret(API_KEY), api_base=emulator.base_url, rate_limit=0)
-    async with make_pool(dsn, size=2) as pool:
+    async with api, make_pool(dsn, size=2) as pool:
         result = await catch_up(api, Ingestor(pool), since=parse_since("1h"))
     assert (result.listed, result.newly_stored, result.refused, result.already_stored) == (
         3, 2, 1, 0,

@@ -836,11 +836,12 @@ async def test_refetch_applies_the_state_stripe_has_now(
         "amount": 1,
         "currency": "eur",
     }
-    await run(
-        pool,
-        event("payment_intent.created", stale_copy, event_id="evt_rf"),
-        ctx=WebhookContext(pool, api=api, refetch=True),
-    )
+    async with api:
+        await run(
+            pool,
+            event("payment_intent.created", stale_copy, event_id="evt_rf"),
+            ctx=WebhookContext(pool, api=api, refetch=True),
+        )
     assert statuses(conn)["evt_rf"] == ("processed", None)
     assert one(conn, "SELECT status, amount, amount_received FROM billing.payments") == (
         "succeeded",
