@@ -184,8 +184,8 @@ def statuses(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, str | None]]
 # The tables the webhooks write, in a form that ignores ids and timestamps of
 # our own making, for comparing two runs.
 SNAPSHOT_QUERIES = {
-    "customers": "SELECT account_id, stripe_customer_id, sync_status, last_event_id "
-    "FROM stripe.customer_mappings ORDER BY 1",
+    "customers": "SELECT account_id, stripe_customer_id, sync_status, last_event_id, "
+    "default_payment_method FROM stripe.customer_mappings ORDER BY 1",
     "products": "SELECT product_id, stripe_product_id, sync_status, last_event_id "
     "FROM stripe.product_mappings ORDER BY 1",
     "prices": "SELECT price_id, stripe_price_id, sync_status, last_event_id "
@@ -214,6 +214,10 @@ SNAPSHOT_QUERIES = {
     "refunds": "SELECT r.stripe_refund_id, m.stripe_payment_intent_id, r.amount, r.status, "
     "r.last_event_id FROM stripe.payment_refunds r "
     "JOIN stripe.payment_mappings m ON m.payment_id = r.payment_id ORDER BY 1",
+    "payment_methods": "SELECT m.stripe_payment_method_id, m.sync_status, m.last_event_id, "
+    "p.account_id, p.type, p.brand, p.last4, p.exp_month, p.exp_year, p.is_default "
+    "FROM stripe.payment_method_mappings m "
+    "JOIN billing.payment_methods p ON p.id = m.payment_method_id ORDER BY 1",
     "disputes": "SELECT m.stripe_dispute_id, m.sync_status, m.last_event_id, "
     "pm.stripe_payment_intent_id, d.status, d.reason, d.amount, d.currency, "
     "d.evidence_due_by, d.closed_at "

@@ -112,6 +112,10 @@ PROCESSED = {
     "stripe-sync-engine/charge_dispute_closed.json",
     "stripe-sync-engine/charge_dispute_funds_withdrawn.json",
     "stripe-sync-engine/charge_dispute_funds_reinstated.json",
+    "stripe-sync-engine/payment_method_attached.json",
+    "stripe-sync-engine/payment_method_updated.json",
+    "stripe-sync-engine/payment_method_automatically_updated.json",
+    "stripe-sync-engine/payment_method_detached.json",
     "stripe-sync-engine/charge_succeeded.json",
     "stripe-sync-engine/checkout_session_completed.json",
     "stripe-sync-engine/customer_deleted.json",
@@ -158,6 +162,8 @@ async def test_every_sample_event_is_accepted_and_ends_well(
         "cus_J7Mkgr8mvbl1eK",
         "cus_JsuO3bmrj0QlAw",
         "cus_JVhbiWW9p3F6wq",
+        "cus_N4vaPItLFHBqRE",  # payment_method_attached.json
+        "cus_Mt3...",  # payment_method_automatically_updated.json (elided so in the sample)
         "cus_123",
     ):
         account = add_account(conn, cus)
@@ -221,6 +227,34 @@ async def test_every_sample_event_is_accepted_and_ends_well(
         "SELECT status FROM billing.invoices i JOIN stripe.invoice_mappings m "
         "ON m.invoice_id = i.id WHERE m.stripe_invoice_id = 'in_xyz'"
     ).fetchone() == ("deleted",)
+    cards = conn.execute(
+        "SELECT m.stripe_payment_method_id, c.stripe_customer_id, p.type, p.brand, p.last4, "
+        "p.exp_month, p.exp_year, p.is_default, m.sync_status "
+        "FROM billing.payment_methods p "
+        "JOIN stripe.payment_method_mappings m ON m.payment_method_id = p.id "
+        "LEFT JOIN stripe.customer_mappings c ON c.account_id = p.account_id ORDER BY 1"
+    ).fetchall()
+    assert cards == [
+        ("pm_1M9HtjJDP...", "cus_Mt3...", "card", "mastercard", "0123", 11, 2027, False, "synced"),
+        ("pm_1MJUwRJDPojXS6LNh4fFA1z7", None, "card", "visa", "4242", 12, 2034, False, "deleted"),
+        (
+            "pm_1MKlmhJDPojXS6LNV8Rcj3WO",
+            "cus_N4vaPItLFHBqRE",
+            "card",
+            "visa",
+            "4242",
+            4,
+            2024,
+            False,
+            "synced",
+        ),
+    ]
+    # customer_updated.json names a default payment method, but customer_deleted.json
+    # (the same event id and second, a deletion ranks higher) left it with none.
+    assert conn.execute(
+        "SELECT sync_status, default_payment_method FROM stripe.customer_mappings "
+        "WHERE stripe_customer_id = 'cus_IhGfebO16cMIGN'"
+    ).fetchone() == ("deleted", None)
     assert conn.execute(
         "SELECT pm.stripe_payment_intent_id, d.status, d.reason, d.amount, d.currency, "
         "extract(epoch FROM d.evidence_due_by)::bigint, d.closed_at "
@@ -320,6 +354,22 @@ def story() -> list[dict[str, Any]]:
             **extra,
         }
 
+    def card(pm_id: str, customer: str | None, brand: str, exp_year: int) -> dict[str, Any]:
+        return {
+            "id": pm_id,
+            "object": "payment_method",
+            "type": "card",
+            "customer": customer,
+            "card": {"brand": brand, "last4": "4242", "exp_month": 5, "exp_year": exp_year},
+        }
+
+    def customer_b(default: str | None) -> dict[str, Any]:
+        return {
+            "id": "cus_B",
+            "object": "customer",
+            "invoice_settings": {"default_payment_method": default},
+        }
+
     steps: list[tuple[int, str, dict[str, Any]]] = [
         (0, "customer.updated", {"id": "cus_A", "object": "customer"}),
         (0, "customer.subscription.created", sub("incomplete")),
@@ -379,6 +429,16 @@ def story() -> list[dict[str, Any]]:
         (2, "charge.dispute.created", dispute("dp_2", "warning_needs_response", None)),
         (4, "charge.dispute.updated", dispute("dp_2", "warning_closed", None)),
         (5, "charge.dispute.closed", dispute("dp_2", "warning_closed", None)),
+        # Cards on file: the default moves from pm_1 to pm_2 and back; pm_2 is detached.
+        (1, "payment_method.attached", card("pm_1", "cus_B", "visa", 2027)),
+        (1, "customer.updated", customer_b("pm_1")),
+        (2, "payment_method.attached", card("pm_2", "cus_B", "mastercard", 2028)),
+        (3, "customer.updated", customer_b("pm_2")),
+        (3, "payment_method.automatically_updated", card("pm_1", "cus_B", "visa", 2030)),
+        (4, "customer.updated", customer_b("pm_1")),
+        # (by event id alone the update would win: its id is the larger)
+        (5, "payment_method.detached", card("pm_2", None, "mastercard", 2029)),
+        (5, "payment_method.updated", card("pm_2", "cus_B", "mastercard", 2029)),
     ]
     return [
         event(kind, obj, created=T0 + dt, event_id=f"evt_{i:02d}{kind[:4]}")
@@ -388,6 +448,7 @@ def story() -> list[dict[str, Any]]:
 
 RESET = """
 TRUNCATE integration.webhook_events, stripe.dispute_mappings, billing.disputes,
+    stripe.payment_method_mappings, billing.payment_methods,
     stripe.payment_refunds, stripe.payment_mappings,
     stripe.invoice_mappings, stripe.subscription_mappings, stripe.customer_mappings,
     stripe.price_mappings, stripe.product_mappings, billing.payments, billing.invoices,
@@ -401,6 +462,7 @@ async def deliver(
 ) -> dict[str, list[tuple[Any, ...]]]:
     conn.execute(RESET)
     add_account(conn, "cus_A")
+    add_account(conn, "cus_B")
     product = add_product(conn, "prod_A")
     add_price(conn, "price_A", product)
     add_price(conn, "price_B", product)
@@ -431,7 +493,7 @@ async def test_shuffled_delivery_gives_the_same_tables(
     assert [r[6:12] for r in expected["payments"]] == [
         ("succeeded", "usd", 1000, 1000, 500, "partial")
     ]
-    assert expected["customers"] == [(1, "cus_A", "deleted", "evt_25cust")]
+    assert expected["customers"][0] == (1, "cus_A", "deleted", "evt_25cust", None)
     assert expected["prices"] == [
         (1, "price_A", "synced", None),
         (2, "price_B", "deleted", "evt_17pric"),
@@ -463,6 +525,11 @@ async def test_shuffled_delivery_gives_the_same_tables(
             t(T0 + 4, UTC),
         ),
     ]
+    assert expected["payment_methods"] == [
+        ("pm_1", "synced", "evt_38paym", 2, "card", "visa", "4242", 5, 2030, True),
+        ("pm_2", "deleted", "evt_40paym", None, "card", "mastercard", "4242", 5, 2029, False),
+    ]
+    assert expected["customers"][1] == (2, "cus_B", "synced", "evt_39cust", "pm_1")
     rng = random.Random(5711)
     orders = [list(reversed(events))] + [rng.sample(events, len(events)) for _ in range(4)]
     for order in orders:

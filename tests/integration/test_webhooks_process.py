@@ -902,3 +902,58 @@ async def test_confirm_applies_only_over_an_older_key(
     async with pool.connection() as c, c.transaction():
         await newer(c)  # same second, higher rank (a deletion)
     assert mapping() == ("deleted", T0 + 1, 100, "evt_c")
+
+
+async def test_a_setup_intent_keeps_the_card_it_shows_and_only_that(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    account = add_account(conn, "cus_S")
+    card = {
+        "id": "pm_S",
+        "object": "payment_method",
+        "type": "card",
+        "customer": "cus_S",
+        "card": {
+            "brand": "amex",
+            "last4": "0005",
+            "exp_month": 9,
+            "exp_year": 2031,
+            "fingerprint": "never-kept",
+            "country": "US",
+        },
+    }
+    await run(
+        pool,
+        event(
+            "setup_intent.succeeded",
+            {"id": "seti_1", "object": "setup_intent", "customer": "cus_S", "payment_method": card},
+            event_id="evt_expanded",
+        ),
+        event(
+            "setup_intent.succeeded",
+            {
+                "id": "seti_2",
+                "object": "setup_intent",
+                "customer": "cus_S",
+                "payment_method": "pm_T",
+            },
+            event_id="evt_id_only",
+        ),
+    )
+    assert conn.execute(
+        "SELECT to_jsonb(p) - 'id' - 'created_at' - 'updated_at' FROM billing.payment_methods p"
+    ).fetchall() == [
+        (
+            {
+                "account_id": account,
+                "type": "card",
+                "brand": "amex",
+                "last4": "0005",
+                "exp_month": 9,
+                "exp_year": 2031,
+                "is_default": False,
+            },
+        )
+    ]
+    assert statuses(conn)["evt_id_only"][0] == "ignored"

@@ -53,6 +53,7 @@ AND (m.last_event_created IS NULL
      OR (%(created)s::bigint, %(rank)s::integer, %(event_id)s::text COLLATE "C")
         > (m.last_event_created, coalesce(m.last_event_rank, -1),
            coalesce(m.last_event_id, '') COLLATE "C"))
+RETURNING m.{mc_col}
 
 -- name: mark_mapping
 UPDATE {mapping}
@@ -256,3 +257,38 @@ WHERE id = %(id)s
 UPDATE billing.disputes
 SET closed_at = least(coalesce(closed_at, %(closed_at)s), %(closed_at)s), updated_at = now()
 WHERE id = %(id)s AND closed_at IS DISTINCT FROM least(coalesce(closed_at, %(closed_at)s), %(closed_at)s)
+
+-- name: insert_payment_method
+INSERT INTO billing.payment_methods (account_id, type, brand, last4, exp_month, exp_year)
+VALUES (%(account_id)s, %(type)s, %(brand)s, %(last4)s, %(exp_month)s, %(exp_year)s)
+RETURNING id
+
+-- name: update_payment_method
+-- is_default is not here: default_payment_methods derives it.
+UPDATE billing.payment_methods
+SET account_id = %(account_id)s, type = %(type)s, brand = %(brand)s, last4 = %(last4)s,
+    exp_month = %(exp_month)s, exp_year = %(exp_year)s, updated_at = now()
+WHERE id = %(id)s
+
+-- name: set_default_payment_method
+-- The customer's invoice_settings.default_payment_method, as its newest
+-- applied event shows it.
+UPDATE stripe.customer_mappings
+SET default_payment_method = %(payment_method)s, updated_at = now()
+WHERE account_id = %(account_id)s AND default_payment_method IS DISTINCT FROM %(payment_method)s
+
+-- name: default_payment_methods
+-- is_default of the payment methods of an account (and of one payment method,
+-- which may just have been detached from it): the one its customer names, if
+-- it is still attached to that customer's account.
+UPDATE billing.payment_methods AS p
+SET is_default = t.is_default, updated_at = now()
+FROM (
+    SELECT p2.id,
+           coalesce(pm.stripe_payment_method_id = c.default_payment_method, false) AS is_default
+    FROM billing.payment_methods p2
+    JOIN stripe.payment_method_mappings pm ON pm.payment_method_id = p2.id
+    LEFT JOIN stripe.customer_mappings c ON c.account_id = p2.account_id
+    WHERE p2.account_id = %(account_id)s OR p2.id = %(payment_method_id)s
+) AS t
+WHERE p.id = t.id AND p.is_default IS DISTINCT FROM t.is_default

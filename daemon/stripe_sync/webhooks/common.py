@@ -197,11 +197,13 @@ async def confirm(
     metadata: dict[str, Any] | None,
     key: Key,
     status: str,
+    then: Callable[[AsyncConnection[Any], int], Awaitable[None]] | None = None,
 ) -> Done:
     """Customers and catalog: confirm the mapping of an object the outbox created.
 
     Found by its Stripe id, or by the MC id in its metadata while the outbox
     has not recorded the id yet (the webhook can beat the outbox's commit).
+    ``then(conn, mc_id)`` runs in the same transaction once the mapping is marked.
     """
     assert family.metadata_key is not None, f"the outbox does not create {family.noun}s"
     mc_id = metadata_id(metadata, family.metadata_key)
@@ -222,6 +224,8 @@ async def confirm(
         )
         if cur.rowcount != 1:
             raise Raced(stripe_id)
+        if then is not None:
+            await then(conn, _returned_id(await cur.fetchone()))
 
     return Done(apply=apply)
 

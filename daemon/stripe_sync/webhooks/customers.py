@@ -1,16 +1,23 @@
 """customer.created/updated/deleted: confirm the customers the outbox created.
 
 MC owns its accounts, so these events change only stripe.customer_mappings
-(synced, or deleted), never billing.accounts. Customers MC does not know
-(made in the Dashboard, say) are ignored.
+(synced, or deleted, and the default payment method the customer's
+invoice_settings names, from which billing.payment_methods.is_default
+follows), never billing.accounts. Customers MC does not know (made in the
+Dashboard, say) are ignored.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
 
 from ..jobs import Done, Job
 from ..mappings import CUSTOMERS
 from .common import Key, WebhookContext, confirm, rank_of
 from .events import Customer, decode_event
+from .payment_methods import set_default
 
 _RANKS = {"live": 0, "deleted": 1}
 
@@ -23,4 +30,9 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
     key = Key(
         event.created, rank_of(_RANKS, "deleted" if deleted else "live", event.type), event.id
     )
-    return await confirm(ctx, CUSTOMERS, customer.id, customer.metadata, key, status)
+    default = None if deleted else customer.default_payment_method
+
+    async def then(conn: AsyncConnection[Any], account_id: int) -> None:
+        await set_default(conn, account_id, default)
+
+    return await confirm(ctx, CUSTOMERS, customer.id, customer.metadata, key, status, then)

@@ -91,11 +91,21 @@ class Event(Lenient, Generic[T], kw_only=True):
 # -- objects ---------------------------------------------------------------------
 
 
+class InvoiceSettings(Lenient):
+    default_payment_method: Expandable = None
+
+
 class Customer(Lenient):
     id: str = ""
     # customer.deleted carries either the full object or a stub {id, object, deleted}.
     deleted: bool = False
     metadata: dict[str, Any] | None = None
+    invoice_settings: InvoiceSettings | None = None
+
+    @property
+    def default_payment_method(self) -> str | None:
+        settings = self.invoice_settings
+        return ref_id(settings.default_payment_method) if settings else None
 
 
 class CatalogObject(Lenient):
@@ -284,6 +294,30 @@ class Dispute(Lenient):
     amount: int | None = None
     currency: str | None = None
     evidence_details: EvidenceDetails | None = None
+
+
+class Card(Lenient):
+    """What a card payment method shows: never a number, and MC keeps no fingerprint."""
+
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+
+
+class PaymentMethod(Lenient):
+    id: str = ""
+    type: str | None = None
+    customer: Expandable = None  # null once detached
+    card: Card | None = None
+
+
+class SetupIntent(Lenient):
+    id: str = ""
+    customer: Expandable = None
+    # An id, or the payment method itself when the event was made with it expanded.
+    payment_method: str | PaymentMethod | None = None
+    status: str | None = None
 
 
 class CheckoutSession(Lenient):

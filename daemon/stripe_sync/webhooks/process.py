@@ -18,7 +18,16 @@ import msgspec
 
 from ..errors import PermanentError
 from ..jobs import Done, Handler, Job
-from . import catalog, checkout, customers, disputes, invoices, payments, subscriptions
+from . import (
+    catalog,
+    checkout,
+    customers,
+    disputes,
+    invoices,
+    payment_methods,
+    payments,
+    subscriptions,
+)
 from .common import EventHandler, MissingReference, WebhookContext, ignored
 from .events import Envelope, ObjectHead
 
@@ -90,6 +99,11 @@ HANDLERS: dict[str, EventHandler] = {
         f"charge.dispute.{what}": disputes.handle
         for what in ("created", "updated", "closed", "funds_withdrawn", "funds_reinstated")
     },
+    **{
+        f"payment_method.{what}": payment_methods.payment_method
+        for what in ("attached", "updated", "automatically_updated", "detached")
+    },
+    "setup_intent.succeeded": payment_methods.setup_intent,
     "checkout.session.completed": checkout.handle,
 }
 
@@ -106,6 +120,7 @@ _REFETCH: dict[str, str] = {
     "payment_intent": "payment_intents",
     "charge": "charges",
     "refund": "refunds",
+    "payment_method": "payment_methods",
 }
 
 

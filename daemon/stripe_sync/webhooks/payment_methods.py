@@ -1,0 +1,100 @@
+"""Cards on file: payment_method.attached/updated/automatically_updated/detached
+and setup_intent.succeeded → billing.payment_methods; customer.updated names
+the default (customers.py).
+
+Only what Stripe's events show is kept: type, and for cards brand, last4 and
+expiry (never a fingerprint). A payment method belongs to the account of the
+customer it is attached to, which must be in MC (waited for like any
+reference); once detached its customer is null and so is account_id, and
+its mapping is marked deleted: a detached payment method cannot be attached
+again. Detaching therefore ranks above the other events of the same second.
+
+is_default is derived, never written from one event alone: a payment method
+is the default when stripe.customer_mappings.default_payment_method (the
+newest customer event's invoice_settings.default_payment_method) names it
+and it is attached to that customer. Each side recomputes it after writing,
+so the result does not depend on which arrives first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from ..db import queries
+from ..errors import PermanentError
+from ..jobs import Done, Job
+from ..mappings import CUSTOMERS, PAYMENT_METHODS
+from .common import Key, WebhookContext, Write, Written, ignored, resolve_one, write_object
+from .events import PaymentMethod, SetupIntent, decode_event, ref_id
+
+_RANKS = {"attached": 0, "detached": 1}
+
+
+async def payment_method(ctx: WebhookContext, job: Job) -> Done:
+    event = decode_event(job.payload, PaymentMethod)
+    return await _write(ctx, event.data.object, event.created, event.type, event.id)
+
+
+async def setup_intent(ctx: WebhookContext, job: Job) -> Done:
+    """setup_intent.succeeded: the payment method it set up, when the event
+    shows it (expanded); an id alone shows nothing to keep, and the
+    payment_method.attached that follows carries the card."""
+    event = decode_event(job.payload, SetupIntent)
+    pm = event.data.object.payment_method
+    if not isinstance(pm, PaymentMethod):
+        return ignored(
+            f"setup_intent {event.data.object.id} names payment method {pm} without its "
+            "details; payment_method.attached carries them"
+        )
+    return await _write(ctx, pm, event.created, event.type, event.id)
+
+
+async def _write(
+    ctx: WebhookContext, pm: PaymentMethod, created: int, event_type: str, event_id: str
+) -> Done:
+    if not pm.id:
+        raise PermanentError(f"{event_type}: the payment method has no id")
+    customer = ref_id(pm.customer)
+    detached = customer is None or event_type == "payment_method.detached"
+    key = Key(created, _RANKS["detached" if detached else "attached"], event_id)
+    card = pm.card
+
+    async def prepare(conn: AsyncConnection[Any]) -> Write:
+        account = None if detached else await resolve_one(ctx, conn, CUSTOMERS, customer)
+        values = {
+            "account_id": account,
+            "type": pm.type or "unknown",
+            "brand": card.brand if card else None,
+            "last4": card.last4 if card else None,
+            "exp_month": card.exp_month if card else None,
+            "exp_year": card.exp_year if card else None,
+        }
+        return Write(values, then=refresh_default)
+
+    status = "deleted" if detached else "synced"
+    return await write_object(ctx, PAYMENT_METHODS, pm.id, key, status, prepare)
+
+
+async def refresh_default(conn: AsyncConnection[Any], written: Written) -> None:
+    """is_default of this payment method (and its account's others) after a write."""
+    await conn.execute(
+        queries("webhooks")["default_payment_methods"],
+        {"account_id": None, "payment_method_id": written.mc_id},
+    )
+
+
+async def set_default(
+    conn: AsyncConnection[Any], account_id: int, stripe_payment_method: str | None
+) -> None:
+    """customer.*: the default its newest applied event names, and is_default
+    of that account's payment methods."""
+    q = queries("webhooks")
+    await conn.execute(
+        q["set_default_payment_method"],
+        {"account_id": account_id, "payment_method": stripe_payment_method},
+    )
+    await conn.execute(
+        q["default_payment_methods"], {"account_id": account_id, "payment_method_id": None}
+    )
