@@ -5,12 +5,15 @@
 
 -- name: insert_events
 -- Group commit: one statement for all events that queued up meanwhile. A
--- redelivered event is a no-op; RETURNING names the rows that are new.
+-- redelivered event is a no-op; RETURNING names the rows that are new. The
+-- arrays go in binary (the b placeholders): in text, psycopg quotes and
+-- escapes each element of each ~1 KB payload in Python, which cost 3x the
+-- CPU of the whole statement.
 INSERT INTO integration.webhook_events
     (stripe_event_id, event_type, api_version, livemode, event_created, object_id, account, payload)
-SELECT * FROM unnest(%(ids)s::text[], %(types)s::text[], %(versions)s::text[],
-                     %(livemodes)s::boolean[], %(created)s::bigint[], %(objects)s::text[],
-                     %(accounts)s::text[], %(payloads)s::jsonb[])
+SELECT * FROM unnest(%(ids)b::text[], %(types)b::text[], %(versions)b::text[],
+                     %(livemodes)b::boolean[], %(created)b::bigint[], %(objects)b::text[],
+                     %(accounts)b::text[], %(payloads)b::text[]::jsonb[])
 ON CONFLICT (stripe_event_id) DO NOTHING
 RETURNING stripe_event_id
 
