@@ -7,10 +7,13 @@ Each revision's ``daemon/stripe_sync`` and ``schema`` are exported (``git archiv
 into a directory of their own, and its daemon runs with ``PYTHONPATH`` pointing there;
 the harness (bench/harness.py, bench/outbox_runs.py) is this checkout's. Runs are
 interleaved (A B A B ...), each on a fresh database of one durable throwaway cluster
-with a fresh emulator and daemon: L1 (``--l1`` samples), then T1 (``--rows``). Prints
-each run and the medians; the daemon's CPU per row (utime+stime from /proc) is the
-figure that load moves least. ``--profile P`` records py-spy (if installed) during
-each T1 drain into ``P-<rev>-<round>.txt`` (raw, collapsed stacks).
+with a fresh emulator and daemon: L1 (``--l1`` samples), then T1 (``--rows``), then T2
+(``--events``, webhooks; none by default); 0 skips one. Prints each run and the
+medians; the daemon's CPU per row or event (utime+stime from /proc) is the figure that
+load moves least. ``--profile P`` records py-spy (if installed) during each T1 drain,
+or each T2 run when T1 is skipped, into ``P-<rev>-<round>.txt`` (raw, collapsed stacks).
+
+    .venv/bin/python bench/ab.py main HEAD --l1 0 --rows 0 --events 8000  # webhooks only
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import DaemonProc, EmulatorProc, create_database, rss_mb
 from outbox_runs import drain, pickup_latency
+from webhook_runs import webhooks
 
 from stripe_sync.devcluster import ThrowawayCluster
 
@@ -65,23 +69,33 @@ def one_run(
             lat = pickup_latency(dsn, emulator, daemon, samples=args.l1, warmup=30)
             out.update(l1_p50=lat["p50_ms"], l1_p99=lat["p99_ms"])
         spy = None
-        if args.profile and shutil.which("py-spy"):
+        if args.profile and shutil.which("py-spy") and (args.rows or args.events):
             spy = subprocess.Popen(
                 ["py-spy", "record", "-p", str(daemon.pid), "-o", f"{args.profile}-{name}.txt",
                  "-f", "raw", "-r", "200", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1)
-        t1 = drain(dsn, emulator, daemon, rows=args.rows, warmup=200)
-        if spy is not None:
-            spy.send_signal(2)
-            spy.wait()
-        out.update(t1=t1["rows_per_s"], cpu_ms_per_row=t1["daemon_cpu_ms_per_row"],
-                   emulator_cpu_ms_per_row=t1["emulator_cpu_ms_per_row"])  # fmt: skip
+        if args.rows:
+            t1 = drain(dsn, emulator, daemon, rows=args.rows, warmup=200)
+            spy = _stop(spy)
+            out.update(t1=t1["rows_per_s"], cpu_ms_per_row=t1["daemon_cpu_ms_per_row"],
+                       emulator_cpu_ms_per_row=t1["emulator_cpu_ms_per_row"])  # fmt: skip
+        if args.events:
+            t2 = webhooks(dsn, daemon, events=args.events, warmup=1000)
+            _stop(spy)
+            out.update(t2_p99=t2["p99_ms"], t2_applied=t2["applied_per_s"],
+                       cpu_ms_per_event=t2["daemon_cpu_ms_per_event"])  # fmt: skip
         return out
     finally:
         daemon.stop()
         emulator.stop()
+
+
+def _stop(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(2)
+        spy.wait()
 
 
 def main() -> int:
@@ -89,7 +103,8 @@ def main() -> int:
     parser.add_argument("revs", nargs="+", help="git revisions to compare (at least two)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--l1", type=int, default=150, help="L1 samples per run (0: none)")
-    parser.add_argument("--rows", type=int, default=3000, help="T1 rows per run")
+    parser.add_argument("--rows", type=int, default=3000, help="T1 rows per run (0: none)")
+    parser.add_argument("--events", type=int, default=0, help="T2 events per run (0: none)")
     parser.add_argument("--profile", metavar="PREFIX", help="py-spy during each T1 drain")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stripe-sync-ab-"))
