@@ -44,11 +44,17 @@ def queries(module: str) -> dict[str, str]:
 
 
 @cache
-def bound_query(module: str, name: str, **identifiers: str) -> sql.Composed:
-    """A named query with its ``{placeholders}`` bound to identifiers (``a.b`` → "a"."b")."""
-    return sql.SQL(queries(module)[name]).format(
+def bound_query(module: str, name: str, **identifiers: str) -> bytes:
+    """A named query with its ``{placeholders}`` bound to identifiers (``a.b`` → "a"."b").
+
+    Rendered to bytes once: psycopg renders a ``Composed`` again on every execute
+    (each identifier escaped anew), 10-20 µs of CPU per statement on the claim →
+    mapping → finish path of every row (docs/benchmarks.md, issue 11).
+    """
+    composed = sql.SQL(queries(module)[name]).format(
         **{k: sql.Identifier(*v.split(".")) for k, v in identifiers.items()}
     )
+    return composed.as_bytes()
 
 
 def conninfo(dsn: str, role: str = "") -> str:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psycopg import sql
-
 from .db import bound_query
 
 
@@ -37,7 +35,7 @@ class Family:
     # (with mc_source); None for objects born in Stripe.
     metadata_key: str | None = None
 
-    def query(self, module: str, name: str) -> sql.Composed:
+    def query(self, module: str, name: str) -> bytes:
         """Named query ``name`` of ``sql/<module>.sql`` with {mapping}, {mc_col}
         and {stripe_col} bound to this family's table and columns."""
         return bound_query(

@@ -69,7 +69,7 @@ class QueueSpec:
     # opposite orders stop waiting after the group lock timeout and fall back.
     group_commit: bool = False
 
-    def query(self, name: str) -> psycopg.sql.Composed:
+    def query(self, name: str) -> bytes:
         return bound_query("queue", name, table=self.table, kind=self.kind)
 
 

@@ -45,7 +45,7 @@ def _setup(conn: Conn) -> int:
     return int(row[0])
 
 
-def _statement(name: str, row_id: int) -> tuple[sql.SQL | sql.Composed, dict[str, Any]]:
+def _statement(name: str, row_id: int) -> tuple[sql.SQL | bytes, dict[str, Any]]:
     worker = {"worker": "w", "lease": 30.0}
     match name:
         case "claim":
