@@ -218,6 +218,10 @@ SNAPSHOT_QUERIES = {
     "p.account_id, p.type, p.brand, p.last4, p.exp_month, p.exp_year, p.is_default "
     "FROM stripe.payment_method_mappings m "
     "JOIN billing.payment_methods p ON p.id = m.payment_method_id ORDER BY 1",
+    "credit_notes": "SELECT m.stripe_credit_note_id, m.sync_status, m.last_event_id, "
+    "im.stripe_invoice_id, c.status, c.amount, c.currency, c.reason, c.memo "
+    "FROM stripe.credit_note_mappings m JOIN billing.credit_notes c ON c.id = m.credit_note_id "
+    "JOIN stripe.invoice_mappings im ON im.invoice_id = c.invoice_id ORDER BY 1",
     "disputes": "SELECT m.stripe_dispute_id, m.sync_status, m.last_event_id, "
     "pm.stripe_payment_intent_id, d.status, d.reason, d.amount, d.currency, "
     "d.evidence_due_by, d.closed_at "

@@ -75,16 +75,20 @@ def born_in_stripe(conn: psycopg.Connection[Any], account: int) -> None:
             "VALUES (%s, %s)",
             [row[0], pi],
         )
-    row = conn.execute(
-        "INSERT INTO billing.invoices (account_id, status, currency) "
-        "VALUES (%s, 'paid', 'usd') RETURNING id",
-        [account],
-    ).fetchone()
-    assert row is not None
-    conn.execute(
-        "INSERT INTO stripe.invoice_mappings (invoice_id, stripe_invoice_id) VALUES (%s, %s)",
-        [row[0], "in_103Q0w2eZvKYlo2C5PYwf6Wf"],
-    )
+    for invoice in (
+        "in_103Q0w2eZvKYlo2C5PYwf6Wf",
+        "in_1MxvRkLkdIwHu7ixABNtI99m",  # the credit_note_*.json samples credit it
+    ):
+        row = conn.execute(
+            "INSERT INTO billing.invoices (account_id, status, currency) "
+            "VALUES (%s, 'paid', 'usd') RETURNING id",
+            [account],
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO stripe.invoice_mappings (invoice_id, stripe_invoice_id) VALUES (%s, %s)",
+            [row[0], invoice],
+        )
 
 
 # Per sample file: what it must end as. Everything else must end "ignored".
@@ -113,6 +117,9 @@ PROCESSED = {
     "stripe-sync-engine/charge_dispute_funds_withdrawn.json",
     "stripe-sync-engine/charge_dispute_funds_reinstated.json",
     "stripe-sync-engine/payment_method_attached.json",
+    "stripe-sync-engine/credit_note_created.json",
+    "stripe-sync-engine/credit_note_updated.json",
+    "stripe-sync-engine/credit_note_voided.json",
     "stripe-sync-engine/payment_method_updated.json",
     "stripe-sync-engine/payment_method_automatically_updated.json",
     "stripe-sync-engine/payment_method_detached.json",
@@ -227,6 +234,22 @@ async def test_every_sample_event_is_accepted_and_ends_well(
         "SELECT status FROM billing.invoices i JOIN stripe.invoice_mappings m "
         "ON m.invoice_id = i.id WHERE m.stripe_invoice_id = 'in_xyz'"
     ).fetchone() == ("deleted",)
+    assert conn.execute(
+        "SELECT m.stripe_credit_note_id, im.stripe_invoice_id, c.status, c.amount, c.currency, "
+        "c.reason, c.memo FROM billing.credit_notes c "
+        "JOIN stripe.credit_note_mappings m ON m.credit_note_id = c.id "
+        "JOIN stripe.invoice_mappings im ON im.invoice_id = c.invoice_id"
+    ).fetchall() == [
+        (
+            "cn_1MxvRqLkdIwHu7ixY0xbUcxk",
+            "in_1MxvRkLkdIwHu7ixABNtI99m",
+            "issued",
+            1099,
+            "usd",
+            None,
+            None,
+        )
+    ]
     cards = conn.execute(
         "SELECT m.stripe_payment_method_id, c.stripe_customer_id, p.type, p.brand, p.last4, "
         "p.exp_month, p.exp_year, p.is_default, m.sync_status "
@@ -363,6 +386,19 @@ def story() -> list[dict[str, Any]]:
             "card": {"brand": brand, "last4": "4242", "exp_month": 5, "exp_year": exp_year},
         }
 
+    def credit(status: str, memo: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "cn_1",
+            "object": "credit_note",
+            "invoice": "in_1",
+            "status": status,
+            "amount": 250,
+            "total": 250,
+            "currency": "usd",
+            "reason": "order_change",
+            "memo": memo,
+        }
+
     def customer_b(default: str | None) -> dict[str, Any]:
         return {
             "id": "cus_B",
@@ -439,6 +475,11 @@ def story() -> list[dict[str, Any]]:
         # (by event id alone the update would win: its id is the larger)
         (5, "payment_method.detached", card("pm_2", None, "mastercard", 2029)),
         (5, "payment_method.updated", card("pm_2", "cus_B", "mastercard", 2029)),
+        # A credit note, voided in the second of its last update (whose id is larger).
+        (2, "credit_note.created", credit("issued")),
+        (3, "credit_note.updated", credit("issued", "Goodwill")),
+        (4, "credit_note.voided", credit("void", "Goodwill")),
+        (4, "credit_note.updated", credit("issued", "Goodwill, again")),
     ]
     return [
         event(kind, obj, created=T0 + dt, event_id=f"evt_{i:02d}{kind[:4]}")
@@ -449,6 +490,7 @@ def story() -> list[dict[str, Any]]:
 RESET = """
 TRUNCATE integration.webhook_events, stripe.dispute_mappings, billing.disputes,
     stripe.payment_method_mappings, billing.payment_methods,
+    stripe.credit_note_mappings, billing.credit_notes,
     stripe.payment_refunds, stripe.payment_mappings,
     stripe.invoice_mappings, stripe.subscription_mappings, stripe.customer_mappings,
     stripe.price_mappings, stripe.product_mappings, billing.payments, billing.invoices,
@@ -530,6 +572,9 @@ async def test_shuffled_delivery_gives_the_same_tables(
         ("pm_2", "deleted", "evt_40paym", None, "card", "mastercard", "4242", 5, 2029, False),
     ]
     assert expected["customers"][1] == (2, "cus_B", "synced", "evt_39cust", "pm_1")
+    assert expected["credit_notes"] == [
+        ("cn_1", "synced", "evt_44cred", "in_1", "void", 250, "usd", "order_change", "Goodwill")
+    ]
     rng = random.Random(5711)
     orders = [list(reversed(events))] + [rng.sample(events, len(events)) for _ in range(4)]
     for order in orders:

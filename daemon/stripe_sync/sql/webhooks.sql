@@ -295,3 +295,14 @@ FROM (
     WHERE p2.account_id = %(account_id)s OR p2.id = %(payment_method_id)s
 ) AS t
 WHERE p.id = t.id AND p.is_default IS DISTINCT FROM t.is_default
+
+-- name: insert_credit_note
+INSERT INTO billing.credit_notes (invoice_id, status, amount, currency, reason, memo)
+VALUES (%(invoice_id)s, %(status)s, %(amount)s, %(currency)s, %(reason)s, %(memo)s)
+RETURNING id
+
+-- name: update_credit_note
+UPDATE billing.credit_notes
+SET invoice_id = %(invoice_id)s, status = %(status)s, amount = %(amount)s,
+    currency = %(currency)s, reason = %(reason)s, memo = %(memo)s, updated_at = now()
+WHERE id = %(id)s

@@ -5,7 +5,7 @@
 - ``process``: the queue handler (``make_handler(WebhookContext(...))``) that
   dispatches stored events by type to ``customers``, ``catalog``,
   ``subscriptions``, ``invoices``, ``payments``, ``disputes``,
-  ``payment_methods`` and ``checkout`` (each an
+  ``payment_methods``, ``credit_notes`` and ``checkout`` (each an
   ``EventHandler``); ``common`` holds the ordering rules (see its docstring)
   and the sequences the handlers share, ``events`` what is read from events
   of any API version.

@@ -320,6 +320,17 @@ class SetupIntent(Lenient):
     status: str | None = None
 
 
+class CreditNote(Lenient):
+    id: str = ""
+    invoice: Expandable = None
+    status: str | None = None  # issued or void
+    amount: int | None = None
+    total: int | None = None
+    currency: str | None = None
+    reason: str | None = None
+    memo: str | None = None
+
+
 class CheckoutSession(Lenient):
     id: str = ""
     customer: Expandable = None

@@ -21,6 +21,7 @@ from ..jobs import Done, Handler, Job
 from . import (
     catalog,
     checkout,
+    credit_notes,
     customers,
     disputes,
     invoices,
@@ -104,6 +105,9 @@ HANDLERS: dict[str, EventHandler] = {
         for what in ("attached", "updated", "automatically_updated", "detached")
     },
     "setup_intent.succeeded": payment_methods.setup_intent,
+    "credit_note.created": credit_notes.handle,
+    "credit_note.updated": credit_notes.handle,
+    "credit_note.voided": credit_notes.handle,
     "checkout.session.completed": checkout.handle,
 }
 
@@ -121,6 +125,7 @@ _REFETCH: dict[str, str] = {
     "charge": "charges",
     "refund": "refunds",
     "payment_method": "payment_methods",
+    "credit_note": "credit_notes",
 }
 
 
