@@ -957,3 +957,39 @@ async def test_a_setup_intent_keeps_the_card_it_shows_and_only_that(
         )
     ]
     assert statuses(conn)["evt_id_only"][0] == "ignored"
+
+
+async def test_a_default_named_while_its_card_is_attached_is_the_default(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A customer event naming the default and the attach of that card, applied
+    at the same moment by two workers: neither may miss the other's write."""
+    add_account(conn, "cus_D")
+    for i in range(15):
+        pm = f"pm_{i}"
+        await run(
+            pool,
+            event(
+                "customer.updated",
+                {
+                    "id": "cus_D",
+                    "object": "customer",
+                    "invoice_settings": {"default_payment_method": pm},
+                },
+                created=1_700_000_000 + i,
+                event_id=f"evt_c{i:02d}",
+            ),
+            event(
+                "payment_method.attached",
+                {"id": pm, "object": "payment_method", "type": "card", "customer": "cus_D"},
+                created=1_700_000_000 + i,
+                event_id=f"evt_p{i:02d}",
+            ),
+        )
+        defaults = conn.execute(
+            "SELECT m.stripe_payment_method_id FROM billing.payment_methods p "
+            "JOIN stripe.payment_method_mappings m ON m.payment_method_id = p.id "
+            "WHERE p.is_default"
+        ).fetchall()
+        assert defaults == [(pm,)], i

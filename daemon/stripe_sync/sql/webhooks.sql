@@ -280,6 +280,18 @@ UPDATE stripe.customer_mappings
 SET default_payment_method = %(payment_method)s, updated_at = now()
 WHERE account_id = %(account_id)s AND default_payment_method IS DISTINCT FROM %(payment_method)s
 
+-- name: payment_method_account
+SELECT p.account_id FROM billing.payment_methods p
+JOIN stripe.payment_method_mappings m ON m.payment_method_id = p.id
+WHERE m.stripe_payment_method_id = %(stripe_id)s
+
+-- name: account_locks
+-- Serializes the writers of an account's is_default (its customer's events and
+-- its payment methods'), in account order: without it a customer event and
+-- an attach committing together would each miss the other's write.
+SELECT pg_advisory_xact_lock(hashtextextended('account ' || a, 5711))
+FROM (SELECT DISTINCT a FROM unnest(%(accounts)s::bigint[]) AS a ORDER BY a) AS t
+
 -- name: default_payment_methods
 -- is_default of the payment methods of an account (and of one payment method,
 -- which may just have been detached from it): the one its customer names, if

@@ -246,6 +246,9 @@ class Write:
     values: dict[str, Any]
     # Anything else, in the same transaction, once the MC row exists.
     then: Callable[[AsyncConnection[Any], Written], Awaitable[None]] | None = None
+    # Locks to take after the object's own and before writing (in a fixed
+    # order with other handlers that take them, so none deadlocks).
+    before: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None
 
 
 async def write_object(
@@ -273,6 +276,8 @@ async def write_object(
     async def apply(conn: AsyncConnection[Any]) -> None:
         q = queries("webhooks")
         await conn.execute(q["object_lock"], {"stripe_id": stripe_id})
+        if write.before is not None:
+            await write.before(conn)
         locked = await find(conn, family, stripe_id, lock=True)
         if locked is None:
             cur = await conn.execute(q[f"insert_{family.noun}"], write.values)

@@ -13,7 +13,8 @@ is_default is derived, never written from one event alone: a payment method
 is the default when stripe.customer_mappings.default_payment_method (the
 newest customer event's invoice_settings.default_payment_method) names it
 and it is attached to that customer. Each side recomputes it after writing,
-so the result does not depend on which arrives first.
+so the result does not depend on which arrives first; both take the
+account's lock first (account_locks), so they never run side by side.
 """
 
 from __future__ import annotations
@@ -71,7 +72,16 @@ async def _write(
             "exp_month": card.exp_month if card else None,
             "exp_year": card.exp_year if card else None,
         }
-        return Write(values, then=refresh_default)
+
+        async def lock_accounts(conn: AsyncConnection[Any]) -> None:
+            # The account it leaves (detached, or moved) and the one it joins.
+            cur = await conn.execute(
+                queries("webhooks")["payment_method_account"], {"stripe_id": pm.id}
+            )
+            row = await cur.fetchone()
+            await account_locks(conn, [a for a in (row and row[0], account) if a is not None])
+
+        return Write(values, then=refresh_default, before=lock_accounts)
 
     status = "deleted" if detached else "synced"
     return await write_object(ctx, PAYMENT_METHODS, pm.id, key, status, prepare)
@@ -85,12 +95,17 @@ async def refresh_default(conn: AsyncConnection[Any], written: Written) -> None:
     )
 
 
+async def account_locks(conn: AsyncConnection[Any], accounts: list[int]) -> None:
+    await conn.execute(queries("webhooks")["account_locks"], {"accounts": accounts})
+
+
 async def set_default(
     conn: AsyncConnection[Any], account_id: int, stripe_payment_method: str | None
 ) -> None:
     """customer.*: the default its newest applied event names, and is_default
     of that account's payment methods."""
     q = queries("webhooks")
+    await account_locks(conn, [account_id])
     await conn.execute(
         q["set_default_payment_method"],
         {"account_id": account_id, "payment_method": stripe_payment_method},
