@@ -29,9 +29,9 @@ from .listen import Listener
 from .migrate import check_current
 from .outbox.common import Context, source_of
 from .outbox.execute import make_handler as outbox_handler
+from .queue_counts import QueueRow, queue_rows
 from .retention import Pruner
 from .retry import Retry
-from .status import QueueRow, queue_rows
 from .store import OUTBOX, WEBHOOKS, PostgresStore
 from .stripe_api import from_settings
 from .webhooks.endpoint import WebhookEndpoint

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .config import cannot_listen, split_address
-from .status import QueueRow
+from .queue_counts import QueueRow
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .db import connect, queries
-
-
-class QueueRow(msgspec.Struct):
-    """Rows of one status, or (``finished``, ``estimated``) all the finished
-    rows of the queue from the statistics counters: never read one by one."""
-
-    queue: str
-    status: str
-    count: int
-    oldest_due_seconds: float | None
-    estimated: bool = False
+from .queue_counts import QueueRow, queue_rows
 
 
 class Failure(msgspec.Struct):
@@ -81,11 +71,6 @@ class Status(msgspec.Struct):
 
 # A due row older than this means the daemon is not keeping up (or is down).
 BACKLOG_ALARM_SECONDS = 300.0
-
-
-async def queue_rows(conn: psycopg.AsyncConnection[Any]) -> list[QueueRow]:
-    """What ``status`` and every metrics scrape read: cheap at any table size."""
-    return [QueueRow(*r) for r in await _all(conn, queries("ops")["queue_counts"])]
 
 
 async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status:

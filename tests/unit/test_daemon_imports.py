@@ -1,0 +1,21 @@
+"""What the daemon's process imports counts against its idle RSS (issue 11, M:
+≤ 64 MB): modules only the operator commands use stay out of it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Terminal rendering of status, demo and reconcile's progress bar (~1.9 MB).
+COMMANDS_ONLY = ("rich", "stripe_sync.status", "stripe_sync.progress", "stripe_sync.emulator")
+
+
+def test_the_daemon_does_not_import_what_only_commands_use() -> None:
+    probe = (
+        "import sys, stripe_sync.daemon; "
+        f"print(' '.join(sorted(m for m in sys.modules if m.startswith({COMMANDS_ONLY!r}))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert out == [], f"stripe_sync.daemon imports {out}"
