@@ -318,6 +318,47 @@ def test_subscription_lifecycle(stripe_client: stripe.StripeClient) -> None:
         stripe_client.v1.subscriptions.cancel(sub.id)
 
 
+def test_subscription_changes_as_stripe_makes_them(stripe_client: stripe.StripeClient) -> None:
+    """What the outbox's subscription actions send: a scheduled cancellation and its
+    undoing, a price and quantity change of one item, and the refusals."""
+    cus = stripe_client.v1.customers.create()
+    price, bigger = _recurring_price(stripe_client), _recurring_price(stripe_client, 5000)
+    sub = stripe_client.v1.subscriptions.create(
+        params={"customer": cus.id, "items": [{"price": price.id}]}
+    )
+    item = sub["items"].data[0]
+    ending = stripe_client.v1.subscriptions.update(sub.id, params={"cancel_at_period_end": True})
+    # canceled_at is when the cancellation was asked for, as in Stripe.
+    assert ending.canceled_at is not None and ending.status == "active"
+    assert ending.cancellation_details is not None
+    assert ending.cancellation_details.reason == "cancellation_requested"
+    resumed = stripe_client.v1.subscriptions.update(sub.id, params={"cancel_at_period_end": False})
+    assert (resumed.cancel_at_period_end, resumed.cancel_at, resumed.canceled_at) == (
+        False,
+        None,
+        None,
+    )
+    assert resumed.cancellation_details is not None
+    assert resumed.cancellation_details.reason is None
+
+    changed = stripe_client.v1.subscriptions.update(
+        sub.id,
+        params={
+            "items": [{"id": item.id, "price": bigger.id, "quantity": 3}],
+            "proration_behavior": "none",
+        },
+    )
+    [same] = changed["items"].data
+    assert (same.id, same.price.id, same.quantity) == (item.id, bigger.id, 3)
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        stripe_client.v1.subscriptions.update(sub.id, params={"proration_behavior": "later"})
+    assert err.value.param == "proration_behavior"
+
+    stripe_client.v1.subscriptions.cancel(sub.id)
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe_client.v1.subscriptions.update(sub.id, params={"cancel_at_period_end": False})
+
+
 def test_subscription_trial_and_validation(stripe_client: stripe.StripeClient) -> None:
     cus = stripe_client.v1.customers.create()
     price = _recurring_price(stripe_client)

@@ -185,7 +185,17 @@ def update_subscription(emu: Emulator, req: ApiRequest) -> JSON:
     return sub
 
 
+_PRORATION_BEHAVIORS = ("create_prorations", "none", "always_invoice")
+
+
 def _apply_update(emu: Emulator, sub: JSON, p: dict[str, Any]) -> None:
+    # Accepted and checked, not modeled: the emulator makes no proration items.
+    if "proration_behavior" in p and get_str(p, "proration_behavior") not in _PRORATION_BEHAVIORS:
+        raise invalid(
+            "proration_behavior",
+            f"Invalid proration_behavior: must be one of {', '.join(_PRORATION_BEHAVIORS)}",
+            "parameter_invalid_string",
+        )
     if "items" in p:
         _update_items(emu, sub, get_list(p, "items"))
     sub["metadata"] = merge_metadata(sub["metadata"], p)
@@ -193,11 +203,17 @@ def _apply_update(emu: Emulator, sub: JSON, p: dict[str, Any]) -> None:
         if name in p:
             sub[name] = get_str(p, name)
     at_period_end = get_bool(p, "cancel_at_period_end")
-    if at_period_end is not None:
+    if at_period_end is not None and at_period_end != sub["cancel_at_period_end"]:
+        # Like Stripe: canceled_at is when the cancellation was asked for, not when it
+        # takes effect; resuming (false) takes the scheduled cancellation back.
         period_end = sub["items"]["data"][0]["current_period_end"]
         sub.update(
-            cancel_at_period_end=at_period_end, cancel_at=period_end if at_period_end else None
+            cancel_at_period_end=at_period_end,
+            cancel_at=period_end if at_period_end else None,
+            canceled_at=emu.now() if at_period_end else None,
         )
+        reason = "cancellation_requested" if at_period_end else None
+        sub["cancellation_details"] = {**sub["cancellation_details"], "reason": reason}
     if "cancel_at" in p:
         sub.update(cancel_at=get_int(p, "cancel_at"), cancel_at_period_end=False)
     if "pause_collection" in p:

@@ -285,6 +285,10 @@ class Pushed(Generic[R]):
         await self._update(ctx, job, "archive", stripe_id, {"active": False})
         return Done(apply=record(self.family, mc_id, stripe_id, "deleted"))
 
+    async def load_row(self, ctx: Context, mc_id: int) -> R:
+        """The MC row with its mapping, for executors of other families."""
+        return await self._load(ctx, self.load, mc_id)
+
     async def _load(self, ctx: Context, query: str, mc_id: int) -> R:
         async with ctx.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(self.row))
@@ -313,25 +317,35 @@ class Pushed(Generic[R]):
     async def _update(
         self, ctx: Context, job: Job, verb: str, stripe_id: str, params: dict[str, Any]
     ) -> None:
-        """Send an update with the row's key; when that key is spent (a replayed
-        500, or other parameters since), once more with a fresh key (keys.py)."""
-        what = f"{verb} {self.family.noun} {stripe_id}"
         service = ctx.service(self.family)
 
-        async def send(key: str) -> None:
-            options: Any = {"idempotency_key": key}
-            update = service.update_async(stripe_id, params=params, options=options)
-            await ctx.api.call(what, update)
+        def update(options: Any) -> Awaitable[Any]:
+            sent: Awaitable[Any] = service.update_async(stripe_id, params=params, options=options)
+            return sent
 
-        try:
-            await send(write_key(ctx.source, job))
-        except SavedFailure as exc:
-            if not exc.replayed:
-                # Stripe failed just now: retry later (the row's key then gets the
-                # replay, and a fresh key follows).
-                raise TransientError(f"{exc}; retrying with a fresh key") from exc
-            await send(write_key(ctx.source, job, fresh=True))
-        except PermanentError as exc:
-            if not is_idempotency_conflict(exc):
-                raise
-            await send(write_key(ctx.source, job, fresh=True))
+        await send_write(ctx, job, f"{verb} {self.family.noun} {stripe_id}", update)
+
+
+async def send_write(
+    ctx: Context, job: Job, what: str, request: Callable[[Any], Awaitable[Any]]
+) -> Any:
+    """Send a write that sets fields (an update, an archive, a subscription change)
+    with the row's key; when that key is spent (a replayed 500, or other
+    parameters since), once more with a fresh key (keys.py). ``request`` makes
+    the SDK call from its ``options``."""
+
+    async def send(key: str) -> Any:
+        return await ctx.api.call(what, request({"idempotency_key": key}))
+
+    try:
+        return await send(write_key(ctx.source, job))
+    except SavedFailure as exc:
+        if not exc.replayed:
+            # Stripe failed just now: retry later (the row's key then gets the
+            # replay, and a fresh key follows).
+            raise TransientError(f"{exc}; retrying with a fresh key") from exc
+        return await send(write_key(ctx.source, job, fresh=True))
+    except PermanentError as exc:
+        if not is_idempotency_conflict(exc):
+            raise
+        return await send(write_key(ctx.source, job, fresh=True))

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from ..errors import PermanentError
 from ..jobs import Done, Handler, Job
-from . import customers, prices, products
+from . import customers, prices, products, subscriptions
 from .common import Context
 
 Executor = Callable[[Context, Job], Awaitable[Done]]
@@ -20,6 +20,7 @@ EXECUTORS: dict[str, Executor] = {
     "create_stripe_price": prices.PUSHED.create,
     "update_stripe_price": prices.PUSHED.update,
     "archive_stripe_price": prices.PUSHED.archive,
+    **subscriptions.EXECUTORS,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import TypeVar
 
 import msgspec
 
@@ -16,20 +17,32 @@ def _ref(family: Family) -> type[msgspec.Struct]:
     return msgspec.defstruct(f"{family.noun}_ref", [(family.mc_col, int)], frozen=True)
 
 
+S = TypeVar("S", bound=msgspec.Struct)
+
+
 def decode(raw: str, family: Family) -> int:
     """The MC row id a payload names; a bad one is a PermanentError naming the field.
 
     e.g. ``payload.account_id: expected int, got str``.
     """
+    ref = decode_as(raw, _ref(family))
+    mc_id: int = getattr(ref, family.mc_col)
+    return require_id(family.mc_col, mc_id)
+
+
+def decode_as(raw: str, shape: type[S]) -> S:
+    """A payload of the given shape; a bad one is a PermanentError naming the field."""
     try:
-        ref = msgspec.json.decode(raw, type=_ref(family))
+        return msgspec.json.decode(raw, type=shape)
     except msgspec.ValidationError as exc:
         raise PermanentError(_describe(exc)) from None
     except msgspec.DecodeError as exc:
         raise PermanentError(f"payload: not valid JSON ({exc})") from None
-    mc_id: int = getattr(ref, family.mc_col)
+
+
+def require_id(field: str, mc_id: int) -> int:
     if not 0 < mc_id < 2**63:  # ids are bigint
-        raise PermanentError(f"payload.{family.mc_col}: expected a positive 64-bit id")
+        raise PermanentError(f"payload.{field}: expected a positive 64-bit id")
     return mc_id
 
 
@@ -39,7 +52,8 @@ def _describe(exc: msgspec.ValidationError) -> str:
     text = text.replace("`", "")
     if text.startswith("Object missing required field"):
         field = text.rsplit(" ", 1)[-1]
-        return f'payload.{field}: missing (expected {{"{field}": <id>}})'
+        example = "<id>" if field.endswith("_id") else "…"
+        return f'payload.{field}: missing (expected {{"{field}": {example}}})'
     if text.startswith("Expected object"):
         return f"payload: expected a JSON object, {text.split(', ', 1)[-1]}"
     return f"{path}: {text[0].lower()}{text[1:]}"

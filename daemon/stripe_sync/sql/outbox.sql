@@ -66,6 +66,14 @@ LEFT JOIN stripe.price_mappings m ON m.price_id = p.id
 LEFT JOIN stripe.product_mappings pm ON pm.product_id = p.product_id
 WHERE p.id = %(id)s
 
+-- name: load_subscription
+-- A subscription to change (outbox/subscriptions.py), with its mapping: it is
+-- born in Stripe, so without a mapping there is nothing to change yet.
+SELECT s.status, m.stripe_subscription_id AS stripe_id, m.sync_status
+FROM billing.subscriptions s
+LEFT JOIN stripe.subscription_mappings m ON m.subscription_id = s.id
+WHERE s.id = %(id)s
+
 -- name: mark_pending
 -- A create in flight shows as a pending mapping without a Stripe id yet.
 -- Relaxed, like load_account_for_create's placeholder.
