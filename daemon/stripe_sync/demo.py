@@ -115,10 +115,10 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _progress(dsn: str, what: str) -> Text:
-    done, events, paid, refunded = rows(dsn, "progress")[0]
+    done, events, paid, refunded, disputes = rows(dsn, "progress")[0]
     return Text(
         f"  … {what}: outbox rows done {done}, webhook events {events}, "
-        f"payments {paid}, refunded {refunded}",
+        f"payments {paid}, refunded {refunded}, disputes {disputes}",
         style="dim",
     )
 
@@ -374,6 +374,28 @@ def _story(dsn: str, client: stripe.StripeClient) -> None:
         wait(
             "refund webhook → the payment is marked refunded",
             lambda: rows(dsn, "progress")[0][3] == 1,
+            dsn,
+            live,
+        )
+        live.console.print(
+            "[bold cyan]4. Alan pays a workshop seat with Stripe's dispute test card; "
+            "his bank disputes it[/]"
+        )
+        ((alan,),) = rows(dsn, "customer", email="alan@example.com")
+        seat = client.v1.payment_intents.create(
+            params={
+                "amount": 4000,
+                "currency": "eur",
+                "customer": alan,
+                "payment_method": "pm_card_createDispute",
+                "confirm": True,
+            }
+        )
+        live.console.print(f"  Stripe disputes {seat.latest_charge}")
+        wait(
+            "dispute webhooks → billing.disputes, with the date to respond by "
+            "(stripe-sync status lists it)",
+            lambda: rows(dsn, "progress")[0][4] == 1,
             dsn,
             live,
         )

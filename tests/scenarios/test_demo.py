@@ -53,7 +53,11 @@ def test_demo_runs_the_story_shows_one_summary_and_cleans_up() -> None:
     assert re.search(r"Ada Lovelace <ada@example.com> +│ cus_\w+ +│ synced", out), out
     assert re.search(r"member monthly: EUR 15.00 / month +│ price_\w+", out), out
     assert re.search(r"invoice.paid +│ processed +│ 1", out), out
-    assert "Ada Lovelace, EUR 15.00, refunded 15.00 │ succeeded (refund: full)" in out
+    # (the column is as wide as its widest row: the dispute's)
+    assert re.search(r"Ada Lovelace, EUR 15.00, refunded 15.00 +│ succeeded \(refund: full\)", out)
+    assert re.search(
+        r"Alan Turing, EUR 40.00, fraudulent, respond by \d{4}-\d\d-\d\d +│ needs_response", out
+    ), out
     # One summary, not the last live frame again; piped, no line is broken.
     assert out.count("What the webhooks produced in billing.*") == 1
     assert "waiting" not in out and "pending 2" not in out

@@ -59,7 +59,8 @@ ORDER BY 1, 2
 SELECT (SELECT count(*) FROM integration.outbox WHERE status = 'done') AS outbox_done,
        (SELECT count(*) FROM integration.webhook_events) AS events,
        (SELECT count(*) FROM billing.payments WHERE status = 'succeeded') AS payments,
-       (SELECT count(*) FROM billing.payments WHERE refund_status = 'full') AS refunded
+       (SELECT count(*) FROM billing.payments WHERE refund_status = 'full') AS refunded,
+       (SELECT count(*) FROM billing.disputes) AS disputes
 
 -- name: ada
 SELECT c.stripe_customer_id, p.stripe_price_id
@@ -68,6 +69,11 @@ JOIN stripe.customer_mappings c ON c.account_id = a.id
 CROSS JOIN billing.prices bp
 JOIN stripe.price_mappings p ON p.price_id = bp.id
 WHERE a.email = 'ada@example.com' AND bp.nickname = 'member monthly'
+
+-- name: customer
+SELECT c.stripe_customer_id FROM billing.accounts a
+JOIN stripe.customer_mappings c ON c.account_id = a.id
+WHERE a.email = %(email)s
 
 -- name: created_in_stripe
 -- Outbox → Stripe: each MC row and the Stripe object made for it.
@@ -111,4 +117,12 @@ SELECT 3, y.id, 'billing.payments ' || y.id,
        y.status || CASE WHEN y.refund_status <> 'none' THEN ' (refund: ' || y.refund_status || ')'
                         ELSE '' END
 FROM billing.payments y LEFT JOIN billing.accounts a ON a.id = y.account_id
+UNION ALL
+SELECT 4, d.id, 'billing.disputes ' || d.id,
+       coalesce(a.name || ', ', '') || upper(d.currency) || ' ' || to_char(d.amount / 100.0, 'FM999990.00')
+         || ', ' || coalesce(d.reason, 'no reason') || ', respond by '
+         || coalesce(to_char(d.evidence_due_by AT TIME ZONE 'UTC', 'YYYY-MM-DD'), '-'),
+       d.status
+FROM billing.disputes d JOIN billing.payments y ON y.id = d.payment_id
+LEFT JOIN billing.accounts a ON a.id = y.account_id
 ORDER BY 1, 2
