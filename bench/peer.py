@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from harness import BenchError, Proc, _clean_env, create_database, latency_summary, wait_until
@@ -36,8 +36,62 @@ def available() -> str | None:
     return version("procrastinate")
 
 
-def _defer(conn: psycopg.Connection[Any], task: str, args: list[dict[str, Any]]) -> list[int]:
-    rows = conn.execute(DEFER, [task, [json.dumps(a) for a in args]]).fetchall()
+class Queue(NamedTuple):
+    """How the harness drives one peer's queue through plain SQL."""
+
+    enqueue: str  # %s: task name, then a list of JSON args; returns the job ids
+    done: str  # %s: a job id; true once that job has run
+    idle: str  # true once no job is left to run
+
+
+PROCRASTINATE = Queue(
+    enqueue=DEFER,
+    done="SELECT status = 'succeeded' FROM procrastinate_jobs WHERE id = %s",
+    idle=IDLE,
+)
+
+
+def measure(
+    dsn: str, queue: Queue, worker: Proc, probes: Path, *, samples: int, warmup: int,
+    jobs: int, drain_warmup: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Pickup (one job at a time, like L1: COMMIT → the task starts) and drain
+    (all jobs committed in one transaction, then worked off), as for our outbox."""
+    with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn) as conn:
+        committed: dict[int, float] = {}
+        for i in range(warmup + samples):
+            [job_id] = _enqueue(conn, queue, "probe", [{"i": i}])
+            t0 = time.monotonic()
+            conn.commit()
+            if i >= warmup:
+                committed[i] = t0
+            time.sleep(0.001)
+            wait_until(admin, queue.done, [job_id], timeout=30, interval=0.002, watch=[worker])
+            time.sleep(0.003)
+        started = {}
+        for line in probes.read_text().splitlines():
+            i_text, t_text = line.split()
+            started.setdefault(int(i_text), float(t_text))
+        pickup = latency_summary([started[i] - t0 for i, t0 in committed.items()])
+        for n in (drain_warmup, jobs):  # the last one is timed
+            if n == 0:
+                continue
+            _enqueue(conn, queue, "noop", [{} for _ in range(n)])
+            t0 = time.monotonic()
+            conn.commit()
+            t_end = wait_until(admin, queue.idle, timeout=900, interval=0.02, watch=[worker])
+    seconds = t_end - t0
+    return {
+        "concurrency": CONCURRENCY,
+        "pickup": pickup,
+        "drain": {"rows": jobs, "seconds": seconds, "rows_per_s": jobs / seconds},
+    }
+
+
+def _enqueue(
+    conn: psycopg.Connection[Any], queue: Queue, task: str, args: list[dict[str, Any]]
+) -> list[int]:
+    rows = conn.execute(queue.enqueue, [task, [json.dumps(a) for a in args]]).fetchall()
     return [int(r[0]) for r in rows]
 
 
@@ -58,43 +112,14 @@ def run_peer(
                   f"--concurrency={CONCURRENCY}"], run_dir / "peer-worker.log", env)  # fmt: skip
     worker.start()
     try:
-        with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn) as conn:
-            # Pickup: one job at a time, like L1.
-            committed: dict[int, float] = {}
-            for i in range(warmup + samples):
-                (job_id,) = _defer(conn, "bench.probe", [{"i": i}])
-                t0 = time.monotonic()
-                conn.commit()
-                if i >= warmup:
-                    committed[i] = t0
-                time.sleep(0.001)
-                wait_until(admin, "SELECT status = 'succeeded' FROM procrastinate_jobs "
-                           "WHERE id = %s", [job_id], timeout=30, interval=0.002,
-                           watch=[worker])  # fmt: skip
-                time.sleep(0.003)
-            started = {}
-            for line in probes.read_text().splitlines():
-                i_text, t_text = line.split()
-                started.setdefault(int(i_text), float(t_text))
-            pickup = latency_summary([started[i] - t0 for i, t0 in committed.items()])
-            # Drain: all jobs committed in one transaction, then worked off.
-            for n in (drain_warmup, jobs):  # the last one is timed
-                if n == 0:
-                    continue
-                _defer(conn, "bench.noop", [{} for _ in range(n)])
-                t0 = time.monotonic()
-                conn.commit()
-                t_end = wait_until(admin, IDLE, timeout=900, interval=0.02, watch=[worker])
+        result = measure(dsn, PROCRASTINATE, worker, probes, samples=samples, warmup=warmup,
+                         jobs=jobs, drain_warmup=drain_warmup)  # fmt: skip
+        with psycopg.connect(dsn) as admin:
             row = admin.execute(
                 "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'"
             ).fetchone()
-            if row and row[0]:
-                raise BenchError(f"procrastinate: {row[0]} jobs did not succeed")
-        seconds = t_end - t0
-        return {
-            "concurrency": CONCURRENCY,
-            "pickup": pickup,
-            "drain": {"rows": jobs, "seconds": seconds, "rows_per_s": jobs / seconds},
-        }
+        if row and row[0]:
+            raise BenchError(f"procrastinate: {row[0]} jobs did not succeed")
+        return result
     finally:
         worker.stop()

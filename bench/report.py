@@ -85,6 +85,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     speed and f"{speed} (p50)",
                     " ".join(f"{k.split('_')[0]}≤{v:g}" for k, v in L1_TARGET.items())
                     + " ms: " + _verdict(not missed, ",".join(missed))))  # fmt: skip
+        if g := results.get("peer_graphile"):
+            out.append(("", f"  peer {g['name']}: no-op job pickup", "", _lat(g["pickup"]),
+                        _ratio(g["pickup"]["p50_ms"], r["p50_ms"]) + " (p50)", ""))  # fmt: skip
         out.append(("", f"  samples over 10 ms (stalls): {r['over_stall']}; "
                     f"COMMIT itself p50 {r['commit_p50_ms']:.2f} ms", "", "", "", ""))  # fmt: skip
     if r := results.get("L1_sweep"):
@@ -97,6 +100,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     _ratio(r["rows_per_s"], p),
                     f"≥{T1_TARGET:,.0f} rows/s: "
                     + _verdict(r["rows_per_s"] >= T1_TARGET)))  # fmt: skip
+        if g := results.get("peer_graphile"):
+            p = g["drain"]["rows_per_s"]
+            out.append(("", f"  peer {g['name']}: no-op jobs drained", "",
+                        f"{_num(p)} jobs/s", _ratio(r["rows_per_s"], p), ""))  # fmt: skip
         out.append(_cpu_line(r, "row", T1_CPU_TARGET))
     if r := results.get("T1_latency"):
         out.append(("T1", f"  same, 50 ms Stripe latency, concurrency {r['concurrency']}",

@@ -27,6 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from graphile_peer import available as graphile_version
+from graphile_peer import run_graphile
 from harness import (
     BenchError,
     DaemonProc,
@@ -167,15 +169,21 @@ def main(argv: list[str] | None = None) -> int:
                     daemon.stop()
                     emulator.stop()
             if "PEER" in only:
-                version = peer_version()
-                if version is None:
-                    notes.append("peer skipped: procrastinate is not installed "
-                                 "(pip install -e '.[bench]')")  # fmt: skip
-                else:
-                    step(f"peer: procrastinate {version}")
-                    results["peer"] = {
-                        "name": f"procrastinate {version}",
-                        **run_peer(
+                peers = [
+                    ("peer", "procrastinate", peer_version, run_peer,
+                     "procrastinate is not installed (pip install -e '.[bench]')"),
+                    ("peer_graphile", "graphile-worker", graphile_version, run_graphile,
+                     "graphile-worker needs node and npm (and the npm registry, once)"),
+                ]  # fmt: skip
+                for key, name, version_of, run, missing in peers:
+                    version = version_of()
+                    if version is None:
+                        notes.append(f"peer skipped: {missing}")
+                        continue
+                    step(f"peer: {name} {version}")
+                    results[key] = {
+                        "name": f"{name} {version}",
+                        **run(
                             cluster.dsn, run_dir, samples=counts.l1_samples,
                             warmup=counts.l1_warmup, jobs=counts.t1_rows,
                             drain_warmup=counts.t1_warmup,
