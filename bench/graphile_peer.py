@@ -9,17 +9,20 @@ runs concurrency 10, like the procrastinate peer's.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from harness import BenchError, Proc, _clean_env, create_database
+from harness import (
+    BenchError,
+    Proc,
+    _clean_env,
+    create_database,
+    node_package,
+    node_url,
+    wait_for_line,
+)
 from peer import Queue, measure
-from psycopg.conninfo import conninfo_to_dict
 
 HERE = Path(__file__).resolve().parent / "graphile"
 
@@ -34,18 +37,7 @@ GRAPHILE = Queue(
 
 def available() -> str | None:
     """graphile-worker's version (installing it on first use), or None without node/npm."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        return None
-    package = HERE / "node_modules" / "graphile-worker" / "package.json"
-    if not package.exists():
-        try:
-            subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--silent"],
-                cwd=HERE, check=True, capture_output=True, timeout=300,
-            )  # fmt: skip
-        except (subprocess.SubprocessError, OSError):
-            return None  # no registry: skipped with the same note as without node
-    return str(json.loads(package.read_text())["version"])
+    return node_package(HERE, "graphile-worker")
 
 
 def run_graphile(
@@ -53,20 +45,11 @@ def run_graphile(
 ) -> dict[str, Any]:
     dsn = create_database(server_dsn, "bench_graphile", migrated=False)
     probes = run_dir / "graphile-probes.txt"
-    # node-postgres reads URLs, not libpq's key=value strings.
-    parts = conninfo_to_dict(dsn)
-    url = (f"postgresql://{parts.get('user', 'postgres')}@{parts.get('host', '127.0.0.1')}:"
-           f"{parts.get('port', 5432)}/{parts['dbname']}")  # fmt: skip
-    env = _clean_env(BENCH_PEER_DSN=url, BENCH_PEER_PROBES=str(probes))
+    env = _clean_env(BENCH_PEER_DSN=node_url(dsn), BENCH_PEER_PROBES=str(probes))
     log = run_dir / "graphile-worker.log"
     worker = Proc("graphile-worker", ["node", str(HERE / "worker.mjs")], log, env).start()
     try:
-        deadline = time.monotonic() + 60  # it installs its schema first
-        while "graphile-worker ready" not in worker.tail():
-            worker.check()
-            if time.monotonic() > deadline:
-                raise BenchError(f"graphile-worker did not start:\n{worker.tail()}")
-            time.sleep(0.05)
+        wait_for_line(worker, "graphile-worker ready")  # it installs its schema first
         result = measure(dsn, GRAPHILE, worker, probes, samples=samples, warmup=warmup,
                          jobs=jobs, drain_warmup=drain_warmup)  # fmt: skip
         with psycopg.connect(dsn) as conn:

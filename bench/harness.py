@@ -8,8 +8,10 @@ production on such a box.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -250,3 +252,37 @@ def wait_until(
                 proc.check()
             checked = now
         time.sleep(interval)
+
+
+def node_package(folder: Path, name: str) -> str | None:
+    """The version of npm package ``name`` in ``folder``/node_modules, installed from
+    ``folder``/package.json on first use; None without node and npm (or the registry)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return None
+    package = folder / "node_modules" / name / "package.json"
+    if not package.exists():
+        try:
+            subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--silent"],
+                cwd=folder, check=True, capture_output=True, timeout=300,
+            )  # fmt: skip
+        except (subprocess.SubprocessError, OSError):
+            return None
+    return str(json.loads(package.read_text())["version"])
+
+
+def node_url(dsn: str) -> str:
+    """node-postgres reads URLs, not libpq's key=value strings."""
+    parts = conninfo_to_dict(dsn)
+    return (f"postgresql://{parts.get('user', 'postgres')}@{parts.get('host', '127.0.0.1')}:"
+            f"{parts.get('port', 5432)}/{parts['dbname']}")  # fmt: skip
+
+
+def wait_for_line(proc: Proc, line: str, timeout: float = 60.0) -> None:
+    """Until ``proc``'s log shows ``line`` (a peer's "ready")."""
+    deadline = time.monotonic() + timeout
+    while line not in proc.tail():
+        proc.check()
+        if time.monotonic() > deadline:
+            raise BenchError(f"{proc.name} did not start:\n{proc.tail()}")
+        time.sleep(0.05)

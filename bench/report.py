@@ -121,6 +121,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     f"{_num(r['applied_per_s'])} ev/s ({r['applied_seconds']:.1f} s)", "", "",
                     f"≥{T2_TARGET:,.0f} ev/s: "
                     + _verdict(r["applied_per_s"] >= T2_TARGET)))  # fmt: skip
+        if s := results.get("peer_sse"):
+            out.append(("", f"  peer {s['name']}: applied in the request, no event log", "",
+                        f"{_num(s['applied_per_s'])} ev/s; p99 {s['p99_ms']:.1f} ms; "
+                        f"{s['cpu_ms_per_event']:.2f} ms CPU/ev",
+                        _ratio(r["applied_per_s"], s["applied_per_s"]), ""))  # fmt: skip
         out.append(_cpu_line(r, "event", T2_CPU_TARGET))
     if r := results.get("P"):
         ok = r["fraction"] >= P_TARGET and r["rate_limited"] == 0

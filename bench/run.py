@@ -41,6 +41,8 @@ from outbox_runs import drain, pacing, pickup_latency, sweep_latency
 from peer import available as peer_version
 from peer import run_peer
 from report import machine, table
+from sse_peer import available as sse_version
+from sse_peer import run_sse
 from webhook_runs import webhooks
 
 from stripe_sync.devcluster import ThrowawayCluster
@@ -189,6 +191,17 @@ def main(argv: list[str] | None = None) -> int:
                             drain_warmup=counts.t1_warmup,
                         ),
                     }  # fmt: skip
+                # T2's peer: sent T2's own requests.
+                sse = sse_version()
+                if sse is None:
+                    notes.append("peer skipped: stripe-sync-engine needs node and npm "
+                                 "(and the npm registry, once)")  # fmt: skip
+                else:
+                    step(f"peer: stripe-sync-engine {sse}, {counts.t2_events} events")
+                    results["peer_sse"] = {
+                        "name": f"stripe-sync-engine {sse}",
+                        **run_sse(cluster.dsn, run_dir, events=counts.t2_events),
+                    }
         ok = True
     except BenchError as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
