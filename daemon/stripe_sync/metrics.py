@@ -70,7 +70,8 @@ class QueueCollector(Collector):
     def __init__(self, read: ReadQueues) -> None:
         self.read = read
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         rows = GaugeMetricFamily(
             "stripe_sync_queue_rows", "Rows per queue and status", labels=["queue", "status"]
         )
@@ -79,6 +80,15 @@ class QueueCollector(Collector):
             "Age of the oldest due pending row",
             labels=["queue"],
         )
+        return rows, oldest
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """Without it, registering would collect, on the event loop's own
+        thread: a read through that loop would wait for itself."""
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows, oldest = self._families()
         # 0 for a queue with nothing due, not no sample: a dashboard shows 0, not "No data".
         ages: dict[str, float] = {}
         try:
