@@ -78,6 +78,8 @@ class Sample:
     oldest_due_s: float
     outbox_done: int
     webhooks_done: int
+    # Both queue tables with their indexes and TOAST: flat under --retention.
+    queue_kb: int = 0
 
 
 @dataclass
@@ -117,6 +119,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=20260311, help="random seed of the load")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    parser.add_argument(
+        "--retention",
+        metavar="DURATION",
+        help="the daemon's STRIPE_SYNC_RETENTION (e.g. 20s); then the queue tables' size "
+        "must stay flat too",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes = 1.0
@@ -152,6 +160,11 @@ def sample(conn: Conn, daemon: DaemonProc, started: float) -> Sample:
         " UNION ALL SELECT next_attempt_at FROM integration.webhook_events"
         " WHERE status = 'pending' AND next_attempt_at <= now()) due",
     )
+    queue_kb = one(
+        conn,
+        "SELECT (pg_total_relation_size('integration.outbox') "
+        "+ pg_total_relation_size('integration.webhook_events')) / 1024",
+    )
     conns = one(
         conn,
         "SELECT count(*) FROM pg_stat_activity "
@@ -170,6 +183,7 @@ def sample(conn: Conn, daemon: DaemonProc, started: float) -> Sample:
         outbox_done=depth.get(("outbox", "done"), 0),
         webhooks_done=depth.get(("webhook_events", "processed"), 0)
         + depth.get(("webhook_events", "ignored"), 0),
+        queue_kb=int(queue_kb),
     )
 
 
@@ -366,14 +380,15 @@ def final_checks(
 def table(samples: list[Sample]) -> str:
     head = (
         f"{'t(s)':>6} {'RSS MiB':>8} {'fds':>5} {'pg':>4} {'ob pend':>8} {'ob proc':>8} "
-        f"{'wh pend':>8} {'wh proc':>8} {'oldest due s':>12} {'ob done':>8} {'wh done':>8}"
+        f"{'wh pend':>8} {'wh proc':>8} {'oldest due s':>12} {'ob done':>8} {'wh done':>8} "
+        f"{'queue kB':>9}"
     )
     lines = [head, "-" * len(head)]
     for s in samples:
         lines.append(
             f"{s.t:6.0f} {s.rss_mb:8.1f} {s.fds:5d} {s.pg_conns:4d} {s.outbox_pending:8d} "
             f"{s.outbox_processing:8d} {s.webhooks_pending:8d} {s.webhooks_processing:8d} "
-            f"{s.oldest_due_s:12.2f} {s.outbox_done:8d} {s.webhooks_done:8d}"
+            f"{s.oldest_due_s:12.2f} {s.outbox_done:8d} {s.webhooks_done:8d} {s.queue_kb:9d}"
         )
     return "\n".join(lines)
 
@@ -391,6 +406,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> bool:
             emulator.url,
             STRIPE_SYNC_LOG_LEVEL="warning",
             STRIPE_SYNC_RETRY_MAX_SECONDS="10",
+            **({"STRIPE_SYNC_RETENTION": args.retention} if args.retention else {}),
         )
         emulator.args += [
             "--webhook-url", f"{daemon.url}/webhooks/stripe", "--webhook-secret", WEBHOOK_SECRET,
@@ -469,6 +485,12 @@ def run(args: argparse.Namespace, run_dir: Path) -> bool:
                     "payments {}, refunds {}".format(*(totals or ()))
                 )
                 checks = final_checks(conn, samples[:-1] or samples, daemon, load)
+                if args.retention:
+                    kept = samples[:-1] or samples
+                    # Deleted rows' space is reused once autovacuum has passed
+                    # (every minute by default): a run of a few minutes shows it.
+                    sizes = [float(s.queue_kb) for s in kept]
+                    checks.append(flat("queue tables kB", sizes, 0.15, 256.0, either=True))
         finally:
             for p in reversed(procs):
                 p.stop()
