@@ -4,7 +4,8 @@ A throwaway PostgreSQL (or, with ``--database-url``, an empty database of
 yours), the Stripe emulator and the daemon run as separate processes, as
 deployed. Then a DBA and a customer play their parts: accounts, products and
 prices go in by plain SQL with their outbox rows; a customer subscribes through
-the (emulated) Stripe API; a payment is refunded. Once everything has settled,
+the (emulated) Stripe API; a payment is refunded; the member cancels at the
+period's end through the outbox. Once everything has settled,
 one summary shows what went to Stripe, which events came back and which billing
 rows they produced.
 
@@ -115,7 +116,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _progress(dsn: str, what: str) -> Text:
-    done, events, paid, refunded, disputes = rows(dsn, "progress")[0]
+    done, events, paid, refunded, disputes, _ = rows(dsn, "progress")[0]
     return Text(
         f"  … {what}: outbox rows done {done}, webhook events {events}, "
         f"payments {paid}, refunded {refunded}, disputes {disputes}",
@@ -396,6 +397,21 @@ def _story(dsn: str, client: stripe.StripeClient) -> None:
             "dispute webhooks → billing.disputes, with the date to respond by "
             "(stripe-sync status lists it)",
             lambda: rows(dsn, "progress")[0][4] == 1,
+            dsn,
+            live,
+        )
+        live.console.print(
+            "[bold cyan]5. Ada cancels at the period's end in the member console (an outbox row)[/]"
+        )
+        # Events of one second are ordered by lifecycle rank, then id: the cancel's
+        # customer.subscription.updated must not share its second with .created.
+        while time.time() < sub.created + 1:
+            time.sleep(0.05)
+        with psycopg.connect(dsn) as conn:
+            conn.execute(Q["cancel_ada"])
+        wait(
+            "outbox → Stripe → webhook → billing.subscriptions cancels at period end",
+            lambda: rows(dsn, "progress")[0][5] == 1,
             dsn,
             live,
         )

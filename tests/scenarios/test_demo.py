@@ -58,6 +58,8 @@ def test_demo_runs_the_story_shows_one_summary_and_cleans_up() -> None:
     assert re.search(
         r"Alan Turing, EUR 40.00, fraudulent, respond by \d{4}-\d\d-\d\d +│ needs_response", out
     ), out
+    # The member console's cancel went out through the outbox and came back by webhook.
+    assert re.search(r"Ada Lovelace, member monthly +│ active \(cancels at period end\)", out), out
     # One summary, not the last live frame again; piped, no line is broken.
     assert out.count("What the webhooks produced in billing.*") == 1
     assert "waiting" not in out and "pending 2" not in out

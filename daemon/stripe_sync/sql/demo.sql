@@ -60,7 +60,16 @@ SELECT (SELECT count(*) FROM integration.outbox WHERE status = 'done') AS outbox
        (SELECT count(*) FROM integration.webhook_events) AS events,
        (SELECT count(*) FROM billing.payments WHERE status = 'succeeded') AS payments,
        (SELECT count(*) FROM billing.payments WHERE refund_status = 'full') AS refunded,
-       (SELECT count(*) FROM billing.disputes) AS disputes
+       (SELECT count(*) FROM billing.disputes) AS disputes,
+       (SELECT count(*) FROM billing.subscriptions WHERE cancel_at_period_end) AS cancelling
+
+-- name: cancel_ada
+-- Ada cancels in the member console: the app inserts an outbox row; the daemon asks
+-- Stripe, and billing.subscriptions follows from the webhook.
+INSERT INTO integration.outbox (action_type, payload)
+SELECT 'cancel_stripe_subscription', jsonb_build_object('subscription_id', s.id, 'at_period_end', true)
+FROM billing.subscriptions s JOIN billing.accounts a ON a.id = s.account_id
+WHERE a.email = 'ada@example.com'
 
 -- name: ada
 SELECT c.stripe_customer_id, p.stripe_price_id
@@ -99,7 +108,8 @@ GROUP BY event_type, status ORDER BY event_type, status
 -- name: billing_rows
 -- What the webhooks produced in the member console's tables.
 SELECT 1 AS family, s.id, 'billing.subscriptions ' || s.id AS mc_row,
-       a.name || ', ' || string_agg(p.nickname, ', ') AS what, s.status AS state
+       a.name || ', ' || string_agg(p.nickname, ', ') AS what,
+       s.status || CASE WHEN s.cancel_at_period_end THEN ' (cancels at period end)' ELSE '' END AS state
 FROM billing.subscriptions s JOIN billing.accounts a ON a.id = s.account_id
 LEFT JOIN billing.subscription_items i ON i.subscription_id = s.id
 LEFT JOIN billing.prices p ON p.id = i.price_id
