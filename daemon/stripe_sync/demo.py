@@ -4,8 +4,9 @@ A throwaway PostgreSQL (or, with ``--database-url``, an empty database of
 yours), the Stripe emulator and the daemon run as separate processes, as
 deployed. Then a DBA and a customer play their parts: accounts, products and
 prices go in by plain SQL with their outbox rows; a customer subscribes through
-the (emulated) Stripe API; a payment is refunded; the member cancels at the
-period's end through the outbox. Once everything has settled,
+the (emulated) Stripe API; a payment is refunded; another member's payment is
+disputed (Stripe's dispute test card) and the deadline to answer shows; the first
+member cancels at the period's end through the outbox. Once everything has settled,
 one summary shows what went to Stripe, which events came back and which billing
 rows they produced.
 
