@@ -37,10 +37,12 @@ Acquire = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]
 # Rows per DELETE: each batch holds its row locks and its WAL for a few
 # milliseconds, short next to a claim or a completion waiting behind it.
 BATCH = 500
-# The daemon's pass: a pause between batches leaves the pool and the disk to
-# the hot path; a pass every minute (a quarter of a retention shorter than
-# 4 minutes) deletes until nothing is older than the retention.
-PAUSE_SECONDS = 0.05
+# The daemon's pass: a pause between batches leaves the pool, the CPU and the
+# disk to the hot path (at 0.05 s pickup latency rose measurably on 2 cores;
+# at 0.25 s it did not, and ~1,800 rows/s still clears a year in minutes:
+# docs/benchmarks.md, Issue 18); a pass every minute (a quarter of a
+# retention shorter than 4 minutes) deletes until nothing is older than it.
+PAUSE_SECONDS = 0.25
 INTERVAL_SECONDS = 60.0
 
 
