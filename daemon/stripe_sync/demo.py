@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
@@ -116,19 +116,26 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(f"  | {line}" for line in text[-lines:])
 
 
-def _progress(dsn: str, what: str) -> Text:
-    done, events, paid, refunded, disputes, _ = rows(dsn, "progress")[0]
-    return Text(
-        f"  … {what}: outbox rows done {done}, webhook events {events}, "
-        f"payments {paid}, refunded {refunded}, disputes {disputes}",
-        style="dim",
-    )
+# The columns of sql/demo.sql's progress query.
+PROGRESS = ("outbox_done", "events", "payments", "refunded", "disputes", "cancelling")
 
 
-def wait(what: str, check: Callable[[], bool], dsn: str, live: Live, timeout: float = 30.0) -> None:
+def progress(dsn: str) -> dict[str, int]:
+    return dict(zip(PROGRESS, rows(dsn, "progress")[0], strict=True))
+
+
+def wait(what: str, column: str, want: int, dsn: str, live: Live, timeout: float = 30.0) -> None:
+    """Until the progress query's ``column`` reaches ``want``, showing the counts meanwhile."""
     deadline = time.monotonic() + timeout
-    while not check():
-        live.update(_progress(dsn, what))
+    while (now := progress(dsn))[column] != want:
+        live.update(
+            Text(
+                f"  … {what}: outbox rows done {now['outbox_done']}, webhook events "
+                f"{now['events']}, payments {now['payments']}, refunded {now['refunded']}, "
+                f"disputes {now['disputes']}",
+                style="dim",
+            )
+        )
         if time.monotonic() > deadline:
             raise DemoError(f"timed out after {timeout:.0f} s waiting for: {what}")
         time.sleep(0.05)
@@ -145,7 +152,7 @@ def settle(dsn: str, quiet_for: float = 1.0, timeout: float = 15.0) -> list[tupl
     last, quiet_since = -1, time.monotonic()
     while True:
         moving = rows(dsn, "moving")
-        events = rows(dsn, "progress")[0][1]
+        events = progress(dsn)["events"]
         if events != last or moving:
             last, quiet_since = events, time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_for:
@@ -159,13 +166,8 @@ def use_database(url: str) -> str:
     """An empty database of the user's, or one an earlier demo marked as its own."""
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            ours = conn.execute("SELECT to_regclass('billing.accounts') IS NOT NULL").fetchone()
-            others = conn.execute(
-                "SELECT n.nspname || '.' || c.relname FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
-                "AND n.nspname NOT IN ('billing', 'stripe', 'integration', 'information_schema') "
-                "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1 LIMIT 3"
-            ).fetchall()
+            ours = conn.execute(Q["has_schema"].encode()).fetchone()
+            others = conn.execute(Q["other_tables"].encode()).fetchall()
             present = (
                 conn.execute(Q["rows_present"].encode()).fetchall() if ours and ours[0] else []
             )
@@ -195,7 +197,7 @@ def claim_database(dsn: str) -> None:
         marked = conn.execute(Q["marked"].encode()).fetchone()
         if marked and marked[0]:
             conn.execute(Q["wipe"].encode())
-        db = conn.execute("SELECT current_database()").fetchone()
+        db = conn.execute(Q["database_name"].encode()).fetchone()
         try:
             conn.execute(sql.SQL(Q["mark"]).format(db=sql.Identifier(str(db and db[0]))))
         except psycopg.errors.InsufficientPrivilege:
@@ -351,7 +353,8 @@ def _story(dsn: str, client: stripe.StripeClient) -> None:
             conn.execute(Q["story"].encode())
         wait(
             "8 outbox rows → 8 Stripe objects → 8 mappings",
-            lambda: rows(dsn, "progress")[0][0] == 8,
+            "outbox_done",
+            8,
             dsn,
             live,
         )
@@ -365,7 +368,8 @@ def _story(dsn: str, client: stripe.StripeClient) -> None:
         live.console.print(f"  Stripe made {sub.id} and sends its events to the daemon")
         wait(
             "webhooks → billing.subscriptions, billing.invoices, billing.payments",
-            lambda: rows(dsn, "progress")[0][2] == 1,
+            "payments",
+            1,
             dsn,
             live,
         )
@@ -375,7 +379,8 @@ def _story(dsn: str, client: stripe.StripeClient) -> None:
         live.console.print(f"  Stripe made {refund.id} for {pi.id}")
         wait(
             "refund webhook → the payment is marked refunded",
-            lambda: rows(dsn, "progress")[0][3] == 1,
+            "refunded",
+            1,
             dsn,
             live,
         )
@@ -397,7 +402,8 @@ def _story(dsn: str, client: stripe.StripeClient) -> None:
         wait(
             "dispute webhooks → billing.disputes, with the date to respond by "
             "(stripe-sync status lists it)",
-            lambda: rows(dsn, "progress")[0][4] == 1,
+            "disputes",
+            1,
             dsn,
             live,
         )
@@ -412,7 +418,8 @@ def _story(dsn: str, client: stripe.StripeClient) -> None:
             conn.execute(Q["cancel_ada"])
         wait(
             "outbox → Stripe → webhook → billing.subscriptions cancels at period end",
-            lambda: rows(dsn, "progress")[0][5] == 1,
+            "cancelling",
+            1,
             dsn,
             live,
         )

@@ -15,6 +15,19 @@ INSERT INTO billing.prices (product_id, currency, unit_amount, nickname)
   SELECT id, 'eur', 4000, 'workshop seat' FROM billing.products WHERE name = 'Workshop';
 SELECT integration.seed_outbox();
 
+-- name: has_schema
+SELECT to_regclass('billing.accounts') IS NOT NULL
+
+-- name: other_tables
+-- Tables of another application: the demo never writes beside them.
+SELECT n.nspname || '.' || c.relname FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('billing', 'stripe', 'integration', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_%' ORDER BY 1 LIMIT 3
+
+-- name: database_name
+SELECT current_database()
+
 -- name: rows_present
 -- What a database already holds, before the demo writes into it.
 SELECT t, n FROM (
