@@ -993,3 +993,128 @@ async def test_a_default_named_while_its_card_is_attached_is_the_default(
             "WHERE p.is_default"
         ).fetchall()
         assert defaults == [(pm,)], i
+
+
+# -- same-second ties ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arrival", ["cancel first", "resume first"])
+async def test_a_same_second_tie_applies_the_state_stripe_has_now(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    emulator: Any,
+    stripe_client: Any,
+    arrival: str,
+) -> None:
+    """A cancellation at period end and its undoing in one second: both events
+    say ``active``, so neither the second nor the rank orders them, and the ids
+    are chosen to order them wrongly. Whichever arrives second asks Stripe and
+    applies what Stripe has now (resumed), in both arrival orders."""
+    from stripe_sync.config import Secret
+    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
+    from stripe_sync.stripe_api import StripeApi
+
+    v1 = stripe_client.v1
+    customer = v1.customers.create(params={"email": "tie@example.com"})
+    product = v1.products.create(params={"name": "Tie"})
+    price = v1.prices.create(
+        params={
+            "product": product.id,
+            "currency": "eur",
+            "unit_amount": 900,
+            "recurring": {"interval": "month"},
+        }
+    )
+    sub = v1.subscriptions.create(params={"customer": customer.id, "items": [{"price": price.id}]})
+    v1.subscriptions.update(sub.id, params={"cancel_at_period_end": True})
+    v1.subscriptions.update(sub.id, params={"cancel_at_period_end": False})
+    add_account(conn, customer.id)
+    add_price(conn, price.id)
+    # The same second and status; the cancel's id sorts above the resume's.
+    cancel = event(
+        "customer.subscription.updated",
+        sub_obj(sub.id, customer.id, prices=(price.id,), cancel_at_period_end=True),
+        event_id="evt_z_cancel",
+    )
+    resume = event(
+        "customer.subscription.updated",
+        sub_obj(sub.id, customer.id, prices=(price.id,)),
+        event_id="evt_a_resume",
+    )
+    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
+    ctx = WebhookContext(pool, api=api)
+    first, second = (cancel, resume) if arrival == "cancel first" else (resume, cancel)
+    async with api:
+        await run(pool, first, ctx=ctx)
+        await run(pool, second, ctx=ctx)
+    assert one(conn, "SELECT cancel_at_period_end FROM billing.subscriptions") is False
+    assert statuses(conn)[second["id"]] == (
+        "processed",
+        f"same second and rank as {first['id']}: applied {sub.id} as Stripe has it now",
+    )
+    # The higher key is kept: a redelivery of either is recognised.
+    assert one(conn, "SELECT last_event_id FROM stripe.subscription_mappings") == "evt_z_cancel"
+
+
+async def test_a_tie_stripe_cannot_answer_is_ordered_by_event_id(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], emulator: Any
+) -> None:
+    """Stripe does not have the object (404): the ids decide, as without a client."""
+    from stripe_sync.config import Secret
+    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
+    from stripe_sync.stripe_api import StripeApi
+
+    add_account(conn, "cus_A")
+    add_price(conn, "price_A")
+    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
+    ctx = WebhookContext(pool, api=api)
+    async with api:
+        await run(
+            pool,
+            event("customer.subscription.updated", sub_obj(), event_id="evt_a"),
+            ctx=ctx,
+        )
+        await run(
+            pool,
+            event(
+                "customer.subscription.updated",
+                sub_obj(cancel_at_period_end=True),
+                event_id="evt_b",
+            ),
+            ctx=ctx,
+        )
+    assert statuses(conn)["evt_b"] == ("processed", None)
+    assert one(conn, "SELECT cancel_at_period_end FROM billing.subscriptions") is True
+
+
+async def test_a_tie_that_commits_between_check_and_apply_is_checked_again(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], emulator: Any
+) -> None:
+    """Two events of one second and rank handled side by side: the one that
+    locks second raises Raced (and so goes through the check, and Stripe,
+    again) rather than applying its copy because its id sorts higher."""
+    from stripe_sync.config import Secret
+    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
+    from stripe_sync.jobs import Job
+    from stripe_sync.stripe_api import StripeApi
+    from stripe_sync.webhooks import subscriptions
+    from stripe_sync.webhooks.common import Raced
+
+    add_account(conn, "cus_A")
+    add_price(conn, "price_A")
+    await run(pool, event("customer.subscription.created", sub_obj(), created=T0 - 5))
+    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
+    ctx = WebhookContext(pool, api=api)
+    evt = event("customer.subscription.updated", sub_obj(), event_id="evt_z")
+    done = await subscriptions.handle(ctx, Job(1, evt["type"], 1, json.dumps(evt)))
+    assert done.apply is not None
+    # Meanwhile evt_a, of the same second and status, is applied.
+    conn.execute(
+        "UPDATE stripe.subscription_mappings SET last_event_created = %s, last_event_rank = 2, "
+        "last_event_id = 'evt_a'",
+        [T0],
+    )
+    with pytest.raises(Raced):
+        async with pool.connection() as c, c.transaction():
+            await done.apply(c)
+    assert one(conn, "SELECT last_event_id FROM stripe.subscription_mappings") == "evt_a"

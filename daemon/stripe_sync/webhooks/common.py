@@ -11,9 +11,15 @@ newest event already applied, which the object's mapping row keeps
 1-second resolution, so ties are common; the rank (the lifecycle position of
 the object's status in the event, e.g. ``canceled`` above ``active``, a
 ``*.deleted`` event above all) breaks most of them the way Stripe's own
-sequence would, and the event id breaks the rest, arbitrarily but the same
-way every time. An event whose key is not above the stored one is stale and
-is recorded as processed with a note. Each applied event writes the whole
+sequence would. What is left, two events of one object in one second with
+the same rank (a cancellation at period end and its undoing, both
+``active``), no event can order: for objects born in Stripe
+(``write_object``) the handler then asks Stripe for the object as it is now
+and applies that (``SameSecond``, handled in ``process.make_handler``), under
+the higher of the two keys. Without an API client, or when Stripe no longer
+has the object, the event id decides, arbitrarily but the same way every
+time. An event whose key is not above the stored one is stale and is
+recorded as processed with a note. Each applied event writes the whole
 state the event shows, so the final tables depend only on the newest key,
 never on arrival order.
 
@@ -62,6 +68,17 @@ class WebhookContext:
     # First backoff step of those waits; doubles per attempt (with 8
     # attempts and 1 s: about 1.5 minutes in all).
     reference_backoff: float = 1.0
+    # data.object is the object as Stripe has it now (refetched), not the
+    # event's copy: a same-second tie applies it (process.make_handler sets it).
+    current: bool = False
+    # Same-second ties are resolved by asking Stripe (needs ``api``); False:
+    # by event id (process.make_handler clears it for objects it cannot fetch).
+    fetch_ties: bool = True
+
+    @property
+    def asks_on_tie(self) -> bool:
+        """Whether write_object raises SameSecond on a tie it cannot order."""
+        return self.api is not None and self.fetch_ties and not self.current
 
 
 # One event type's handler (process.HANDLERS). Not the queue's Handler, which
@@ -81,6 +98,15 @@ def rank_of(ranks: dict[str, int], status: str | None, event_type: str) -> int:
     if event_type.endswith(".deleted"):
         return 100
     return ranks.get(status or "", 0)
+
+
+def same_second(key: Key, last: Key | None) -> bool:
+    """Two different events of one second and one rank: their keys cannot order them."""
+    return (
+        last is not None
+        and (key.created, key.rank) == (last.created, last.rank)
+        and key.event_id != last.event_id
+    )
 
 
 def stale_note(key: Key, last: Key | None) -> str | None:
@@ -148,6 +174,16 @@ class MissingReference(TransientError):
     def __init__(self, stripe_id: str, backoff: float) -> None:
         super().__init__(f"no mapping for {stripe_id}", backoff_base=backoff)
         self.stripe_id = stripe_id
+
+
+class SameSecond(Exception):
+    """Not an error: the event ties with the applied one (``same_second``), so
+    only Stripe's current object can say which state is the newer.
+    process.make_handler fetches it and runs the handler again."""
+
+    def __init__(self, stripe_id: str, applied: str) -> None:
+        super().__init__(f"{stripe_id}: same second and rank as {applied}")
+        self.applied = applied
 
 
 class Raced(TransientError):
@@ -269,8 +305,17 @@ async def write_object(
     """
     async with ctx.pool.connection() as conn:
         row = await find(conn, family, stripe_id)
-        if row is not None and (note := stale_note(key, row.last)):
-            return Done(note=note)
+        tie = None
+        if row is not None:
+            if _unordered(ctx, key, status, row):
+                raise SameSecond(stripe_id, row.last_event_id or "")
+            if _tie_applies(ctx, key, row):
+                tie = (
+                    f"same second and rank as {row.last_event_id}: "
+                    f"applied {stripe_id} as Stripe has it now"
+                )
+            elif note := stale_note(key, row.last):
+                return Done(note=note)
         write = await prepare(conn)
 
     async def apply(conn: AsyncConnection[Any]) -> None:
@@ -288,15 +333,39 @@ async def write_object(
             )
             written = Written(_returned_id(await cur.fetchone()), mc_id)
         else:
-            if stale_note(key, locked.last):
+            # A tie that committed meanwhile: Raced sends the event through the check again.
+            current = _tie_applies(ctx, key, locked)
+            if _unordered(ctx, key, status, locked) or (
+                not current and stale_note(key, locked.last)
+            ):
                 raise Raced(stripe_id)
             await conn.execute(q[f"update_{family.noun}"], {**write.values, "id": locked.mc_id})
-            await mark(conn, family, locked.id, stripe_id, key, status)
+            kept = max(key, locked.last) if current and locked.last is not None else key
+            await mark(conn, family, locked.id, stripe_id, kept, status)
             written = Written(locked.id, locked.mc_id)
         if write.then is not None:
             await write.then(conn, written)
 
-    return Done(apply=apply)
+    return Done(apply=apply, note=tie)
+
+
+def _unordered(ctx: WebhookContext, key: Key, status: str, row: MappingRow) -> bool:
+    """The event ties with the applied one and Stripe can be asked which is newer.
+
+    Deletions are never fetched (a deleted object cannot be), nor is an object
+    already deleted: a deletion outranks the rest anyway.
+    """
+    return (
+        ctx.asks_on_tie
+        and same_second(key, row.last)
+        and status != "deleted"
+        and row.sync_status != "deleted"
+    )
+
+
+def _tie_applies(ctx: WebhookContext, key: Key, row: MappingRow) -> bool:
+    """A tie with data.object Stripe's current state: it is applied whatever the ids say."""
+    return ctx.current and same_second(key, row.last)
 
 
 def _returned_id(row: Sequence[Any] | None) -> int:

@@ -12,6 +12,7 @@ events (``account`` set) unless ``ctx.allow_connect`` are ignored too.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -29,7 +30,7 @@ from . import (
     payments,
     subscriptions,
 )
-from .common import EventHandler, MissingReference, WebhookContext, ignored
+from .common import EventHandler, MissingReference, SameSecond, WebhookContext, ignored
 from .events import Envelope, ObjectHead
 
 __all__ = ["HANDLERS", "WebhookContext", "make_handler"]
@@ -130,6 +131,12 @@ _REFETCH: dict[str, str] = {
 
 
 def make_handler(ctx: WebhookContext) -> Handler:
+    if ctx.refetch and ctx.api is not None:
+        ctx = replace(ctx, current=True)
+    # The context of a second run after a same-second tie (common.SameSecond).
+    with_current = replace(ctx, current=True)
+    by_id = replace(ctx, fetch_ties=False)
+
     async def handle(job: Job) -> Done:
         try:
             envelope = msgspec.json.decode(job.payload, type=Envelope)
@@ -147,10 +154,13 @@ def make_handler(ctx: WebhookContext) -> Handler:
         handler = HANDLERS.get(job.kind)
         if handler is None:
             return ignored(f"event type {job.kind} is not synced by stripe-sync")
-        if ctx.refetch and ctx.api is not None:
+        if ctx.current:
             job = await _refetched(ctx, job, envelope)
         try:
-            return await handler(ctx, job)
+            try:
+                return await handler(ctx, job)
+            except SameSecond:
+                return await _tie(with_current, by_id, handler, job, envelope)
         except MissingReference as exc:
             # Its outbox row (or the event that creates it) may still be in
             # flight; after reference_attempts it is not coming.
@@ -160,6 +170,28 @@ def make_handler(ctx: WebhookContext) -> Handler:
             raise
 
     return handle
+
+
+async def _tie(
+    with_current: WebhookContext,
+    by_id: WebhookContext,
+    handler: EventHandler,
+    job: Job,
+    envelope: Envelope,
+) -> Done:
+    """The event ties with the applied one: apply the object as Stripe has it now.
+
+    If Stripe cannot say (an object family we do not fetch, or one Stripe no
+    longer has: 404), the event ids decide as before. A temporary failure
+    retries the event.
+    """
+    try:
+        fetched = await _refetched(with_current, job, envelope)
+    except PermanentError:
+        fetched = job
+    if fetched is job:
+        return await handler(by_id, job)
+    return await handler(with_current, fetched)
 
 
 async def _refetched(ctx: WebhookContext, job: Job, envelope: Envelope) -> Job:
