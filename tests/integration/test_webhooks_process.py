@@ -888,9 +888,9 @@ async def test_confirm_applies_only_over_an_older_key(
         await prepared("evt_a", T0 + 1),
         await prepared("evt_c", T0 + 1, deleted=True),
     )
-    # Meanwhile an event (T0 + 1, rank 0, evt_a) is applied.
+    # Meanwhile an event (T0 + 1, rank 1 of an update, evt_a) is applied.
     conn.execute(
-        "UPDATE stripe.customer_mappings SET last_event_created = %s, last_event_rank = 0, "
+        "UPDATE stripe.customer_mappings SET last_event_created = %s, last_event_rank = 1, "
         "last_event_id = 'evt_a' WHERE account_id = %s",
         [T0 + 1, account],
     )
@@ -898,7 +898,7 @@ async def test_confirm_applies_only_over_an_older_key(
         with pytest.raises(Raced):
             async with pool.connection() as c, c.transaction():
                 await stale(c)
-    assert mapping() == ("synced", T0 + 1, 0, "evt_a")
+    assert mapping() == ("synced", T0 + 1, 1, "evt_a")
     async with pool.connection() as c, c.transaction():
         await newer(c)  # same second, higher rank (a deletion)
     assert mapping() == ("deleted", T0 + 1, 100, "evt_c")
@@ -1118,3 +1118,36 @@ async def test_a_tie_that_commits_between_check_and_apply_is_checked_again(
         async with pool.connection() as c, c.transaction():
             await done.apply(c)
     assert one(conn, "SELECT last_event_id FROM stripe.subscription_mappings") == "evt_a"
+
+
+async def test_a_setup_intent_naming_its_card_by_id_is_fetched(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    emulator: Any,
+    stripe_client: Any,
+) -> None:
+    """Stripe's setup_intent.succeeded names the payment method by id: with an
+    API client the handler retrieves it (here the emulator's own event, alone,
+    without the payment_method.attached that came with it)."""
+    from stripe_sync.config import Secret
+    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
+    from stripe_sync.stripe_api import StripeApi
+
+    cus = stripe_client.v1.customers.create()
+    account = add_account(conn, cus.id)
+    si = stripe_client.v1.setup_intents.create(
+        params={"customer": cus.id, "payment_method": "pm_card_mastercard", "confirm": True}
+    )
+    [succeeded] = emulator.emulator.events_of_type("setup_intent.succeeded")
+    assert succeeded["data"]["object"]["payment_method"] == si.payment_method
+    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
+    async with api:
+        await run(pool, succeeded, ctx=WebhookContext(pool, api=api))
+    assert statuses(conn)[succeeded["id"]] == ("processed", None)
+    assert one(
+        conn,
+        "SELECT p.account_id, p.brand, p.last4, p.exp_month, p.exp_year, "
+        "m.stripe_payment_method_id "
+        "FROM billing.payment_methods p JOIN stripe.payment_method_mappings m "
+        "ON m.payment_method_id = p.id",
+    ) == (account, "mastercard", "4444", 12, 2034, si.payment_method)

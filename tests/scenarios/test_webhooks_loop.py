@@ -63,26 +63,12 @@ def settled(
     ).fetchall()
 
 
-def test_subscribe_pay_refund(
-    daemon: DaemonProcess,
-    conn: Conn,
-    stripe_client: Any,
-    emulator: EmulatorServer,
-) -> None:
+def seeded_customer(conn: Conn, daemon: DaemonProcess, email: str) -> tuple[int, str]:
+    """An MC account the outbox created in Stripe: (account id, Stripe customer id)."""
     account = conn.execute(
-        "INSERT INTO billing.accounts (email, name) VALUES ('ada@example.com', 'Ada') RETURNING id"
-    ).fetchone()[0]  # type: ignore[index]
-    product = conn.execute(
-        "INSERT INTO billing.products (name) VALUES ('Pro') RETURNING id"
-    ).fetchone()[0]  # type: ignore[index]
-    price = conn.execute(
-        "INSERT INTO billing.prices (product_id, currency, unit_amount, "
-        "recurring_interval) VALUES (%s, 'usd', 2500, 'month') RETURNING id",
-        [product],
+        "INSERT INTO billing.accounts (email) VALUES (%s) RETURNING id", [email]
     ).fetchone()[0]  # type: ignore[index]
     conn.execute("SELECT integration.seed_outbox()")
-
-    # The outbox creates them; the webhooks about them confirm the mappings.
     (customer,) = wait_for(
         conn,
         "SELECT stripe_customer_id FROM stripe.customer_mappings "
@@ -90,6 +76,20 @@ def test_subscribe_pay_refund(
         account,
         daemon=daemon,
     )
+    return account, customer
+
+
+def seeded_price(conn: Conn, daemon: DaemonProcess, currency: str, amount: int) -> tuple[int, str]:
+    """A monthly MC price (and its product) the outbox created: (price id, Stripe price id)."""
+    product = conn.execute(
+        "INSERT INTO billing.products (name) VALUES ('Pro') RETURNING id"
+    ).fetchone()[0]  # type: ignore[index]
+    price = conn.execute(
+        "INSERT INTO billing.prices (product_id, currency, unit_amount, "
+        "recurring_interval) VALUES (%s, %s, %s, 'month') RETURNING id",
+        [product, currency, amount],
+    ).fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT integration.seed_outbox()")
     (stripe_price,) = wait_for(
         conn,
         "SELECT stripe_price_id FROM stripe.price_mappings "
@@ -97,6 +97,18 @@ def test_subscribe_pay_refund(
         price,
         daemon=daemon,
     )
+    return price, stripe_price
+
+
+def test_subscribe_pay_refund(
+    daemon: DaemonProcess,
+    conn: Conn,
+    stripe_client: Any,
+    emulator: EmulatorServer,
+) -> None:
+    # The outbox creates them; the webhooks about them confirm the mappings.
+    price, stripe_price = seeded_price(conn, daemon, "usd", 2500)
+    account, customer = seeded_customer(conn, daemon, "ada@example.com")
 
     sub = stripe_client.v1.subscriptions.create(
         params={"customer": customer, "items": [{"price": stripe_price, "quantity": 2}]}
@@ -175,17 +187,7 @@ def test_a_disputed_payment_and_its_deadline(
 ) -> None:
     """Stripe's dispute test card: the payment succeeds, then is disputed; MC
     sees the dispute with its deadline, then closed once it is accepted."""
-    account = conn.execute(
-        "INSERT INTO billing.accounts (email) VALUES ('eve@example.com') RETURNING id"
-    ).fetchone()[0]  # type: ignore[index]
-    conn.execute("SELECT integration.seed_outbox()")
-    (customer,) = wait_for(
-        conn,
-        "SELECT stripe_customer_id FROM stripe.customer_mappings "
-        "WHERE account_id = %s AND last_event_id IS NOT NULL",
-        account,
-        daemon=daemon,
-    )
+    account, customer = seeded_customer(conn, daemon, "eve@example.com")
     pi = stripe_client.v1.payment_intents.create(
         params={
             "amount": 4200,
@@ -232,3 +234,143 @@ def test_a_disputed_payment_and_its_deadline(
         ("charge.dispute.funds_withdrawn", "processed", None),
         ("charge.dispute.closed", "processed", None),
     ]
+
+
+_CARDS = (
+    "SELECT p.account_id, p.type, p.brand, p.last4, p.exp_month, p.exp_year, p.is_default, "
+    "m.sync_status FROM billing.payment_methods p JOIN stripe.payment_method_mappings m "
+    "ON m.payment_method_id = p.id WHERE m.stripe_payment_method_id = %s"
+)
+
+
+def test_cards_on_file(
+    daemon: DaemonProcess,
+    conn: Conn,
+    stripe_client: Any,
+    emulator: EmulatorServer,
+) -> None:
+    """A card saved with a setup intent, a second one attached and made the
+    default, its new expiry, then detached: billing.payment_methods follows."""
+    account, customer = seeded_customer(conn, daemon, "card@example.com")
+    si = stripe_client.v1.setup_intents.create(
+        params={"customer": customer, "payment_method": "pm_card_visa", "confirm": True}
+    )
+    visa = si.payment_method
+    mastercard = stripe_client.v1.payment_methods.attach(
+        "pm_card_mastercard", params={"customer": customer}
+    ).id
+    stripe_client.v1.customers.update(
+        customer, params={"invoice_settings": {"default_payment_method": mastercard}}
+    )
+    stripe_client.v1.payment_methods.update(
+        mastercard, params={"card": {"exp_month": 5, "exp_year": 2027}}
+    )
+    expiring = (account, "card", "mastercard", "4444", 5, 2027, True, "synced")
+    assert wait_for(conn, _CARDS + " AND p.exp_year = 2027", mastercard, daemon=daemon) == expiring
+    assert wait_for(conn, _CARDS, visa, daemon=daemon) == (
+        account,
+        "card",
+        "visa",
+        "4242",
+        12,
+        2034,
+        False,
+        "synced",
+    )
+
+    stripe_client.v1.payment_methods.detach(mastercard)
+    rows = settled(conn, emulator, daemon)
+    assert conn.execute(_CARDS, [mastercard]).fetchone() == (
+        None,
+        "card",
+        "mastercard",
+        "4444",
+        5,
+        2027,
+        False,
+        "deleted",
+    )
+    assert all(status in ("processed", "ignored") for _, status, _ in rows), rows
+    applied = [t for t, status, _ in rows if status == "processed"]
+    for event_type in (
+        "setup_intent.succeeded",
+        "payment_method.attached",
+        "payment_method.updated",
+        "payment_method.detached",
+        "customer.updated",
+    ):
+        assert event_type in applied, rows
+
+
+def test_credit_notes_issued_and_voided(
+    daemon: DaemonProcess,
+    conn: Conn,
+    stripe_client: Any,
+    emulator: EmulatorServer,
+) -> None:
+    """Credit notes on a subscription's paid invoice: one credited to the
+    customer's balance and then voided, one refunded to the card."""
+    _, stripe_price = seeded_price(conn, daemon, "eur", 4000)
+    _, customer = seeded_customer(conn, daemon, "credit@example.com")
+    sub = stripe_client.v1.subscriptions.create(
+        params={"customer": customer, "items": [{"price": stripe_price}]}
+    )
+    invoice_id = sub.latest_invoice
+    (invoice,) = wait_for(
+        conn,
+        "SELECT invoice_id FROM stripe.invoice_mappings WHERE stripe_invoice_id = %s",
+        invoice_id,
+        daemon=daemon,
+    )
+    credit = stripe_client.v1.credit_notes.create(
+        params={
+            "invoice": invoice_id,
+            "amount": 1500,
+            "credit_amount": 1500,
+            "reason": "order_change",
+            "memo": "Downgraded mid-month",
+        }
+    )
+    [line] = stripe_client.v1.invoices.retrieve(invoice_id).lines.data
+    refund = stripe_client.v1.credit_notes.create(
+        params={
+            "invoice": invoice_id,
+            "lines": [{"type": "invoice_line_item", "invoice_line_item": line.id, "amount": 500}],
+            "refund_amount": 500,
+            "reason": "product_unsatisfactory",
+        }
+    )
+    query = (
+        "SELECT c.invoice_id, c.status, c.amount, c.currency, c.reason, c.memo, m.sync_status "
+        "FROM billing.credit_notes c JOIN stripe.credit_note_mappings m "
+        "ON m.credit_note_id = c.id WHERE m.stripe_credit_note_id = %s"
+    )
+    assert wait_for(conn, query.replace("c.memo", "coalesce(c.memo, '')"), refund.id) == (
+        invoice,
+        "issued",
+        500,
+        "eur",
+        "product_unsatisfactory",
+        "",
+        "synced",
+    )
+    issued = (invoice, "issued", 1500, "eur", "order_change", "Downgraded mid-month", "synced")
+    assert wait_for(conn, query, credit.id, daemon=daemon) == issued
+    # The refund reached the payment too.
+    wait_for(
+        conn,
+        "SELECT 1 FROM billing.payments WHERE invoice_id = %s AND amount_refunded = 500",
+        invoice,
+        daemon=daemon,
+    )
+
+    stripe_client.v1.credit_notes.void_credit_note(credit.id)
+    wait_for(conn, query + " AND c.status = 'void'", credit.id, daemon=daemon)
+    rows = settled(conn, emulator, daemon)
+    assert all(status in ("processed", "ignored") for _, status, _ in rows), rows
+    assert [r for r in rows if r[0].startswith("credit_note.")] == [
+        ("credit_note.created", "processed", None),
+        ("credit_note.created", "processed", None),
+        ("credit_note.voided", "processed", None),
+    ]
+    assert conn.execute("SELECT count(*) FROM billing.credit_notes").fetchone() == (2,)

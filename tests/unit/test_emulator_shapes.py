@@ -50,6 +50,18 @@ def test_every_fixture_field_present(
     payment_intent = _raw(emulator, f"/v1/payment_intents/{pi_id}")
     refund = stripe_client.v1.refunds.create(params={"payment_intent": pi_id})
     subscription = _raw(emulator, f"/v1/subscriptions/{sub.id}")
+    si = stripe_client.v1.setup_intents.create(
+        params={"customer": cus.id, "payment_method": "pm_card_visa", "confirm": True}
+    )
+    line = invoice["lines"]["data"][0]["id"]
+    credit_note = stripe_client.v1.credit_notes.create(
+        params={
+            "invoice": invoice["id"],
+            "lines": [{"type": "invoice_line_item", "invoice_line_item": line, "amount": 100}],
+            "out_of_band_amount": 100,
+        }
+    )
+    credit_note_raw = _raw(emulator, f"/v1/credit_notes/{credit_note.id}")
     ours = {
         "customer": _raw(emulator, f"/v1/customers/{cus.id}"),
         "product": _raw(emulator, f"/v1/products/{product.id}"),
@@ -62,6 +74,10 @@ def test_every_fixture_field_present(
         "refund": _raw(emulator, f"/v1/refunds/{refund.id}"),
         "event": _raw(emulator, "/v1/events")["data"][0],
         "account": _raw(emulator, "/v1/account"),
+        "setup_intent": _raw(emulator, f"/v1/setup_intents/{si.id}"),
+        "payment_method": _raw(emulator, f"/v1/payment_methods/{si.payment_method}"),
+        "credit_note": credit_note_raw,
+        "credit_note_line_item": credit_note_raw["lines"]["data"][0],
     }
     for name, ours_object in ours.items():
         fixture = FIXTURES[name]

@@ -7,24 +7,13 @@ import calendar
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from . import new_objects_billing
-from .errors import StripeError
+from . import cards, new_objects_billing
+from .errors import StripeError, card_declined, declined_error
 from .state import JSON, new_id
 
 if TYPE_CHECKING:
     from .emulator import ApiRequest, Emulator
 
-# Stripe's test payment methods that decline (https://docs.stripe.com/testing#declined-payments).
-DECLINING_METHODS = {
-    "pm_card_chargeDeclined": "generic_decline",
-    "pm_card_visa_chargeDeclined": "generic_decline",
-    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
-    "pm_card_chargeDeclinedExpiredCard": "expired_card",
-}
-DEFAULT_PAYMENT_METHOD = "pm_card_visa"
-# Stripe's test card 4000000000000259: the charge succeeds, then is disputed as
-# fraudulent (https://docs.stripe.com/testing#disputes).
-DISPUTING_METHOD = "pm_card_createDispute"
 # How long Stripe gives to respond to a dispute in the emulator (card networks vary).
 EVIDENCE_DAYS = 7
 
@@ -145,7 +134,7 @@ def subscription_invoice(
             currency=sub["currency"],
             customer=sub["customer"],
             description="Subscription creation" if reason == "subscription_create" else None,
-            payment_method=DEFAULT_PAYMENT_METHOD,
+            payment_method=_invoice_method(emu, sub, cus),
             status="requires_confirmation",
         )
         emu.store.put("payment_intents", pi)
@@ -164,6 +153,19 @@ def subscription_invoice(
     emu.record_event(req, "invoice.paid", inv)
     emu.record_event(req, "invoice.payment_succeeded", inv)
     return inv
+
+
+def _invoice_method(emu: Emulator, sub: JSON, cus: JSON) -> str:
+    """The card a subscription's invoice charges, as Stripe picks it: the
+    subscription's default payment method, else the customer's
+    invoice_settings.default_payment_method; the emulator falls back to the visa
+    test card (a real Stripe would leave the invoice open)."""
+    settings = cus.get("invoice_settings") or {}
+    return str(
+        sub["default_payment_method"]
+        or settings.get("default_payment_method")
+        or cards.DEFAULT_PAYMENT_METHOD
+    )
 
 
 def invoice_payment(emu: Emulator, req: ApiRequest, inv: JSON, pi: JSON) -> JSON:
@@ -190,6 +192,15 @@ def invoice_payment(emu: Emulator, req: ApiRequest, inv: JSON, pi: JSON) -> JSON
 
 def _charge_for(emu: Emulator, pi: JSON, payment_method: str) -> JSON:
     ch = new_objects_billing.charge(new_id("ch"), emu.now(), pi["livemode"])
+    card = cards.card_of(emu, payment_method)
+    exp_month, exp_year = cards.expiry(emu, payment_method)
+    ch["payment_method_details"]["card"].update(
+        brand=card.brand,
+        last4=card.last4,
+        funding=card.funding,
+        exp_month=exp_month,
+        exp_year=exp_year,
+    )
     ch.update(
         amount=pi["amount"],
         amount_captured=pi["amount"],
@@ -208,7 +219,7 @@ def _charge_for(emu: Emulator, pi: JSON, payment_method: str) -> JSON:
 
 
 def succeed_payment(emu: Emulator, req: ApiRequest, pi: JSON) -> None:
-    method = pi["payment_method"] or DEFAULT_PAYMENT_METHOD
+    method = pi["payment_method"] or cards.DEFAULT_PAYMENT_METHOD
     ch = _charge_for(emu, pi, method)
     emu.record_event(req, "charge.succeeded", ch)
     pi.update(
@@ -219,7 +230,7 @@ def succeed_payment(emu: Emulator, req: ApiRequest, pi: JSON) -> None:
         last_payment_error=None,
     )
     emu.record_event(req, "payment_intent.succeeded", pi)
-    if method == DISPUTING_METHOD:
+    if cards.card_of(emu, method).dispute:
         open_dispute(emu, req, ch)
 
 
@@ -244,7 +255,7 @@ def open_dispute(emu: Emulator, req: ApiRequest, ch: JSON) -> JSON:
 def fail_payment(emu: Emulator, req: ApiRequest, pi: JSON, method: str) -> StripeError:
     """Declined test card: a failed charge, the intent back to requires_payment_method,
     and the 402 card_error the caller should raise."""
-    decline = DECLINING_METHODS[method]
+    decline = cards.card_of(emu, method).decline or "generic_decline"
     ch = _charge_for(emu, pi, method)
     ch.update(
         status="failed",
@@ -263,12 +274,9 @@ def fail_payment(emu: Emulator, req: ApiRequest, pi: JSON, method: str) -> Strip
     )
     emu.record_event(req, "charge.failed", ch)
     error: dict[str, Any] = {
-        "type": "card_error",
-        "code": "card_declined",
-        "decline_code": decline,
-        "message": "Your card was declined.",
+        **declined_error(decline),
         "charge": ch["id"],
-        "payment_method": new_objects_billing.payment_method(method, emu.now(), pi["livemode"]),
+        "payment_method": cards.payment_method_object(emu, method, pi["livemode"]),
     }
     pi.update(
         status="requires_payment_method",
@@ -277,14 +285,4 @@ def fail_payment(emu: Emulator, req: ApiRequest, pi: JSON, method: str) -> Strip
         last_payment_error=error,
     )
     emu.record_event(req, "payment_intent.payment_failed", pi)
-    return StripeError(
-        402,
-        "Your card was declined.",
-        type="card_error",
-        code="card_declined",
-        extra={
-            "decline_code": decline,
-            "charge": ch["id"],
-            "payment_intent": dict(pi),
-        },
-    )
+    return card_declined(decline, charge=ch["id"], payment_intent=dict(pi))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import new_objects
+from . import cards, new_objects
 from .errors import no_such
 from .forms import (
     assign,
@@ -46,9 +46,19 @@ def create_customer(emu: Emulator, req: ApiRequest) -> JSON:
     check_known(p, _CUSTOMER_PARAMS)
     check_strings(p, _CUSTOMER_LIMITS)
     cus = new_objects.customer(new_id("cus", 14), emu.now(), req.livemode)
+    method = get_str(p, "payment_method")
+    default = get_str(get_dict(p, "invoice_settings") or {}, "default_payment_method")
+    if default != method:
+        cards.check_default(emu, cus["id"], default)  # nothing is attached to a new customer
+    pm = cards.saved(emu, method, req.livemode) if method else None
     _apply_customer(cus, p)
+    if pm is not None and default == method:
+        # The payment_method given as the default too: its saved copy is.
+        cus["invoice_settings"]["default_payment_method"] = pm["id"]
     emu.store.put("customers", cus)
     emu.record_event(req, "customer.created", cus)
+    if pm is not None:
+        cards.attach(emu, req, pm, cus["id"])
     return cus
 
 
@@ -65,7 +75,9 @@ def _apply_customer(cus: JSON, p: dict[str, Any]) -> None:
         cus["invoice_prefix"] = get_str(p, "invoice_prefix")
     settings = get_dict(p, "invoice_settings")
     if settings:
-        cus["invoice_settings"] = {**cus["invoice_settings"], **settings}
+        # An empty string unsets a setting (default_payment_method="").
+        unset = {k: None if v == "" else v for k, v in settings.items()}
+        cus["invoice_settings"] = {**cus["invoice_settings"], **unset}
 
 
 def retrieve_customer(emu: Emulator, req: ApiRequest) -> JSON:
@@ -84,6 +96,8 @@ def update_customer(emu: Emulator, req: ApiRequest) -> JSON:
         req.params, _CUSTOMER_PARAMS - {"payment_method", "test_clock"} | {"default_source"}
     )
     check_strings(req.params, _CUSTOMER_LIMITS)
+    settings = get_dict(req.params, "invoice_settings") or {}
+    cards.check_default(emu, cus["id"], get_str(settings, "default_payment_method"))
     with emu.updating(req, cus, "customer.updated"):
         _apply_customer(cus, req.params)
     return cus

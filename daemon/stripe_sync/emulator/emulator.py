@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from . import catalog, customers, errors, events, payments, subscriptions
+from . import cards, catalog, credit_notes, customers, errors, events, payments, subscriptions
 from .errors import StripeError
 from .faults import FaultRule, Faults, RateLimiter, parse_rule
 from .idempotency import IdempotencyStore
@@ -106,7 +106,7 @@ class ApiRoute:
 # By method and number of segments, each list in table order (so /v1/customers/search
 # is tried before /v1/customers/{id}).
 _ROUTES: dict[tuple[str, int], list[ApiRoute]] = {}
-for _module in (customers, catalog, subscriptions, payments):
+for _module in (customers, catalog, subscriptions, payments, cards, credit_notes):
     for _method, _template, _operation in _module.ROUTES:
         _segments = tuple(_template.split("/"))
         _ROUTES.setdefault((_method, len(_segments)), []).append(

@@ -37,6 +37,27 @@ class StripeError(Exception):
         return {"error": error}
 
 
+def card_declined(decline_code: str, **extra: Any) -> StripeError:
+    """The 402 of a declined card; `extra` names the intent (and charge) it was for."""
+    return StripeError(
+        402,
+        "Your card was declined.",
+        type="card_error",
+        code="card_declined",
+        extra={"decline_code": decline_code, **extra},
+    )
+
+
+def declined_error(decline_code: str) -> dict[str, Any]:
+    """The error an intent keeps as last_payment_error / last_setup_error."""
+    return {
+        "type": "card_error",
+        "code": "card_declined",
+        "decline_code": decline_code,
+        "message": "Your card was declined.",
+    }
+
+
 def missing(param: str) -> StripeError:
     return StripeError(
         400, f"Missing required param: {param}.", code="parameter_missing", param=param

@@ -7,7 +7,7 @@ from .new_objects import list_object
 from .state import JSON
 
 
-def _address() -> JSON:
+def empty_address() -> JSON:
     keys = ("city", "country", "line1", "line2", "postal_code", "state")
     return dict.fromkeys(keys)
 
@@ -167,7 +167,7 @@ def charge(cid: str, created: int, livemode: bool) -> JSON:
         "application_fee_amount": None,
         "balance_transaction": None,
         "billing_details": {
-            "address": _address(),
+            "address": empty_address(),
             "email": None,
             "name": None,
             "phone": None,
@@ -225,28 +225,6 @@ def charge(cid: str, created: int, livemode: bool) -> JSON:
         "status": "succeeded",
         "transfer_data": None,
         "transfer_group": None,
-    }
-
-
-def payment_method(pmid: str, created: int, livemode: bool) -> JSON:
-    """The test card's payment method, as a declined payment's error carries it."""
-    return {
-        "id": pmid,
-        "object": "payment_method",
-        "billing_details": {"address": _address(), "email": None, "name": None, "phone": None},
-        "card": {
-            "brand": "visa",
-            "country": "US",
-            "exp_month": 12,
-            "exp_year": 2034,
-            "funding": "credit",
-            "last4": "0002",
-        },
-        "created": created,
-        "customer": None,
-        "livemode": livemode,
-        "metadata": {},
-        "type": "card",
     }
 
 
@@ -308,4 +286,66 @@ def refund(rid: str, created: int) -> JSON:
         "source_transfer_reversal": None,
         "status": "succeeded",
         "transfer_reversal": None,
+    }
+
+
+def credit_note(cnid: str, created: int, livemode: bool) -> JSON:
+    return {
+        "id": cnid,
+        "object": "credit_note",
+        "amount": 0,
+        "amount_shipping": 0,
+        "created": created,
+        "currency": None,
+        "customer": None,
+        "customer_account": None,
+        "customer_balance_transaction": None,
+        "discount_amount": 0,
+        "discount_amounts": [],
+        "effective_at": created,
+        "invoice": None,
+        "lines": list_object(f"/v1/credit_notes/{cnid}/lines"),
+        "livemode": livemode,
+        "memo": None,
+        "metadata": {},
+        "number": None,
+        "out_of_band_amount": None,
+        "pdf": f"https://pay.stripe.com/credit_notes/emulator/{cnid}/pdf",
+        "post_payment_amount": 0,
+        "pre_payment_amount": 0,
+        "pretax_credit_amounts": [],
+        "reason": None,
+        "refunds": [],
+        "shipping_cost": None,
+        "status": "issued",
+        "subtotal": 0,
+        "subtotal_excluding_tax": 0,
+        "total": 0,
+        "total_excluding_tax": 0,
+        "total_taxes": [],
+        "type": "pre_payment",
+        "voided_at": None,
+    }
+
+
+def credit_note_line(
+    lid: str, livemode: bool, amount: int, quantity: int, description: str | None
+) -> JSON:
+    return {
+        "id": lid,
+        "object": "credit_note_line_item",
+        "amount": amount,
+        "description": description,
+        "discount_amount": 0,
+        "discount_amounts": [],
+        "invoice_line_item": None,
+        "livemode": livemode,
+        "metadata": {},
+        "pretax_credit_amounts": [],
+        "quantity": quantity,
+        "tax_rates": [],
+        "taxes": [],
+        "type": "custom_line_item",
+        "unit_amount": None,
+        "unit_amount_decimal": None,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import billing, new_objects_billing
+from . import billing, cards, new_objects_billing
 from .errors import StripeError, invalid
 from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
 from .listing import list_objects
@@ -54,6 +54,8 @@ def _apply_pi(emu: Emulator, pi: JSON, p: dict[str, Any]) -> None:
     ):
         if name in p:
             pi[name] = get_str(p, name)
+    if pi["payment_method"] is not None:
+        cards.card_of(emu, pi["payment_method"])  # Stripe's 404 for an unknown one
     if "customer" in p:
         customer = get_str(p, "customer")
         if customer is not None:
@@ -103,9 +105,14 @@ def _confirm(emu: Emulator, req: ApiRequest, pi: JSON, method: str | None) -> No
         raise _unexpected_state(
             f"This PaymentIntent's status is {pi['status']}, so it cannot be confirmed."
         )
-    method = method or pi["payment_method"] or billing.DEFAULT_PAYMENT_METHOD
-    if method in billing.DECLINING_METHODS:
+    method = method or pi["payment_method"] or cards.DEFAULT_PAYMENT_METHOD
+    if cards.card_of(emu, method).decline is not None:
         raise billing.fail_payment(emu, req, pi, method)
+    if pi["setup_future_usage"] and pi["customer"]:
+        # Saving the card for later: it becomes a payment method of the customer.
+        pm = cards.saved(emu, method, pi["livemode"])
+        cards.attach(emu, req, pm, pi["customer"])
+        method = pm["id"]
     pi["payment_method"] = method
     billing.succeed_payment(emu, req, pi)
 
@@ -221,6 +228,19 @@ def create_refund(emu: Emulator, req: ApiRequest) -> JSON:
     reason = get_str(p, "reason")
     if reason not in (None, "duplicate", "fraudulent", "requested_by_customer"):
         raise invalid("reason", "Invalid reason", "parameter_invalid_string")
+    return refund_charge(emu, req, ch, amount, reason, merge_metadata({}, p))
+
+
+def refund_charge(
+    emu: Emulator,
+    req: ApiRequest,
+    ch: JSON,
+    amount: int,
+    reason: str | None,
+    metadata: dict[str, str] | None = None,
+) -> JSON:
+    """Refund `amount` (checked by the caller) of a succeeded charge: charge.refunded
+    and refund.created."""
     refund = new_objects_billing.refund(new_id("re"), emu.now())
     refund.update(
         amount=amount,
@@ -228,7 +248,7 @@ def create_refund(emu: Emulator, req: ApiRequest) -> JSON:
         currency=ch["currency"],
         payment_intent=ch["payment_intent"],
         reason=reason,
-        metadata=merge_metadata({}, p),
+        metadata=metadata or {},
         balance_transaction=new_id("txn"),
     )
     emu.store.put("refunds", refund)

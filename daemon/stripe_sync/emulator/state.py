@@ -30,6 +30,10 @@ KINDS = (
     "charges",
     "refunds",
     "disputes",
+    "payment_methods",
+    "setup_intents",
+    "credit_notes",
+    "invoiceitems",
     "events",
 )
 
@@ -88,6 +92,8 @@ class Store:
         self._position: dict[str, int] = {}
         self._metadata: dict[tuple[str, str, str], set[str]] = {}
         self.deleted: set[str] = set()
+        # Payment methods detached from their customer: Stripe refuses to use them again.
+        self.spent: set[str] = set()
 
     def clear(self) -> None:
         for objects in self._objects.values():
@@ -96,6 +102,7 @@ class Store:
         self._position.clear()
         self._metadata.clear()
         self.deleted.clear()
+        self.spent.clear()
 
     def kinds(self) -> list[str]:
         return list(self._objects)

@@ -19,7 +19,9 @@ from .common import Key, WebhookContext, confirm, rank_of
 from .events import Customer, decode_event
 from .payment_methods import set_default
 
-_RANKS = {"live": 0, "deleted": 1}
+# Within one second a customer's creation comes before its updates (an update
+# that sets the default payment method must not lose to the creation).
+_RANKS = {"customer.created": 0, "customer.updated": 1, "deleted": 2}
 
 
 async def handle(ctx: WebhookContext, job: Job) -> Done:
@@ -28,7 +30,7 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
     deleted = customer.deleted or event.type == "customer.deleted"
     status = "deleted" if deleted else "synced"
     key = Key(
-        event.created, rank_of(_RANKS, "deleted" if deleted else "live", event.type), event.id
+        event.created, rank_of(_RANKS, "deleted" if deleted else event.type, event.type), event.id
     )
     default = None if deleted else customer.default_payment_method
 

@@ -7,7 +7,8 @@ expiry (never a fingerprint). A payment method belongs to the account of the
 customer it is attached to, which must be in MC (waited for like any
 reference); once detached its customer is null and so is account_id, and
 its mapping is marked deleted: a detached payment method cannot be attached
-again. Detaching therefore ranks above the other events of the same second.
+again. Within one second, the lifecycle orders them: attached (or a setup
+intent's success) before updated, and detached above all.
 
 is_default is derived, never written from one event alone: a payment method
 is the default when stripe.customer_mappings.default_payment_method (the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from psycopg import AsyncConnection
 
 from ..db import queries
@@ -30,7 +32,7 @@ from ..mappings import CUSTOMERS, PAYMENT_METHODS
 from .common import Key, WebhookContext, Write, Written, ignored, resolve_one, write_object
 from .events import PaymentMethod, SetupIntent, decode_event, ref_id
 
-_RANKS = {"attached": 0, "detached": 1}
+_RANKS = {"attached": 0, "updated": 1, "detached": 2}
 
 
 async def payment_method(ctx: WebhookContext, job: Job) -> Done:
@@ -39,17 +41,36 @@ async def payment_method(ctx: WebhookContext, job: Job) -> Done:
 
 
 async def setup_intent(ctx: WebhookContext, job: Job) -> Done:
-    """setup_intent.succeeded: the payment method it set up, when the event
-    shows it (expanded); an id alone shows nothing to keep, and the
-    payment_method.attached that follows carries the card."""
+    """setup_intent.succeeded: the payment method it set up. Stripe's event
+    names it by id (expanded only when the event was made so): the daemon
+    then fetches it. Stripe's state now may be newer than the event (detached
+    since); that is harmless, as the newer event's key will match it. Without
+    an API client an id alone shows nothing to keep, and the
+    payment_method.attached that accompanies it carries the card."""
     event = decode_event(job.payload, SetupIntent)
     pm = event.data.object.payment_method
+    if isinstance(pm, str) and ctx.api is not None:
+        pm = await _retrieve(ctx, pm)
     if not isinstance(pm, PaymentMethod):
         return ignored(
             f"setup_intent {event.data.object.id} names payment method {pm} without its "
             "details; payment_method.attached carries them"
         )
     return await _write(ctx, pm, event.created, event.type, event.id)
+
+
+async def _retrieve(ctx: WebhookContext, payment_method_id: str) -> PaymentMethod:
+    assert ctx.api is not None
+    fetched = await ctx.api.call(
+        f"retrieve payment_method {payment_method_id}",
+        ctx.api.client.v1.payment_methods.retrieve_async(payment_method_id),
+    )
+    try:
+        return msgspec.convert(fetched.to_dict(recursive=True, for_json=True), PaymentMethod)
+    except msgspec.ValidationError as exc:
+        raise PermanentError(
+            f"payment method {payment_method_id} as Stripe returned it: {exc}"
+        ) from None
 
 
 async def _write(
@@ -59,7 +80,9 @@ async def _write(
         raise PermanentError(f"{event_type}: the payment method has no id")
     customer = ref_id(pm.customer)
     detached = customer is None or event_type == "payment_method.detached"
-    key = Key(created, _RANKS["detached" if detached else "attached"], event_id)
+    updated = event_type.endswith("updated")  # .updated, .automatically_updated
+    stage = "detached" if detached else "updated" if updated else "attached"
+    key = Key(created, _RANKS[stage], event_id)
     card = pm.card
 
     async def prepare(conn: AsyncConnection[Any]) -> Write:
