@@ -115,7 +115,7 @@ async def serve_endpoint(
     async def ready() -> dict[str, bool]:
         return {"ok": True}
 
-    app = create_app(endpoint.handle, ready)
+    app = create_app(endpoint, ready)
     sock = bind_socket("127.0.0.1:0")
     stop = anyio.Event()
     port = sock.getsockname()[1]

@@ -166,7 +166,7 @@ class Daemon:
         endpoint = WebhookEndpoint(
             ingestor, [x.reveal() for x in s.webhook_secrets], tolerance=s.webhook_tolerance
         )
-        app = create_app(endpoint.handle, self.ready)
+        app = create_app(endpoint, self.ready)
 
         async with anyio.create_task_group() as tg:
             if checked.recheck:

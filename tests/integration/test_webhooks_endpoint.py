@@ -244,6 +244,29 @@ async def test_nul_character_cannot_be_stored_is_400_not_500(
 async def test_get_is_not_allowed(server: Server) -> None:
     resp = await server.client.get(server.url)
     assert resp.status_code == 405
+    assert resp.json() == {"error": "Method Not Allowed"}
+    assert resp.headers["allow"] == "POST"
+
+
+async def test_a_bug_is_a_short_500_and_stores_nothing(
+    server: Server, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(raw: bytes, envelope: Any) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.endpoint.ingestor, "store", broken)
+    resp = await server.send(event("customer.created", CUSTOMER))
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal error"}
+    assert rows(conn) == []
+
+
+async def test_other_paths_are_starlettes(server: Server) -> None:
+    base = server.url.removesuffix("/webhooks/stripe")
+    health = await server.client.get(f"{base}/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "alive"}
+    missing = await server.client.post(f"{base}/webhooks/other", content=b"{}")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
 
 
 def test_needs_a_secret() -> None:

@@ -7,12 +7,20 @@ that can never succeed (no or bad signature, stale timestamp, not an event,
 too large) get 4xx with a short JSON reason and store nothing.
 
 Mounting (the daemon): the endpoint stores through an Ingestor, whose
-group-commit collector its owner runs, and is a Starlette request handler::
+group-commit collector its owner runs, and is a plain ASGI application that
+``http.create_app`` puts in front of the Starlette app (which serves every
+other path)::
 
     ingestor = Ingestor(pool)
     endpoint = WebhookEndpoint(ingestor, secrets)
-    Route("/webhooks/stripe", endpoint.handle, methods=["POST"])
+    app = create_app(endpoint, ready)
     ... tg.start(ingestor.run)
+
+Why plain ASGI: under load most of the daemon's requests are webhooks, and
+Starlette's middleware stack, router, Request and Response objects cost
+CPU per request that this path does not need (docs/benchmarks.md, "Issue 11
+— webhooks", Round 2). Its answers are the ones Starlette gave: short JSON,
+405 with ``Allow: POST`` for other methods, 500 ``internal error`` on a bug.
 """
 
 from __future__ import annotations
@@ -20,11 +28,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import stripe
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from ..config import DEFAULTS
 from ..metrics import WEBHOOK_INGEST_SECONDS, WEBHOOKS_RECEIVED
@@ -39,6 +47,39 @@ class _Reject(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class _Disconnected(Exception):
+    """The client hung up before its body arrived."""
+
+
+# A JSON answer: its bytes, or an object to encode.
+Answer = bytes | dict[str, Any]
+
+# The answers of nearly every request, encoded once.
+_STORED = msgspec.json.encode({"received": True, "duplicate": False})
+_DUPLICATE = msgspec.json.encode({"received": True, "duplicate": True})
+_INTERNAL_ERROR = msgspec.json.encode({"error": "internal error"})
+_ALLOW_POST = [(b"allow", b"POST")]
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by lower-case name (the first of repeated ones, as Starlette)."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name, value)
+    return headers
+
+
+async def _answer(
+    send: Send, status: int, answer: Answer, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = answer if isinstance(answer, bytes) else msgspec.json.encode(answer)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class WebhookEndpoint:
@@ -58,17 +99,30 @@ class WebhookEndpoint:
         self.max_body = max_body
         self.ingestor = ingestor
 
-    async def handle(self, request: Request) -> Response:
-        started = time.perf_counter()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI, for HTTP requests to the webhook path (``create_app`` routes them)."""
         try:
-            body = await self._read(request)
-            envelope = self._verify(body, request.headers.get("stripe-signature"))
+            if scope["method"] != "POST":
+                await _answer(send, 405, {"error": "Method Not Allowed"}, _ALLOW_POST)
+                return
+            status, body = await self._handle(scope, receive)
+        except _Disconnected:
+            return  # nobody left to answer; nothing was stored
+        except Exception as exc:
+            log.error("request failed", exc_info=exc, extra={"path": scope.get("path")})
+            status, body = 500, _INTERNAL_ERROR
+        await _answer(send, status, body)
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, Answer]:
+        started = time.perf_counter()
+        headers = _headers(scope)
+        try:
+            body = await self._read(headers.get(b"content-length"), receive)
+            envelope = self._verify(body, headers.get(b"stripe-signature"))
         except _Reject as exc:
             WEBHOOKS_RECEIVED.labels("rejected").inc()
             log.warning("webhook rejected", extra={"status": exc.status, "reason": exc.reason})
-            return JSONResponse({"error": exc.reason}, status_code=exc.status)
-        except ClientDisconnect:
-            return Response(status_code=400)
+            return exc.status, {"error": exc.reason}
         try:
             new = await self.ingestor.store(body, envelope)
         except Unstorable as exc:
@@ -76,16 +130,15 @@ class WebhookEndpoint:
             log.error(
                 "webhook event cannot be stored", extra={"event": envelope.id, "error": str(exc)}
             )
-            return JSONResponse({"error": f"cannot be stored: {exc}"}, status_code=400)
+            return 400, {"error": f"cannot be stored: {exc}"}
         except StoreError as exc:
             WEBHOOKS_RECEIVED.labels("unavailable").inc()
-            return JSONResponse({"error": f"not stored, retry later: {exc}"}, status_code=503)
+            return 503, {"error": f"not stored, retry later: {exc}"}
         WEBHOOKS_RECEIVED.labels("stored" if new else "duplicate").inc()
         WEBHOOK_INGEST_SECONDS.observe(time.perf_counter() - started)
-        return JSONResponse({"received": True, "duplicate": not new})
+        return 200, (_STORED if new else _DUPLICATE)
 
-    async def _read(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+    async def _read(self, declared: bytes | None, receive: Receive) -> bytes:
         if declared is not None:
             if not declared.isdigit():
                 raise _Reject(400, "invalid Content-Length")
@@ -94,24 +147,31 @@ class WebhookEndpoint:
         # Counted as it streams too: a chunked body has no Content-Length.
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 raise _Reject(413, f"body larger than {self.max_body} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _verify(self, body: bytes, header: str | None) -> Envelope:
+    def _verify(self, body: bytes, header: bytes | None) -> Envelope:
         if not header:
             raise _Reject(400, "missing Stripe-Signature header")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise _Reject(400, "body is not valid UTF-8") from None
+        # Header values are latin-1 in ASGI (as Starlette decodes them).
+        signature = header.decode("latin-1")
         stale = False
         for secret in self.secrets:
             try:
-                stripe.WebhookSignature.verify_header(text, header, secret, self.tolerance)
+                stripe.WebhookSignature.verify_header(text, signature, secret, self.tolerance)
                 break
             except stripe.SignatureVerificationError as exc:
                 # The SDK checks the signature before the timestamp, so this
