@@ -28,7 +28,7 @@ from stripe_sync.retry import Retry
 from stripe_sync.store import WEBHOOKS, PostgresStore
 from stripe_sync.webhooks.endpoint import WebhookEndpoint
 from stripe_sync.webhooks.ingest import Ingestor
-from stripe_sync.webhooks.process import WebhookContext, make_handler
+from stripe_sync.webhooks.process import WebhookContext, make_handler, make_preload
 from stripe_sync.worker import Worker
 
 SECRET = "whsec_test_secret"
@@ -142,9 +142,11 @@ async def running_worker(
     max_attempts: int = 10,
     base_seconds: float = 0.01,
 ) -> AsyncIterator[Worker]:
+    ctx = ctx or WebhookContext(pool, reference_backoff=0.01)
     worker = Worker(
         PostgresStore(WEBHOOKS, pool),
-        make_handler(ctx or WebhookContext(pool, reference_backoff=0.01)),
+        make_handler(ctx),
+        preload=make_preload(ctx),  # as the daemon runs it
         worker_id="webhook-test",
         sweep_interval=0.05,
         concurrency=8,

@@ -36,7 +36,7 @@ from .store import OUTBOX, WEBHOOKS, PostgresStore
 from .stripe_api import from_settings
 from .webhooks.endpoint import WebhookEndpoint
 from .webhooks.ingest import Ingestor
-from .webhooks.process import WebhookContext
+from .webhooks.process import WebhookContext, make_preload
 from .webhooks.process import make_handler as webhook_handler
 from .worker import Worker
 
@@ -67,11 +67,12 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    def _worker(self, spec: Any, handler: Any) -> Worker:
+    def _worker(self, spec: Any, handler: Any, preload: Any = None) -> Worker:
         s = self.settings
         return Worker(
             PostgresStore(spec, self.pool),
             handler,
+            preload=preload,
             worker_id=self.id,
             concurrency=s.concurrency,
             batch_size=s.batch_size,
@@ -146,18 +147,10 @@ class Daemon:
         outbox = self._worker(
             OUTBOX, outbox_handler(Context(self.pool, self.api, source, s.search_lag))
         )
-        webhooks = self._worker(
-            WEBHOOKS,
-            webhook_handler(
-                WebhookContext(
-                    pool=self.pool,
-                    api=self.api,
-                    mode=mode,
-                    refetch=s.webhook_refetch,
-                    source=source,
-                )
-            ),
+        webhook_ctx = WebhookContext(
+            pool=self.pool, api=self.api, mode=mode, refetch=s.webhook_refetch, source=source
         )
+        webhooks = self._worker(WEBHOOKS, webhook_handler(webhook_ctx), make_preload(webhook_ctx))
         self.workers = [outbox, webhooks]
         self.listener = Listener(
             self.dsn, {OUTBOX.channel: outbox.wake, WEBHOOKS.channel: webhooks.wake}

@@ -904,6 +904,44 @@ async def test_confirm_applies_only_over_an_older_key(
     assert mapping() == ("deleted", T0 + 1, 100, "evt_c")
 
 
+async def test_confirm_checks_the_row_preloaded_for_its_batch(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """The worker's preload reads a batch's mapping rows in one query; each handler
+    takes its own once (then forgets it) instead of reading it again."""
+    from stripe_sync.jobs import Job
+    from stripe_sync.webhooks.process import make_handler, make_preload
+
+    add_account(conn, "cus_A")
+    add_product(conn, "prod_A")
+    ctx = WebhookContext(pool)
+    jobs = [
+        Job(i, e["type"], 1, json.dumps(e))
+        for i, e in enumerate(
+            [
+                event("customer.updated", {"id": "cus_A", "object": "customer"}, created=T0),
+                event("product.updated", {"id": "prod_A", "object": "product"}, created=T0),
+                event("customer.updated", {"id": "cus_unknown", "object": "customer"}),
+                event("invoice.paid", {"id": "in_1", "object": "invoice"}),
+            ]
+        )
+    ]
+    await make_preload(ctx)(jobs)
+    assert len(ctx.preloaded) == 2  # the mapped customer and product; nothing else
+    # After the preload, a newer event is applied to both: the handlers still
+    # check the rows as preloaded (the apply checks again under the lock).
+    for table in ("customer_mappings", "product_mappings"):
+        conn.execute(f"UPDATE stripe.{table} SET last_event_created = %s", [T0 + 5])
+    handle = make_handler(ctx)
+    for job in jobs[:2]:
+        done = await handle(job)
+        assert done.apply is not None and done.note is None, job.kind
+    assert len(ctx.preloaded) == 0
+    # Without a preloaded row the handler reads its own, and finds the event stale.
+    done = await handle(jobs[0])
+    assert done.apply is None and done.note is not None and done.note.startswith("stale")
+
+
 async def test_a_setup_intent_keeps_the_card_it_shows_and_only_that(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],

@@ -26,6 +26,14 @@ WHERE {stripe_col} = %(stripe_id)s OR ({stripe_col} IS NULL AND {mc_col} = %(mc_
 ORDER BY {stripe_col} IS NULL
 LIMIT 1
 
+-- name: find_mappings
+-- The rows find_mapping finds by Stripe id, for many objects at once: the
+-- pre-check reads of a whole claimed batch in one round trip (Preloaded).
+SELECT {stripe_col} AS stripe_id, id, {mc_col} AS mc_id, sync_status,
+       last_event_created, last_event_rank, last_event_id
+FROM {mapping}
+WHERE {stripe_col} = ANY(%(ids)s)
+
 -- name: lock_mapping
 -- The same, row-locked: events about one object apply one at a time.
 SELECT id, {mc_col} AS mc_id, sync_status, last_event_created, last_event_rank, last_event_id

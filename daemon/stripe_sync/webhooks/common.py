@@ -26,13 +26,14 @@ never on arrival order.
 Every handler first checks on a plain connection (stale? references known?)
 and then returns an ``apply`` that runs in the transaction which marks the
 event processed: it locks the mapping row (SELECT ... FOR UPDATE), checks
-the key again, and writes.
+the key again, and writes. ``confirm``'s check reads the row the worker
+pre-loaded for the whole claimed batch (``Preloaded``) when there is one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -46,6 +47,55 @@ from ..jobs import Done, Job
 from ..mappings import Family
 from ..stripe_api import StripeApi
 from .events import metadata_id
+
+
+class Preloaded:
+    """Mapping rows read for a claimed batch of events, by event id, until taken
+    (or forgotten when the event's handler ends).
+
+    The pre-check read of ``confirm`` costs a pool checkout and a round trip
+    per event; the webhook worker reads the rows of a whole batch at once
+    instead (``process.make_preload``: one query per family) and each handler
+    takes its event's row. A row read a few milliseconds before the handler
+    runs is as good as its own read: the pre-check only sorts stale and
+    unmapped events out early, and the apply locks the row and checks the key
+    again. Only rows found are kept: an event without one reads its own (the
+    MC-id fallback of a create the outbox has not recorded yet, a retry).
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[Family, str, MappingRow]] = {}
+        self._events: dict[int, str] = {}  # job id → event id, to forget by job
+
+    async def load(
+        self, pool: AsyncConnectionPool, wanted: dict[Family, dict[int, tuple[str, str]]]
+    ) -> None:
+        """Read the rows of ``wanted``: per family, job id → (event id, object's Stripe id)."""
+        async with pool.connection() as conn:
+            for family, jobs in wanted.items():
+                ids = list({stripe_id for _, stripe_id in jobs.values()})
+                cur = await conn.execute(family.query("webhooks", "find_mappings"), {"ids": ids})
+                found = {row[0]: MappingRow(*row[1:]) for row in await cur.fetchall()}
+                for job_id, (event_id, stripe_id) in jobs.items():
+                    if (row := found.get(stripe_id)) is not None:
+                        self._rows[event_id] = (family, stripe_id, row)
+                        self._events[job_id] = event_id
+
+    def take(self, event_id: str, family: Family, stripe_id: str) -> MappingRow | None:
+        """The row pre-loaded for this event's object, once; None when there is none."""
+        entry = self._rows.pop(event_id, None)
+        if entry is None or entry[0] != family or entry[1] != stripe_id:
+            return None
+        return entry[2]
+
+    def discard(self, job_id: int) -> None:
+        """Forget a job's row (its handler is done, whether it took it or not)."""
+        if (event_id := self._events.pop(job_id, None)) is not None:
+            self._rows.pop(event_id, None)
+
+    def __len__(self) -> int:
+        """Jobs holding a row, until their handler ends."""
+        return len(self._events)
 
 
 @dataclass(frozen=True)
@@ -79,6 +129,9 @@ class WebhookContext:
     def asks_on_tie(self) -> bool:
         """Whether write_object raises SameSecond on a tie it cannot order."""
         return self.api is not None and self.fetch_ties and not self.current
+
+    # Mapping rows the worker read for the claimed batch (make_preload).
+    preloaded: Preloaded = field(default_factory=Preloaded)
 
 
 # One event type's handler (process.HANDLERS). Not the queue's Handler, which
@@ -245,8 +298,10 @@ async def confirm(
     mc_id = metadata_id(metadata, family.metadata_key)
     if ctx.source is not None and (metadata or {}).get("mc_source") != ctx.source:
         mc_id = None  # another database's object: never confirms our pending create
-    async with ctx.pool.connection() as conn:
-        row = await find(conn, family, stripe_id, mc_id)
+    row = ctx.preloaded.take(key.event_id, family, stripe_id)
+    if row is None:
+        async with ctx.pool.connection() as conn:
+            row = await find(conn, family, stripe_id, mc_id)
     if row is None:
         return ignored(f"{family.noun} {stripe_id} is not mapped to any MC row")
     if note := stale_note(key, row.last):

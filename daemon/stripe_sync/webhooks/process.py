@@ -3,7 +3,8 @@
 Usage (the daemon)::
 
     ctx = WebhookContext(pool, api=api, mode="test")
-    worker = Worker(PostgresStore(WEBHOOKS, pool), make_handler(ctx), worker_id=...)
+    worker = Worker(PostgresStore(WEBHOOKS, pool), make_handler(ctx), worker_id=...,
+                    preload=make_preload(ctx))
 
 Every event type not in HANDLERS is recorded ``ignored`` with a note, never
 failed. Events of the other mode (``livemode`` vs ``ctx.mode``) and Connect
@@ -12,6 +13,7 @@ events (``account`` set) unless ``ctx.allow_connect`` are ignored too.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +21,7 @@ import msgspec
 
 from ..errors import PermanentError
 from ..jobs import Done, Handler, Job
+from ..mappings import CUSTOMERS, PRICES, PRODUCTS, Family
 from . import (
     catalog,
     checkout,
@@ -33,7 +36,7 @@ from . import (
 from .common import EventHandler, MissingReference, SameSecond, WebhookContext, ignored
 from .events import Envelope, ObjectHead
 
-__all__ = ["HANDLERS", "WebhookContext", "make_handler"]
+__all__ = ["HANDLERS", "WebhookContext", "make_handler", "make_preload"]
 
 HANDLERS: dict[str, EventHandler] = {
     "customer.created": customers.handle,
@@ -130,6 +133,41 @@ _REFETCH: dict[str, str] = {
 }
 
 
+# The handlers whose pre-check reads one mapping row by the event's object id
+# (common.confirm), and the family of that row: make_preload reads them per batch.
+_CONFIRMS: dict[EventHandler, Family] = {
+    customers.handle: CUSTOMERS,
+    catalog.product: PRODUCTS,
+    catalog.price: PRICES,
+}
+
+
+def make_preload(ctx: WebhookContext) -> Callable[[Sequence[Job]], Awaitable[None]]:
+    """The worker's ``preload``: the mapping rows a claimed batch's handlers will
+    check, in one query per family (common.Preloaded says why that is safe)."""
+
+    async def preload(jobs: Sequence[Job]) -> None:
+        wanted: dict[Family, dict[int, tuple[str, str]]] = {}
+        for job in jobs:
+            handler = HANDLERS.get(job.kind)
+            family = _CONFIRMS.get(handler) if handler is not None else None
+            if family is None:
+                continue
+            try:
+                envelope = msgspec.json.decode(job.payload, type=Envelope)
+                if envelope.id is None or envelope.data is None:
+                    continue
+                head = msgspec.json.decode(envelope.data.object, type=ObjectHead)
+            except (msgspec.DecodeError, RecursionError):
+                continue  # its handler says why
+            if head.id is not None:
+                wanted.setdefault(family, {})[job.id] = (envelope.id, head.id)
+        if wanted:
+            await ctx.preloaded.load(ctx.pool, wanted)
+
+    return preload
+
+
 def make_handler(ctx: WebhookContext) -> Handler:
     if ctx.refetch and ctx.api is not None:
         ctx = replace(ctx, current=True)
@@ -169,7 +207,13 @@ def make_handler(ctx: WebhookContext) -> Handler:
                 raise PermanentError(f"{exc} (waited {job.attempts} attempt{plural})") from None
             raise
 
-    return handle
+    async def forgetting(job: Job) -> Done:
+        try:
+            return await handle(job)
+        finally:
+            ctx.preloaded.discard(job.id)  # its preloaded row, taken or not, is of no use now
+
+    return forgetting
 
 
 async def _tie(
