@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import stripe
+from emulator_helpers import recurring_price
 
 from stripe_sync.emulator import EmulatorServer
 
@@ -117,15 +118,7 @@ def test_subscription_charges_the_default_card(
     default = cus.invoice_settings.default_payment_method
     assert isinstance(default, str) and default.startswith("pm_")
     assert default != "pm_card_createDispute"
-    product = stripe_client.v1.products.create(params={"name": "Gold"})
-    price = stripe_client.v1.prices.create(
-        params={
-            "product": product.id,
-            "currency": "usd",
-            "unit_amount": 900,
-            "recurring": {"interval": "month"},
-        }
-    )
+    price = recurring_price(stripe_client, 900)
     stripe_client.v1.subscriptions.create(
         params={"customer": cus.id, "items": [{"price": price.id}]}
     )
@@ -140,15 +133,7 @@ def test_subscription_charges_the_default_card(
 
 def _paid_invoice(client: stripe.StripeClient, amount: int = 3000) -> stripe.Invoice:
     cus = client.v1.customers.create()
-    product = client.v1.products.create(params={"name": "Plan"})
-    price = client.v1.prices.create(
-        params={
-            "product": product.id,
-            "currency": "eur",
-            "unit_amount": amount,
-            "recurring": {"interval": "month"},
-        }
-    )
+    price = recurring_price(client, amount, "eur", "Plan")
     sub = client.v1.subscriptions.create(
         params={"customer": cus.id, "items": [{"price": price.id}]}
     )

@@ -7,7 +7,7 @@ import calendar
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from . import cards, new_objects_billing
+from . import cards, new_objects_billing, prorations
 from .errors import StripeError, card_declined, declined_error
 from .state import JSON, new_id
 
@@ -32,30 +32,64 @@ def add_interval(ts: int, interval: str, count: int) -> int:
 
 
 def line_item(emu: Emulator, inv: JSON, item: JSON, start: int, end: int, amount: int) -> JSON:
+    """The line of a subscription item for a period."""
     price = item["price"]
     product = emu.store.get("products", price["product"]) or {}
+    # Stripe's own line descriptions use the multiplication sign.
+    description = f"{item['quantity']} × {product.get('name') or price['product']}"  # noqa: RUF001
+    details = _item_details(item["subscription"], item["id"], None)
+    return _line(inv, price, item["quantity"], details, start, end, amount, description)
+
+
+def proration_line(emu: Emulator, inv: JSON, ii: JSON) -> JSON:
+    """The line of a pending proration invoice item, which it now belongs to."""
+    ii["invoice"] = inv["id"]
+    price = emu.store.get("prices", ii["pricing"]["price_details"]["price"]) or {}
+    sub = ii["parent"]["subscription_details"]
+    details = _item_details(sub["subscription"], sub["subscription_item"], ii["id"])
+    period = ii["period"]
+    line = _line(
+        inv, price, ii["quantity"], details, period["start"], period["end"], ii["amount"], ""
+    )
+    line["description"] = ii["description"]
+    return line
+
+
+def _item_details(subscription: str, item: str, invoice_item: str | None) -> JSON:
+    return {
+        "invoice_item": invoice_item,
+        "proration": invoice_item is not None,
+        "proration_details": {"credited_items": None},
+        "subscription": subscription,
+        "subscription_item": item,
+    }
+
+
+def _line(
+    inv: JSON,
+    price: JSON,
+    quantity: int,
+    details: JSON,
+    start: int,
+    end: int,
+    amount: int,
+    description: str,
+) -> JSON:
     return {
         "id": new_id("il"),
         "object": "line_item",
         "amount": amount,
         "currency": price["currency"],
-        # Stripe's own line descriptions use the multiplication sign.
-        "description": f"{item['quantity']} × {product.get('name') or price['product']}",  # noqa: RUF001
+        "description": description,
         "discount_amounts": [],
-        "discountable": True,
+        "discountable": details["invoice_item"] is None,
         "discounts": [],
         "invoice": inv["id"],
         "livemode": inv["livemode"],
         "metadata": {},
         "parent": {
             "invoice_item_details": None,
-            "subscription_item_details": {
-                "invoice_item": None,
-                "proration": False,
-                "proration_details": {"credited_items": None},
-                "subscription": item["subscription"],
-                "subscription_item": item["id"],
-            },
+            "subscription_item_details": details,
             "type": "subscription_item_details",
         },
         "period": {"end": end, "start": start},
@@ -65,7 +99,7 @@ def line_item(emu: Emulator, inv: JSON, item: JSON, start: int, end: int, amount
             "type": "price_details",
             "unit_amount_decimal": price["unit_amount_decimal"],
         },
-        "quantity": item["quantity"],
+        "quantity": quantity,
         "subtotal": amount,
         "taxes": [],
     }
@@ -74,19 +108,40 @@ def line_item(emu: Emulator, inv: JSON, item: JSON, start: int, end: int, amount
 def subscription_invoice(
     emu: Emulator, req: ApiRequest, sub: JSON, reason: str, charge_amount: bool
 ) -> JSON:
-    """Create, finalize and (for charge_automatically) pay a subscription's invoice."""
-    now = emu.now()
-    cus = emu.store.get("customers", sub["customer"]) or {}
-    inv = new_objects_billing.invoice(
-        sub["latest_invoice"] or new_id("in"), now, sub["livemode"], emu.config.account_name
-    )
-    items = sub["items"]["data"]
+    """A subscription's first invoice: a line per item for its first period."""
+    inv = _draft(emu, sub)
     lines = []
-    for item in items:
+    for item in sub["items"]["data"]:
         amount = (item["price"]["unit_amount"] or 0) * item["quantity"] if charge_amount else 0
         start = item["current_period_start"]
         lines.append(line_item(emu, inv, item, start, item["current_period_end"], amount))
+    return _issue(emu, req, sub, inv, lines, reason)
+
+
+def proration_invoice(emu: Emulator, req: ApiRequest, sub: JSON) -> JSON:
+    """proration_behavior=always_invoice: the subscription's pending invoice items
+    (this change's prorations and any earlier change's) invoiced now."""
+    inv = _draft(emu, sub)
+    lines = [proration_line(emu, inv, ii) for ii in prorations.pending(emu, sub)]
+    return _issue(emu, req, sub, inv, lines, "subscription_update")
+
+
+def _draft(emu: Emulator, sub: JSON) -> JSON:
+    return new_objects_billing.invoice(
+        sub["latest_invoice"] or new_id("in"), emu.now(), sub["livemode"], emu.config.account_name
+    )
+
+
+def _issue(
+    emu: Emulator, req: ApiRequest, sub: JSON, inv: JSON, lines: list[JSON], reason: str
+) -> JSON:
+    """Create, finalize and (for charge_automatically) pay a subscription's invoice.
+    A negative total (more credited than charged) is due as 0 and credited to the
+    customer's balance, as Stripe does."""
+    now = emu.now()
+    cus = emu.store.get("customers", sub["customer"]) or {}
     total = sum(line["amount"] for line in lines)
+    due = max(total, 0)
     inv["lines"]["data"] = lines
     inv.update(
         customer=sub["customer"],
@@ -103,8 +158,8 @@ def subscription_invoice(
             "subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
             "type": "subscription_details",
         },
-        amount_due=total,
-        amount_remaining=total,
+        amount_due=due,
+        amount_remaining=due,
         subtotal=total,
         subtotal_excluding_tax=total,
         total=total,
@@ -122,18 +177,25 @@ def subscription_invoice(
         status="open",
         number=f"{cus.get('invoice_prefix') or 'EMU'}-{seq:04d}",
         effective_at=now,
+        # The customer's balance is not applied to invoices here (starting_balance
+        # stays 0); what a negative total credits to it is.
+        ending_balance=min(total, 0),
         hosted_invoice_url=f"https://invoice.stripe.com/i/emulator/{inv['id']}",
         invoice_pdf=f"https://pay.stripe.com/invoice/emulator/{inv['id']}/pdf",
     )
     inv["status_transitions"]["finalized_at"] = now
     emu.record_event(req, "invoice.finalized", inv)
-    if total > 0:
+    if total < 0 and cus:
+        with emu.updating(req, cus, "customer.updated"):
+            cus["balance"] += total
+    if due > 0:
         pi = new_objects_billing.payment_intent(new_id("pi"), now, sub["livemode"])
+        descriptions = {"subscription_create": "Subscription creation"}
         pi.update(
-            amount=total,
+            amount=due,
             currency=sub["currency"],
             customer=sub["customer"],
-            description="Subscription creation" if reason == "subscription_create" else None,
+            description=descriptions.get(reason, "Subscription update"),
             payment_method=_invoice_method(emu, sub, cus),
             status="requires_confirmation",
         )
@@ -143,9 +205,9 @@ def subscription_invoice(
         inv["payments"]["data"] = [invoice_payment(emu, req, inv, pi)]
     inv.update(
         status="paid",
-        attempted=total > 0,
-        attempt_count=1 if total > 0 else 0,
-        amount_paid=total,
+        attempted=due > 0,
+        attempt_count=1 if due > 0 else 0,
+        amount_paid=due,
         amount_remaining=0,
         auto_advance=False,
     )

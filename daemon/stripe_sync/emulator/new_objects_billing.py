@@ -349,3 +349,30 @@ def credit_note_line(
         "unit_amount": None,
         "unit_amount_decimal": None,
     }
+
+
+def invoice_item(iid: str, created: int, livemode: bool) -> JSON:
+    return {
+        "id": iid,
+        "object": "invoiceitem",
+        "amount": 0,
+        "currency": None,
+        "customer": None,
+        "customer_account": None,
+        "date": created,
+        "description": None,
+        "discountable": False,
+        "discounts": [],
+        "invoice": None,
+        "livemode": livemode,
+        "metadata": {},
+        "net_amount": 0,
+        "parent": None,
+        "period": {"end": created, "start": created},
+        "pricing": None,
+        "proration": False,
+        "quantity": 1,
+        "quantity_decimal": "1",
+        "tax_rates": [],
+        "test_clock": None,
+    }

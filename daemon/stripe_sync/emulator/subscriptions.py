@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import billing, new_objects
+from . import billing, new_objects, prorations
 from .errors import StripeError, invalid, missing, no_such
 from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
 from .listing import PAGE_PARAMS, list_objects, paginate
@@ -180,22 +180,28 @@ def update_subscription(emu: Emulator, req: ApiRequest) -> JSON:
             400,
             "A canceled subscription can only update its cancellation_details and metadata.",
         )
+    behavior = get_str(p, "proration_behavior") or "create_prorations"
+    if behavior not in prorations.BEHAVIORS:
+        raise invalid(
+            "proration_behavior",
+            f"Invalid proration_behavior: must be one of {', '.join(prorations.BEHAVIORS)}",
+            "parameter_invalid_string",
+        )
+    before = prorations.billed(sub)
+    pending: list[JSON] = []
     with emu.updating(req, sub, "customer.subscription.updated"):
         _apply_update(emu, sub, p)
+        if behavior != "none":
+            pending = prorations.prorate(emu, sub, before)
+        if behavior == "always_invoice" and pending:
+            sub["latest_invoice"] = new_id("in")
+    prorations.announce(emu, req, pending)
+    if behavior == "always_invoice" and pending:
+        billing.proration_invoice(emu, req, sub)
     return sub
 
 
-_PRORATION_BEHAVIORS = ("create_prorations", "none", "always_invoice")
-
-
 def _apply_update(emu: Emulator, sub: JSON, p: dict[str, Any]) -> None:
-    # Accepted and checked, not modeled: the emulator makes no proration items.
-    if "proration_behavior" in p and get_str(p, "proration_behavior") not in _PRORATION_BEHAVIORS:
-        raise invalid(
-            "proration_behavior",
-            f"Invalid proration_behavior: must be one of {', '.join(_PRORATION_BEHAVIORS)}",
-            "parameter_invalid_string",
-        )
     if "items" in p:
         _update_items(emu, sub, get_list(p, "items"))
     sub["metadata"] = merge_metadata(sub["metadata"], p)

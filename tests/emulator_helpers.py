@@ -1,0 +1,20 @@
+"""Test helpers for driving the Stripe emulator through the official SDK."""
+
+from __future__ import annotations
+
+import stripe
+
+
+def recurring_price(
+    client: stripe.StripeClient, amount: int, currency: str = "usd", name: str = "Gold"
+) -> stripe.Price:
+    """A monthly price of a new product."""
+    product = client.v1.products.create(params={"name": name})
+    return client.v1.prices.create(
+        params={
+            "product": product.id,
+            "currency": currency,
+            "unit_amount": amount,
+            "recurring": {"interval": "month"},
+        }
+    )
