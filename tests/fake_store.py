@@ -25,6 +25,7 @@ from psycopg import AsyncConnection
 
 from stripe_sync.errors import LeaseLost
 from stripe_sync.jobs import Apply, Job
+from stripe_sync.mappings import MappingWrite
 from stripe_sync.store import OUTBOX, QueueSpec
 
 LEASE_EXPIRED = "lease expired: the daemon that claimed it stopped or stalled"
@@ -142,7 +143,13 @@ class FakeStore:
         await self._leave("renew")
 
     async def finish(
-        self, job_id: int, worker: str, status: str, note: str | None, apply: Apply | None
+        self,
+        job_id: int,
+        worker: str,
+        status: str,
+        note: str | None,
+        apply: Apply | None,
+        mapping: MappingWrite | None = None,
     ) -> None:
         self._enter("finish", job_id, worker, status, note)
         rows = self._held([job_id], worker)

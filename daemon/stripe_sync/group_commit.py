@@ -1,24 +1,30 @@
 """Group commit of completions: the rows that finish while one completion
-transaction runs are recorded together in the next one.
+runs are recorded together in the next one.
 
-A row's completion is its handler's writes plus its status, in one
-transaction (``Store.finish``). Alone, each costs a pool checkout, BEGIN, its
-statements and COMMIT; under load, many finish within the same few
-milliseconds. So one completion at a time leads: it takes every completion
-queued so far and records them in one transaction, while those arriving
-meanwhile queue up for the next leader. A lone completion (the pickup-latency
-path) goes at once: nothing waits for company.
+A row's completion is its handler's writes plus its status, atomically
+(``Store.finish``). Alone, each costs a pool checkout and its round trips;
+under load, many finish within the same few milliseconds. So one completion at
+a time leads: it takes every completion queued so far and records them
+together, while those arriving meanwhile queue up for the next leader. A lone
+completion (the pickup-latency path) goes at once: nothing waits for company.
 
-A row's outcome never depends on another's: if anything in a group fails (a
-lease lost, a mapping refused, the database, a row lock awaited longer than
-the group's lock timeout), the group is rolled back and
-each of its rows is recorded again alone, in its own transaction, and gets its
-own result.
+A completion comes in one of two forms. **Data** (a row's status and note,
+and for the outbox the mapping row to write): the store records a whole group
+of these in one statement (``finish_rows``), which answers per row, so a
+refused row costs the others nothing. **A callback** (a webhook handler's
+writes, which read what they lock before they write): the group runs in one
+transaction, BEGIN, each callback in turn, COMMIT.
+
+A row's outcome never depends on another's: if a group's statement or
+transaction fails (a lease lost or a mapping refused in a callback, the
+database, a row lock awaited longer than the group's lock timeout), it is
+rolled back and each of its rows is recorded again alone and gets its own
+result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +35,19 @@ from psycopg_pool import AsyncConnectionPool
 
 from .db import queries
 
+Record = Callable[[AsyncConnection[Any]], Awaitable[None]]
+# Records data completions of one kind (run_row's ``kind``) in one autocommit
+# statement; each row's error (None: recorded). Raises when the statement failed.
+FinishRows = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[Exception | None]]]
+
 
 @dataclass(eq=False)
 class Completion:
     """One row's ``finish`` while it waits for its group."""
 
-    record: Callable[[AsyncConnection[Any]], Awaitable[None]]  # its statements
+    record: Record | None  # its statements, run in a transaction
+    row: Any = None  # or its data, for ``finish_rows``
+    kind: object = None  # data of one kind shares a statement
     error: Exception | None = None
     settled: bool = False
     lead: bool = False  # it holds one of the leads: it must run a group or pass the lead on
@@ -43,18 +56,28 @@ class Completion:
 
 
 class GroupCommit:
-    def __init__(self, pool: AsyncConnectionPool, max_leaders: int = 3) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, finish_rows: FinishRows, max_leaders: int = 3
+    ) -> None:
         self.pool = pool
+        self.finish_rows = finish_rows
         # Transactions in flight at once: one would serialise every completion
         # behind its round trips; a few keep the pool busy and still group.
         self.max_leaders = max_leaders
         self._queue: list[Completion] = []
         self._leaders = 0
-        self.groups = 0  # transactions that recorded more than one row (tests, metrics)
+        self.groups = 0  # statements or transactions that recorded several rows (tests)
 
-    async def run(self, record: Callable[[AsyncConnection[Any]], Awaitable[None]]) -> None:
+    async def run(self, record: Record) -> None:
         """Run ``record`` (which raises to refuse) in a transaction, maybe with others'."""
-        me = Completion(record)
+        await self._complete(Completion(record))
+
+    async def run_row(self, row: Any, kind: object = None) -> None:
+        """Record ``row`` with ``finish_rows``, maybe with others of its ``kind``
+        (one statement records one kind); raise its error."""
+        await self._complete(Completion(None, row, kind))
+
+    async def _complete(self, me: Completion) -> None:
         self._queue.append(me)
         if self._leaders < self.max_leaders:
             self._leaders += 1
@@ -98,10 +121,18 @@ class GroupCommit:
     async def _commit(self, group: list[Completion]) -> None:
         try:
             async with self.pool.connection() as conn:
-                if len(group) > 1 and await _together(conn, group):
+                kinds: dict[object, list[Completion]] = {}
+                for c in group:
+                    if c.record is None:
+                        kinds.setdefault(c.kind, []).append(c)
+                for rows in kinds.values():
+                    await self._rows(conn, rows)
+                calls = [c for c in group if c.record is not None]
+                if len(calls) > 1 and await _together(conn, calls):
                     self.groups += 1
                     return
-                for c in group:
+                for c in calls:
+                    assert c.record is not None
                     try:
                         async with conn.transaction():
                             await c.record(conn)
@@ -113,6 +144,28 @@ class GroupCommit:
                 if not c.settled:
                     c.error, c.settled = exc, True
 
+    async def _rows(self, conn: AsyncConnection[Any], rows: list[Completion]) -> None:
+        """Data completions of one kind: in one statement, or, if it fails, each alone."""
+        if len(rows) > 1:
+            try:
+                errors = await self.finish_rows(conn, [c.row for c in rows])
+            except Exception:
+                if conn.broken:
+                    raise
+            else:
+                self.groups += 1
+                for c, error in zip(rows, errors, strict=True):
+                    c.error, c.settled = error, True
+                return
+        for c in rows:
+            try:
+                [c.error] = await self.finish_rows(conn, [c.row])
+            except Exception as exc:
+                if conn.broken:
+                    raise
+                c.error = exc
+            c.settled = True
+
 
 async def _together(conn: AsyncConnection[Any], group: list[Completion]) -> bool:
     """All of the group in one transaction; False (rolled back) if any refused."""
@@ -120,6 +173,7 @@ async def _together(conn: AsyncConnection[Any], group: list[Completion]) -> bool
         async with conn.transaction():
             await conn.execute(queries("queue")["group_lock_wait"])
             for c in group:
+                assert c.record is not None
                 await c.record(conn)
     except Exception:
         if conn.broken:

@@ -2,9 +2,10 @@
 handler imports.
 
 The worker (``worker.py``) hands each claimed row to its queue's
-:data:`Handler` as a :class:`Job`; the handler answers :class:`Done` (with an
-optional :data:`Apply`: its own writes, committed in the transaction that
-records the row) or raises one of the errors in ``errors.py``.
+:data:`Handler` as a :class:`Job`; the handler answers :class:`Done`, with its
+own writes committed together with the row's status (an outbox row's mapping
+as data, :class:`~.mappings.MappingWrite`; a webhook handler's as an
+:data:`Apply` callback), or raises one of the errors in ``errors.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
+
+from .mappings import MappingWrite
 
 
 class Job(NamedTuple):
@@ -28,11 +31,16 @@ Apply = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Done:
-    """A handler's success: ``apply`` runs in the transaction that records it."""
+    """A handler's success: ``apply`` runs in the transaction that records it;
+    ``mapping`` is written in the statement that records it (one or the other)."""
 
     apply: Apply | None = None
     status: str | None = None  # default: the queue's done status
     note: str | None = None  # kept in the row's note, e.g. why an event was ignored
+    mapping: MappingWrite | None = None
+
+    def __post_init__(self) -> None:
+        assert self.apply is None or self.mapping is None, "Done: apply or mapping, not both"
 
 
 Handler = Callable[[Job], Awaitable[Done]]

@@ -43,6 +43,26 @@ class Family:
         )
 
 
+@dataclass(frozen=True)
+class MappingWrite:
+    """The mapping row an outbox row writes as it is marked done: data, not a
+    callback, so that the completions of a group are one statement (store.py,
+    ``finish_mapped`` in sql/outbox.sql). It never re-points a mapping that
+    names another Stripe object."""
+
+    family: Family
+    mc_id: int
+    stripe_id: str
+    status: str = "synced"  # or "deleted": archived
+
+    def refused(self) -> str:
+        """Why the write was refused, for the row's last_error."""
+        return (
+            f"{self.family.mc_table} id={self.mc_id} is already mapped to another Stripe "
+            f"{self.family.noun}; refusing to re-point it at {self.stripe_id}"
+        )
+
+
 CUSTOMERS = Family(
     noun="customer",
     table="stripe.customer_mappings",

@@ -7,7 +7,7 @@ one small interface, :class:`Store`, and its PostgreSQL implementation,
 The worker only says what happened — claim due rows, renew these leases, this
 row is done together with these writes, retry that one later, hand these
 back — and never how it becomes statements. So :class:`PostgresStore` records
-completions that finish together in one transaction
+completions that finish together in one statement or transaction
 (``group_commit.py``) and chooses ``synchronous_commit`` per statement
 (``sql/queue.sql``) without the worker's rules changing. ``tests/fake_store.py``
 honours the same contract in memory, for fast unit tests of the worker.
@@ -15,18 +15,19 @@ honours the same contract in memory, for fast unit tests of the worker.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from .db import bound_query
-from .errors import LeaseLost, one_line
+from .errors import LeaseLost, PermanentError, one_line
 from .group_commit import GroupCommit
 from .jobs import Apply, Job
+from .mappings import MappingWrite
 
 # A failed round trip to the database (psycopg's errors, or the socket's):
 # worth another try later, never a reason for the worker to stop.
@@ -113,11 +114,18 @@ class Store(Protocol):
         ...
 
     async def finish(
-        self, job_id: int, worker: str, status: str, note: str | None, apply: Apply | None
+        self,
+        job_id: int,
+        worker: str,
+        status: str,
+        note: str | None,
+        apply: Apply | None,
+        mapping: MappingWrite | None = None,
     ) -> None:
         """Record ``status`` and ``note`` (last_error is cleared) together with ``apply``'s
-        writes, atomically; raise :class:`LeaseLost`, keeping none of them, when the
-        row is no longer this worker's."""
+        writes or ``mapping`` (at most one of them), atomically; raise :class:`LeaseLost`,
+        keeping none of them, when the row is no longer this worker's, and
+        :class:`PermanentError` when the mapping names another Stripe object."""
         ...
 
     async def fail(self, job_id: int, worker: str, error: str) -> None:
@@ -137,15 +145,26 @@ class Store(Protocol):
         ...
 
 
+class Finished(NamedTuple):
+    """A completion as data: one row of ``finish_rows`` / ``finish_mapped``."""
+
+    id: int
+    worker: str
+    status: str
+    note: str | None
+    mapping: MappingWrite | None
+
+
 class PostgresStore:
     """:class:`Store` on a PostgreSQL queue table: one pooled statement per call,
-    except ``finish``: a transaction, shared with other completions when the
-    queue allows it (:attr:`QueueSpec.group_commit`)."""
+    including ``finish`` when the completion is data (no writes, or a mapping),
+    shared with other completions when the queue allows it
+    (:attr:`QueueSpec.group_commit`); a transaction when it has ``apply``."""
 
     def __init__(self, spec: QueueSpec, pool: AsyncConnectionPool) -> None:
         self.spec = spec
         self.pool = pool
-        self.completions = GroupCommit(pool)
+        self.completions = GroupCommit(pool, self._finish_rows)
 
     async def claim(self, limit: int, worker: str, lease: float) -> list[Job]:
         async with self.pool.connection() as conn:
@@ -164,8 +183,27 @@ class PostgresStore:
         await self._run("renew", {"ids": list(ids), "worker": worker, "lease": lease})
 
     async def finish(
-        self, job_id: int, worker: str, status: str, note: str | None, apply: Apply | None
+        self,
+        job_id: int,
+        worker: str,
+        status: str,
+        note: str | None,
+        apply: Apply | None,
+        mapping: MappingWrite | None = None,
     ) -> None:
+        if apply is None:
+            row = Finished(job_id, worker, status, note, mapping)
+            if self.spec.group_commit:
+                # One statement per kind of mapping written: its family, or none.
+                await self.completions.run_row(row, mapping and mapping.family)
+                return
+            async with self.pool.connection() as conn:
+                [error] = await self._finish_rows(conn, [row])
+            if error is not None:
+                raise error
+            return
+        assert mapping is None, "finish: apply or mapping, not both"
+
         async def record(conn: AsyncConnection[Any]) -> None:
             if apply is not None:
                 await apply(conn)
@@ -181,6 +219,42 @@ class PostgresStore:
             return
         async with self.pool.connection() as conn, conn.transaction():
             await record(conn)
+
+    async def _finish_rows(
+        self, conn: AsyncConnection[Any], rows: Sequence[Finished]
+    ) -> list[Exception | None]:
+        """Rows that write no mapping or one of one family, in one statement;
+        each row's error: LeaseLost, or PermanentError for a refused mapping."""
+        params: dict[str, Any] = {
+            "ids": [r.id for r in rows],
+            "workers": [r.worker for r in rows],
+            "statuses": [r.status for r in rows],
+            "notes": [r.note for r in rows],
+        }
+        first = rows[0].mapping
+        if first is None:
+            cur = await conn.execute(self.spec.query("finish_rows"), params)
+            done = {id_ for (id_,) in await cur.fetchall()}
+            ours = done
+        else:
+            assert all(r.mapping is not None and r.mapping.family == first.family for r in rows)
+            params["mc_ids"] = [r.mapping.mc_id for r in rows if r.mapping]
+            params["stripe_ids"] = [r.mapping.stripe_id for r in rows if r.mapping]
+            params["map_statuses"] = [r.mapping.status for r in rows if r.mapping]
+            cur = await conn.execute(first.family.query("outbox", "finish_mapped"), params)
+            answers = await cur.fetchall()
+            ours = {id_ for id_, _ in answers}
+            done = {id_ for id_, written in answers if written}
+        errors: list[Exception | None] = []
+        for r in rows:
+            if r.id not in ours:
+                errors.append(LeaseLost(r.id))
+            elif r.id not in done:
+                assert r.mapping is not None
+                errors.append(PermanentError(r.mapping.refused()))
+            else:
+                errors.append(None)
+        return errors
 
     async def fail(self, job_id: int, worker: str, error: str) -> None:
         await self._run(

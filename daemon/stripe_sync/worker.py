@@ -277,7 +277,7 @@ class Worker:
 
     async def _record_done(self, job: Job, done: Done) -> None:
         status = done.status or self.spec.done_status
-        await self.store.finish(job.id, self.worker_id, status, done.note, done.apply)
+        await self.store.finish(job.id, self.worker_id, status, done.note, done.apply, done.mapping)
         PROCESSED.labels(self.spec.name, job.kind, status).inc()
         log.info(
             f"{self.spec.name} row {status}",

@@ -1,7 +1,7 @@
 """Which statements wait for their WAL flush (synchronous_commit), statement by
 statement, as sql/queue.sql and sql/outbox.sql decide it.
 
-The relaxed ones (claim, renew, finish, the pending-mapping placeholder) may be
+The relaxed ones (claim, renew, the finishes, the pending-mapping placeholder) may be
 lost in a server crash, which only runs a row again with the same idempotency
 key; the webhook event INSERT must stay durable, because its 200 promises the
 event is on disk. Each statement runs inside a transaction here, so the test
@@ -18,13 +18,13 @@ import pytest
 from psycopg import sql
 
 from stripe_sync.db import make_pool, queries
-from stripe_sync.mappings import PRICES
+from stripe_sync.mappings import CUSTOMERS, PRICES
 from stripe_sync.store import OUTBOX, WEBHOOKS, PostgresStore
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-RELAXED = ["claim", "renew", "finish", "load_account_for_create", "load_product_for_create",
-           "mark_pending"]  # fmt: skip
+RELAXED = ["claim", "renew", "finish", "finish_rows", "finish_mapped", "load_account_for_create",
+           "load_product_for_create", "mark_pending"]  # fmt: skip
 DURABLE = ["retry", "release", "reclaim_expired", "insert_events"]
 
 
@@ -55,6 +55,14 @@ def _statement(name: str, row_id: int) -> tuple[sql.SQL | bytes, dict[str, Any]]
         case "finish":
             return OUTBOX.query(name), {"id": row_id, "worker": "w", "status": "done",
                                         "note": None, "error": None}  # fmt: skip
+        case "finish_rows":
+            return OUTBOX.query(name), {"ids": [row_id], "workers": ["w"], "statuses": ["done"],
+                                        "notes": [None]}  # fmt: skip
+        case "finish_mapped":
+            return CUSTOMERS.query("outbox", name), {
+                "ids": [row_id], "workers": ["w"], "statuses": ["done"], "notes": [None],
+                "mc_ids": [1], "stripe_ids": ["cus_1"], "map_statuses": ["synced"],
+            }  # fmt: skip
         case "retry":
             return OUTBOX.query(name), {"id": row_id, "worker": "w", "error": "x", "delay": 1.0}
         case "reclaim_expired":

@@ -15,6 +15,7 @@ from psycopg import AsyncConnection
 from stripe_sync.db import make_pool
 from stripe_sync.errors import LeaseLost, PermanentError
 from stripe_sync.jobs import Apply
+from stripe_sync.mappings import CUSTOMERS, MappingWrite
 from stripe_sync.store import OUTBOX, PostgresStore
 
 pytestmark = pytest.mark.anyio
@@ -48,7 +49,8 @@ async def _rows(store: PostgresStore) -> dict[int, tuple[str, int]]:
 
 async def _behind_a_held_leader(store: PostgresStore, first: int, *rest: Any) -> dict[int, Any]:
     """Finish ``first`` with an apply that holds its transaction open until every
-    one of ``rest`` ((id, worker, apply) triples) has queued; each one's outcome."""
+    one of ``rest`` ((id, worker, apply or mapping) triples) has queued; each
+    one's outcome."""
     release = anyio.Event()
 
     async def hold(conn: AsyncConnection[Any]) -> None:
@@ -56,9 +58,12 @@ async def _behind_a_held_leader(store: PostgresStore, first: int, *rest: Any) ->
 
     outcomes: dict[int, Any] = {}
 
-    async def finish(id_: int, worker: str, apply: Apply | None) -> None:
+    async def finish(id_: int, worker: str, writes: Apply | MappingWrite | None) -> None:
         try:
-            await store.finish(id_, worker, "done", None, apply)
+            if isinstance(writes, MappingWrite):
+                await store.finish(id_, worker, "done", None, None, writes)
+            else:
+                await store.finish(id_, worker, "done", None, writes)
             outcomes[id_] = "done"
         except Exception as exc:
             outcomes[id_] = exc
@@ -87,15 +92,22 @@ async def test_completions_that_queue_up_commit_in_one_transaction(
     assert store.completions.groups == 1
 
 
-async def test_a_refused_row_leaves_the_rest_of_its_group_recorded(store: PostgresStore) -> None:
+async def test_a_refused_callback_leaves_the_rest_of_its_group_recorded(
+    store: PostgresStore,
+) -> None:
+    """Completions with writes (webhook handlers') share a transaction; one refused
+    rolls it back, and each row is then recorded alone."""
     a, b, c, d = await _claimed(store, 4)
 
     async def refused(conn: AsyncConnection[Any]) -> None:
         await conn.execute("UPDATE integration.outbox SET last_error = 'half-written'")
         raise PermanentError("mapping refused")
 
+    async def nothing(conn: AsyncConnection[Any]) -> None:
+        pass
+
     outcomes = await _behind_a_held_leader(
-        store, a, (b, "someone else", None), (c, "w", refused), (d, "w", None)
+        store, a, (b, "someone else", nothing), (c, "w", refused), (d, "w", nothing)
     )
     assert outcomes[a] == outcomes[d] == "done"
     assert isinstance(outcomes[b], LeaseLost)
@@ -108,6 +120,77 @@ async def test_a_refused_row_leaves_the_rest_of_its_group_recorded(store: Postgr
         )
         assert await cur.fetchone() == (0,)  # the refused row's writes were rolled back
     assert store.completions.groups == 0  # the group fell back to one row per transaction
+
+
+async def _accounts(store: PostgresStore, n: int, mapped: dict[int, str]) -> None:
+    """Accounts 1..n (without the create rows their trigger queues), ``mapped`` ones
+    already mapped to those customers."""
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO billing.accounts (id, email) "
+            "SELECT g, 'a' || g || '@example.com' FROM generate_series(1, %s) g",
+            (n,),
+        )
+        await conn.execute("DELETE FROM integration.outbox")
+        for account, customer in mapped.items():
+            await conn.execute(
+                "INSERT INTO stripe.customer_mappings (account_id, stripe_customer_id, "
+                "sync_status) VALUES (%s, %s, 'synced')",
+                (account, customer),
+            )
+
+
+async def _mappings(store: PostgresStore) -> dict[int, tuple[str | None, str]]:
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT account_id, stripe_customer_id, sync_status FROM stripe.customer_mappings"
+        )
+        return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+
+
+def _write(account: int, customer: str) -> MappingWrite:
+    return MappingWrite(CUSTOMERS, account, customer)
+
+
+async def test_data_completions_answer_row_by_row_in_one_statement(
+    store: PostgresStore,
+) -> None:
+    """Completions that are data (the outbox's: a mapping, or nothing) are one
+    statement per kind, which answers each row: a lost lease or a refused mapping
+    costs the others nothing."""
+    await _accounts(store, 4, {3: "cus_other"})
+    a, b, c, d, e = await _claimed(store, 5)
+
+    outcomes = await _behind_a_held_leader(
+        store,
+        a,
+        (b, "someone else", _write(2, "cus_2")),  # lease lost: its mapping is not written
+        (c, "w", _write(3, "cus_3")),  # refused: account 3 is mapped to cus_other
+        (d, "w", _write(4, "cus_4")),
+        (e, "w", None),
+    )
+    assert outcomes[a] == outcomes[d] == outcomes[e] == "done"
+    assert isinstance(outcomes[b], LeaseLost)
+    assert isinstance(outcomes[c], PermanentError)
+    assert "billing.accounts id=3 is already mapped" in str(outcomes[c])
+    rows = await _rows(store)
+    assert [rows[x][0] for x in (b, c, d, e)] == ["processing", "processing", "done", "done"]
+    assert await _mappings(store) == {3: ("cus_other", "synced"), 4: ("cus_4", "synced")}
+    assert store.completions.groups == 1  # b, c, d: one statement; e (no mapping) its own
+
+
+async def test_two_rows_of_one_mc_row_in_a_group_are_recorded_alone(
+    store: PostgresStore,
+) -> None:
+    """One statement cannot write one mapping row twice: the group falls back."""
+    await _accounts(store, 1, {})
+    a, b, c = await _claimed(store, 3)
+    outcomes = await _behind_a_held_leader(
+        store, a, (b, "w", _write(1, "cus_1")), (c, "w", _write(1, "cus_1"))
+    )
+    assert outcomes == {a: "done", b: "done", c: "done"}
+    assert await _mappings(store) == {1: ("cus_1", "synced")}
+    assert store.completions.groups == 0
 
 
 async def test_a_group_waits_for_row_locks_briefly(store: PostgresStore) -> None:

@@ -1,8 +1,10 @@
-"""What the executors share: the context, idempotency keys, the mapping write,
-the create-or-adopt step that makes creation exactly-once, and ``Pushed``:
-the create/update/archive executors of a family, written once.
+"""What the executors share: the context, idempotency keys, the create-or-adopt
+step that makes creation exactly-once, and ``Pushed``: the create/update/archive
+executors of a family, written once.
 
-The mapping tables themselves are described in ``stripe_sync.mappings``.
+The mapping tables themselves are described in ``stripe_sync.mappings``; an
+executor's success names the mapping row to write (``Done.mapping``), which the
+store writes in the statement that marks the row done.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from psycopg import AsyncConnection
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from ..config import DEFAULTS
 from ..db import queries
 from ..errors import PermanentError, SavedFailure, TransientError
-from ..jobs import Apply, Done, Job
-from ..mappings import Family
+from ..jobs import Done, Job
+from ..mappings import Family, MappingWrite
 from ..stripe_api import StripeApi, is_idempotency_conflict, search_clause
 from .keys import create_key, write_key
 from .payloads import decode
@@ -57,23 +58,6 @@ async def source_of(pool: AsyncConnectionPool) -> str:
         row = await cur.fetchone()
     assert row is not None and row[0] is not None, "schema/0007 not applied"
     return str(row[0])
-
-
-def record(family: Family, mc_id: int, stripe_id: str, status: str = "synced") -> Apply:
-    """The mapping write that commits together with the outbox row's ``done``."""
-
-    async def apply(conn: AsyncConnection[Any]) -> None:
-        cur = await conn.execute(
-            family.query("outbox", "write_mapping"),
-            {"mc_id": mc_id, "stripe_id": stripe_id, "status": status},
-        )
-        if await cur.fetchone() is None:
-            raise PermanentError(
-                f"{family.mc_table} id={mc_id} is already mapped to another Stripe "
-                f"{family.noun}; refusing to re-point it at {stripe_id}"
-            )
-
-    return apply
 
 
 class StripeObject(Protocol):
@@ -120,7 +104,7 @@ async def create_or_adopt(
         found = await search()
         if found is not None:
             note = f"adopted {found.id}, found by its metadata after its create met a saved 500"
-            return Done(apply=record(family, mc_id, found.id), note=note)
+            return Done(mapping=MappingWrite(family, mc_id, found.id), note=note)
         generation = await _next_generation(ctx, family, mc_id, generation)
     elif job.attempts > 1 or generation > 0:
         # A retry, or a re-create after a reset (reconcile --fix, a DBA): the
@@ -145,7 +129,7 @@ async def create_or_adopt(
                 raise TransientError(
                     f"{what}: an earlier attempt with other parameters is not searchable yet"
                 ) from exc
-    return Done(apply=record(family, mc_id, found.id), note=None)
+    return Done(mapping=MappingWrite(family, mc_id, found.id))
 
 
 def _waiting(
@@ -273,7 +257,7 @@ class Pushed(Generic[R]):
         stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
         params = self._params(ctx, mc_id, row, update=True)
         await self._update(ctx, job, "update", stripe_id, params)
-        return Done(apply=record(self.family, mc_id, stripe_id))
+        return Done(mapping=MappingWrite(self.family, mc_id, stripe_id))
 
     async def archive(self, ctx: Context, job: Job) -> Done:
         """Stripe keeps objects that others refer to; archiving is ``active=false``."""
@@ -283,7 +267,7 @@ class Pushed(Generic[R]):
             return Done(note=f"{row.stripe_id} already archived")
         stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
         await self._update(ctx, job, "archive", stripe_id, {"active": False})
-        return Done(apply=record(self.family, mc_id, stripe_id, "deleted"))
+        return Done(mapping=MappingWrite(self.family, mc_id, stripe_id, "deleted"))
 
     async def load_row(self, ctx: Context, mc_id: int) -> R:
         """The MC row with its mapping, for executors of other families."""

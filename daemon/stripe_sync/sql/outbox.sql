@@ -19,7 +19,7 @@ WHERE a.id = %(id)s
 -- when a mapping exists (synced, deleted or pending), and the SELECT sees
 -- the mapping as it was before it, exactly as the two statements did.
 -- Relaxed (queue.sql says what that is): the placeholder is only a sign; if a
--- server crash loses it, the completion's write_mapping inserts the mapping anyway.
+-- server crash loses it, the completion (finish_mapped) inserts the mapping anyway.
 WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
 a AS (SELECT id, email, name FROM billing.accounts WHERE id = %(id)s),
 pending AS (
@@ -81,16 +81,47 @@ INSERT INTO {mapping} ({mc_col})
 SELECT %(mc_id)s::bigint FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 ON CONFLICT ({mc_col}) DO NOTHING
 
--- name: write_mapping
--- Never re-point a mapping at another Stripe object: no row back means it
--- already names a different one.
-INSERT INTO {mapping} AS m ({mc_col}, {stripe_col}, sync_status, synced_at)
-VALUES (%(mc_id)s, %(stripe_id)s, %(status)s, now())
-ON CONFLICT ({mc_col}) DO UPDATE
-SET {stripe_col} = EXCLUDED.{stripe_col}, sync_status = EXCLUDED.sync_status,
-    synced_at = now(), updated_at = now(), create_unknown_since = NULL
-WHERE m.{stripe_col} IS NULL OR m.{stripe_col} = EXCLUDED.{stripe_col}
-RETURNING m.id
+-- name: finish_mapped
+-- The completion of outbox rows that write a mapping of one family (queue.sql
+-- finish), a group of them in one statement: row i
+-- of the arrays is one completion. Per row, independently of the others:
+-- lock it if it is still its worker's (else nothing: the lease was lost),
+-- write its mapping, and mark it done only if the mapping was written (a
+-- mapping naming another Stripe object is never re-pointed: the row stays
+-- processing and the executor fails it). Returns (id, done) per row that was
+-- still ours. Mappings are written in mc id order, so two groups never lock
+-- two mapping rows in opposite orders; two rows of one MC row in one group
+-- fail the statement (ON CONFLICT cannot change a row twice), and each row is
+-- then recorded alone (group_commit.py). Relaxed, as queue.sql's finish: a
+-- lost commit runs the row again, whose Stripe call replays under its key.
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
+ours AS (
+    SELECT r.* FROM integration.outbox t
+    JOIN unnest(%(ids)s::bigint[], %(workers)s::text[], %(statuses)s::text[],
+                %(notes)s::text[], %(mc_ids)s::bigint[], %(stripe_ids)s::text[],
+                %(map_statuses)s::text[])
+        AS r(id, worker, status, note, mc_id, stripe_id, map_status) ON t.id = r.id
+    WHERE t.locked_by = r.worker AND t.status = 'processing'
+    FOR UPDATE OF t
+),
+mapped AS (
+    INSERT INTO {mapping} AS m ({mc_col}, {stripe_col}, sync_status, synced_at)
+    SELECT mc_id, stripe_id, map_status, now() FROM ours ORDER BY mc_id
+    ON CONFLICT ({mc_col}) DO UPDATE
+    SET {stripe_col} = EXCLUDED.{stripe_col}, sync_status = EXCLUDED.sync_status,
+        synced_at = now(), updated_at = now(), create_unknown_since = NULL
+    WHERE m.{stripe_col} IS NULL OR m.{stripe_col} = EXCLUDED.{stripe_col}
+    RETURNING m.{mc_col} AS mc_id
+),
+done AS (
+    UPDATE integration.outbox AS t
+    SET status = o.status, locked_by = NULL, locked_until = NULL,
+        note = o.note, last_error = NULL, processed_at = now()
+    FROM ours o, relaxed
+    WHERE t.id = o.id AND o.mc_id IN (SELECT mc_id FROM mapped)
+    RETURNING t.id
+)
+SELECT o.id, o.id IN (SELECT id FROM done) FROM ours o
 
 -- name: mark_create_unknown
 -- The create key of this generation met a 500 that Stripe saved: from the

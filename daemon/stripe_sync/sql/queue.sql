@@ -64,6 +64,21 @@ SET status = %(status)s, locked_by = NULL, locked_until = NULL,
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'processing'
 
+-- name: finish_rows
+-- finish for completions that are data (no handler writes, or only a mapping:
+-- outbox.sql's finish_mapped), a whole group in one statement: row i of the
+-- arrays is one completion. Each row is done only if still its worker's, and
+-- independently of the others: no row's outcome depends on another's. Returns
+-- the ids recorded; a missing id lost its lease. Relaxed, as finish is.
+UPDATE {table} AS t
+SET status = r.status, locked_by = NULL, locked_until = NULL,
+    note = r.note, last_error = NULL, processed_at = now()
+FROM unnest(%(ids)s::bigint[], %(workers)s::text[], %(statuses)s::text[], %(notes)s::text[])
+         AS r(id, worker, status, note),
+     (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
+WHERE t.id = r.id AND t.locked_by = r.worker AND t.status = 'processing'
+RETURNING t.id
+
 -- name: group_lock_wait
 -- A group of completions (group_commit.py) waits at most this long for a row
 -- lock, then is redone row by row: two groups locking two mapping rows in
