@@ -24,6 +24,9 @@ class Job(NamedTuple):
     kind: str  # action_type or event_type
     attempts: int  # including this one
     payload: str  # raw JSON text: handlers decode it straight into msgspec Structs
+    # What the claim read for the handler (JSON text), if its queue's claim does:
+    # the outbox's, the MC row its payload names with its mapping (sql/outbox.sql).
+    loaded: str | None = None
 
 
 Apply = Callable[[AsyncConnection[Any]], Awaitable[None]]

@@ -15,15 +15,17 @@ honours the same contract in memory, for fast unit tests of the worker.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, NamedTuple, Protocol
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
-from .db import bound_query
+from .db import bound_query, queries
 from .errors import LeaseLost, PermanentError, one_line
 from .group_commit import GroupCommit
 from .jobs import Apply, Job
@@ -54,6 +56,20 @@ def refusal(exc: psycopg.Error) -> str:
     return "; ".join(parts)
 
 
+@cache
+def _outbox_claim(module: str, queue_claim: bytes) -> bytes:
+    """The ``claim`` of ``sql/<module>.sql``: ``{queue_claim}`` in it is queue.sql's
+    claim, and each ``{load_x}`` that module's query ``load_x``, reading the claimed
+    row's ``r.mc_id`` where the load alone takes ``%(id)s``: one text of each, used
+    in the claim and alone."""
+    text = queries(module)["claim"]
+    loads = {
+        name: sql.SQL(queries(module)[name].replace("%(id)s", "r.mc_id"))
+        for name in re.findall(r"\{(load_\w+)\}", text)
+    }
+    return sql.SQL(text).format(queue_claim=sql.SQL(queue_claim.decode()), **loads).as_bytes()
+
+
 @dataclass(frozen=True)
 class QueueSpec:
     name: str  # in logs: "outbox" or "webhooks"
@@ -69,13 +85,27 @@ class QueueSpec:
     # Raced, the group is redone row by row); two groups locking two objects in
     # opposite orders stop waiting after the group lock timeout and fall back.
     group_commit: bool = False
+    # Where its claim is: queue.sql's, or the outbox's own (sql/outbox.sql),
+    # which also reads what each row's executor needs first (Job.loaded).
+    claim_module: str = "queue"
 
     def query(self, name: str) -> bytes:
         return bound_query("queue", name, table=self.table, kind=self.kind)
 
+    def claim_query(self) -> bytes:
+        if self.claim_module == "queue":
+            return self.query("claim")
+        return _outbox_claim(self.claim_module, self.query("claim"))
+
 
 OUTBOX = QueueSpec(
-    "outbox", "integration.outbox", "action_type", "stripe_sync_outbox", "done", group_commit=True
+    "outbox",
+    "integration.outbox",
+    "action_type",
+    "stripe_sync_outbox",
+    "done",
+    group_commit=True,
+    claim_module="outbox",
 )
 WEBHOOKS = QueueSpec(
     "webhooks",
@@ -169,7 +199,7 @@ class PostgresStore:
     async def claim(self, limit: int, worker: str, lease: float) -> list[Job]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                self.spec.query("claim"), {"limit": limit, "worker": worker, "lease": lease}
+                self.spec.claim_query(), {"limit": limit, "worker": worker, "lease": lease}
             )
             return [Job(*row) for row in await cur.fetchall()]
 

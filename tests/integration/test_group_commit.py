@@ -141,9 +141,11 @@ async def _accounts(store: PostgresStore, n: int, mapped: dict[int, str]) -> Non
 
 
 async def _mappings(store: PostgresStore) -> dict[int, tuple[str | None, str]]:
+    """Mappings naming a customer (not the placeholders the claim of a create writes)."""
     async with store.pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT account_id, stripe_customer_id, sync_status FROM stripe.customer_mappings"
+            "SELECT account_id, stripe_customer_id, sync_status FROM stripe.customer_mappings "
+            "WHERE stripe_customer_id IS NOT NULL"
         )
         return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
 

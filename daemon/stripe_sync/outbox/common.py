@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
+import msgspec
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -225,11 +226,11 @@ class Pushed(Generic[R]):
 
     family: Family
     row: type[R]
-    # Named queries of sql/outbox.sql, by %(id)s: the MC row with its mapping;
-    # for the create, one that also marks the mapping pending, unless
+    # Named query of sql/outbox.sql, by %(id)s: the MC row with its mapping. The
+    # outbox's claim runs it for each row it claims (Job.loaded), and for a
+    # create of customers and products marks the mapping pending; prices'
     # ``create_fields`` does that itself after its checks.
     load: str
-    load_for_create: str
     # What create and update send (besides the metadata), by parameter = MC column.
     # None and empty values are left out (Stripe takes "" as "unset", and refuses
     # it for most parameters), except that an update sends "" for ``unsettable``.
@@ -243,7 +244,7 @@ class Pushed(Generic[R]):
 
     async def create(self, ctx: Context, job: Job) -> Done:
         mc_id = decode(job.payload, self.family)
-        row = await self._load(ctx, self.load_for_create, mc_id)
+        row = await self._claimed_or_load(ctx, job, mc_id)
         if row.stripe_id is not None and row.status in ("synced", "deleted"):
             return Done(note=f"already mapped to {row.stripe_id}")
         params = self._params(ctx, mc_id, row)
@@ -253,7 +254,7 @@ class Pushed(Generic[R]):
 
     async def update(self, ctx: Context, job: Job) -> Done:
         mc_id = decode(job.payload, self.family)
-        row = await self._load(ctx, self.load, mc_id)
+        row = await self._claimed_or_load(ctx, job, mc_id)
         stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
         params = self._params(ctx, mc_id, row, update=True)
         await self._update(ctx, job, "update", stripe_id, params)
@@ -262,7 +263,7 @@ class Pushed(Generic[R]):
     async def archive(self, ctx: Context, job: Job) -> Done:
         """Stripe keeps objects that others refer to; archiving is ``active=false``."""
         mc_id = decode(job.payload, self.family)
-        row = await self._load(ctx, self.load, mc_id)
+        row = await self._claimed_or_load(ctx, job, mc_id)
         if row.status == "deleted":
             return Done(note=f"{row.stripe_id} already archived")
         stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
@@ -271,6 +272,13 @@ class Pushed(Generic[R]):
 
     async def load_row(self, ctx: Context, mc_id: int) -> R:
         """The MC row with its mapping, for executors of other families."""
+        return await self._load(ctx, self.load, mc_id)
+
+    async def _claimed_or_load(self, ctx: Context, job: Job, mc_id: int) -> R:
+        """The row as the claim read it (sql/outbox.sql claim, by ``load``), else
+        loaded now: the claim could not read the payload, or the row is missing."""
+        if job.loaded is not None:
+            return msgspec.json.decode(job.loaded, type=self.row)
         return await self._load(ctx, self.load, mc_id)
 
     async def _load(self, ctx: Context, query: str, mc_id: int) -> R:

@@ -23,7 +23,6 @@ PUSHED = Pushed(
     CUSTOMERS,
     Account,
     load="load_account",
-    load_for_create="load_account_for_create",
     fields=_fields,
     limits={"email": 512, "name": 256},
 )

@@ -57,13 +57,12 @@ async def _create_fields(ctx: Context, price_id: int, price: Price) -> dict[str,
     return params
 
 
-# load_price does not mark the create pending: _create_fields does, once the
+# The claim does not mark a price's create pending: _create_fields does, once the
 # product is synced.
 PUSHED = Pushed(
     PRICES,
     Price,
     load="load_price",
-    load_for_create="load_price",
     fields=_fields,
     create_fields=_create_fields,
     limits={"nickname": 5000},

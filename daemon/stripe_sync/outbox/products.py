@@ -28,7 +28,6 @@ PUSHED = Pushed(
     PRODUCTS,
     Product,
     load="load_product",
-    load_for_create="load_product_for_create",
     fields=_fields,
     limits={"name": 5000, "description": 40000},
     unsettable=frozenset({"description"}),

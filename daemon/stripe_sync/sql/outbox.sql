@@ -5,6 +5,64 @@
 -- no mapping. unknown_for: seconds since the current generation's create key
 -- met a 500 Stripe saved (schema/0008), by the database's clock; NULL if none.
 
+-- name: claim
+-- queue.sql's claim (store.py puts it in here: the same rows, the same lease,
+-- relaxed alike), which also reads for each claimed row what its executor
+-- reads first, so that a claimed row arrives ready to send (one round trip
+-- fewer per row). For the create,
+-- update and archive of customers, products and prices: the MC row with its
+-- mapping, as the load_account, load_product or load_price query below reads
+-- it (store.py puts each in here, reading the row's r.mc_id), as JSON; NULL when
+-- the payload is not a plain positive id or the MC row does not exist (the
+-- executor then decodes the payload and loads alone, and fails the row naming
+-- what is wrong). The payload's id is read with the key the executor decodes
+-- (outbox/payloads.py), so both name the same MC row whenever both succeed.
+-- For the creates of customers and products, also the pending mapping: a
+-- create in flight shows as a pending mapping without a Stripe id yet (a
+-- no-op when a mapping exists; the JSON shows the mapping as it was before
+-- it). Relaxed: the placeholder is only a sign; if a server crash loses it,
+-- the completion (finish_mapped) inserts the mapping anyway.
+WITH claimed AS ({queue_claim}),
+nouns AS (
+    SELECT c.id, c.action_type, c.attempts, c.payload::jsonb AS payload,
+           split_part(c.action_type, '_stripe_', 2) AS noun
+    FROM claimed c
+),
+keyed AS (
+    SELECT c.*, CASE c.noun WHEN 'customer' THEN 'account_id' WHEN 'product' THEN 'product_id'
+                            WHEN 'price' THEN 'price_id' END AS key
+    FROM nouns c
+),
+refs AS (
+    SELECT c.*, CASE WHEN jsonb_typeof(c.payload -> c.key) = 'number'
+                      AND c.payload ->> c.key ~ '^[1-9][0-9]*$'
+                     THEN CASE WHEN (c.payload ->> c.key)::numeric < 9223372036854775808
+                               THEN (c.payload ->> c.key)::bigint END
+                END AS mc_id
+    FROM keyed c
+),
+pending_customers AS (
+    INSERT INTO stripe.customer_mappings (account_id)
+    SELECT DISTINCT a.id FROM refs r JOIN billing.accounts a ON a.id = r.mc_id
+    WHERE r.action_type = 'create_stripe_customer'
+    ON CONFLICT (account_id) DO NOTHING
+),
+pending_products AS (
+    INSERT INTO stripe.product_mappings (product_id)
+    SELECT DISTINCT p.id FROM refs r JOIN billing.products p ON p.id = r.mc_id
+    WHERE r.action_type = 'create_stripe_product'
+    ON CONFLICT (product_id) DO NOTHING
+)
+SELECT r.id, r.action_type, r.attempts, r.payload::text,
+       CASE r.noun
+       WHEN 'customer' THEN (SELECT to_jsonb(x) FROM ({load_account}) x)
+       WHEN 'product' THEN (SELECT to_jsonb(x) FROM ({load_product}) x)
+       WHEN 'price' THEN (SELECT to_jsonb(x) FROM ({load_price}) x)
+       END::text
+FROM refs r
+JOIN integration.outbox o ON o.id = r.id  -- as it was before the claim: oldest first
+ORDER BY o.next_attempt_at, o.id
+
 -- name: load_account
 SELECT a.email, a.name, m.stripe_customer_id AS stripe_id, m.sync_status AS status,
        coalesce(m.create_generation, 0) AS generation,
@@ -13,24 +71,6 @@ FROM billing.accounts a
 LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
 WHERE a.id = %(id)s
 
--- name: load_account_for_create
--- load_account and mark_pending in one round trip: a create in flight
--- shows as a pending mapping without a Stripe id yet. The insert is a no-op
--- when a mapping exists (synced, deleted or pending), and the SELECT sees
--- the mapping as it was before it, exactly as the two statements did.
--- Relaxed (queue.sql says what that is): the placeholder is only a sign; if a
--- server crash loses it, the completion (finish_mapped) inserts the mapping anyway.
-WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
-a AS (SELECT id, email, name FROM billing.accounts WHERE id = %(id)s),
-pending AS (
-    INSERT INTO stripe.customer_mappings (account_id) SELECT id FROM a, relaxed
-    ON CONFLICT (account_id) DO NOTHING
-)
-SELECT a.email, a.name, m.stripe_customer_id AS stripe_id, m.sync_status AS status,
-       coalesce(m.create_generation, 0) AS generation,
-       extract(epoch FROM now() - m.create_unknown_since)::float8 AS unknown_for
-FROM a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id
-
 -- name: load_product
 SELECT p.name, p.description, p.active, m.stripe_product_id AS stripe_id,
        m.sync_status AS status, coalesce(m.create_generation, 0) AS generation,
@@ -38,20 +78,6 @@ SELECT p.name, p.description, p.active, m.stripe_product_id AS stripe_id,
 FROM billing.products p
 LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 WHERE p.id = %(id)s
-
--- name: load_product_for_create
--- load_product and mark_pending in one round trip (see load_account_for_create;
--- relaxed alike).
-WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
-p AS (SELECT id, name, description, active FROM billing.products WHERE id = %(id)s),
-pending AS (
-    INSERT INTO stripe.product_mappings (product_id) SELECT id FROM p, relaxed
-    ON CONFLICT (product_id) DO NOTHING
-)
-SELECT p.name, p.description, p.active, m.stripe_product_id AS stripe_id,
-       m.sync_status AS status, coalesce(m.create_generation, 0) AS generation,
-       extract(epoch FROM now() - m.create_unknown_since)::float8 AS unknown_for
-FROM p LEFT JOIN stripe.product_mappings m ON m.product_id = p.id
 
 -- name: load_price
 -- With the product's mapping: a price can only be created under a synced product.
@@ -76,15 +102,15 @@ WHERE s.id = %(id)s
 
 -- name: mark_pending
 -- A create in flight shows as a pending mapping without a Stripe id yet.
--- Relaxed, like load_account_for_create's placeholder.
+-- Relaxed, like the claim's placeholder.
 INSERT INTO {mapping} ({mc_col})
 SELECT %(mc_id)s::bigint FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 ON CONFLICT ({mc_col}) DO NOTHING
 
 -- name: finish_mapped
 -- The completion of outbox rows that write a mapping of one family (queue.sql
--- finish), a group of them in one statement: row i
--- of the arrays is one completion. Per row, independently of the others:
+-- finish), a group of them in one statement: row i of the arrays is one
+-- completion. Per row, independently of the others:
 -- lock it if it is still its worker's (else nothing: the lease was lost),
 -- write its mapping, and mark it done only if the mapping was written (a
 -- mapping naming another Stripe object is never re-pointed: the row stays
