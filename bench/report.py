@@ -127,6 +127,20 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                         f"{s['cpu_ms_per_event']:.2f} ms CPU/ev",
                         _ratio(r["applied_per_s"], s["applied_per_s"]), ""))  # fmt: skip
         out.append(_cpu_line(r, "event", T2_CPU_TARGET))
+    if r := results.get("T2_mix"):
+        outcomes = ", ".join(f"{n:,} {what}" for what, n in sorted(r["outcomes"].items()))
+        out.append(("T2", f"  mix: stripe-sync-engine's {r['types']} sample events "
+                          f"({r['events']:,})",
+                    f"{_num(r['accepted_per_s'])} ev/s accepted; p99 {r['p99_ms']:.1f} ms", "", "",
+                    ""))  # fmt: skip
+        out.append(("T2", f"    all stored and applied ({outcomes})",
+                    f"{_num(r['applied_per_s'])} ev/s ({r['applied_seconds']:.1f} s); "
+                    f"{r['daemon_cpu_ms_per_event']:.2f} ms CPU/ev", "", "", ""))  # fmt: skip
+        if s := results.get("peer_sse_mix"):
+            out.append(("", f"    peer {s['name']}, same events", "",
+                        f"{_num(s['applied_per_s'])} ev/s; p99 {s['p99_ms']:.1f} ms; "
+                        f"{s['cpu_ms_per_event']:.2f} ms CPU/ev",
+                        _ratio(r["applied_per_s"], s["applied_per_s"]), ""))  # fmt: skip
     if r := results.get("P"):
         ok = r["fraction"] >= P_TARGET and r["rate_limited"] == 0
         out.append(("P", f"pacing at {r['limit']} req/s ({r['seconds']:.0f} s)",

@@ -43,7 +43,7 @@ from peer import run_peer
 from report import machine, table
 from sse_peer import available as sse_version
 from sse_peer import run_sse
-from webhook_runs import webhooks
+from webhook_runs import webhooks, webhooks_mix
 
 from stripe_sync.devcluster import ThrowawayCluster
 
@@ -61,10 +61,13 @@ class Counts:
     t2_events: int
     t2_warmup: int
     pacing_seconds: float
+    # T2 mix: stripe-sync-engine's 69 sample events, in turn; warm-up: one round of them.
+    t2_mix_events: int
+    t2_mix_warmup: int
 
 
-FULL = Counts(1000, 200, 40, 30.0, 20_000, 1_000, 20_000, 1_000, 30.0)
-QUICK = Counts(50, 10, 4, 4.0, 500, 50, 500, 50, 5.0)
+FULL = Counts(1000, 200, 40, 30.0, 20_000, 1_000, 20_000, 1_000, 30.0, 10_350, 69)
+QUICK = Counts(50, 10, 4, 4.0, 500, 50, 500, 50, 5.0, 138, 69)
 SWEEP_INTERVAL = 5.0  # the daemon's default STRIPE_SYNC_SWEEP_INTERVAL
 
 
@@ -112,7 +115,7 @@ class Results(dict[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
-        if key in ("L1", "L1_sweep", "T1", "T1_latency", "T2", "P", "peer"):
+        if key in ("L1", "L1_sweep", "T1", "T1_latency", "T2", "T2_mix", "P", "peer"):
             shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in value.items()}
             print(f"    {key}: {json.dumps(shown, default=_nan_safe)}", flush=True)
 
@@ -202,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                         "name": f"stripe-sync-engine {sse}",
                         **run_sse(cluster.dsn, run_dir, events=counts.t2_events),
                     }
+                    step(f"peer: stripe-sync-engine {sse}, T2 mix, {counts.t2_mix_events} events")
+                    results["peer_sse_mix"] = {
+                        "name": f"stripe-sync-engine {sse}",
+                        **run_sse(cluster.dsn, run_dir, events=counts.t2_mix_events, mix=True),
+                    }
         ok = True
     except BenchError as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
@@ -255,6 +263,10 @@ def _main_stack(
             step(f"T2 webhooks, {counts.t2_events} events, 16 clients")
             results["T2"] = webhooks(dsn, daemon, events=counts.t2_events, warmup=counts.t2_warmup)
             memory["after_t2_mb"] = rss_mb(daemon.pid)
+            step(f"T2 mix: stripe-sync-engine's sample events, {counts.t2_mix_events} events")
+            results["T2_mix"] = webhooks_mix(
+                dsn, daemon, events=counts.t2_mix_events, warmup=counts.t2_mix_warmup
+            )
     finally:
         daemon.stop()
         emulator.stop()

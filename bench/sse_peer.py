@@ -1,17 +1,21 @@
 """The T2 peer: supabase's stripe-sync-engine (Node.js) on the same PostgreSQL,
 sent T2's very requests (webhook_runs: the same signed customer.updated events,
-the same 16 keep-alive clients). It verifies and applies each event inside the
-request and keeps no durable event log, so its "accepted" is also its "applied".
+the same 16 keep-alive clients), and T2 mix's (webhook_mix: its own sample
+events). It verifies and applies each event inside the request and keeps no
+durable event log, so its "accepted" is also its "applied".
 Its npm packages are installed into bench/sse/node_modules on first use; without
 `node` the peer is skipped with a note."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import webhook_mix
 from harness import (
     WEBHOOK_SECRET,
     BenchError,
@@ -35,28 +39,36 @@ def available() -> str | None:
     return node_package(HERE, "@supabase/stripe-sync-engine")
 
 
-def run_sse(server_dsn: str, run_dir: Path, *, events: int, clients: int = 16) -> dict[str, Any]:
-    dsn = create_database(server_dsn, "bench_sse", migrated=False)
+def _t2_bodies(n: int, tag: str) -> list[bytes]:
+    now = int(time.time())
+    return [_event(i, tag, i + 1, f"cus_{tag}{i:012d}", now) for i in range(n)]
+
+
+def run_sse(
+    server_dsn: str, run_dir: Path, *, events: int, clients: int = 16, mix: bool = False
+) -> dict[str, Any]:
+    """T2's events, or with ``mix`` T2 mix's, on a fresh database of its own."""
+    bodies: Callable[[int, str], list[bytes]] = webhook_mix.bodies if mix else _t2_bodies
+    dsn = create_database(server_dsn, "bench_sse_mix" if mix else "bench_sse", migrated=False)
     port = free_port()
     env = _clean_env(
         BENCH_PEER_DSN=node_url(dsn), BENCH_WEBHOOK_SECRET=WEBHOOK_SECRET, BENCH_PEER_PORT=str(port)
     )
-    server = Proc("stripe-sync-engine", ["node", str(HERE / "server.mjs")],
-                  run_dir / "sse.log", env).start()  # fmt: skip
+    log = run_dir / ("sse-mix.log" if mix else "sse.log")
+    server = Proc("stripe-sync-engine", ["node", str(HERE / "server.mjs")], log, env).start()
     try:
         wait_for_line(server, "stripe-sync-engine ready")  # it migrates its schema first
         now = int(time.time())
         for n, timed, tag in ((min(events, 500), False, "sw"), (events, True, "st")):
-            requests = [
-                _request(_event(i, tag, i + 1, f"cus_{tag}{i:012d}", now), port, now)
-                for i in range(n)
-            ]
+            sent = bodies(n, tag)
+            requests = [_request(body, port, now) for body in sent]
             cpu0 = cpu_seconds(server.pid)
             latencies, statuses, start, end = asyncio.run(_post_all(port, requests, clients))
             cpu1 = cpu_seconds(server.pid)
-            bad = [s for s in statuses if s != 200]
+            bad = [json.loads(b)["type"] for b, s in zip(sent, statuses, strict=True) if s != 200]
             if bad:
-                raise BenchError(f"stripe-sync-engine: {len(bad)} of {n} refused:\n{server.tail()}")
+                raise BenchError(f"stripe-sync-engine: {len(bad)} of {n} refused, of types "
+                                 f"{', '.join(sorted(set(bad)))}:\n{server.tail()}")  # fmt: skip
             if timed:
                 result = latency_summary(latencies, stall_ms=15.0)
                 result.update(

@@ -1,12 +1,14 @@
-"""T2 mix: stripe-sync-engine's own sample events (its test fixtures: 70 event types
+"""T2 mix: stripe-sync-engine's own sample events (its test fixtures: 69 event types
 of charges, customers, disputes, invoices, payments, prices, products, refunds,
 subscriptions, ...), POSTed like T2 to ours and to the peer.
 
 The events are the files of tests/data/events/stripe-sync-engine/ (copied with their
-license from supabase/stripe-sync-engine), sent in turn, over and over, but for
-checkout_session_completed.json: on that event the peer fetches the session's line
-items from the Stripe API, which the bench does not give it. Each round of the 70
-files is a copy about objects of its own: every Stripe id in it gets a suffix
+license from supabase/stripe-sync-engine), sent in turn, over and over, but for two
+that ask the Stripe API about an object only the real Stripe has:
+checkout_session_completed.json (the peer fetches the session's line items; the bench
+gives it no Stripe) and setup_intent_succeeded.json (it names its payment method by id
+alone, so ours fetches it; the emulator answers 404). Each round of the 69 files is a
+copy about objects of its own: every Stripe id in it gets a suffix
 naming the copy (``cus_123`` → ``cus_123x5``), and every event a unique ``evt_`` id, so
 the events of one copy touch each other's objects as the originals do and no two copies
 contend for a row. For ours, every customer, product and price a copy names is mapped
@@ -32,8 +34,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "tests/data/events/stripe-syn
 _ID = re.compile(r"^[a-z]{2,7}_[A-Za-z0-9]*[0-9A-Z][A-Za-z0-9]*(\.\.\.)?$")
 
 
-# The peer asks the Stripe API about these (see above).
-LEFT_OUT = {"checkout_session_completed.json"}
+# The peer or ours asks the Stripe API about these (see above).
+LEFT_OUT = {"checkout_session_completed.json", "setup_intent_succeeded.json"}
 
 
 def samples() -> list[dict[str, Any]]:

@@ -16,10 +16,11 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+import webhook_mix
 from harness import (
     WEBHOOK_SECRET,
     BenchError,
@@ -137,34 +138,87 @@ async def _post_all(
 def webhooks(
     dsn: str, daemon: DaemonProc, *, events: int, warmup: int, clients: int = 16
 ) -> dict[str, Any]:
+    """T2: one customer.updated event per mapped customer; each must be applied."""
+    now = int(time.time())
+
+    def prepare(admin: psycopg.Connection[Any], n: int, tag: str) -> list[bytes]:
+        customers = mapped_customers(admin, n, tag)
+        return [_event(i, tag, account, customer, now) for i, (account, customer) in
+                enumerate(customers)]  # fmt: skip
+
+    def check(admin: psycopg.Connection[Any], n: int, tag: str) -> dict[str, Any]:
+        row = admin.execute(
+            "SELECT count(*) FILTER (WHERE status = 'processed' AND last_error IS NULL), "
+            "count(*) FILTER (WHERE status <> 'processed' OR last_error IS NOT NULL), "
+            "min(last_error) FROM integration.webhook_events WHERE stripe_event_id LIKE %s",
+            [f"evt_{tag}%"],
+        ).fetchone()
+        assert row is not None
+        if row[0] != n:
+            raise BenchError(f"T2: {row[0]} of {n} events applied; {row[1]} not: {row[2]}")
+        return {}
+
+    return _timed(dsn, daemon, prepare, check, ("bw", "bt"), events=events, warmup=warmup,
+                  clients=clients)  # fmt: skip
+
+
+def webhooks_mix(
+    dsn: str, daemon: DaemonProc, *, events: int, warmup: int, clients: int = 16
+) -> dict[str, Any]:
+    """T2 mix: stripe-sync-engine's sample events (webhook_mix); none may fail."""
+
+    def prepare(admin: psycopg.Connection[Any], n: int, tag: str) -> list[bytes]:
+        webhook_mix.references(admin, n, tag)
+        return webhook_mix.bodies(n, tag)
+
+    def check(admin: psycopg.Connection[Any], n: int, tag: str) -> dict[str, Any]:
+        rows = admin.execute(
+            "SELECT status, note IS NOT NULL, count(*), min(coalesce(last_error, note)) "
+            "FROM integration.webhook_events WHERE stripe_event_id LIKE %s GROUP BY 1, 2",
+            [f"evt_{tag}%"],
+        ).fetchall()
+        counts = {("noted" if noted and status == "processed" else status): int(count)
+                  for status, noted, count, _ in rows}  # fmt: skip
+        bad = [
+            (status, why) for status, _, _, why in rows if status not in ("processed", "ignored")
+        ]
+        if bad or sum(counts.values()) != n:
+            raise BenchError(f"T2 mix: of {n} events {counts}, e.g. {bad[:1]}")
+        return {"outcomes": counts, "types": len(webhook_mix.samples())}
+
+    return _timed(dsn, daemon, prepare, check, ("mw", "mt"), events=events, warmup=warmup,
+                  clients=clients)  # fmt: skip
+
+
+def _timed(
+    dsn: str,
+    daemon: DaemonProc,
+    prepare: Callable[[psycopg.Connection[Any], int, str], list[bytes]],
+    check: Callable[[psycopg.Connection[Any], int, str], dict[str, Any]],
+    tags: tuple[str, str],
+    *,
+    events: int,
+    warmup: int,
+    clients: int,
+) -> dict[str, Any]:
+    """A warm-up, then the timed run: ``prepare`` makes the bodies (and the rows
+    they need), all are POSTed, and once none is pending ``check`` judges them."""
     now = int(time.time())
     with psycopg.connect(dsn, autocommit=True) as admin:
-        for n, timed, tag in ((warmup, False, "bw"), (events, True, "bt")):
+        for n, timed, tag in ((warmup, False, tags[0]), (events, True, tags[1])):
             if n == 0:
                 continue
-            customers = mapped_customers(admin, n, tag)
-            requests = [
-                _request(_event(i, tag, account, customer, now), daemon.port, now)
-                for i, (account, customer) in enumerate(customers)
-            ]
+            requests = [_request(body, daemon.port, now) for body in prepare(admin, n, tag)]
             cpu0 = cpu_seconds(daemon.pid)
             latencies, statuses, start, end = asyncio.run(_post_all(daemon.port, requests, clients))
             bad = [s for s in statuses if s != 200]
             if bad:
-                raise BenchError(f"T2: {len(bad)} of {n} requests not accepted, e.g. {bad[0]}")
+                raise BenchError(f"{len(bad)} of {n} requests not accepted, e.g. {bad[0]}")
             applied_at = wait_until(admin, PENDING, timeout=600, interval=0.02, watch=[daemon])
             cpu1 = cpu_seconds(daemon.pid)
+            outcome = check(admin, n, tag)
             if not timed:
                 continue
-            row = admin.execute(
-                "SELECT count(*) FILTER (WHERE status = 'processed' AND last_error IS NULL), "
-                "count(*) FILTER (WHERE status <> 'processed' OR last_error IS NOT NULL), "
-                "min(last_error) FROM integration.webhook_events WHERE stripe_event_id LIKE %s",
-                [f"evt_{tag}%"],
-            ).fetchone()
-            assert row is not None
-            if row[0] != n:
-                raise BenchError(f"T2: {row[0]} of {n} events applied; {row[1]} not: {row[2]}")
             result = latency_summary(latencies, stall_ms=15.0)
             result.update(
                 events=n,
@@ -174,6 +228,7 @@ def webhooks(
                 applied_seconds=applied_at - start,
                 applied_per_s=n / (applied_at - start),
                 daemon_cpu_ms_per_event=(cpu1 - cpu0) * 1000 / n,
+                **outcome,
             )
             return result
-    raise BenchError("T2: no events")
+    raise BenchError("no events")

@@ -33,11 +33,11 @@ def test_quick_bench_runs_and_names_every_measurement(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout
     for name in ("L1", "T1", "T2", "P", "M", "pickup, NOTIFY", "sweep only", "outbox drain",
-                 "50 ms Stripe latency", "webhooks accepted", "stored and applied", "pacing",
-                 "daemon RSS"):  # fmt: skip
+                 "50 ms Stripe latency", "webhooks accepted", "stored and applied",
+                 "mix: stripe-sync-engine's", "pacing", "daemon RSS"):  # fmt: skip
         assert name in table, f"{name!r} missing from:\n{table}"
     results = json.loads(out.read_text())
-    assert {"L1", "L1_sweep", "T1", "T1_latency", "T2", "P", "M"} <= results.keys()
+    assert {"L1", "L1_sweep", "T1", "T1_latency", "T2", "T2_mix", "P", "M"} <= results.keys()
     assert results["P"]["rate_limited"] >= 0
     if "peer" in results:  # only when the bench extra is installed
         assert "procrastinate" in table
