@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,9 +18,10 @@ from functools import partial
 from typing import Any
 
 import anyio
+import msgspec
 import psycopg
 
-from . import __version__, logs
+from . import __version__, logs, processes
 from .config import Settings, load_settings, variables
 from .errors import (
     EX_FAILURE,
@@ -41,6 +43,7 @@ _RUN_FLAGS: dict[str, str] = {
     "--bind": "STRIPE_SYNC_BIND",
     "--api-base": "STRIPE_API_BASE",
     "--concurrency": "STRIPE_SYNC_CONCURRENCY",
+    "--processes": "STRIPE_SYNC_PROCESSES",
     "--rate-limit": "STRIPE_SYNC_RATE_LIMIT",
     "--sweep-interval": "STRIPE_SYNC_SWEEP_INTERVAL",
     "--retention": "STRIPE_SYNC_RETENTION",
@@ -61,11 +64,14 @@ def _environment_help() -> str:
     )
 
 
+def _flags(args: argparse.Namespace) -> dict[str, str]:
+    """The settings given as flags (``--bind`` …), by flag."""
+    given = {flag: getattr(args, flag.lstrip("-").replace("-", "_"), None) for flag in _RUN_FLAGS}
+    return {flag: value for flag, value in given.items() if value is not None}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        env: getattr(args, flag.lstrip("-").replace("-", "_"), None)
-        for flag, env in _RUN_FLAGS.items()
-    }
+    overrides: dict[str, Any] = {_RUN_FLAGS[flag]: v for flag, v in _flags(args).items()}
     return load_settings(**overrides)
 
 
@@ -169,21 +175,49 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
+    from .http import bind_socket
 
     settings = _settings(args)
     logs.setup(settings.log_format, settings.log_level)
     logs.register_secrets(
         s.reveal() for s in (settings.stripe_api_key, *settings.webhook_secrets) if s is not None
     )
-    daemon = Daemon(settings)
+    sock = others = None
+    if args.socket_fd is not None:  # started by the first process (processes.py)
+        sock = processes.inherited_socket(args.socket_fd, args.parent_pid)
+    elif settings.processes > 1:
+        sock = bind_socket(settings.bind)
+        env = dict(os.environ)
+        env.update((_RUN_FLAGS[f], v) for f, v in _flags(args).items())
+        others = processes.Processes(settings, sock, env)
+        settings = msgspec.structs.replace(
+            settings, rate_limit=float(processes.rate_share(settings))
+        )
+    daemon = Daemon(settings, sock)
+
+    def stop() -> None:
+        if others is not None:
+            others.signal()
+        daemon.stop()
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, daemon.stop)
-            await daemon.run()
+            tg.start_soon(_stop_on_signal, stop)
+            if others is not None:
+                others.start()
+                tg.start_soon(others.watch, stop)
+            try:
+                await daemon.run()
+            finally:
+                if others is not None:
+                    with anyio.CancelScope(shield=True):
+                        await others.wait()
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+    if others is not None and others.failed:
+        print(f"stripe-sync: {others.failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -257,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "enqueue outbox creates for MC accounts/products/prices without a mapping",
         ["--database-url"],
     )
-    command(
+    run = command(
         "run",
         cmd_run,
         "run the daemon: outbox, webhooks, HTTP",
@@ -266,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_environment_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # How the first process of STRIPE_SYNC_PROCESSES starts the others; not for people.
+    run.add_argument("--socket-fd", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     status = command(
         "status",
         cmd_status,

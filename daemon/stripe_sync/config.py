@@ -143,10 +143,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     rate_limit: float | None = _setting(
         "STRIPE_SYNC_RATE_LIMIT",
         None,
-        "Stripe requests/s for the process; 0 = unpaced",
+        "Stripe requests/s for the service; 0 = unpaced",
         f"default {RATE_LIMITS['test']:g} test / {RATE_LIMITS['live']:g} live",
     )
     concurrency: int = _setting("STRIPE_SYNC_CONCURRENCY", 16, "rows in flight at once, per queue")
+    # One process uses one core; more share the webhook port and the queues
+    # (processes.py). Concurrency and the pool are per process; the rate limit
+    # is split between them.
+    processes: int = _setting(
+        "STRIPE_SYNC_PROCESSES", 1, "daemon processes in this service, sharing the webhook port"
+    )
     batch_size: int = _setting("STRIPE_SYNC_BATCH_SIZE", 32, "rows per claim")
     sweep_interval: float = _setting(
         "STRIPE_SYNC_SWEEP_INTERVAL", 5.0, "seconds between sweeps for missed work"
@@ -207,6 +213,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "STRIPE_SYNC_LEASE_SECONDS": self.lease_seconds,
             "STRIPE_SYNC_MAX_ATTEMPTS": self.max_attempts,
             "STRIPE_SYNC_POOL_SIZE": self.pool_size,
+            "STRIPE_SYNC_PROCESSES": self.processes,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -48,7 +48,7 @@ def worker_id() -> str:
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sock: socket.socket | None = None) -> None:
         settings.require("DATABASE_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET")
         assert settings.database_url is not None and settings.stripe_api_key is not None
         self.settings = settings
@@ -59,6 +59,8 @@ class Daemon:
         self.workers: list[Worker] = []
         self.listener: Listener | None = None
         self.http_port: int | None = None
+        # The webhook socket, when bound before (processes.py); else run binds it.
+        self._sock = sock
         self.recheck_seconds = provider.RECHECK_SECONDS  # tests shorten it
         self._stop = anyio.Event()
         self._http_stop = anyio.Event()
@@ -114,7 +116,7 @@ class Daemon:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         s = self.settings
-        sock = bind_socket(s.bind)
+        sock = self._sock or bind_socket(s.bind)
         self.http_port = sock.getsockname()[1]
         log.info(
             "starting",
