@@ -10,7 +10,10 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from stripe_sync.config import Secret
 from stripe_sync.db import make_pool
+from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
+from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.process import WebhookContext
 
 from webhook_helpers import (
@@ -32,6 +35,15 @@ T0 = 1_700_000_000
 async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
     async with make_pool(dsn, size=6) as p:
         yield p
+
+
+@pytest.fixture
+async def api(emulator: Any) -> AsyncIterator[StripeApi]:
+    """The daemon's client, on the emulator: what refetches and ties ask."""
+    async with StripeApi(
+        Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5
+    ) as client:
+        yield client
 
 
 async def run(
@@ -812,12 +824,9 @@ async def test_missing_price_waits_too(
 async def test_refetch_applies_the_state_stripe_has_now(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],
-    emulator: Any,
+    api: StripeApi,
     stripe_client: Any,
 ) -> None:
-    from stripe_sync.config import Secret
-    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
-    from stripe_sync.stripe_api import StripeApi
 
     pi = stripe_client.v1.payment_intents.create(
         params={
@@ -827,7 +836,6 @@ async def test_refetch_applies_the_state_stripe_has_now(
             "payment_method": "pm_card_visa",
         }
     )
-    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
     # The event's copy is old (requires_payment_method, 1 cent); Stripe's is current.
     stale_copy = {
         "id": pi.id,
@@ -836,12 +844,11 @@ async def test_refetch_applies_the_state_stripe_has_now(
         "amount": 1,
         "currency": "eur",
     }
-    async with api:
-        await run(
-            pool,
-            event("payment_intent.created", stale_copy, event_id="evt_rf"),
-            ctx=WebhookContext(pool, api=api, refetch=True),
-        )
+    await run(
+        pool,
+        event("payment_intent.created", stale_copy, event_id="evt_rf"),
+        ctx=WebhookContext(pool, api=api, refetch=True),
+    )
     assert statuses(conn)["evt_rf"] == ("processed", None)
     assert one(conn, "SELECT status, amount, amount_received FROM billing.payments") == (
         "succeeded",
@@ -1040,7 +1047,7 @@ async def test_a_default_named_while_its_card_is_attached_is_the_default(
 async def test_a_same_second_tie_applies_the_state_stripe_has_now(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],
-    emulator: Any,
+    api: StripeApi,
     stripe_client: Any,
     arrival: str,
 ) -> None:
@@ -1048,9 +1055,6 @@ async def test_a_same_second_tie_applies_the_state_stripe_has_now(
     say ``active``, so neither the second nor the rank orders them, and the ids
     are chosen to order them wrongly. Whichever arrives second asks Stripe and
     applies what Stripe has now (resumed), in both arrival orders."""
-    from stripe_sync.config import Secret
-    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
-    from stripe_sync.stripe_api import StripeApi
 
     v1 = stripe_client.v1
     customer = v1.customers.create(params={"email": "tie@example.com"})
@@ -1079,12 +1083,10 @@ async def test_a_same_second_tie_applies_the_state_stripe_has_now(
         sub_obj(sub.id, customer.id, prices=(price.id,)),
         event_id="evt_a_resume",
     )
-    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
     ctx = WebhookContext(pool, api=api)
     first, second = (cancel, resume) if arrival == "cancel first" else (resume, cancel)
-    async with api:
-        await run(pool, first, ctx=ctx)
-        await run(pool, second, ctx=ctx)
+    await run(pool, first, ctx=ctx)
+    await run(pool, second, ctx=ctx)
     assert one(conn, "SELECT cancel_at_period_end FROM billing.subscriptions") is False
     assert statuses(conn)[second["id"]] == (
         "processed",
@@ -1095,81 +1097,79 @@ async def test_a_same_second_tie_applies_the_state_stripe_has_now(
 
 
 async def test_a_tie_stripe_cannot_answer_is_ordered_by_event_id(
-    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], emulator: Any
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], api: StripeApi
 ) -> None:
     """Stripe does not have the object (404): the ids decide, as without a client."""
-    from stripe_sync.config import Secret
-    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
-    from stripe_sync.stripe_api import StripeApi
 
     add_account(conn, "cus_A")
     add_price(conn, "price_A")
-    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
     ctx = WebhookContext(pool, api=api)
-    async with api:
-        await run(
-            pool,
-            event("customer.subscription.updated", sub_obj(), event_id="evt_a"),
-            ctx=ctx,
-        )
-        await run(
-            pool,
-            event(
-                "customer.subscription.updated",
-                sub_obj(cancel_at_period_end=True),
-                event_id="evt_b",
-            ),
-            ctx=ctx,
-        )
+    await run(
+        pool,
+        event("customer.subscription.updated", sub_obj(), event_id="evt_a"),
+        ctx=ctx,
+    )
+    await run(
+        pool,
+        event(
+            "customer.subscription.updated",
+            sub_obj(cancel_at_period_end=True),
+            event_id="evt_b",
+        ),
+        ctx=ctx,
+    )
     assert statuses(conn)["evt_b"] == ("processed", None)
     assert one(conn, "SELECT cancel_at_period_end FROM billing.subscriptions") is True
 
 
-async def test_a_tie_that_commits_between_check_and_apply_is_checked_again(
-    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], emulator: Any
+async def _tied_before_apply(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], done: Any, table: str, rank: int
 ) -> None:
-    """Two events of one second and rank handled side by side: the one that
-    locks second raises Raced (and so goes through the check, and Stripe,
-    again) rather than applying its copy because its id sorts higher."""
-    from stripe_sync.config import Secret
-    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
-    from stripe_sync.jobs import Job
-    from stripe_sync.stripe_api import StripeApi
-    from stripe_sync.webhooks import subscriptions
+    """evt_a, of the same second and rank as the event ``done`` was prepared
+    for (evt_z), commits first: the apply must raise Raced and write nothing."""
     from stripe_sync.webhooks.common import Raced
 
-    add_account(conn, "cus_A")
-    add_price(conn, "price_A")
-    await run(pool, event("customer.subscription.created", sub_obj(), created=T0 - 5))
-    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
-    ctx = WebhookContext(pool, api=api)
-    evt = event("customer.subscription.updated", sub_obj(), event_id="evt_z")
-    done = await subscriptions.handle(ctx, Job(1, evt["type"], 1, json.dumps(evt)))
     assert done.apply is not None
-    # Meanwhile evt_a, of the same second and status, is applied.
     conn.execute(
-        "UPDATE stripe.subscription_mappings SET last_event_created = %s, last_event_rank = 2, "
+        f"UPDATE {table} SET last_event_created = %s, last_event_rank = %s, "
         "last_event_id = 'evt_a'",
-        [T0],
+        [T0, rank],
     )
     with pytest.raises(Raced):
         async with pool.connection() as c, c.transaction():
             await done.apply(c)
-    assert one(conn, "SELECT last_event_id FROM stripe.subscription_mappings") == "evt_a"
+    assert one(conn, f"SELECT last_event_id FROM {table}") == "evt_a"
+
+
+async def test_a_tie_that_commits_between_check_and_apply_is_checked_again(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], api: StripeApi
+) -> None:
+    """Two events of one second and rank handled side by side: the one that
+    locks second raises Raced (and so goes through the check, and Stripe,
+    again) rather than applying its copy because its id sorts higher."""
+    from stripe_sync.jobs import Job
+    from stripe_sync.webhooks import subscriptions
+
+    add_account(conn, "cus_A")
+    add_price(conn, "price_A")
+    await run(pool, event("customer.subscription.created", sub_obj(), created=T0 - 5))
+    ctx = WebhookContext(pool, api=api)
+    evt = event("customer.subscription.updated", sub_obj(), event_id="evt_z")
+    done = await subscriptions.handle(ctx, Job(1, evt["type"], 1, json.dumps(evt)))
+    # Meanwhile evt_a, of the same second and status, is applied.
+    await _tied_before_apply(pool, conn, done, "stripe.subscription_mappings", rank=2)
 
 
 async def test_a_setup_intent_naming_its_card_by_id_is_fetched(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],
     emulator: Any,
+    api: StripeApi,
     stripe_client: Any,
 ) -> None:
     """Stripe's setup_intent.succeeded names the payment method by id: with an
     API client the handler retrieves it (here the emulator's own event, alone,
     without the payment_method.attached that came with it)."""
-    from stripe_sync.config import Secret
-    from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
-    from stripe_sync.stripe_api import StripeApi
 
     cus = stripe_client.v1.customers.create()
     account = add_account(conn, cus.id)
@@ -1178,9 +1178,7 @@ async def test_a_setup_intent_naming_its_card_by_id_is_fetched(
     )
     [succeeded] = emulator.emulator.events_of_type("setup_intent.succeeded")
     assert succeeded["data"]["object"]["payment_method"] == si.payment_method
-    api = StripeApi(Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5)
-    async with api:
-        await run(pool, succeeded, ctx=WebhookContext(pool, api=api))
+    await run(pool, succeeded, ctx=WebhookContext(pool, api=api))
     assert statuses(conn)[succeeded["id"]] == ("processed", None)
     assert one(
         conn,
@@ -1189,3 +1187,62 @@ async def test_a_setup_intent_naming_its_card_by_id_is_fetched(
         "FROM billing.payment_methods p JOIN stripe.payment_method_mappings m "
         "ON m.payment_method_id = p.id",
     ) == (account, "mastercard", "4444", 12, 2034, si.payment_method)
+
+
+@pytest.mark.parametrize("arrival", ["a first", "b first"])
+async def test_a_customer_tie_keeps_the_default_card_stripe_has_now(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    api: StripeApi,
+    stripe_client: Any,
+    arrival: str,
+) -> None:
+    """customer.updated writes the default payment method: two in one second
+    (card A, then card B) ask Stripe too, whatever the ids say."""
+
+    v1 = stripe_client.v1
+    customer = v1.customers.create(params={"email": "cards@example.com"})
+    card_a, card_b = (
+        v1.payment_methods.attach(pm, params={"customer": customer.id}).id
+        for pm in ("pm_card_visa", "pm_card_mastercard")
+    )
+    for card in (card_a, card_b):
+        v1.customers.update(
+            customer.id, params={"invoice_settings": {"default_payment_method": card}}
+        )
+    add_account(conn, customer.id)
+
+    def updated(card: str, event_id: str) -> dict[str, Any]:
+        obj = {"id": customer.id, "object": "customer"}
+        return event(
+            "customer.updated",
+            {**obj, "invoice_settings": {"default_payment_method": card}},
+            event_id=event_id,
+        )
+
+    # Card A's event has the higher id.
+    set_a, set_b = updated(card_a, "evt_z_a"), updated(card_b, "evt_a_b")
+    first, second = (set_a, set_b) if arrival == "a first" else (set_b, set_a)
+    await run(pool, first, ctx=WebhookContext(pool, api=api))
+    await run(pool, second, ctx=WebhookContext(pool, api=api))
+    assert one(
+        conn, "SELECT default_payment_method, last_event_id FROM stripe.customer_mappings"
+    ) == (card_b, "evt_z_a")
+    assert statuses(conn)[second["id"]][1] == (
+        f"same second and rank as {first['id']}: applied {customer.id} as Stripe has it now"
+    )
+
+
+async def test_a_customer_tie_committed_before_the_apply_is_checked_again(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], api: StripeApi
+) -> None:
+    """confirm's one-statement apply refuses a tie it would have to ask about."""
+    from stripe_sync.jobs import Job
+    from stripe_sync.webhooks import customers
+
+    add_account(conn, "cus_A")
+    evt = event("customer.updated", {"id": "cus_A", "object": "customer"}, event_id="evt_z")
+    done = await customers.handle(
+        WebhookContext(pool, api=api), Job(1, evt["type"], 1, json.dumps(evt))
+    )
+    await _tied_before_apply(pool, conn, done, "stripe.customer_mappings", rank=1)

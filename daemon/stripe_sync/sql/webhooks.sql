@@ -47,11 +47,19 @@ FOR UPDATE
 -- confirm's apply in one round trip: lock the row lock_mapping locks and mark
 -- it as mark_mapping does, only if the event's key is above the newest one
 -- applied, in common.Key's order (as MappingRow.last reads the row: no key yet
--- is older than any, a missing rank is -1). No row updated: a newer event was
--- applied meanwhile, or the row is gone.
+-- is older than any, a missing rank is -1). A tie of second and rank
+-- (common.same_second) is decided by the flags: %(current)s, the event shows
+-- Stripe's current object: applied, keeping the higher id; %(ask)s, the
+-- handler must ask Stripe first: not applied; neither: the higher id wins. No
+-- row updated: a newer event (or a tie) was applied meanwhile, or the row is gone.
 UPDATE {mapping} AS m
 SET {stripe_col} = %(stripe_id)s, sync_status = %(status)s,
-    last_event_created = %(created)s, last_event_rank = %(rank)s, last_event_id = %(event_id)s,
+    last_event_created = %(created)s, last_event_rank = %(rank)s,
+    last_event_id = CASE
+        WHEN (m.last_event_created, coalesce(m.last_event_rank, -1))
+             = (%(created)s::bigint, %(rank)s::integer)
+        THEN greatest(%(event_id)s::text COLLATE "C", m.last_event_id COLLATE "C")
+        ELSE %(event_id)s END,
     synced_at = now(), updated_at = now()
 WHERE m.id = (
     SELECT id FROM {mapping}
@@ -61,9 +69,14 @@ WHERE m.id = (
     FOR UPDATE
 )
 AND (m.last_event_created IS NULL
-     OR (%(created)s::bigint, %(rank)s::integer, %(event_id)s::text COLLATE "C")
-        > (m.last_event_created, coalesce(m.last_event_rank, -1),
-           coalesce(m.last_event_id, '') COLLATE "C"))
+     OR (%(created)s::bigint, %(rank)s::integer)
+        > (m.last_event_created, coalesce(m.last_event_rank, -1))
+     OR ((%(created)s::bigint, %(rank)s::integer)
+         = (m.last_event_created, coalesce(m.last_event_rank, -1))
+         AND CASE WHEN m.sync_status = 'deleted' OR %(status)s = 'deleted'
+                    OR NOT (%(current)s OR %(ask)s)
+                  THEN %(event_id)s::text COLLATE "C" > coalesce(m.last_event_id, '') COLLATE "C"
+                  ELSE %(current)s AND %(event_id)s::text <> m.last_event_id END))
 RETURNING m.{mc_col}
 
 -- name: mark_mapping

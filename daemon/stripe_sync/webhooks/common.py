@@ -14,12 +14,13 @@ the object's status in the event, e.g. ``canceled`` above ``active``, a
 sequence would. What is left, two events of one object in one second with
 the same rank (a cancellation at period end and its undoing, both
 ``active``), no event can order: for objects born in Stripe
-(``write_object``) the handler then asks Stripe for the object as it is now
-and applies that (``SameSecond``, handled in ``process.make_handler``), under
-the higher of the two keys. Without an API client, or when Stripe no longer
-has the object, the event id decides, arbitrarily but the same way every
-time. An event whose key is not above the stored one is stale and is
-recorded as processed with a note. Each applied event writes the whole
+(``write_object``), and in ``confirm`` when the event writes state, the
+handler then asks Stripe for the object as it is now and applies that
+(``SameSecond``, handled in ``process.make_handler``), under the higher of
+the two keys. Without an API client, or when Stripe no longer has the
+object, the event id decides, arbitrarily but the same way every time. An
+event whose key is not above the stored one is stale and is recorded as
+processed with a note. Each applied event writes the whole
 state the event shows, so the final tables depend only on the newest key,
 never on arrival order.
 
@@ -293,6 +294,9 @@ async def confirm(
     Found by its Stripe id, or by the MC id in its metadata while the outbox
     has not recorded the id yet (the webhook can beat the outbox's commit).
     ``then(conn, mc_id)`` runs in the same transaction once the mapping is marked.
+    It writes state from the event (a customer's default payment method), so
+    with it a same-second tie asks Stripe as ``write_object`` does; without
+    it, which of two tied events wins changes nothing but the key.
     """
     assert family.metadata_key is not None, f"the outbox does not create {family.noun}s"
     mc_id = metadata_id(metadata, family.metadata_key)
@@ -304,21 +308,26 @@ async def confirm(
             row = await find(conn, family, stripe_id, mc_id)
     if row is None:
         return ignored(f"{family.noun} {stripe_id} is not mapped to any MC row")
-    if note := stale_note(key, row.last):
+    ties = then is not None
+    if ties and _unordered(ctx, key, status, row):
+        raise SameSecond(stripe_id, row.last_event_id or "")
+    current = ties and _tie_applies(ctx, key, row)
+    if not current and (note := stale_note(key, row.last)):
         return Done(note=note)
+    flags = {"current": ties and ctx.current, "ask": ties and ctx.asks_on_tie}
 
     async def apply(conn: AsyncConnection[Any]) -> None:
-        # Lock, check the key again and mark, in one statement.
+        # Lock, check the key again (ties as above) and mark, in one statement.
         cur = await conn.execute(
             family.query("webhooks", "mark_if_newer"),
-            {"stripe_id": stripe_id, "mc_id": mc_id, "status": status, **asdict(key)},
+            {"stripe_id": stripe_id, "mc_id": mc_id, "status": status, **asdict(key), **flags},
         )
         if cur.rowcount != 1:
             raise Raced(stripe_id)
         if then is not None:
             await then(conn, _returned_id(await cur.fetchone()))
 
-    return Done(apply=apply)
+    return Done(apply=apply, note=_tie_note(row, stripe_id) if current else None)
 
 
 @dataclass(frozen=True)
@@ -365,10 +374,7 @@ async def write_object(
             if _unordered(ctx, key, status, row):
                 raise SameSecond(stripe_id, row.last_event_id or "")
             if _tie_applies(ctx, key, row):
-                tie = (
-                    f"same second and rank as {row.last_event_id}: "
-                    f"applied {stripe_id} as Stripe has it now"
-                )
+                tie = _tie_note(row, stripe_id)
             elif note := stale_note(key, row.last):
                 return Done(note=note)
         write = await prepare(conn)
@@ -416,6 +422,10 @@ def _unordered(ctx: WebhookContext, key: Key, status: str, row: MappingRow) -> b
         and status != "deleted"
         and row.sync_status != "deleted"
     )
+
+
+def _tie_note(row: MappingRow, stripe_id: str) -> str:
+    return f"same second and rank as {row.last_event_id}: applied {stripe_id} as Stripe has it now"
 
 
 def _tie_applies(ctx: WebhookContext, key: Key, row: MappingRow) -> bool:
