@@ -66,13 +66,20 @@ def latency_summary(seconds: Sequence[float], *, stall_ms: float = 10.0) -> dict
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) a process has used so far, from
+    """CPU time (user + system, all threads) a process and the processes it
+    started (a daemon with STRIPE_SYNC_PROCESSES > 1) have used so far, from
     utime and stime of /proc/<pid>/stat. Unlike a rate, it hardly depends on
     what else the machine runs: the figure to compare on a loaded box."""
-    # The command name (field 2) may hold spaces: split after its closing ")".
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (field 2) may hold spaces: split after its closing ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:

@@ -99,6 +99,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="STRIPE_SYNC_LOG_LEVEL of the daemons (default warning: see docs/benchmarks.md)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="STRIPE_SYNC_PROCESSES of the daemons (default 1); CPU is then summed over all N",
+    )
+    parser.add_argument(
         "--keep-logs", action="store_true", help="keep the run directory with every process's log"
     )
     args = parser.parse_args(argv)
@@ -133,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="stripe-sync-bench-"))
     results = Results(counts=asdict(counts), quick=args.quick, notes=[])
     notes: list[str] = results["notes"]
-    log_env = {"STRIPE_SYNC_LOG_LEVEL": args.log_level}
+    daemon_env = {"STRIPE_SYNC_LOG_LEVEL": args.log_level}
+    if args.processes != 1:
+        daemon_env["STRIPE_SYNC_PROCESSES"] = str(args.processes)
+        notes.append(f"each daemon ran as {args.processes} processes (STRIPE_SYNC_PROCESSES)")
     ok = False
     started = time.monotonic()
     try:
@@ -144,13 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"logs in {run_dir}", flush=True)  # fmt: skip
 
             if only & {"L1", "T1", "T2", "M"}:
-                _main_stack(dsn, run_dir, counts, only, log_env, results)
+                _main_stack(dsn, run_dir, counts, only, daemon_env, results)
             if "T1" in only:
                 step("T1 with 50 ms emulator latency")
                 emulator = EmulatorProc(run_dir, latency=0.05, tag="-latency").start()
                 conc = str(args.latency_concurrency)
                 daemon = DaemonProc(run_dir, dsn, emulator.url, tag="-latency",
-                                    STRIPE_SYNC_CONCURRENCY=conc, **log_env).start()  # fmt: skip
+                                    STRIPE_SYNC_CONCURRENCY=conc, **daemon_env).start()  # fmt: skip
                 try:
                     rows = counts.t1_rows
                     results["T1_latency"] = {
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 step("P pacing at 25 req/s")
                 emulator = EmulatorProc(run_dir, rate_limit=25, tag="-paced").start()
                 daemon = DaemonProc(run_dir, dsn, emulator.url, tag="-paced",
-                                    STRIPE_SYNC_RATE_LIMIT="25", **log_env).start()  # fmt: skip
+                                    STRIPE_SYNC_RATE_LIMIT="25", **daemon_env).start()  # fmt: skip
                 try:
                     results["P"] = pacing(
                         dsn, emulator, daemon, limit=25, seconds=counts.pacing_seconds
@@ -231,13 +241,13 @@ def _main_stack(
     run_dir: Path,
     counts: Counts,
     only: set[str],
-    log_env: dict[str, str],
+    daemon_env: dict[str, str],
     results: dict[str, Any],
 ) -> None:
     """One emulator and one long-lived daemon for L1, T1, T2 and the memory readings."""
     step("starting the emulator and the daemon")
     emulator = EmulatorProc(run_dir).start()
-    daemon = DaemonProc(run_dir, dsn, emulator.url, **log_env).start()
+    daemon = DaemonProc(run_dir, dsn, emulator.url, **daemon_env).start()
     memory: dict[str, float] = {}
     results["M"] = memory
     try:
