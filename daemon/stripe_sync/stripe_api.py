@@ -15,7 +15,8 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import quote_plus
 
 import aiohttp
 import anyio
@@ -122,6 +123,28 @@ class StripeApi:
                 self.rate_limited += 1
                 STRIPE_RATE_LIMITED.inc()
             raise classify(what, exc) from exc
+
+    def raw_post(self, path: str, params: dict[str, Any], options: dict[str, Any]) -> Any:
+        """A POST (a create, an update) whose answer the caller reads as plain JSON,
+        to be awaited through ``call``: the SDK's ``raw_request_async`` (the request
+        of its service methods, the same errors), whose answer (``.data``) is not
+        turned into a ``StripeObject``; that cost ~15 % of the daemon's CPU in T1,
+        for the ``id`` the outbox reads (docs/benchmarks.md, issue 11, step 9).
+        ``path``: :func:`object_path`; ``options``: the SDK's (``idempotency_key``)."""
+        return self.client.raw_request_async("post", path, **options, **params)
+
+    async def post(
+        self, what: str, path: str, params: dict[str, Any], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``raw_post`` through ``call``: the answer as parsed JSON."""
+        data: dict[str, Any] = (await self.call(what, self.raw_post(path, params, options))).data
+        return data
+
+
+def object_path(resource: str, stripe_id: str | None = None) -> str:
+    """The API path of a resource (``customers``), or of one object of it, its id
+    quoted as the SDK's service methods quote it."""
+    return f"/v1/{resource}" if stripe_id is None else f"/v1/{resource}/{quote_plus(stripe_id)}"
 
 
 def from_settings(settings: Settings) -> StripeApi:

@@ -23,7 +23,7 @@ from ..db import queries
 from ..errors import PermanentError, SavedFailure, TransientError
 from ..jobs import Done, Job
 from ..mappings import Family, MappingWrite
-from ..stripe_api import StripeApi, is_idempotency_conflict, search_clause
+from ..stripe_api import StripeApi, is_idempotency_conflict, object_path, search_clause
 from .keys import create_key, write_key
 from .payloads import decode
 
@@ -62,6 +62,14 @@ async def source_of(pool: AsyncConnectionPool) -> str:
 
 
 class StripeObject(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Created:
+    """What the outbox reads of a created object (``StripeApi.post`` answers JSON)."""
+
     id: str
 
 
@@ -114,10 +122,9 @@ async def create_or_adopt(
     if found is None:
         key = create_key(ctx.source, family, mc_id, generation)
         try:
-            created: StripeObject = await ctx.api.call(
-                what, service.create_async(params=params, options={"idempotency_key": key})
-            )
-            found = created
+            path = object_path(family.resource)
+            created = await ctx.api.post(what, path, params, {"idempotency_key": key})
+            found = Created(created["id"])
         except SavedFailure as exc:
             left = ctx.search_lag - await _mark_unknown(ctx, family, mc_id, generation)
             raise _waiting(ctx, family, what, generation, max(left, 0.0), str(exc)) from exc
@@ -309,10 +316,10 @@ class Pushed(Generic[R]):
     async def _update(
         self, ctx: Context, job: Job, verb: str, stripe_id: str, params: dict[str, Any]
     ) -> None:
-        service = ctx.service(self.family)
+        path = object_path(self.family.resource, stripe_id)
 
         def update(options: Any) -> Awaitable[Any]:
-            sent: Awaitable[Any] = service.update_async(stripe_id, params=params, options=options)
+            sent: Awaitable[Any] = ctx.api.raw_post(path, params, options)
             return sent
 
         await send_write(ctx, job, f"{verb} {self.family.noun} {stripe_id}", update)
