@@ -15,7 +15,9 @@ is the default when stripe.customer_mappings.default_payment_method (the
 newest customer event's invoice_settings.default_payment_method) names it
 and it is attached to that customer. Each side recomputes it after writing,
 so the result does not depend on which arrives first; both take the
-account's lock first (account_locks), so they never run side by side.
+account's lock before reading what they recompute it from (account_locks),
+so they never run side by side (a customer event that leaves the default as
+it was changes nothing and recomputes nothing).
 """
 
 from __future__ import annotations
@@ -126,13 +128,23 @@ async def set_default(
     conn: AsyncConnection[Any], account_id: int, stripe_payment_method: str | None
 ) -> None:
     """customer.*: the default its newest applied event names, and is_default
-    of that account's payment methods."""
+    of that account's payment methods.
+
+    Most customer events name the default already stored: then is_default is
+    as the last writer left it, and the lock and the recompute (two round
+    trips on every customer event) are skipped. When the default changes, the
+    lock is taken after writing it and before reading is_default's inputs,
+    which is all the lock needs: a payment method's writer that held it first
+    has committed by then, and one that waits for it reads our default once
+    we commit."""
     q = queries("webhooks")
-    await account_locks(conn, [account_id])
-    await conn.execute(
+    cur = await conn.execute(
         q["set_default_payment_method"],
         {"account_id": account_id, "payment_method": stripe_payment_method},
     )
+    if cur.rowcount == 0:
+        return
+    await account_locks(conn, [account_id])
     await conn.execute(
         q["default_payment_methods"], {"account_id": account_id, "payment_method_id": None}
     )
