@@ -67,7 +67,8 @@ def one_run(
         out: dict[str, Any] = {"idle_mb": rss_mb(daemon.pid)}
         if args.l1:
             lat = pickup_latency(dsn, emulator, daemon, samples=args.l1, warmup=30)
-            out.update(l1_p50=lat["p50_ms"], l1_p99=lat["p99_ms"])
+            out.update(l1_p50=lat["p50_ms"], l1_p99=lat["p99_ms"],
+                       l1_mapping_p50=lat["mapping_p50_ms"])  # fmt: skip
         spy = None
         if args.profile and shutil.which("py-spy") and (args.rows or args.events):
             spy = subprocess.Popen(

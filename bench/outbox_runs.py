@@ -70,21 +70,29 @@ def pickup_latency(
     warmup: int,
     spacing: float = 0.003,
 ) -> dict[str, Any]:
-    """L1: one row at a time; INSERT, COMMIT, wait until done, pause, next."""
+    """L1: one row at a time; INSERT, COMMIT, wait until done, pause, next.
+
+    Also commit → mapping committed (``mapping_p50_ms``…): from the wall clock just
+    before the COMMIT to the row's ``processed_at``, the start of the statement that
+    wrote its mapping and marked it done (its own commit follows within it); the
+    daemon and PostgreSQL run on this machine, so both read the same clock.
+    """
     with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn) as conn:
         ids = new_accounts(admin, warmup + samples, "l1")
         since = time.monotonic()
         committed: dict[int, float] = {}
+        committed_at: dict[int, float] = {}  # outbox id → wall clock before COMMIT
         commit_ms: list[float] = []
         for i, account in enumerate(ids):
             cur = conn.execute(INSERT_ROW + " RETURNING id", [account])
             row = cur.fetchone()
             assert row is not None
-            t0 = time.monotonic()
+            wall0, t0 = time.time(), time.monotonic()
             conn.commit()
             t1 = time.monotonic()
             if i >= warmup:
                 committed[account] = t0
+                committed_at[row[0]] = wall0
                 commit_ms.append((t1 - t0) * 1000)
             # Wait for done without hammering: most rows finish in ~1 ms.
             time.sleep(0.001)
@@ -94,12 +102,19 @@ def pickup_latency(
             )  # fmt: skip
             time.sleep(spacing)
         _check_failed(admin)
+        done = admin.execute(
+            "SELECT id, extract(epoch FROM processed_at)::float8 FROM integration.outbox "
+            "WHERE id = ANY(%s)",
+            [list(committed_at)],
+        ).fetchall()
     arrivals = _arrivals(emulator, since)
     missing = [a for a in committed if a not in arrivals]
     if missing:
         raise BenchError(f"L1: {len(missing)} requests not in the emulator's log")
     result = latency_summary([arrivals[a] - t0 for a, t0 in committed.items()])
     result["commit_p50_ms"] = sorted(commit_ms)[len(commit_ms) // 2]
+    mapped = latency_summary([at - committed_at[id_] for id_, at in done])
+    result.update(mapping_p50_ms=mapped["p50_ms"], mapping_p99_ms=mapped["p99_ms"])
     return result
 
 

@@ -90,6 +90,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                         _ratio(g["pickup"]["p50_ms"], r["p50_ms"]) + " (p50)", ""))  # fmt: skip
         out.append(("", f"  samples over 10 ms (stalls): {r['over_stall']}; "
                     f"COMMIT itself p50 {r['commit_p50_ms']:.2f} ms", "", "", "", ""))  # fmt: skip
+        if "mapping_p50_ms" in r:
+            ok = r["mapping_p50_ms"] <= 4 and r["mapping_p99_ms"] <= 8
+            out.append(("", "  commit → mapping committed (processed_at)",
+                        f"p50 {r['mapping_p50_ms']:.2f} / p99 {r['mapping_p99_ms']:.2f} ms", "",
+                        "", "p50≤4 p99≤8 ms: " + _verdict(ok, "")))  # fmt: skip
     if r := results.get("L1_sweep"):
         out.append(("L1", f"pickup, sweep only (n={r['n']}, {r['sweep_interval_s']:.0f} s sweep)",
                     _lat(r, "s"), "", "", "shows what NOTIFY buys"))  # fmt: skip
