@@ -61,8 +61,9 @@ class GroupCommit:
     ) -> None:
         self.pool = pool
         self.finish_rows = finish_rows
-        # Transactions in flight at once: one would serialise every completion
-        # behind its round trips; a few keep the pool busy and still group.
+        # Groups in flight at once (QueueSpec.group_leads): one serialises every
+        # completion behind the group before it, which suits a group that is one
+        # statement; a few keep the pool busy when a group is a transaction.
         self.max_leaders = max_leaders
         self._queue: list[Completion] = []
         self._leaders = 0

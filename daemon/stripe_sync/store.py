@@ -85,6 +85,12 @@ class QueueSpec:
     # Raced, the group is redone row by row); two groups locking two objects in
     # opposite orders stop waiting after the group lock timeout and fall back.
     group_commit: bool = False
+    # Groups recorded at once (GroupCommit.max_leaders). The outbox's completions
+    # are one statement per group, so one at a time keeps the groups large
+    # without queueing behind BEGIN/COMMIT round trips; a webhook group is a
+    # transaction of several statements, so three run side by side
+    # (docs/benchmarks.md, issue 11: steps 3 and 10).
+    group_leads: int = 3
     # Where its claim is: queue.sql's, or the outbox's own (sql/outbox.sql),
     # which also reads what each row's executor needs first (Job.loaded).
     claim_module: str = "queue"
@@ -105,6 +111,7 @@ OUTBOX = QueueSpec(
     "stripe_sync_outbox",
     "done",
     group_commit=True,
+    group_leads=1,
     claim_module="outbox",
 )
 WEBHOOKS = QueueSpec(
@@ -194,7 +201,7 @@ class PostgresStore:
     def __init__(self, spec: QueueSpec, pool: AsyncConnectionPool) -> None:
         self.spec = spec
         self.pool = pool
-        self.completions = GroupCommit(pool, self._finish_rows)
+        self.completions = GroupCommit(pool, self._finish_rows, spec.group_leads)
 
     async def claim(self, limit: int, worker: str, lease: float) -> list[Job]:
         async with self.pool.connection() as conn:
