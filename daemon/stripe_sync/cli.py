@@ -173,7 +173,22 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return show(report, json=args.json)
 
 
+def without_unused_http_clients() -> None:
+    """Keep the SDK's sync HTTP libraries out of the daemon's memory.
+
+    The stripe SDK imports requests and httpx as it loads, to pick default
+    clients for code that names none; the daemon names AIOHTTPClient
+    (stripe_api.py), so the two are never used, yet they cost 6.6 MB of the
+    64 MB idle target (issue 11, M). A None in sys.modules makes their import
+    fail, and the SDK then falls back to clients it never builds either.
+    """
+    for name in ("requests", "httpx"):
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    without_unused_http_clients()
     from .daemon import Daemon
     from .http import bind_socket
 
