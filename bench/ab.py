@@ -14,6 +14,7 @@ load moves least. ``--profile P`` records py-spy (if installed) during each T1 d
 or each T2 run when T1 is skipped, into ``P-<rev>-<round>.txt`` (raw, collapsed stacks).
 
     .venv/bin/python bench/ab.py main HEAD --l1 0 --rows 0 --events 8000  # webhooks only
+    .venv/bin/python bench/ab.py main HEAD --l1 0 --rows 0 --mix 2070     # T2 mix only
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import DaemonProc, EmulatorProc, create_database, rss_mb
 from outbox_runs import drain, pickup_latency
-from webhook_runs import webhooks
+from webhook_runs import webhooks, webhooks_mix
 
 from stripe_sync.devcluster import ThrowawayCluster
 
@@ -87,6 +88,10 @@ def one_run(
             _stop(spy)
             out.update(t2_p99=t2["p99_ms"], t2_applied=t2["applied_per_s"],
                        cpu_ms_per_event=t2["daemon_cpu_ms_per_event"])  # fmt: skip
+        if args.mix:
+            mix = webhooks_mix(dsn, daemon, events=args.mix, warmup=69)
+            out.update(mix_p99=mix["p99_ms"], mix_applied=mix["applied_per_s"],
+                       mix_cpu_ms_per_event=mix["daemon_cpu_ms_per_event"])  # fmt: skip
         return out
     finally:
         daemon.stop()
@@ -106,6 +111,7 @@ def main() -> int:
     parser.add_argument("--l1", type=int, default=150, help="L1 samples per run (0: none)")
     parser.add_argument("--rows", type=int, default=3000, help="T1 rows per run (0: none)")
     parser.add_argument("--events", type=int, default=0, help="T2 events per run (0: none)")
+    parser.add_argument("--mix", type=int, default=0, help="T2 mix events per run (0: none)")
     parser.add_argument("--profile", metavar="PREFIX", help="py-spy during each T1 drain")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stripe-sync-ab-"))

@@ -28,7 +28,7 @@ from stripe_sync.retry import Retry
 from stripe_sync.store import WEBHOOKS, PostgresStore
 from stripe_sync.webhooks.endpoint import WebhookEndpoint
 from stripe_sync.webhooks.ingest import Ingestor
-from stripe_sync.webhooks.process import WebhookContext, make_handler, make_preload
+from stripe_sync.webhooks.process import WebhookContext, make_handler, make_preload, object_of
 from stripe_sync.worker import Worker
 
 SECRET = "whsec_test_secret"
@@ -147,6 +147,7 @@ async def running_worker(
         PostgresStore(WEBHOOKS, pool),
         make_handler(ctx),
         preload=make_preload(ctx),  # as the daemon runs it
+        serial=object_of,
         worker_id="webhook-test",
         sweep_interval=0.05,
         concurrency=8,

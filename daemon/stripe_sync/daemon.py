@@ -36,7 +36,7 @@ from .store import OUTBOX, WEBHOOKS, PostgresStore
 from .stripe_api import from_settings
 from .webhooks.endpoint import WebhookEndpoint
 from .webhooks.ingest import Ingestor
-from .webhooks.process import WebhookContext, make_preload
+from .webhooks.process import WebhookContext, make_preload, object_of
 from .webhooks.process import make_handler as webhook_handler
 from .worker import Worker
 
@@ -69,12 +69,12 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    def _worker(self, spec: Any, handler: Any, preload: Any = None) -> Worker:
+    def _worker(self, spec: Any, handler: Any, **extra: Any) -> Worker:
         s = self.settings
         return Worker(
             PostgresStore(spec, self.pool),
             handler,
-            preload=preload,
+            **extra,
             worker_id=self.id,
             concurrency=s.concurrency,
             batch_size=s.batch_size,
@@ -152,7 +152,12 @@ class Daemon:
         webhook_ctx = WebhookContext(
             pool=self.pool, api=self.api, mode=mode, refetch=s.webhook_refetch, source=source
         )
-        webhooks = self._worker(WEBHOOKS, webhook_handler(webhook_ctx), make_preload(webhook_ctx))
+        webhooks = self._worker(
+            WEBHOOKS,
+            webhook_handler(webhook_ctx),
+            preload=make_preload(webhook_ctx),
+            serial=object_of,
+        )
         self.workers = [outbox, webhooks]
         self.listener = Listener(
             self.dsn, {OUTBOX.channel: outbox.wake, WEBHOOKS.channel: webhooks.wake}

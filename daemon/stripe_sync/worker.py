@@ -7,7 +7,10 @@ handler's own writes, in one transaction), retry with backoff
 (:class:`~.retry.Retry`), or failed. Claims are leases renewed while the work
 runs, so a crashed daemon's rows come back within seconds.
 
-An optional ``preload`` sees each claimed batch before its rows start: the
+An optional ``serial`` names a key per row (the webhooks': the Stripe object):
+rows of one key run one after another, in claim order, each starting once
+the one before is recorded, never side by side. An optional ``preload`` sees
+each claimed batch before its rows start: the
 webhook handlers' pre-check reads, one query per batch instead of one per
 row (``webhooks.process.make_preload``); when it fails, each handler reads
 for itself.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -58,9 +61,13 @@ class Worker:
         retry: Retry | None = None,
         shutdown_timeout: float = DEFAULTS.shutdown_timeout,
         preload: Callable[[Sequence[Job]], Awaitable[None]] | None = None,
+        serial: Callable[[Job], Hashable | None] | None = None,
     ) -> None:
         self.store = store
         self.preload = preload
+        self.serial = serial
+        # Keys with a row running, and the claimed rows of each waiting their turn.
+        self._serial_waiting: dict[Hashable, deque[Job]] = {}
         self.spec = store.spec
         self.handler = handler
         self.worker_id = worker_id
@@ -193,9 +200,21 @@ class Worker:
     def _start_buffered(self, work: anyio.abc.TaskGroup) -> None:
         while self._buffer and self._active < self.concurrency:
             job = self._buffer.popleft()
+            key = self.serial(job) if self.serial is not None else None
+            if key is not None:
+                if (waiting := self._serial_waiting.get(key)) is not None:
+                    waiting.append(job)  # after the one of its key running now
+                    continue
+                self._serial_waiting[key] = deque()
             self._active += 1
             self._idle = anyio.Event()
-            work.start_soon(self._execute, job)
+            work.start_soon(self._execute, job, key)
+
+    def _serial_done(self, key: Hashable) -> None:
+        """The row of ``key`` is recorded: the next of that key goes first."""
+        waiting = self._serial_waiting.pop(key, None)
+        if waiting:
+            self._buffer.extendleft(reversed(waiting))
 
     async def _next_due_safe(self) -> float | None:
         try:
@@ -205,8 +224,11 @@ class Worker:
 
     async def _drain(self, work: anyio.abc.TaskGroup) -> None:
         """Let running work finish within the timeout; hand back the rest."""
-        if self._buffer:  # claimed, never started: back at once
-            await self._release([job.id for job in self._buffer])
+        waiting = [job for jobs in self._serial_waiting.values() for job in jobs]
+        for jobs in self._serial_waiting.values():
+            jobs.clear()  # those running keep their key: nothing follows them now
+        if self._buffer or waiting:  # claimed, never started: back at once
+            await self._release([job.id for job in (*self._buffer, *waiting)])
             self._buffer.clear()
             if not self.in_flight:
                 self._idle.set()
@@ -236,7 +258,7 @@ class Worker:
 
     # -- one job -----------------------------------------------------------------
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, job: Job, key: Hashable | None = None) -> None:
         try:
             try:
                 done = await self.handler(job)
@@ -271,6 +293,8 @@ class Worker:
         finally:
             self._active -= 1
             self.in_flight.discard(job.id)
+            if key is not None:
+                self._serial_done(key)
             if not self.in_flight:
                 self._idle.set()
             self.wake("slot")

@@ -949,6 +949,27 @@ async def test_confirm_checks_the_row_preloaded_for_its_batch(
     assert done.apply is None and done.note is not None and done.note.startswith("stale")
 
 
+async def test_an_object_with_two_events_in_the_batch_is_not_preloaded(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """They run one after the other: the second must read what the first wrote."""
+    from stripe_sync.jobs import Job
+    from stripe_sync.webhooks.process import make_preload
+
+    add_account(conn, "cus_A")
+    add_account(conn, "cus_B")
+    ctx = WebhookContext(pool)
+    objects = ["cus_A", "cus_A", "cus_B"]
+    jobs = [
+        Job(i, "customer.updated", 1, json.dumps(
+            event("customer.updated", {"id": obj, "object": "customer"}, event_id=f"evt_{i}")
+        ))
+        for i, obj in enumerate(objects)
+    ]  # fmt: skip
+    await make_preload(ctx)(jobs)
+    assert len(ctx.preloaded) == 1  # cus_B's
+
+
 async def test_a_setup_intent_keeps_the_card_it_shows_and_only_that(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],

@@ -239,3 +239,46 @@ async def test_database_refusals_fail_at_once_and_the_rest_is_retried(
 
     async with make(store, once).in_background():
         await until(lambda: store.statuses() == {1: outcome}, f"the row {outcome}")
+
+
+def by_parity(job: Job) -> int:
+    """A serial key: odd rows are one object, even rows another."""
+    return job.id % 2
+
+
+async def test_rows_of_one_serial_key_run_one_after_another_in_claim_order() -> None:
+    store = FakeStore()
+    store.insert(5)
+    jobs = Gated()
+    async with make(store, jobs, concurrency=4, batch_size=8, serial=by_parity).in_background():
+        # One of each key at a time, though there are slots for four.
+        await until(lambda: jobs.started == [1, 2], "the first row of each key starts")
+        await anyio.wait_all_tasks_blocked()
+        assert jobs.started == [1, 2], "a row started beside one of its own key"
+        jobs.finish(1)
+        await until(lambda: jobs.started == [1, 2, 3], "the next odd row once 1 is done")
+        assert store.rows[1].status == "done", "it started before its predecessor was recorded"
+        jobs.finish(3)
+        await until(lambda: jobs.started == [1, 2, 3, 5], "then 5")
+        for job_id in (2, 4, 5):
+            jobs.finish(job_id)
+        await until(lambda: set(store.statuses().values()) == {"done"}, "all rows done")
+    assert jobs.started == [1, 2, 3, 5, 4]
+
+
+async def test_shutdown_hands_back_rows_waiting_for_their_key_at_once() -> None:
+    store = FakeStore()
+    store.insert(3)
+    jobs = Gated()
+    worker = make(store, jobs, concurrency=4, serial=lambda job: "one object")
+    async with worker.in_background():
+        await until(lambda: jobs.started == [1], "row 1 runs, 2 and 3 wait for it")
+        worker.stop()
+        await until(lambda: store.count("release") == 1, "the waiting rows handed back")
+        assert {id_: r.status for id_, r in store.rows.items()} == {
+            1: "processing",
+            2: "pending",
+            3: "pending",
+        }
+        jobs.finish(1)
+    assert store.rows[1].status == "done" and jobs.started == [1]
