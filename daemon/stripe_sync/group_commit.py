@@ -53,6 +53,9 @@ class Completion:
     lead: bool = False  # it holds one of the leads: it must run a group or pass the lead on
     # Set when the completion is settled, or handed a lead.
     turn: anyio.Event = field(default_factory=anyio.Event)
+    # Set when it is settled (only): what a completion handed a lead after
+    # another leader took it along waits for.
+    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 class GroupCommit:
@@ -91,8 +94,13 @@ class GroupCommit:
                 if me.lead:
                     self._pass_on()
                 raise
-        if me.lead and me.settled:  # handed a lead, but another leader took us along
+        if me.lead and not any(c is me for c in self._queue):
+            # Handed a lead, but before we ran another leader (a newcomer that
+            # found a lead free) took us along: pass the lead on and wait for
+            # that leader to settle us. Returning now would report a
+            # completion its group may still roll back.
             self._pass_on()
+            await me.done.wait()
         elif me.lead:  # lead: take everything queued, us included
             group, self._queue = self._queue, []
             try:
@@ -105,6 +113,7 @@ class GroupCommit:
                         )
                         c.settled = True
                     c.turn.set()
+                    c.done.set()
                 self._pass_on()
         if me.error is not None:
             raise me.error
