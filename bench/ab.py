@@ -11,7 +11,8 @@ with a fresh emulator and daemon: L1 (``--l1`` samples), then T1 (``--rows``), t
 (``--events``, webhooks; none by default); 0 skips one. Prints each run and the
 medians; the daemon's CPU per row or event (utime+stime from /proc) is the figure that
 load moves least. ``--profile P`` records py-spy (if installed) during each T1 drain,
-or each T2 run when T1 is skipped, into ``P-<rev>-<round>.txt`` (raw, collapsed stacks).
+or each T2 run when T1 is skipped, or (at 1,000 Hz) each L1 run when both are, into
+``P-<name>.txt`` (raw, collapsed stacks).
 
     .venv/bin/python bench/ab.py main HEAD --l1 0 --rows 0 --events 8000  # webhooks only
     .venv/bin/python bench/ab.py main HEAD --l1 0 --rows 0 --mix 2070     # T2 mix only
@@ -66,18 +67,16 @@ def one_run(
     try:
         time.sleep(1.5)
         out: dict[str, Any] = {"idle_mb": rss_mb(daemon.pid)}
+        spy = None
+        if args.profile and args.l1 and not (args.rows or args.events):
+            spy = _spy(daemon.pid, f"{args.profile}-{name}.txt", rate=1000)  # L1 alone
         if args.l1:
             lat = pickup_latency(dsn, emulator, daemon, samples=args.l1, warmup=30)
             out.update(l1_p50=lat["p50_ms"], l1_p99=lat["p99_ms"],
                        l1_mapping_p50=lat["mapping_p50_ms"])  # fmt: skip
-        spy = None
-        if args.profile and shutil.which("py-spy") and (args.rows or args.events):
-            spy = subprocess.Popen(
-                ["py-spy", "record", "-p", str(daemon.pid), "-o", f"{args.profile}-{name}.txt",
-                 "-f", "raw", "-r", "200", "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            time.sleep(1)
+            spy = _stop(spy)
+        if args.profile and (args.rows or args.events):
+            spy = _spy(daemon.pid, f"{args.profile}-{name}.txt", rate=200)
         if args.rows:
             t1 = drain(dsn, emulator, daemon, rows=args.rows, warmup=200)
             spy = _stop(spy)
@@ -98,6 +97,19 @@ def one_run(
         emulator.stop()
 
 
+def _spy(pid: int, out: str, *, rate: int) -> subprocess.Popen[bytes] | None:
+    """py-spy (if installed) recording ``pid`` into ``out`` (raw, collapsed stacks)."""
+    if not shutil.which("py-spy"):
+        return None
+    spy = subprocess.Popen(
+        ["py-spy", "record", "-p", str(pid), "-o", out, "-f", "raw", "-r", str(rate),
+         "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)
+    return spy
+
+
 def _stop(spy: subprocess.Popen[bytes] | None) -> None:
     if spy is not None:
         spy.send_signal(2)
@@ -112,7 +124,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=3000, help="T1 rows per run (0: none)")
     parser.add_argument("--events", type=int, default=0, help="T2 events per run (0: none)")
     parser.add_argument("--mix", type=int, default=0, help="T2 mix events per run (0: none)")
-    parser.add_argument("--profile", metavar="PREFIX", help="py-spy during each T1 drain")
+    parser.add_argument("--profile", metavar="PREFIX", help="py-spy: T1, else T2, else L1")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stripe-sync-ab-"))
     paths = {rev: export(rev, work / f"rev{i}") for i, rev in enumerate(args.revs)}
