@@ -12,8 +12,10 @@ A completion comes in one of two forms. **Data** (a row's status and note,
 and for the outbox the mapping row to write): the store records a whole group
 of these in one statement (``finish_rows``), which answers per row, so a
 refused row costs the others nothing. **A callback** (a webhook handler's
-writes, which read what they lock before they write): the group runs in one
-transaction, BEGIN, each callback in turn, COMMIT.
+writes, which read what they lock before they write), with its row's data: the
+group runs in one transaction, BEGIN, each callback in turn, then the rows'
+``finish_rows`` (one statement for all of them), COMMIT. Any row that is no
+longer ours fails the whole transaction, which is redone row by row.
 
 A row's outcome never depends on another's: if a group's statement or
 transaction fails (a lease lost or a mapping refused in a callback, the
@@ -46,7 +48,7 @@ class Completion:
     """One row's ``finish`` while it waits for its group."""
 
     record: Record | None  # its statements, run in a transaction
-    row: Any = None  # or its data, for ``finish_rows``
+    row: Any = None  # its data, for ``finish_rows`` (after ``record``, if any)
     kind: object = None  # data of one kind shares a statement
     error: Exception | None = None
     settled: bool = False
@@ -72,9 +74,11 @@ class GroupCommit:
         self._leaders = 0
         self.groups = 0  # statements or transactions that recorded several rows (tests)
 
-    async def run(self, record: Record) -> None:
-        """Run ``record`` (which raises to refuse) in a transaction, maybe with others'."""
-        await self._complete(Completion(record))
+    async def run(self, record: Record, row: Any = None) -> None:
+        """Run ``record`` (which raises to refuse) in a transaction, maybe with others',
+        then record ``row`` (if any) with ``finish_rows`` in the same transaction;
+        raise its error (which rolls back ``record``'s writes)."""
+        await self._complete(Completion(record, row))
 
     async def run_row(self, row: Any, kind: object = None) -> None:
         """Record ``row`` with ``finish_rows``, maybe with others of its ``kind``
@@ -138,14 +142,13 @@ class GroupCommit:
                 for rows in kinds.values():
                     await self._rows(conn, rows)
                 calls = [c for c in group if c.record is not None]
-                if len(calls) > 1 and await _together(conn, calls):
+                if len(calls) > 1 and await self._together(conn, calls):
                     self.groups += 1
                     return
                 for c in calls:
-                    assert c.record is not None
                     try:
                         async with conn.transaction():
-                            await c.record(conn)
+                            await self._calls(conn, [c])
                     except Exception as exc:
                         c.error = exc
                     c.settled = True
@@ -153,6 +156,33 @@ class GroupCommit:
             for c in group:
                 if not c.settled:
                     c.error, c.settled = exc, True
+
+    async def _calls(self, conn: AsyncConnection[Any], calls: list[Completion]) -> None:
+        """Callbacks in the caller's transaction: each in turn, then their rows in
+        one ``finish_rows``; raise (to roll it all back) if any is refused."""
+        for c in calls:
+            assert c.record is not None
+            await c.record(conn)
+        rows = [c.row for c in calls if c.row is not None]
+        if rows:
+            errors = await self.finish_rows(conn, rows)
+            refused = next((e for e in errors if e is not None), None)
+            if refused is not None:
+                raise refused
+
+    async def _together(self, conn: AsyncConnection[Any], group: list[Completion]) -> bool:
+        """All of the group in one transaction; False (rolled back) if any refused."""
+        try:
+            async with conn.transaction():
+                await conn.execute(queries("queue")["group_lock_wait"])
+                await self._calls(conn, group)
+        except Exception:
+            if conn.broken:
+                raise
+            return False
+        for c in group:
+            c.settled = True
+        return True
 
     async def _rows(self, conn: AsyncConnection[Any], rows: list[Completion]) -> None:
         """Data completions of one kind: in one statement, or, if it fails, each alone."""
@@ -175,20 +205,3 @@ class GroupCommit:
                     raise
                 c.error = exc
             c.settled = True
-
-
-async def _together(conn: AsyncConnection[Any], group: list[Completion]) -> bool:
-    """All of the group in one transaction; False (rolled back) if any refused."""
-    try:
-        async with conn.transaction():
-            await conn.execute(queries("queue")["group_lock_wait"])
-            for c in group:
-                assert c.record is not None
-                await c.record(conn)
-    except Exception:
-        if conn.broken:
-            raise
-        return False
-    for c in group:
-        c.settled = True
-    return True

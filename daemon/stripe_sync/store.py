@@ -240,10 +240,14 @@ class PostgresStore:
                 raise error
             return
         assert mapping is None, "finish: apply or mapping, not both"
-
-        async def record(conn: AsyncConnection[Any]) -> None:
-            if apply is not None:
-                await apply(conn)
+        if self.spec.group_commit:
+            # The apply, then the row's status with those of its group in one
+            # finish_rows, all in the group's transaction: a lost lease rolls
+            # the group back, and each row is redone alone (group_commit.py).
+            await self.completions.run(apply, Finished(job_id, worker, status, note, None))
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            await apply(conn)
             cur = await conn.execute(
                 self.spec.query("finish"),
                 {"id": job_id, "worker": worker, "status": status, "note": note, "error": None},
@@ -251,24 +255,28 @@ class PostgresStore:
             if cur.rowcount != 1:
                 raise LeaseLost(job_id)  # rolls back apply
 
-        if self.spec.group_commit:
-            await self.completions.run(record)
-            return
-        async with self.pool.connection() as conn, conn.transaction():
-            await record(conn)
-
     async def _finish_rows(
         self, conn: AsyncConnection[Any], rows: Sequence[Finished]
     ) -> list[Exception | None]:
         """Rows that write no mapping or one of one family, in one statement;
         each row's error: LeaseLost, or PermanentError for a refused mapping."""
+        first = rows[0].mapping
+        if first is None and len(rows) == 1:
+            # One row alone (a lone completion, or a group redone row by row):
+            # the scalar finish, as psycopg dumps arrays in Python (client CPU
+            # 0.11 vs 0.16 ms per statement here).
+            [r] = rows
+            cur = await conn.execute(
+                self.spec.query("finish"),
+                {"id": r.id, "worker": r.worker, "status": r.status, "note": r.note, "error": None},
+            )
+            return [None if cur.rowcount == 1 else LeaseLost(r.id)]
         params: dict[str, Any] = {
             "ids": [r.id for r in rows],
             "workers": [r.worker for r in rows],
             "statuses": [r.status for r in rows],
             "notes": [r.note for r in rows],
         }
-        first = rows[0].mapping
         if first is None:
             cur = await conn.execute(self.spec.query("finish_rows"), params)
             done = {id_ for (id_,) in await cur.fetchall()}

@@ -219,3 +219,67 @@ async def test_a_group_waits_for_row_locks_briefly(store: PostgresStore) -> None
         for conn in (c1, c2):
             cur = await conn.execute("SHOW lock_timeout")
             assert await cur.fetchone() == ("0",)
+
+
+def _marking(account: int) -> Apply:
+    """An apply that leaves a trace: account ``account``'s email."""
+
+    async def apply(conn: AsyncConnection[Any]) -> None:
+        await conn.execute(
+            "UPDATE billing.accounts SET email = 'applied@example.com' WHERE id = %s", (account,)
+        )
+
+    return apply
+
+
+async def _applied(store: PostgresStore) -> set[int]:
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id FROM billing.accounts WHERE email = 'applied@example.com'"
+        )
+        return {r[0] for r in await cur.fetchall()}
+
+
+async def test_a_group_of_callbacks_records_its_rows_in_one_statement(
+    store: PostgresStore,
+) -> None:
+    """The callbacks' rows are recorded together after their writes: one
+    finish_rows for the group, in its transaction."""
+    await _accounts(store, 4, {})
+    a, b, c, d = await _claimed(store, 4)
+    calls: list[list[int]] = []
+    finish_rows = store.completions.finish_rows
+
+    async def counting(conn: AsyncConnection[Any], rows: Any) -> list[Exception | None]:
+        calls.append([r.id for r in rows])
+        return await finish_rows(conn, rows)
+
+    store.completions.finish_rows = counting
+    outcomes = await _behind_a_held_leader(
+        store, a, (b, "w", _marking(2)), (c, "w", _marking(3)), (d, "w", _marking(4))
+    )
+    assert outcomes == {a: "done", b: "done", c: "done", d: "done"}
+    assert calls == [[a], [b, c, d]]
+    assert await _applied(store) == {2, 3, 4}
+    rows = await _rows(store)
+    assert rows[b][1] == rows[c][1] == rows[d][1]
+    assert store.completions.groups == 1
+
+
+async def test_a_lost_lease_in_a_group_rolls_back_that_rows_writes_only(
+    store: PostgresStore,
+) -> None:
+    """A row no longer ours, found by the group's one finish statement after
+    every callback ran: the group is redone row by row, so that row's writes are
+    rolled back (LeaseLost) and the others' are kept."""
+    await _accounts(store, 4, {})
+    a, b, c, d = await _claimed(store, 4)
+    outcomes = await _behind_a_held_leader(
+        store, a, (b, "w", _marking(2)), (c, "someone else", _marking(3)), (d, "w", _marking(4))
+    )
+    assert outcomes[a] == outcomes[b] == outcomes[d] == "done"
+    assert isinstance(outcomes[c], LeaseLost)
+    assert await _applied(store) == {2, 4}
+    rows = await _rows(store)
+    assert [rows[x][0] for x in (a, b, c, d)] == ["done", "done", "processing", "done"]
+    assert store.completions.groups == 0
