@@ -205,9 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         env.update((_RUN_FLAGS[f], v) for f, v in _flags(args).items())
         others = processes.Processes(settings, sock, env)
-        settings = msgspec.structs.replace(
-            settings, rate_limit=float(processes.rate_share(settings))
-        )
+        settings = msgspec.structs.replace(settings, rate_limit=processes.rate_share(settings))
     daemon = Daemon(settings, sock)
 
     def stop() -> None:

@@ -40,9 +40,9 @@ _FIRST_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STRIPE_SYNC_ME
 _PR_SET_PDEATHSIG = 1
 
 
-def rate_share(settings: Settings) -> str:
-    """Each process's part of the rate limit ("0": unpaced stays unpaced)."""
-    return f"{settings.effective_rate_limit / settings.processes:g}"
+def rate_share(settings: Settings) -> float:
+    """Each process's part of the rate limit (0: unpaced stays unpaced)."""
+    return settings.effective_rate_limit / settings.processes
 
 
 class Processes:
@@ -53,7 +53,9 @@ class Processes:
         self.shutdown_timeout = settings.shutdown_timeout
         self.sock = sock
         self.env = {k: v for k, v in env.items() if k not in _FIRST_ONLY}
-        self.env.update(STRIPE_SYNC_PROCESSES="1", STRIPE_SYNC_RATE_LIMIT=rate_share(settings))
+        self.env.update(
+            STRIPE_SYNC_PROCESSES="1", STRIPE_SYNC_RATE_LIMIT=f"{rate_share(settings):g}"
+        )
         self.started: list[subprocess.Popen[bytes]] = []
         self.stopping = False
         self.failed: str | None = None
