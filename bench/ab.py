@@ -40,7 +40,7 @@ from harness import DaemonProc, EmulatorProc, create_database, rss_mb
 from outbox_runs import drain, pickup_latency
 from webhook_runs import webhooks, webhooks_mix
 
-from stripe_sync.devcluster import ThrowawayCluster
+from stripe_sync_demo.devcluster import ThrowawayCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 

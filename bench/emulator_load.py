@@ -1,5 +1,5 @@
 """The emulator's own cost under the daemon's load: the official SDK (HTTPXClient, as the
-daemon uses it) against `python -m stripe_sync.emulator` in its own process.
+daemon uses it) against `python -m stripe_emulator` in its own process.
 
 Two phases per concurrency level, each on a fresh emulator state:
   create  POST /v1/customers with an idempotency key and metadata; each creates a

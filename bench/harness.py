@@ -24,8 +24,8 @@ import httpx
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from stripe_sync.devcluster import free_port
 from stripe_sync.migrate import migrate
+from stripe_sync_demo.devcluster import free_port
 
 API_KEY = "sk_test_bench_stripe_sync"
 WEBHOOK_SECRET = "whsec_bench_stripe_sync"
@@ -164,7 +164,7 @@ class EmulatorProc(Proc):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [
-            sys.executable, "-m", "stripe_sync.emulator", "--bind", f"127.0.0.1:{self.port}",
+            sys.executable, "-m", "stripe_emulator", "--bind", f"127.0.0.1:{self.port}",
             "--api-key", API_KEY, "--request-log", str(REQUEST_LOG),
         ]  # fmt: skip
         if latency:

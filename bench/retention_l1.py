@@ -26,7 +26,7 @@ import psycopg
 from harness import DaemonProc, EmulatorProc, create_database
 from outbox_runs import pickup_latency
 
-from stripe_sync.devcluster import ThrowawayCluster
+from stripe_sync_demo.devcluster import ThrowawayCluster
 
 AGE = "now() - interval '200 days' + g * interval '1 ms'"
 

@@ -28,12 +28,12 @@ import psycopg
 from prometheus_client import generate_latest
 
 from stripe_sync.db import make_pool, queries
-from stripe_sync.devcluster import ThrowawayCluster
-from stripe_sync.metrics import REGISTRY, QueueCollector
 from stripe_sync.migrate import migrate
-from stripe_sync.queue_counts import QueueRow, queue_rows
-from stripe_sync.retention import Pruner
-from stripe_sync.status import collect
+from stripe_sync.ops.queue_counts import QueueRow, queue_rows
+from stripe_sync.ops.retention import Pruner
+from stripe_sync.ops.status import collect
+from stripe_sync.runtime.metrics import REGISTRY, QueueCollector
+from stripe_sync_demo.devcluster import ThrowawayCluster
 
 N = int(os.environ.get("N", "5000000"))  # rows per table
 AGE = "now() - interval '200 days' + g * interval '1 ms'"

@@ -45,7 +45,7 @@ from sse_peer import available as sse_version
 from sse_peer import run_sse
 from webhook_runs import webhooks, webhooks_mix
 
-from stripe_sync.devcluster import ThrowawayCluster
+from stripe_sync_demo.devcluster import ThrowawayCluster
 
 MEASUREMENTS = ("L1", "T1", "T2", "P", "M", "PEER")
 

@@ -59,7 +59,7 @@ from harness import (
     rss_mb,
 )
 
-from stripe_sync.devcluster import ThrowawayCluster
+from stripe_sync_demo.devcluster import ThrowawayCluster
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 STUCK_AFTER = 60.0  # seconds: a pending/processing row older than this after the drain

@@ -30,7 +30,7 @@ from harness import (
 )
 from webhook_runs import _event, _post_all, _request
 
-from stripe_sync.devcluster import free_port
+from stripe_sync_demo.devcluster import free_port
 
 HERE = Path(__file__).resolve().parent / "sse"
 

@@ -16,8 +16,8 @@ import time
 
 import psycopg
 
-from stripe_sync.devcluster import ThrowawayCluster
 from stripe_sync.migrate import migrate
+from stripe_sync_demo.devcluster import ThrowawayCluster
 
 INSERT = (
     "INSERT INTO integration.outbox (action_type, payload) "

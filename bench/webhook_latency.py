@@ -20,7 +20,7 @@ import psycopg
 from harness import WEBHOOK_SECRET, DaemonProc, EmulatorProc, create_database, latency_summary
 from webhook_runs import _event, mapped_customers
 
-from stripe_sync.devcluster import ThrowawayCluster
+from stripe_sync_demo.devcluster import ThrowawayCluster
 
 
 def main() -> None:

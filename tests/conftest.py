@@ -20,11 +20,11 @@ from openapi_check import SpecCheck
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from stripe_sync.devcluster import reachable_or_throwaway
-from stripe_sync.emulator import EmulatorServer
+from stripe_emulator import EmulatorServer
 from stripe_sync.migrate import migrate
+from stripe_sync_demo.devcluster import reachable_or_throwaway
 
-pytest_plugins = ["stripe_sync.emulator.pytest_plugin"]
+pytest_plugins = ["stripe_emulator.pytest_plugin"]
 
 _counter = itertools.count()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from stripe_sync.devcluster import free_port
+from stripe_sync_demo.devcluster import free_port
 
 API_KEY = "sk_test_emulator"
 WEBHOOK_SECRET = "whsec_test_secret_for_daemon_tests"

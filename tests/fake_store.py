@@ -1,4 +1,4 @@
-"""An in-memory :class:`stripe_sync.store.Store` for fast unit tests of the worker.
+"""An in-memory :class:`stripe_sync.queue.store.Store` for fast unit tests of the worker.
 
 It keeps the contract of ``sql/queue.sql`` (status, attempts, next_attempt_at,
 leases, the lock owner; ``tests/test_store.py`` runs the same cases against it
@@ -24,9 +24,9 @@ import anyio
 from psycopg import AsyncConnection
 
 from stripe_sync.errors import LeaseLost
-from stripe_sync.jobs import Apply, Job
 from stripe_sync.mappings import MappingWrite
-from stripe_sync.store import OUTBOX, QueueSpec
+from stripe_sync.queue.jobs import Apply, Job
+from stripe_sync.queue.store import OUTBOX, QueueSpec
 
 LEASE_EXPIRED = "lease expired: the daemon that claimed it stopped or stalled"
 

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from stripe_sync.emulator.emulator import INCLUDABLE
+from stripe_emulator.emulator import INCLUDABLE
 
 DATA = Path(__file__).parent / "data"
 

@@ -23,13 +23,13 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from stripe_sync.http import bind_socket, create_app, serve_http
-from stripe_sync.retry import Retry
-from stripe_sync.store import WEBHOOKS, PostgresStore
+from stripe_sync.queue.retry import Retry
+from stripe_sync.queue.store import WEBHOOKS, PostgresStore
+from stripe_sync.queue.worker import Worker
+from stripe_sync.runtime.http import bind_socket, create_app, serve_http
 from stripe_sync.webhooks.endpoint import WebhookEndpoint
+from stripe_sync.webhooks.execute import WebhookContext, make_handler, make_preload, object_of
 from stripe_sync.webhooks.ingest import Ingestor
-from stripe_sync.webhooks.process import WebhookContext, make_handler, make_preload, object_of
-from stripe_sync.worker import Worker
 
 SECRET = "whsec_test_secret"
 EVENTS_DIR = Path(__file__).parent / "data" / "events"
@@ -120,7 +120,7 @@ async def serve_endpoint(
     stop = anyio.Event()
     port = sock.getsockname()[1]
     try:
-        async with anyio.create_task_group() as tg, ingestor.running():
+        async with anyio.create_task_group() as tg, ingestor.in_background():
             tg.start_soon(serve_http, app, sock, stop)
             async with httpx.AsyncClient(timeout=10) as client:
                 url = f"http://127.0.0.1:{port}/webhooks/stripe"

@@ -21,16 +21,11 @@ import anyio
 import msgspec
 import psycopg
 
-from . import __version__, logs, processes
+from . import __version__
 from .config import Settings, load_settings, variables
-from .errors import (
-    EX_FAILURE,
-    CommandStopped,
-    PermanentError,
-    StripeSyncError,
-    TransientError,
-)
-from .outcome import show
+from .errors import EX_FAILURE, CommandStopped, PermanentError, StripeSyncError, TransientError
+from .ops.outcome import show
+from .runtime import logs, processes
 
 log = logging.getLogger("stripe_sync")
 
@@ -99,19 +94,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from .ops import seed
+    from .ops.rows import seed
 
     return show(anyio.run(seed, _dsn(args)), json=args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import collect
+    from .ops.status import collect
 
     return show(anyio.run(partial(collect, _dsn(args), failures=args.failures)), json=args.json)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from .ops import retry, rows
+    from .ops.rows import retry, rows
 
     if not args.ids and not args.all_failed:
         print("stripe-sync retry: give row ids or --all-failed", file=sys.stderr)
@@ -122,20 +117,20 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_dismiss(args: argparse.Namespace) -> int:
-    from .ops import dismiss, rows
+    from .ops.rows import dismiss, rows
 
     collect = partial(dismiss, _dsn(args), rows(args.ids, args.table), args.reason)
     return show(anyio.run(collect), json=args.json)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .ops import replay
+    from .ops.rows import replay
 
     return show(anyio.run(replay, _dsn(args), args.event_ids), json=args.json)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .retention import prune
+    from .ops.retention import prune
 
     settings = _settings(args).require("DATABASE_URL")
     assert settings.database_url is not None
@@ -150,7 +145,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_catch_up(args: argparse.Namespace) -> int:
-    from .catchup import default_since, run
+    from .ops.catchup import default_since, run
 
     settings = _stripe_settings(args)
     since = default_since() if args.since is None else args.since
@@ -161,8 +156,8 @@ def cmd_catch_up(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from .progress import reconcile_progress
-    from .reconcile import run
+    from .ops.progress import reconcile_progress
+    from .ops.reconcile import run
 
     settings = _stripe_settings(args)
     with _stops("reconcile", EX_STOPPED), reconcile_progress() as watch:
@@ -189,8 +184,8 @@ def without_unused_http_clients() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     without_unused_http_clients()
-    from .daemon import Daemon
-    from .http import bind_socket
+    from .runtime.daemon import Daemon
+    from .runtime.http import bind_socket
 
     settings = _settings(args)
     logs.setup(settings.log_format, settings.log_level)
@@ -242,7 +237,7 @@ async def _stop_on_signal(stop: Callable[[], None]) -> None:
 
 
 def _since(text: str) -> int:
-    from .catchup import parse_since
+    from .ops.catchup import parse_since
 
     try:
         return parse_since(text)
@@ -260,7 +255,7 @@ def _stops(command: str, exit_code: int) -> Iterator[None]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo_main
+    from stripe_sync_demo.demo import main as demo_main
 
     return demo_main(args)
 
@@ -395,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="repair: enqueue update_stripe_* for changed/metadata/archived, "
         "mark deleted mappings, re-create missing objects (see docs/stripe.md)",
     )
-    # parsed by stripe_sync.emulator.cli; listed here for the overview
+    # parsed by stripe_emulator.cli; listed here for the overview
     sub.add_parser("emulator", help="run the Stripe emulator (see `stripe-sync emulator --help`)")
     demo = command(
         "demo",
@@ -419,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
         # The emulator parses its own options (argparse's REMAINDER drops --help).
-        from .emulator.cli import main as emulator_main
+        from stripe_emulator.cli import main as emulator_main
 
         return emulator_main(argv[1:])
     args = build_parser().parse_args(argv)

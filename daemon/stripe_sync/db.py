@@ -36,22 +36,22 @@ _NAME = re.compile(r"^--\s*name:\s*(\S+)\s*$", re.MULTILINE)
 
 
 @cache
-def queries(module: str) -> dict[str, str]:
-    """Named queries of ``sql/<module>.sql``: blocks introduced by ``-- name: x``."""
-    text = files("stripe_sync").joinpath("sql", f"{module}.sql").read_text()
+def queries(module: str, package: str = "stripe_sync") -> dict[str, str]:
+    """Named queries of ``<package>/sql/<module>.sql``: blocks introduced by ``-- name: x``."""
+    text = files(package).joinpath("sql", f"{module}.sql").read_text()
     parts = _NAME.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 @cache
-def bound_query(module: str, name: str, **identifiers: str) -> bytes:
+def bound_query(module: str, name: str, package: str = "stripe_sync", **identifiers: str) -> bytes:
     """A named query with its ``{placeholders}`` bound to identifiers (``a.b`` → "a"."b").
 
     Rendered to bytes once: psycopg renders a ``Composed`` again on every execute
     (each identifier escaped anew), 10-20 µs of CPU per statement on the claim →
     mapping → finish path of every row (docs/benchmarks.md, issue 11).
     """
-    composed = sql.SQL(queries(module)[name]).format(
+    composed = sql.SQL(queries(module, package)[name]).format(
         **{k: sql.Identifier(*v.split(".")) for k, v in identifiers.items()}
     )
     return composed.as_bytes()

@@ -19,7 +19,7 @@ import psycopg
 
 from .db import queries
 from .errors import EX_CONFIG, StripeSyncError
-from .outcome import Record
+from .ops.outcome import Record
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 from .config import DEFAULTS, RATE_LIMITS, Secret, Settings
 from .db import make_pool
 from .errors import PermanentError, SavedFailure, TransientError, joined
-from .metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
+from .runtime.metrics import STRIPE_RATE_LIMITED, STRIPE_SECONDS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

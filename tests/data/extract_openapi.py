@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from stripe_sync.emulator.emulator import _ROUTES
+from stripe_emulator.emulator import _ROUTES
 
 OUT = Path(__file__).parent / "stripe_openapi_spec.json"
 DROP = {

@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from stripe_sync.catchup import catch_up, parse_since
+from stripe_emulator.server import EmulatorServer
 from stripe_sync.config import Secret
 from stripe_sync.db import make_pool
-from stripe_sync.emulator.server import EmulatorServer
+from stripe_sync.ops.catchup import catch_up, parse_since
 from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.ingest import Ingestor
 

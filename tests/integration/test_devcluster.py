@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stripe_sync import devcluster
-from stripe_sync.devcluster import (
+from stripe_sync_demo import devcluster
+from stripe_sync_demo.devcluster import (
     ClusterError,
     ThrowawayCluster,
     find_bindir,

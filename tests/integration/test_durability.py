@@ -19,7 +19,7 @@ from psycopg import sql
 
 from stripe_sync.db import make_pool, queries
 from stripe_sync.mappings import CUSTOMERS, PRICES
-from stripe_sync.store import OUTBOX, WEBHOOKS, PostgresStore
+from stripe_sync.queue.store import OUTBOX, WEBHOOKS, PostgresStore
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stripe_sync.emulator import EmulatorServer
+from stripe_emulator import EmulatorServer
 
 AUTH = b"Authorization: Basic " + base64.b64encode(b"sk_test_raw:") + b"\r\n"
 

@@ -16,8 +16,8 @@ import httpx
 import psycopg
 import pytest
 
-from stripe_sync.devcluster import free_port
-from stripe_sync.emulator.server import EmulatorServer
+from stripe_emulator.server import EmulatorServer
+from stripe_sync_demo.devcluster import free_port
 
 from daemons import WEBHOOK_SECRET, DaemonProcess, poll
 from webhook_helpers import event, sign

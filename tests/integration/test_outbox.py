@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from conftest import fresh_database
 
+from stripe_emulator.server import EmulatorServer
 from stripe_sync.db import queries
-from stripe_sync.emulator.server import EmulatorServer
 from stripe_sync.outbox.execute import EXECUTORS
 
 from pipeline import all_settled, eventually, outbox_pipeline, outbox_rows

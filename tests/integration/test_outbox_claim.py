@@ -14,10 +14,10 @@ import pytest
 from psycopg.rows import class_row
 
 from stripe_sync.db import make_pool, queries
-from stripe_sync.jobs import Job
 from stripe_sync.outbox import customers, prices, products
 from stripe_sync.outbox.common import Pushed
-from stripe_sync.store import OUTBOX, PostgresStore
+from stripe_sync.queue.jobs import Job
+from stripe_sync.queue.store import OUTBOX, PostgresStore
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from test_outbox import catalog, enqueue, mapping
 
+from stripe_emulator.server import EmulatorServer
 from stripe_sync.db import make_pool
-from stripe_sync.emulator.server import EmulatorServer
 
 from pipeline import all_settled, eventually, outbox_pipeline, outbox_rows
 from webhook_helpers import SECRET, running_worker, serve_endpoint

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from test_outbox import catalog, enqueue
 
+from stripe_emulator.server import EmulatorServer
 from stripe_sync.db import make_pool
-from stripe_sync.emulator.server import EmulatorServer
-from stripe_sync.webhooks.process import WebhookContext
+from stripe_sync.webhooks.execute import WebhookContext
 
 from pipeline import Pipeline, eventually, outbox_pipeline, outbox_rows
 from webhook_helpers import SECRET, running_worker, serve_endpoint

@@ -14,11 +14,11 @@ import pytest
 
 from stripe_sync.db import make_pool
 from stripe_sync.errors import PermanentError, TransientError
-from stripe_sync.jobs import Done, Job
-from stripe_sync.listen import Listener
-from stripe_sync.retry import Retry
-from stripe_sync.store import OUTBOX, PostgresStore
-from stripe_sync.worker import Worker
+from stripe_sync.queue.jobs import Done, Job
+from stripe_sync.queue.listen import Listener
+from stripe_sync.queue.retry import Retry
+from stripe_sync.queue.store import OUTBOX, PostgresStore
+from stripe_sync.queue.worker import Worker
 
 from pipeline import eventually
 

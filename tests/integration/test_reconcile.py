@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from test_outbox import source
 
-from stripe_sync.emulator.server import EmulatorServer
+from stripe_emulator.server import EmulatorServer
 
 from daemons import cli_env, run_cli
 from pipeline import all_settled, eventually, outbox_pipeline

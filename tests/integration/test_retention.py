@@ -14,7 +14,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from stripe_sync.db import make_pool
-from stripe_sync.retention import Pruner, prune, prune_batch
+from stripe_sync.ops.retention import Pruner, prune, prune_batch
 
 from daemons import run_cli
 from webhook_helpers import add_account, add_price, event, running_worker, store, wait_idle

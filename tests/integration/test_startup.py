@@ -10,12 +10,12 @@ import psycopg
 import pytest
 from conftest import dsn_for
 
+from stripe_emulator import EmulatorServer
 from stripe_sync.config import ConfigError, load_settings
-from stripe_sync.daemon import Daemon
 from stripe_sync.db import first_connect
-from stripe_sync.emulator import EmulatorServer
 from stripe_sync.errors import StripeSyncError
-from stripe_sync.status import collect
+from stripe_sync.ops.status import collect
+from stripe_sync.runtime.daemon import Daemon
 
 pytestmark = pytest.mark.anyio
 

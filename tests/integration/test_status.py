@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from stripe_sync.status import collect
+from stripe_sync.ops.status import collect
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[tuple[Any, ...]]

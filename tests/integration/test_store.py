@@ -13,8 +13,8 @@ import pytest
 
 from stripe_sync.db import make_pool
 from stripe_sync.errors import LeaseLost
-from stripe_sync.jobs import Apply
-from stripe_sync.store import OUTBOX, PostgresStore, Store
+from stripe_sync.queue.jobs import Apply
+from stripe_sync.queue.store import OUTBOX, PostgresStore, Store
 
 from fake_store import LEASE_EXPIRED, FakeStore
 

@@ -16,7 +16,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from stripe_sync.db import make_pool
-from stripe_sync.webhooks.process import WebhookContext
+from stripe_sync.webhooks.execute import WebhookContext
 
 from webhook_helpers import (
     add_account,

@@ -36,7 +36,7 @@ def count(conn: psycopg.Connection[Any]) -> int:
 
 async def test_concurrent_stores_share_commits(dsn: str, conn: psycopg.Connection[Any]) -> None:
     results: dict[int, bool] = {}
-    async with make_pool(dsn, size=4) as pool, Ingestor(pool).running() as ingestor:
+    async with make_pool(dsn, size=4) as pool, Ingestor(pool).in_background() as ingestor:
 
         async def one(i: int) -> None:
             results[i] = await ingestor.store(*raw_event(i))
@@ -52,7 +52,7 @@ async def test_concurrent_stores_share_commits(dsn: str, conn: psycopg.Connectio
 
 async def test_a_lone_store_is_not_delayed(dsn: str, conn: psycopg.Connection[Any]) -> None:
     timings = []
-    async with make_pool(dsn, size=2) as pool, Ingestor(pool).running() as ingestor:
+    async with make_pool(dsn, size=2) as pool, Ingestor(pool).in_background() as ingestor:
         await ingestor.store(*raw_event(0))  # warm the connection
         for i in range(1, 6):
             started = time.monotonic()
@@ -66,7 +66,7 @@ async def test_a_lone_store_is_not_delayed(dsn: str, conn: psycopg.Connection[An
 
 
 async def test_duplicates_in_one_batch(dsn: str, conn: psycopg.Connection[Any]) -> None:
-    async with make_pool(dsn, size=2) as pool, Ingestor(pool).running() as ingestor:
+    async with make_pool(dsn, size=2) as pool, Ingestor(pool).in_background() as ingestor:
         results: list[bool] = []
 
         async def one(i: int) -> None:
@@ -84,7 +84,7 @@ async def test_one_unstorable_event_does_not_fail_its_batch(
     conn: psycopg.Connection[Any],
 ) -> None:
     outcomes: dict[int, object] = {}
-    async with make_pool(dsn, size=2) as pool, Ingestor(pool).running() as ingestor:
+    async with make_pool(dsn, size=2) as pool, Ingestor(pool).in_background() as ingestor:
 
         async def one(i: int) -> None:
             # jsonb cannot hold \u0000.

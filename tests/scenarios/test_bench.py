@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stripe_sync.devcluster import ClusterError, find_bindir
+from stripe_sync_demo.devcluster import ClusterError, find_bindir
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from stripe_sync.emulator.server import EmulatorServer
+from stripe_emulator.server import EmulatorServer
 
 from daemons import WEBHOOK_SECRET, DaemonProcess
 from daemons import poll as wait_until
@@ -188,7 +188,7 @@ def test_metrics_and_json_logs(
 ) -> None:
     import json
 
-    from stripe_sync.devcluster import free_port
+    from stripe_sync_demo.devcluster import free_port
 
     port = free_port()
     d = spawn(

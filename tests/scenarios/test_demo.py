@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stripe_sync.reaper import start_time
+from stripe_sync_demo.reaper import start_time
 
 DEMO = [sys.executable, "-m", "stripe_sync.cli", "demo"]
 

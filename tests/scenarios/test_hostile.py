@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from stripe_sync.emulator.server import EmulatorServer
+from stripe_emulator.server import EmulatorServer
 
 from daemons import WEBHOOK_SECRET, DaemonProcess
 from webhook_helpers import fresh_database, sign

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from stripe_sync.emulator.server import EmulatorServer
+from stripe_emulator.server import EmulatorServer
 
 from daemons import WEBHOOK_SECRET, DaemonProcess
 from daemons import poll as wait_until

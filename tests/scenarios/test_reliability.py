@@ -18,9 +18,9 @@ import psycopg
 import pytest
 import stripe
 
-from stripe_sync.devcluster import ThrowawayCluster
-from stripe_sync.emulator.server import EmulatorServer
+from stripe_emulator.server import EmulatorServer
 from stripe_sync.migrate import migrate
+from stripe_sync_demo.devcluster import ThrowawayCluster
 
 from daemons import API_KEY, DaemonProcess, poll
 

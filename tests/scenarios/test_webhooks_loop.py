@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from stripe_sync.emulator.server import EmulatorServer
+from stripe_emulator.server import EmulatorServer
 
 from daemons import WEBHOOK_SECRET, DaemonProcess
 

@@ -34,10 +34,10 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from stripe_emulator.server import EmulatorServer
 from stripe_sync.db import make_pool
-from stripe_sync.emulator.server import EmulatorServer
-from stripe_sync.jobs import Job
-from stripe_sync.webhooks.process import WebhookContext, make_handler
+from stripe_sync.queue.jobs import Job
+from stripe_sync.webhooks.execute import WebhookContext, make_handler
 
 from daemons import WEBHOOK_SECRET, DaemonProcess
 from webhook_helpers import add_account, add_price, add_product, fresh_database, sign, snapshot

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from stripe_sync.config import ConfigError, Secret, load_settings
-from stripe_sync.logs import LogfmtFormatter, register_secrets
+from stripe_sync.runtime.logs import LogfmtFormatter, register_secrets
 
 KEY = "sk_test_RECOGNISABLE_key_12345"
 

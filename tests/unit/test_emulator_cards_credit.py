@@ -8,7 +8,7 @@ import pytest
 import stripe
 from emulator_helpers import recurring_price
 
-from stripe_sync.emulator import EmulatorServer
+from stripe_emulator import EmulatorServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 

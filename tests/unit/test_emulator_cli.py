@@ -1,4 +1,4 @@
-"""`python -m stripe_sync.emulator` runs until SIGTERM and exits 0."""
+"""`python -m stripe_emulator` runs until SIGTERM and exits 0."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import httpx
 
-from stripe_sync.emulator.cli import build_parser
+from stripe_emulator.cli import build_parser
 
 
 def test_help_lists_options() -> None:
@@ -30,7 +30,7 @@ def test_runs_and_stops_on_sigterm() -> None:
         [
             sys.executable,
             "-m",
-            "stripe_sync.emulator",
+            "stripe_emulator",
             "--bind",
             "127.0.0.1:0",
             "--account-id",

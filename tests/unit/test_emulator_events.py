@@ -12,8 +12,8 @@ import httpx
 import pytest
 import stripe
 
-from stripe_sync.emulator import EmulatorServer
-from stripe_sync.emulator.receiver import WebhookReceiver
+from stripe_emulator import EmulatorServer
+from stripe_emulator.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 import stripe
 
-from stripe_sync.emulator import EmulatorServer
-from stripe_sync.emulator.faults import RateLimiter
+from stripe_emulator import EmulatorServer
+from stripe_emulator.faults import RateLimiter
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import stripe
 
-from stripe_sync.emulator import EmulatorServer
+from stripe_emulator import EmulatorServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import stripe
 
-from stripe_sync.emulator import EmulatorConfig, EmulatorServer
+from stripe_emulator import EmulatorConfig, EmulatorServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 

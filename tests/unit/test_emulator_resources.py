@@ -6,7 +6,7 @@ import httpx
 import pytest
 import stripe
 
-from stripe_sync.emulator import EmulatorServer
+from stripe_emulator import EmulatorServer
 
 # The SDK hands httpx a pre-encoded form body; httpx prefers content= but works fine.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

@@ -10,10 +10,10 @@ import pytest
 
 from stripe_sync import cli
 from stripe_sync.config import ConfigError
-from stripe_sync.devcluster import ClusterError
 from stripe_sync.errors import TransientError, one_line, validation_parts
 from stripe_sync.migrate import MigrationError, SchemaNotReady
 from stripe_sync.provider import ProviderMismatch
+from stripe_sync_demo.devcluster import ClusterError
 
 
 def seed_raising(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 
-from stripe_sync.group_commit import GroupCommit
+from stripe_sync.queue.group_commit import GroupCommit
 
 pytestmark = pytest.mark.anyio
 

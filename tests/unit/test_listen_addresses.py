@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from stripe_sync import metrics
 from stripe_sync.config import ConfigError
 from stripe_sync.errors import StripeSyncError
-from stripe_sync.http import bind_socket
+from stripe_sync.runtime import metrics
+from stripe_sync.runtime.http import bind_socket
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from stripe_sync.metrics import QueueCollector
-from stripe_sync.queue_counts import QueueRow
+from stripe_sync.ops.queue_counts import QueueRow
+from stripe_sync.runtime.metrics import QueueCollector
 
 
 def test_registering_reads_nothing_a_scrape_reads_once() -> None:

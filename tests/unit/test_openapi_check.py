@@ -10,7 +10,7 @@ import stripe
 from conftest import SPEC
 from openapi_check import SpecCheck
 
-from stripe_sync.emulator import EmulatorServer
+from stripe_emulator import EmulatorServer
 
 CUSTOMER = "POST /v1/customers"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stripe_sync.retry import Retry
+from stripe_sync.queue.retry import Retry
 
 
 def test_backoff_grows_and_honours_retry_after() -> None:

@@ -13,10 +13,10 @@ import pytest
 from stripe_sync.cli import main
 from stripe_sync.config import DEFAULTS, ENV_NAMES, env_value, variables
 from stripe_sync.outbox.common import Context
-from stripe_sync.retry import Retry
+from stripe_sync.queue.retry import Retry
+from stripe_sync.queue.worker import Worker
 from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.endpoint import WebhookEndpoint
-from stripe_sync.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS_BY_NAME = {v.name: v.value for v in variables()}

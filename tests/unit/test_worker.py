@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from stripe_sync.errors import TransientError
-from stripe_sync.jobs import Done, Handler, Job
-from stripe_sync.retry import Retry
-from stripe_sync.worker import Worker
+from stripe_sync.queue.jobs import Done, Handler, Job
+from stripe_sync.queue.retry import Retry
+from stripe_sync.queue.worker import Worker
 
 from fake_store import FakeStore
 

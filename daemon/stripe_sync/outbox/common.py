@@ -21,8 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 from ..config import DEFAULTS
 from ..db import queries
 from ..errors import PermanentError, SavedFailure, TransientError
-from ..jobs import Done, Job
 from ..mappings import Family, MappingWrite
+from ..queue.jobs import Done, Job
 from ..stripe_api import StripeApi, is_idempotency_conflict, object_path, search_clause
 from .keys import create_key, write_key
 from .payloads import decode

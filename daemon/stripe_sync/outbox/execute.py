@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ..errors import PermanentError
-from ..jobs import Done, Handler, Job
+from ..queue.jobs import Done, Handler, Job
 from . import customers, prices, products, subscriptions
 from .common import Context
 

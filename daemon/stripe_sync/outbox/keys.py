@@ -24,8 +24,8 @@ share a Stripe account never replay each other's answers.
 
 from __future__ import annotations
 
-from ..jobs import Job
 from ..mappings import Family
+from ..queue.jobs import Job
 
 
 def create_key(source: str, family: Family, mc_id: int, generation: int) -> str:

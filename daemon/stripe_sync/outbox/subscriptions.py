@@ -20,7 +20,7 @@ from psycopg.rows import class_row
 
 from ..db import queries
 from ..errors import PermanentError
-from ..jobs import Done, Job
+from ..queue.jobs import Done, Job
 from .common import Context, send_write
 from .payloads import decode_as, require_id
 from .prices import PUSHED as PRICES

@@ -9,8 +9,8 @@ plans are prices (plan ids are price ids), so plan.* uses the price mappings.
 
 from __future__ import annotations
 
-from ..jobs import Done, Job
 from ..mappings import PRICES, PRODUCTS, Family
+from ..queue.jobs import Done, Job
 from .common import Key, WebhookContext, confirm, rank_of
 from .events import CatalogObject, decode_event
 

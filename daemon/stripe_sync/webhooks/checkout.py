@@ -16,8 +16,8 @@ from psycopg.rows import dict_row
 
 from ..db import queries
 from ..errors import TransientError
-from ..jobs import Done, Job
 from ..mappings import CUSTOMERS
+from ..queue.jobs import Done, Job
 from .common import WebhookContext, find, ignored
 from .events import CheckoutSession, decode_event, metadata_id, ref_id
 

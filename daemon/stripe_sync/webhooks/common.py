@@ -44,8 +44,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..db import queries
 from ..errors import TransientError
-from ..jobs import Done, Job
 from ..mappings import Family
+from ..queue.jobs import Done, Job
 from ..stripe_api import StripeApi
 from .events import metadata_id
 

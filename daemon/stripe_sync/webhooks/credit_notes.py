@@ -13,8 +13,8 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from ..errors import PermanentError
-from ..jobs import Done, Job
 from ..mappings import CREDIT_NOTES, INVOICES
+from ..queue.jobs import Done, Job
 from .common import Key, WebhookContext, Write, rank_of, resolve_one, write_object
 from .events import CreditNote, decode_event, ref_id
 

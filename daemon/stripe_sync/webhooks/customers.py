@@ -13,8 +13,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from ..jobs import Done, Job
 from ..mappings import CUSTOMERS
+from ..queue.jobs import Done, Job
 from .common import Key, WebhookContext, confirm, rank_of
 from .events import Customer, decode_event
 from .payment_methods import set_default

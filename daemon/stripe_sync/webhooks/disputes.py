@@ -20,8 +20,8 @@ from psycopg import AsyncConnection
 
 from ..db import queries
 from ..errors import PermanentError
-from ..jobs import Done, Job
 from ..mappings import DISPUTES
+from ..queue.jobs import Done, Job
 from .common import Key, WebhookContext, Write, Written, find, ignored, rank_of, ts, write_object
 from .events import Dispute, decode_event, ref_id
 from .payments import payment_of

@@ -35,7 +35,7 @@ import stripe
 from starlette.types import Receive, Scope, Send
 
 from ..config import DEFAULTS
-from ..metrics import WEBHOOK_INGEST_SECONDS, WEBHOOKS_RECEIVED
+from ..runtime.metrics import WEBHOOK_INGEST_SECONDS, WEBHOOKS_RECEIVED
 from .events import Envelope, ObjectHead
 from .ingest import Ingestor, StoreError, Unstorable
 

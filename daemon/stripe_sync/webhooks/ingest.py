@@ -15,7 +15,7 @@ Usage (the daemon, and the ``catch-up`` command)::
         ...  # ingestor.store(raw, envelope) from any task
         ingestor.stop()
 
-or ``async with ingestor.running(): ...``. Without a running collector,
+or ``async with ingestor.in_background(): ...``. Without a running collector,
 ``store`` commits the one event itself, through the same ``_commit`` path, so
 nothing breaks if the daemon never started it (it is merely slower under
 load). ``store_rows`` is that path for callers holding many events at once
@@ -201,7 +201,7 @@ class Ingestor:
         self._stop.set()
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Ingestor]:
+    async def in_background(self) -> AsyncIterator[Ingestor]:
         async with anyio.create_task_group() as tg:
             await tg.start(self.run)
             try:

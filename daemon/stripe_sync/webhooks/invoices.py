@@ -14,18 +14,9 @@ from psycopg import AsyncConnection
 
 from ..db import queries
 from ..errors import PermanentError
-from ..jobs import Done, Job
 from ..mappings import CUSTOMERS, INVOICES, SUBSCRIPTIONS
-from .common import (
-    Key,
-    WebhookContext,
-    Write,
-    Written,
-    rank_of,
-    resolve_one,
-    ts,
-    write_object,
-)
+from ..queue.jobs import Done, Job
+from .common import Key, WebhookContext, Write, Written, rank_of, resolve_one, ts, write_object
 from .events import Invoice, decode_event, ref_id
 
 _RANKS = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3, "deleted": 4}

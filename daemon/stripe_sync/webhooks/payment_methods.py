@@ -29,8 +29,8 @@ from psycopg import AsyncConnection
 
 from ..db import queries
 from ..errors import PermanentError
-from ..jobs import Done, Job
 from ..mappings import CUSTOMERS, PAYMENT_METHODS
+from ..queue.jobs import Done, Job
 from .common import Key, WebhookContext, Write, Written, ignored, resolve_one, write_object
 from .events import PaymentMethod, SetupIntent, decode_event, ref_id
 

@@ -28,8 +28,8 @@ from psycopg.rows import class_row
 
 from ..db import queries
 from ..errors import PermanentError
-from ..jobs import Done, Job
 from ..mappings import CUSTOMERS, INVOICES, PAYMENTS
+from ..queue.jobs import Done, Job
 from .common import (
     Key,
     MappingRow,

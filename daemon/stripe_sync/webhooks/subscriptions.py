@@ -18,8 +18,8 @@ from psycopg import AsyncConnection
 
 from ..db import queries
 from ..errors import PermanentError
-from ..jobs import Done, Job
 from ..mappings import CUSTOMERS, PRICES, SUBSCRIPTIONS
+from ..queue.jobs import Done, Job
 from .common import (
     Key,
     WebhookContext,

@@ -12,7 +12,7 @@ rows of one key run one after another, in claim order, each starting once
 the one before is recorded, never side by side. An optional ``preload`` sees
 each claimed batch before its rows start: the
 webhook handlers' pre-check reads, one query per batch instead of one per
-row (``webhooks.process.make_preload``); when it fails, each handler reads
+row (``webhooks.execute.make_preload``); when it fails, each handler reads
 for itself.
 
 It wakes on NOTIFY (via :meth:`Worker.wake`, called by ``listen.py``), when a
@@ -32,10 +32,10 @@ from contextlib import asynccontextmanager
 import anyio
 import psycopg
 
-from .config import DEFAULTS
-from .errors import LeaseLost, PermanentError, TransientError, one_line
+from ..config import DEFAULTS
+from ..errors import LeaseLost, PermanentError, TransientError, one_line
+from ..runtime.metrics import PROCESSED, WAKEUPS
 from .jobs import Done, Handler, Job
-from .metrics import PROCESSED, WAKEUPS
 from .retry import Retry
 from .store import DATABASE_ERRORS, REFUSALS, Store, refusal
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 
 import anyio
 
-from .config import Settings
+from ..config import Settings
 
 log = logging.getLogger(__name__)
 

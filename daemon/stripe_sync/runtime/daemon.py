@@ -21,24 +21,25 @@ import anyio
 from anyio.from_thread import BlockingPortal
 from psycopg_pool import AsyncConnectionPool
 
-from . import metrics, provider, sdnotify
-from .config import Settings
-from .db import first_connect, make_pool, redact_dsn
+from .. import provider
+from ..config import Settings
+from ..db import first_connect, make_pool, redact_dsn
+from ..migrate import check_current
+from ..ops.queue_counts import QueueRow, queue_rows
+from ..ops.retention import Pruner
+from ..outbox.common import Context, source_of
+from ..outbox.execute import make_handler as outbox_handler
+from ..queue.listen import Listener
+from ..queue.retry import Retry
+from ..queue.store import OUTBOX, WEBHOOKS, PostgresStore
+from ..queue.worker import Worker
+from ..stripe_api import from_settings
+from ..webhooks.endpoint import WebhookEndpoint
+from ..webhooks.execute import WebhookContext, make_preload, object_of
+from ..webhooks.execute import make_handler as webhook_handler
+from ..webhooks.ingest import Ingestor
+from . import metrics, sdnotify
 from .http import bind_socket, create_app, serve_http
-from .listen import Listener
-from .migrate import check_current
-from .outbox.common import Context, source_of
-from .outbox.execute import make_handler as outbox_handler
-from .queue_counts import QueueRow, queue_rows
-from .retention import Pruner
-from .retry import Retry
-from .store import OUTBOX, WEBHOOKS, PostgresStore
-from .stripe_api import from_settings
-from .webhooks.endpoint import WebhookEndpoint
-from .webhooks.ingest import Ingestor
-from .webhooks.process import WebhookContext, make_preload, object_of
-from .webhooks.process import make_handler as webhook_handler
-from .worker import Worker
 
 log = logging.getLogger(__name__)
 

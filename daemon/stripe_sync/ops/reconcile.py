@@ -52,13 +52,13 @@ import anyio
 import stripe
 from psycopg_pool import AsyncConnectionPool
 
-from .config import Settings
-from .db import queries
-from .errors import PermanentError
-from .mappings import CUSTOMERS, PRICES, PRODUCTS, Family
-from .outbox.common import source_of
-from .stripe_api import StripeApi, call_with_retries, for_command, search_clause
-from .webhooks.events import metadata_id
+from ..config import Settings
+from ..db import queries
+from ..errors import PermanentError
+from ..mappings import CUSTOMERS, PRICES, PRODUCTS, Family
+from ..outbox.common import source_of
+from ..stripe_api import StripeApi, call_with_retries, for_command, search_clause
+from ..webhooks.events import metadata_id
 
 Kind = Literal["missing", "deleted", "changed", "metadata", "duplicate"]
 # What --fix does about a finding; an object gets the first of these its findings need.

@@ -76,7 +76,7 @@ class Clock:
         self.offset += seconds
 
 
-class Store:
+class State:
     """Objects per kind in insertion order; Stripe lists newest first, which is
     reverse insertion order because creation times never go backwards here.
 

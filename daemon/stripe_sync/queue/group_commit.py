@@ -35,7 +35,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from .db import queries
+from ..db import queries
 
 Record = Callable[[AsyncConnection[Any]], Awaitable[None]]
 # Records data completions of one kind (run_row's ``kind``) in one autocommit
@@ -174,7 +174,7 @@ class GroupCommit:
         """All of the group in one transaction; False (rolled back) if any refused."""
         try:
             async with conn.transaction():
-                await conn.execute(queries("queue")["group_lock_wait"])
+                await conn.execute(queries("queue", "stripe_sync.queue")["group_lock_wait"])
                 await self._calls(conn, group)
         except Exception:
             if conn.broken:

@@ -38,16 +38,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .db import queries, redact_dsn
+from stripe_sync.db import queries, redact_dsn
+from stripe_sync.migrate import migrate
+
 from .devcluster import ThrowawayCluster, free_port
-from .migrate import migrate
 from .reaper import Reaper
 
 API_KEY = "sk_test_demo_0000000000000000"
 WEBHOOK_SECRET = "whsec_demo_0000000000000000"
 # Piped into a file, rich would wrap at 80 columns; a log reads better unwrapped.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-Q = queries("demo")
+Q = queries("demo", "stripe_sync_demo")
 
 
 class DemoError(Exception):
@@ -294,7 +295,7 @@ def _play(args: argparse.Namespace, stack: ExitStack, reaper: Reaper, logdir: Pa
     emulator_argv += ["--webhook-secret", WEBHOOK_SECRET]
     emulator = stack.enter_context(
         process(
-            [python, "-m", "stripe_sync.emulator", *emulator_argv],
+            [python, "-m", "stripe_emulator", *emulator_argv],
             base_env,
             logdir / "emulator.log",
             reaper,

@@ -12,7 +12,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from .db import connect, queries
+from ..db import connect, queries
 from .queue_counts import QueueRow, queue_rows
 
 

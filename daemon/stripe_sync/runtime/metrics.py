@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .config import cannot_listen, split_address
-from .queue_counts import QueueRow
+from ..config import cannot_listen, split_address
+from ..ops.queue_counts import QueueRow
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from .errors import StripeError
 from .faults import FaultRule, Faults, RateLimiter, parse_rule
 from .idempotency import IdempotencyStore
 from .listing import previous_attributes
-from .state import JSON, Clock, Store, new_id, snapshot
+from .state import JSON, Clock, State, new_id, snapshot
 
 
 def _default_api_version() -> str:
@@ -129,7 +129,7 @@ class Emulator:
         self.clock = clock or Clock()
         self._start_offset = self.clock.offset  # what reset() returns the clock to
         self.lock = threading.RLock()
-        self.store = Store()
+        self.store = State()
         self.idempotency = IdempotencyStore()
         self.faults = Faults(self.config.seed)
         self.rate_limiter = RateLimiter(self.config.rate_limit)

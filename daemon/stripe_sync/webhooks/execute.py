@@ -21,8 +21,8 @@ from typing import Any
 import msgspec
 
 from ..errors import PermanentError
-from ..jobs import Done, Handler, Job
 from ..mappings import CUSTOMERS, PRICES, PRODUCTS, Family
+from ..queue.jobs import Done, Handler, Job
 from . import (
     catalog,
     checkout,

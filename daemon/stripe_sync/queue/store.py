@@ -25,11 +25,11 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
-from .db import bound_query, queries
-from .errors import LeaseLost, PermanentError, one_line
+from ..db import bound_query, queries
+from ..errors import LeaseLost, PermanentError, one_line
+from ..mappings import MappingWrite
 from .group_commit import GroupCommit
 from .jobs import Apply, Job
-from .mappings import MappingWrite
 
 # A failed round trip to the database (psycopg's errors, or the socket's):
 # worth another try later, never a reason for the worker to stop.
@@ -96,7 +96,7 @@ class QueueSpec:
     claim_module: str = "queue"
 
     def query(self, name: str) -> bytes:
-        return bound_query("queue", name, table=self.table, kind=self.kind)
+        return bound_query("queue", name, "stripe_sync.queue", table=self.table, kind=self.kind)
 
     def claim_query(self) -> bytes:
         if self.claim_module == "queue":

@@ -2,7 +2,7 @@
 command (the demo, the tests' throwaway cluster) must not leave behind, even
 when it is killed with SIGKILL and its own ``finally`` never runs.
 
-The parent starts ``python -m stripe_sync.reaper`` in a session of its own and
+The parent starts ``python -m stripe_sync_demo.reaper`` in a session of its own and
 keeps the write end of a pipe to its stdin; it writes one line per thing to
 clean up as it creates it. When the parent is gone in any way, the kernel closes
 that pipe, the reaper reads end-of-file and stops what is still running and
@@ -41,7 +41,7 @@ class Reaper:
     def __init__(self) -> None:
         read, self._write = os.pipe()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "stripe_sync.reaper"],
+            [sys.executable, "-m", "stripe_sync_demo.reaper"],
             stdin=read,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

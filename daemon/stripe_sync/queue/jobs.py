@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
 
-from .mappings import MappingWrite
+from ..mappings import MappingWrite
 
 
 class Job(NamedTuple):

@@ -26,7 +26,7 @@ import anyio
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from .db import connect, queries
+from ..db import connect, queries
 from .outcome import Record
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from .db import queries
+from ..db import queries
 
 
 class QueueRow(msgspec.Struct):

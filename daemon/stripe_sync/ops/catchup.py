@@ -22,12 +22,12 @@ from typing import Any, TextIO, cast
 
 import msgspec
 
-from . import duration
-from .config import Settings
-from .db import queries
-from .stripe_api import StripeApi, call_with_retries, for_command
-from .webhooks.events import Envelope
-from .webhooks.ingest import Ingestor, Row, Unstorable, row_for
+from .. import duration
+from ..config import Settings
+from ..db import queries
+from ..stripe_api import StripeApi, call_with_retries, for_command
+from ..webhooks.events import Envelope
+from ..webhooks.ingest import Ingestor, Row, Unstorable, row_for
 
 RETENTION_DAYS = 30  # how long Stripe keeps events
 PAGE_SIZE = 100  # Stripe's maximum

@@ -10,11 +10,11 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from stripe_emulator.pytest_plugin import TEST_API_KEY
 from stripe_sync.config import Secret
 from stripe_sync.db import make_pool
-from stripe_sync.emulator.pytest_plugin import TEST_API_KEY
 from stripe_sync.stripe_api import StripeApi
-from stripe_sync.webhooks.process import WebhookContext
+from stripe_sync.webhooks.execute import WebhookContext
 
 from webhook_helpers import (
     add_account,
@@ -864,7 +864,7 @@ async def test_confirm_applies_only_over_an_older_key(
     """The apply checks the key again under the row lock: an event that was newer
     at the handler's check but not any more at the apply raises Raced and writes
     nothing; one still newer marks the row."""
-    from stripe_sync.jobs import Job
+    from stripe_sync.queue.jobs import Job
     from stripe_sync.webhooks import customers
     from stripe_sync.webhooks.common import Raced
 
@@ -916,8 +916,8 @@ async def test_confirm_checks_the_row_preloaded_for_its_batch(
 ) -> None:
     """The worker's preload reads a batch's mapping rows in one query; each handler
     takes its own once (then forgets it) instead of reading it again."""
-    from stripe_sync.jobs import Job
-    from stripe_sync.webhooks.process import make_handler, make_preload
+    from stripe_sync.queue.jobs import Job
+    from stripe_sync.webhooks.execute import make_handler, make_preload
 
     add_account(conn, "cus_A")
     add_product(conn, "prod_A")
@@ -953,8 +953,8 @@ async def test_an_object_with_two_events_in_the_batch_is_not_preloaded(
     pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
 ) -> None:
     """They run one after the other: the second must read what the first wrote."""
-    from stripe_sync.jobs import Job
-    from stripe_sync.webhooks.process import make_preload
+    from stripe_sync.queue.jobs import Job
+    from stripe_sync.webhooks.execute import make_preload
 
     add_account(conn, "cus_A")
     add_account(conn, "cus_B")
@@ -1168,7 +1168,7 @@ async def test_a_tie_that_commits_between_check_and_apply_is_checked_again(
     """Two events of one second and rank handled side by side: the one that
     locks second raises Raced (and so goes through the check, and Stripe,
     again) rather than applying its copy because its id sorts higher."""
-    from stripe_sync.jobs import Job
+    from stripe_sync.queue.jobs import Job
     from stripe_sync.webhooks import subscriptions
 
     add_account(conn, "cus_A")
@@ -1258,7 +1258,7 @@ async def test_a_customer_tie_committed_before_the_apply_is_checked_again(
     pool: AsyncConnectionPool, conn: psycopg.Connection[Any], api: StripeApi
 ) -> None:
     """confirm's one-statement apply refuses a tie it would have to ask about."""
-    from stripe_sync.jobs import Job
+    from stripe_sync.queue.jobs import Job
     from stripe_sync.webhooks import customers
 
     add_account(conn, "cus_A")

@@ -8,7 +8,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from .config import DEFAULTS
+from ..config import DEFAULTS
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import StripeError, no_such
 from .forms import check_known, get_bool, get_int, get_str
-from .state import JSON, Store
+from .state import JSON, State
 
 Predicate = Callable[[JSON], bool]
 
@@ -53,7 +53,7 @@ def paginate(items: Iterable[JSON], params: dict[str, Any], url: str, kind: str)
 
 
 def list_objects(
-    store: Store,
+    store: State,
     params: dict[str, Any],
     kind: str,
     *,
@@ -208,7 +208,7 @@ def parse_query(query: str, fields: set[str]) -> tuple[list[_Clause], bool]:
 
 
 def search(
-    store: Store,
+    store: State,
     kind: str,
     params: dict[str, Any],
     fields: set[str],

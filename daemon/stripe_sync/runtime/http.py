@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .config import cannot_listen, split_address
+from ..config import cannot_listen, split_address
 
 log = logging.getLogger(__name__)
 

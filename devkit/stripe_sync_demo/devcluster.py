@@ -31,7 +31,8 @@ from types import TracebackType
 
 import psycopg
 
-from .errors import StripeSyncError
+from stripe_sync.errors import StripeSyncError
+
 from .reaper import Reaper
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, NamedTuple, TextIO
 
-from .db import connect, queries
-from .errors import UsageError
+from ..db import connect, queries
+from ..errors import UsageError
 from .outcome import Record
 
 Table = Literal["outbox", "webhooks"]

@@ -16,7 +16,7 @@ import anyio
 import psycopg
 from psycopg import AsyncConnection, sql
 
-from .db import conninfo
+from ..db import conninfo
 
 log = logging.getLogger(__name__)
 
