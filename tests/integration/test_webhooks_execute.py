@@ -942,7 +942,7 @@ async def test_confirm_checks_the_row_preloaded_for_its_batch(
     handle = make_handler(ctx)
     for job in jobs[:2]:
         done = await handle(job)
-        assert done.apply is not None and done.note is None, job.kind
+        assert done.apply is not None and done.note is None, job.type
     assert len(ctx.preloaded) == 0
     # Without a preloaded row the handler reads its own, and finds the event stale.
     done = await handle(jobs[0])

@@ -301,14 +301,14 @@ class Worker:
 
     async def _record_done(self, job: Job, done: Done) -> None:
         status = done.status or self.spec.done_status
-        await self.store.finish(job.id, self.worker_id, status, done.note, done.apply, done.mapping)
-        PROCESSED.labels(self.spec.name, job.kind, status).inc()
+        await self.store.finish(job.id, self.worker_id, status, done.note, done.apply, done.written)
+        PROCESSED.labels(self.spec.name, job.type, status).inc()
         log.info(
             f"{self.spec.name} row {status}",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
-                "kind": job.kind,
+                "kind": job.type,
                 "attempt": job.attempts,
                 **({"note": done.note} if done.note else {}),
             },
@@ -316,13 +316,13 @@ class Worker:
 
     async def _record_failed(self, job: Job, error: str) -> None:
         await self.store.fail(job.id, self.worker_id, error)
-        PROCESSED.labels(self.spec.name, job.kind, "failed").inc()
+        PROCESSED.labels(self.spec.name, job.type, "failed").inc()
         log.error(
             f"{self.spec.name} row failed",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
-                "kind": job.kind,
+                "kind": job.type,
                 "attempt": job.attempts,
                 "reason": error,
             },
@@ -336,14 +336,14 @@ class Worker:
             return
         delay = self.retry.delay(job.attempts, retry_after, base)
         await self.store.retry(job.id, self.worker_id, error, delay)
-        PROCESSED.labels(self.spec.name, job.kind, "retry").inc()
+        PROCESSED.labels(self.spec.name, job.type, "retry").inc()
         heapq.heappush(self._retries_due, anyio.current_time() + delay)
         log.warning(
             f"{self.spec.name} row will be retried",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
-                "kind": job.kind,
+                "kind": job.type,
                 "attempt": job.attempts,
                 "retry_in": round(delay, 3),
                 "reason": error,
