@@ -26,8 +26,8 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import psycopg
@@ -35,6 +35,7 @@ import psycopg
 from ..config import DEFAULTS
 from ..errors import LeaseLost, PermanentError, TransientError, one_line
 from ..runtime.metrics import PROCESSED, WAKEUPS
+from .background import in_background
 from .jobs import Done, Handler, Job
 from .retry import Retry
 from .store import DATABASE_ERRORS, REFUSALS, Store, refusal
@@ -103,16 +104,10 @@ class Worker:
         self._stopping.set()
         self._wakeup.set()
 
-    @asynccontextmanager
-    async def in_background(self) -> AsyncIterator[Worker]:
+    def in_background(self) -> AbstractAsyncContextManager[Worker]:
         """Run in the background for the block; leaving it stops the worker and
         waits for its drain (``shutdown_timeout``)."""
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.run)
-            try:
-                yield self
-            finally:
-                self.stop()
+        return in_background(self)
 
     # -- main loop -------------------------------------------------------------
 
