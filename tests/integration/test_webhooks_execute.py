@@ -605,6 +605,42 @@ async def test_a_canceled_partial_refund_among_others(
     )
 
 
+async def test_an_older_refund_event_never_overwrites_a_newer_one(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """Refund events are ordered by when they happened. Here neither the lifecycle
+    rank (requires_action and pending share one) nor the event id (random in
+    Stripe: the newer one has the smaller) orders them, so only ``created`` can;
+    test_shuffled_delivery_gives_the_same_tables cannot see this, as its refunds'
+    ranks and ids both grow with time."""
+    add_account(conn, "cus_A")
+    await run(pool, event("payment_intent.succeeded", _payment(2000), created=T0))
+    # A refund that waited for the customer's details, then pending once given;
+    # the newer event arrives first.
+    await run(
+        pool,
+        event("refund.updated", _refund("re_o", 400, "pending"), created=T0 + 6, event_id="evt_1"),
+    )
+    await run(
+        pool,
+        event(
+            "refund.created",
+            _refund("re_o", 400, "requires_action"),
+            created=T0 + 5,
+            event_id="evt_9",
+        ),
+    )
+    assert one(conn, "SELECT status, last_event_id FROM stripe.payment_refunds") == (
+        "pending",
+        "evt_1",
+    )
+    assert statuses(conn)["evt_9"] == ("processed", "stale: older than evt_1")
+    assert one(conn, "SELECT amount_refunded, refund_status FROM billing.payments") == (
+        400,
+        "partial",
+    )
+
+
 async def test_payment_intent_with_old_charges_list(
     pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
 ) -> None:
