@@ -4,6 +4,7 @@ official SDK over HTTP → the emulator → mapping row + done."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,12 +65,15 @@ def mapping(conn: Conn, table: str, mc_col: str, mc_id: int = 1) -> tuple[Any, .
 
 
 def test_every_allowed_action_has_an_executor(conn: Conn) -> None:
-    check = conn.execute(
+    # The one CHECK constraint on action_type (migration 0011 names it), by its
+    # name and kind: any other constraint that mentions the column is not it.
+    checks = conn.execute(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE conrelid = 'integration.outbox'::regclass AND conname LIKE '%action_type%'"
-    ).fetchone()
-    assert check is not None
-    allowed = set(__import__("re").findall(r"'(\w+)'::text", check[0]))
+        "WHERE conrelid = 'integration.outbox'::regclass "
+        "AND conname = 'outbox_action_type_check' AND contype = 'c'"
+    ).fetchall()
+    assert len(checks) == 1, checks
+    allowed = set(re.findall(r"'(\w+)'::text", checks[0][0]))
     assert allowed == set(EXECUTORS)
 
 
