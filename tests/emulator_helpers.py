@@ -18,3 +18,13 @@ def recurring_price(
             "recurring": {"interval": "month"},
         }
     )
+
+
+def text_of_length(param: str, length: int, fill: str = "a") -> str:
+    """A plausible value of a string parameter of exactly ``length`` characters,
+    for testing Stripe's maxLength at the boundary."""
+    if param == "email":
+        return fill * (length - len("@example.com")) + "@example.com"
+    if param == "phone":
+        return "+" + "1" * (length - 1)
+    return fill * length

@@ -77,6 +77,18 @@ class SpecCheck:
             for problem in self._response(op["response"], obj, "response"):
                 self._report(f"{where}: {problem}")
 
+    def max_length(self, operation: str, param: str) -> int | None:
+        """Stripe's maxLength of a top-level string parameter ("POST /v1/customers",
+        "email"); None when the spec gives it none."""
+        schema = self._resolve(self.operations[operation]["request"])
+        found = self._resolve(schema.get("properties", {})[param])
+        lengths = [
+            self._resolve(alt)["maxLength"]
+            for alt in found.get("anyOf", [found])
+            if "maxLength" in self._resolve(alt)
+        ]
+        return lengths[0] if lengths else None
+
     def _report(self, problem: str) -> None:
         with self._lock:
             if problem not in self.problems:

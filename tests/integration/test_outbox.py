@@ -4,12 +4,14 @@ official SDK over HTTP → the emulator → mapping row + done."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import fresh_database
+from conftest import SPEC, fresh_database
+from emulator_helpers import text_of_length
 
 from stripe_emulator.server import EmulatorServer
 from stripe_sync.db import queries
@@ -63,12 +65,15 @@ def mapping(conn: Conn, table: str, mc_col: str, mc_id: int = 1) -> tuple[Any, .
 
 
 def test_every_allowed_action_has_an_executor(conn: Conn) -> None:
-    check = conn.execute(
+    # The one CHECK constraint on action_type (migration 0011 names it), by its
+    # name and kind: any other constraint that mentions the column is not it.
+    checks = conn.execute(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE conrelid = 'integration.outbox'::regclass AND conname LIKE '%action_type%'"
-    ).fetchone()
-    assert check is not None
-    allowed = set(__import__("re").findall(r"'(\w+)'::text", check[0]))
+        "WHERE conrelid = 'integration.outbox'::regclass "
+        "AND conname = 'outbox_action_type_check' AND contype = 'c'"
+    ).fetchall()
+    assert len(checks) == 1, checks
+    allowed = set(re.findall(r"'(\w+)'::text", checks[0][0]))
     assert allowed == set(EXECUTORS)
 
 
@@ -167,6 +172,60 @@ async def test_values_stripe_would_refuse_fail_before_any_request(
     assert empty[2] == "done", empty
     [customer] = emulator.emulator.objects("customers")
     assert (customer["email"], customer["name"]) == ("b@x.io", None)
+
+
+# Every column the outbox sends that Stripe limits (its spec's maxLength), with the
+# MC table, the payload's field and the emulator's kind.
+LIMITED = [
+    ("customer", "billing.accounts", "email"),
+    ("customer", "billing.accounts", "name"),
+    ("product", "billing.products", "name"),
+    ("product", "billing.products", "description"),
+    ("price", "billing.prices", "nickname"),
+]
+_SECOND_ROW = {
+    "billing.accounts": "INSERT INTO billing.accounts (id, email) VALUES (2, 'bo@example.com')",
+    "billing.products": "INSERT INTO billing.products (id, name) VALUES (2, 'Silver')",
+    "billing.prices": "INSERT INTO billing.prices (id, product_id, currency, unit_amount) "
+    "VALUES (2, 1, 'eur', 900)",
+}
+
+
+@pytest.mark.parametrize(("family", "table", "column"), LIMITED)
+async def test_stripe_length_limits_at_the_boundary(
+    dsn: str, conn: Conn, emulator: EmulatorServer, family: str, table: str, column: str
+) -> None:
+    """At the limit the value reaches Stripe whole; one character over, on a create
+    or an update, the row fails naming the column and nothing is sent."""
+    limit = SPEC.max_length(f"POST /v1/{family}s", column)
+    assert limit is not None
+    at, over = text_of_length(column, limit), text_of_length(column, limit + 1, "b")
+    catalog(conn)
+    conn.execute(f"UPDATE {table} SET {column} = %s WHERE id = 1", (at,))
+    conn.execute(_SECOND_ROW[table])
+    conn.execute(f"UPDATE {table} SET {column} = %s WHERE id = 2", (over,))
+    field = {"customer": "account_id", "product": "product_id", "price": "price_id"}[family]
+    async with outbox_pipeline(dsn, emulator.base_url) as pipeline:
+        if family == "price":
+            enqueue(conn, "create_stripe_product", '{"product_id": 1}')
+            await eventually(lambda: all_settled(dsn))
+        enqueue(conn, f"create_stripe_{family}", f'{{"{field}": 1}}')
+        await eventually(lambda: all_settled(dsn))
+        [sent] = emulator.emulator.objects(f"{family}s")
+        assert sent[column] == at
+        conn.execute(f"UPDATE {table} SET {column} = %s WHERE id = 1", (over.replace("b", "c"),))
+        calls = pipeline.api.calls
+        enqueue(conn, f"update_stripe_{family}", f'{{"{field}": 1}}')
+        enqueue(conn, f"create_stripe_{family}", f'{{"{field}": 2}}')
+        rows = await eventually(lambda: all_settled(dsn))
+        assert pipeline.api.calls == calls
+    refused = [
+        f"{table}.{column} id={mc_id}: {limit + 1} characters; Stripe accepts at most {limit}, "
+        "so nothing was sent"
+        for mc_id in (1, 2)
+    ]
+    assert [r[2:] for r in rows[-2:]] == [("failed", 1, refused[0]), ("failed", 1, refused[1])]
+    assert emulator.emulator.objects(f"{family}s") == [sent]
 
 
 async def test_an_emptied_description_is_unset_in_stripe(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -222,12 +223,16 @@ def test_a_disputed_payment_and_its_deadline(
 
     closed = stripe_client.v1.disputes.close(dispute[7])
     assert closed.status == "lost"
-    wait_for(
+    closed_at = wait_for(
         conn,
         "SELECT closed_at FROM billing.disputes WHERE id = %s AND status = 'lost'",
         dispute[0],
         daemon=daemon,
     )
+    # The time of the event that closed it, not when MC applied it.
+    events = stripe_client.v1.events.list(params={"type": "charge.dispute.closed"}).data
+    [closing] = [e for e in events if e.data.object["id"] == dispute[7]]
+    assert closed_at == (datetime.fromtimestamp(closing.created, UTC),)
     rows = [r for r in settled(conn, emulator, daemon) if r[0].startswith("charge.dispute.")]
     assert rows == [
         ("charge.dispute.created", "processed", None),
