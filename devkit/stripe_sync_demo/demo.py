@@ -429,6 +429,7 @@ def _keep(dsn: str, emulator_url: str, daemon_url: str, logdir: Path, python: st
         f"  DATABASE_URL={dsn}\n"
         f"  STRIPE_API_KEY={API_KEY}   (the emulator's; it takes no other key)\n"
         f"  STRIPE_API_BASE={emulator_url}\n"
+        f"  STRIPE_WEBHOOK_SECRET={WEBHOOK_SECRET}   (the emulator signs its webhooks with it)\n"
         f"  daemon:   {daemon_url}/readyz   {daemon_url}/webhooks/stripe\n"
         f"  logs:     {logdir}\n"
         f"  stripe-sync is {bindir / 'stripe-sync'}\n"

@@ -5,6 +5,7 @@ it is stopped."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import signal
@@ -17,6 +18,8 @@ import psycopg
 import pytest
 
 from stripe_sync_demo.reaper import start_time
+
+from webhook_helpers import event, sign
 
 DEMO = [sys.executable, "-m", "stripe_sync.cli", "demo"]
 
@@ -128,7 +131,7 @@ def _keep_running() -> tuple[subprocess.Popen[str], str, dict[int, str]]:
         line = proc.stdout.readline()
         assert line, out
         out += line
-    for _ in range(8):  # the lines after "kept running"
+    for _ in range(9):  # the lines after "kept running"
         out += proc.stdout.readline()
     cluster = re.search(r"throwaway PostgreSQL in (\S+)", out)
     assert cluster, out
@@ -163,6 +166,13 @@ def test_a_kept_demo_leaves_nothing_behind_when_signalled(sig: signal.Signals) -
     import httpx
 
     assert httpx.get(curl[2], auth=(curl[1], "")).status_code == 200
+    # The webhook secret it printed is the one the daemon verifies (and the emulator signs) with.
+    secret = re.search(r"STRIPE_WEBHOOK_SECRET=(whsec_\S+)", out)
+    daemon = re.search(r"daemon: +\S+ +(\S+/webhooks/stripe)", out)
+    assert secret and daemon, out
+    body = json.dumps(event("customer.updated", {"id": "cus_kept", "object": "customer"}))
+    signed = {"Stripe-Signature": sign(body, secret[1])}
+    assert httpx.post(daemon[1], content=body, headers=signed).status_code == 200
 
     proc.send_signal(sig)
     rc = proc.wait(60)
