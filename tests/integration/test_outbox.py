@@ -211,7 +211,7 @@ async def test_a_repeated_create_or_archive_is_done_without_a_request(
     [
         ('{"account_id": "1"}', "payload.account_id: expected int, got str"),
         ("{}", 'payload.account_id: missing (expected {"account_id": <id>})'),
-        ('{"acount_id": 1}', "payload.account_id: missing"),
+        ('{"acount_id": 1}', "payload: unknown key acount_id (did you mean account_id?)"),
         ("[1]", "payload: expected a JSON object, got array"),
         ('{"account_id": 42}', "billing.accounts id=42 does not exist"),
         ('{"account_id": 0}', "payload.account_id: expected a positive 64-bit id"),
