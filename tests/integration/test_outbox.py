@@ -123,6 +123,9 @@ async def test_updates_and_archives(dsn: str, conn: Conn, emulator: EmulatorServ
         enqueue(conn, "update_stripe_product", '{"product_id": 1}')
         enqueue(conn, "update_stripe_price", '{"price_id": 1}')
         await eventually(lambda: all_settled(dsn))
+        # An archive follows MC's row (an active one is refused: test_reconcile.py).
+        conn.execute("UPDATE billing.prices SET active = false")
+        conn.execute("UPDATE billing.products SET active = false")
         enqueue(conn, "archive_stripe_price", '{"price_id": 1}')
         enqueue(conn, "archive_stripe_product", '{"product_id": 1}')
         rows = await eventually(lambda: all_settled(dsn))
@@ -191,6 +194,7 @@ async def test_a_repeated_create_or_archive_is_done_without_a_request(
     async with outbox_pipeline(dsn, emulator.base_url) as pipeline:
         enqueue(conn, "create_stripe_product", '{"product_id": 1}')
         await eventually(lambda: all_settled(dsn))
+        conn.execute("UPDATE billing.products SET active = false")
         enqueue(conn, "archive_stripe_product", '{"product_id": 1}')
         await eventually(lambda: all_settled(dsn))
         calls = pipeline.api.calls
