@@ -53,16 +53,23 @@ def test_demo_runs_the_story_shows_one_summary_and_cleans_up() -> None:
     assert result.returncode == 0, out + result.stderr
     assert "demo finished" in out and "settled: no outbox row or webhook event is pending" in out
     # What a newcomer wants to see: Stripe ids, amounts, event types, the billing rows.
-    assert re.search(r"Ada Lovelace <ada@example.com> +│ cus_\w+ +│ synced", out), out
-    assert re.search(r"member monthly: EUR 15.00 / month +│ price_\w+", out), out
-    assert re.search(r"invoice.paid +│ processed +│ 1", out), out
-    # (the column is as wide as its widest row: the dispute's)
-    assert re.search(r"Ada Lovelace, EUR 15.00, refunded 15.00 +│ succeeded \(refund: full\)", out)
+    # Piped: plain text, aligned within 80 columns, or one record per line when the
+    # columns cannot fit; never a word broken.
+    assert re.search(r"Ada Lovelace <ada@example.com>; Stripe id: cus_\w+; mapping: synced", out)
+    assert re.search(r"what: member monthly: EUR 15.00 / month; Stripe id: price_\w+", out), out
+    assert re.search(r"^invoice.paid +processed +1$", out, re.M), out
     assert re.search(
-        r"Alan Turing, EUR 40.00, fraudulent, respond by \d{4}-\d\d-\d\d +│ needs_response", out
+        r"Ada Lovelace, EUR 15.00, refunded 15.00; status: succeeded \(refund: full\)", out
+    )
+    assert re.search(
+        r"Alan Turing, EUR 40.00, fraudulent, respond by \d{4}-\d\d-\d\d; status: needs_response",
+        out,
     ), out
     # The member console's cancel went out through the outbox and came back by webhook.
-    assert re.search(r"Ada Lovelace, member monthly +│ active \(cancels at period end\)", out), out
+    assert re.search(r"Ada Lovelace, member monthly; status: active \(cancels at period end\)", out)
+    summary = out[out.index("Outbox → Stripe: each row") : out.index("settled:")].splitlines()
+    assert all(len(line) <= 80 or line.startswith("MC row: ") for line in summary), summary
+    assert not any("│" in line for line in summary)
     # One summary, not the last live frame again; piped, no line is broken.
     assert out.count("What the webhooks produced in billing.*") == 1
     assert "waiting" not in out and "pending 2" not in out
