@@ -114,7 +114,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .ops.status import collect
 
-    return show(anyio.run(partial(collect, _dsn(args), failures=args.failures)), json=args.json)
+    settings = _settings(args).require("DATABASE_URL")
+    assert settings.database_url is not None
+    collect_status = partial(
+        collect,
+        settings.database_url,
+        failures=args.failures,
+        wait_alarm=settings.wait_alarm_seconds,
+    )
+    return show(anyio.run(collect_status), json=args.json)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from stripe_emulator.server import EmulatorServer
+from stripe_sync.config import DEFAULTS
 from stripe_sync_demo.devcluster import free_port
 
 from daemons import WEBHOOK_SECRET, DaemonProcess, poll
@@ -117,3 +118,12 @@ def test_rules_pass_promtool(check: list[str]) -> None:
         [PROMTOOL, *check], cwd=MONITORING, capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_status_calls_waiting_a_problem_when_the_alert_pages() -> None:
+    """`stripe-sync status` exits 1 for a row waiting longer than STRIPE_SYNC_WAIT_ALARM;
+    by default that is the age at which StripeSyncQueueStuck pages (#28)."""
+    rule = RULES.read_text().split("- alert: StripeSyncQueueStuck", 1)[1]
+    threshold = re.search(r"expr: .*stripe_sync_queue_oldest_due_seconds.*> (\d+)\n", rule)
+    assert threshold is not None
+    assert float(threshold[1]) == DEFAULTS.wait_alarm_seconds
