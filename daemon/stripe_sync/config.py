@@ -222,7 +222,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     wait_alarm: str = _setting(
         "STRIPE_SYNC_WAIT_ALARM",
         "10m",
-        "a pending row waiting longer than this since it arrived is a problem for status",
+        "status: a row due this long, or in backoff this long since it arrived, is a problem",
         read_by=("status",),
     )
     webhook_tolerance: int = _setting(

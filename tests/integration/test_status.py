@@ -114,7 +114,7 @@ async def test_why_rows_wait_is_shown_and_waiting_too_long_is_a_problem(
     waiting_events(conn, 1, arrived="11 minutes", error="TransientError: Stripe answered 503")
     report = await collect(dsn, wait_alarm=600)
     assert re.fullmatch(
-        r"webhooks: a pending row has waited 11m( \ds)? since it arrived "
+        r"webhooks: a row retried with backoff has waited 11m( \ds)? since it arrived "
         r"\(STRIPE_SYNC_WAIT_ALARM 10m\), on: TransientError: Stripe answered 503",
         report.problems[0],
     ), report.problems
@@ -132,6 +132,25 @@ async def test_why_rows_wait_is_shown_and_waiting_too_long_is_a_problem(
         assert json.loads(relaxed.stdout)["problems"] == [
             "work is waiting and no daemon is listening"
         ]
+
+
+async def test_an_old_failure_made_due_again_waits_from_now(dsn: str, conn: Conn) -> None:
+    """`stripe-sync retry` of a row that failed days ago: due now, not in backoff,
+    so not a problem until it waits past the alarm as a due row."""
+    conn.execute(
+        "INSERT INTO integration.outbox (action_type, status, attempts, last_error, created_at) "
+        "VALUES ('create_stripe_customer', 'failed', 10, 'Stripe answered 503', "
+        "now() - interval '3 days')"
+    )
+    retried = run_cli("retry", "--all-failed", env={"DATABASE_URL": dsn})
+    assert retried.returncode == 0, retried.stderr
+    report = await collect(dsn, wait_alarm=600)
+    assert report.problems == ["work is waiting and no daemon is listening"]
+    [outbox] = report.waiting
+    assert outbox.oldest_seconds > 3 * 86400  # shown: it arrived 3 days ago
+    assert [(r.reason, r.oldest_tried_seconds) for r in outbox.reasons] == [
+        ("Stripe answered 503", None)
+    ]
 
 
 async def test_a_due_row_waiting_past_the_alarm_is_a_problem(dsn: str, conn: Conn) -> None:

@@ -47,6 +47,9 @@ class Reason(msgspec.Struct):
     reason: str | None
     count: int
     oldest_seconds: float  # since the oldest of them arrived
+    # Since the oldest of them that was tried arrived (None: none was): a row in
+    # backoff, not a new one nor one `stripe-sync retry` just made due again.
+    oldest_tried_seconds: float | None = None
 
 
 class Waiting(msgspec.Struct):
@@ -158,15 +161,15 @@ async def collect(
 def _waiting(found: list[Any]) -> list[Waiting]:
     """The rows of sql/ops.sql's waiting (queue, oldest, reason, count, its oldest) by queue."""
     by_queue: dict[str, Waiting] = {}
-    for queue, oldest, reason, count, reason_oldest in found:
-        waiting = by_queue.setdefault(queue, Waiting(queue, oldest, []))
-        waiting.reasons.append(Reason(reason, count, reason_oldest))
+    for queue, oldest, *reason in found:
+        by_queue.setdefault(queue, Waiting(queue, oldest, [])).reasons.append(Reason(*reason))
     return list(by_queue.values())
 
 
 def _waited_too_long(rows: list[QueueRow], waiting: list[Waiting], alarm: float) -> list[str]:
     """Per queue, the one problem of rows waiting longer than ``alarm``: a due row
-    (no daemon keeps up), else a pending row since it arrived (retried too long)."""
+    (no daemon keeps up), else a row in backoff since it arrived (retried too long).
+    Rows new or made due again are not in backoff: the due age covers them."""
     if not alarm:
         return []
     found = {
@@ -175,12 +178,15 @@ def _waited_too_long(rows: list[QueueRow], waiting: list[Waiting], alarm: float)
         if (r.oldest_due_seconds or 0) > alarm
     }
     for w in waiting:
-        if w.queue not in found and w.oldest_seconds > alarm:
-            oldest = max(w.reasons, key=lambda r: r.oldest_seconds)
-            found[w.queue] = (
-                f"{w.queue}: a pending row has waited {age(w.oldest_seconds)} since it arrived "
-                f"(STRIPE_SYNC_WAIT_ALARM {age(alarm)}), on: {oldest.reason or 'not tried yet'}"
-            )
+        tried = [r for r in w.reasons if r.oldest_tried_seconds is not None]
+        oldest = max(tried, key=lambda r: r.oldest_tried_seconds or 0.0, default=None)
+        if w.queue in found or oldest is None or (oldest.oldest_tried_seconds or 0.0) <= alarm:
+            continue
+        found[w.queue] = (
+            f"{w.queue}: a row retried with backoff has waited {age(oldest.oldest_tried_seconds)} "
+            f"since it arrived (STRIPE_SYNC_WAIT_ALARM {age(alarm)}), on: "
+            f"{oldest.reason or 'no error recorded'}"
+        )
     return list(found.values())
 
 

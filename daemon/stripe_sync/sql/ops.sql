@@ -100,15 +100,17 @@ FROM recent GROUP BY queue, retried ORDER BY queue, retried
 
 -- name: waiting
 -- Why pending rows wait, per queue: their last_error with Stripe ids blanked
--- (cus_…: 16 events about 16 customers are one reason), counted, each with the age of
--- its oldest row since it arrived; NULL: not tried yet (new, or made due
--- again). The reasons of at most 10,000 rows per queue, the soonest due (on
--- the due index); the oldest arrival of them all.
+-- (cus_…: 16 events about 16 customers are one reason), counted, each with the
+-- age since it arrived of its oldest row, and of its oldest row that was tried
+-- (attempts > 0: in backoff, not new nor just made due again by `retry`); a
+-- NULL reason: never failed. The reasons of at most 10,000 rows per queue,
+-- the soonest due (on the due index); the oldest arrival of them all.
 WITH pending AS (
-    (SELECT 'outbox' AS queue, last_error, created_at AS arrived FROM integration.outbox
+    (SELECT 'outbox' AS queue, last_error, attempts, created_at AS arrived
+     FROM integration.outbox
      WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT 10000)
     UNION ALL
-    (SELECT 'webhooks', last_error, received_at FROM integration.webhook_events
+    (SELECT 'webhooks', last_error, attempts, received_at FROM integration.webhook_events
      WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT 10000)
 ), oldest AS (
     SELECT 'outbox' AS queue, min(created_at) AS arrived
@@ -119,7 +121,8 @@ WITH pending AS (
 SELECT p.queue, extract(epoch FROM now() - o.arrived)::float8,
        regexp_replace(p.last_error, '\m(acct|ba|card|ch|cn|cs|cus|dp|evt|ii|il|in|pi|pm|price'
                       '|prod|py|re|seti|si|sub|txn)_[A-Za-z0-9]{3,}', '\1_…', 'g') AS reason,
-       count(*)::int, extract(epoch FROM now() - min(p.arrived))::float8
+       count(*)::int, extract(epoch FROM now() - min(p.arrived))::float8,
+       extract(epoch FROM now() - min(p.arrived) FILTER (WHERE p.attempts > 0))::float8
 FROM pending p JOIN oldest o USING (queue)
 GROUP BY p.queue, o.arrived, reason
 ORDER BY p.queue, count(*) DESC, reason NULLS FIRST
