@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -22,7 +23,7 @@ import msgspec
 import psycopg
 
 from . import __version__
-from .config import Settings, load_settings, variables
+from .config import CREDENTIALS, Settings, load_settings, variables
 from .errors import EX_FAILURE, CommandStopped, PermanentError, StripeSyncError, TransientError
 from .ops.outcome import show
 from .runtime import logs, processes
@@ -48,15 +49,26 @@ _RUN_FLAGS: dict[str, str] = {
 _VARIABLES = {v.name: v for v in variables()}
 
 
-def _environment_help() -> str:
+def _environment_help(command: str) -> str:
+    """The settings ``command`` reads, from the settings table (config.Settings)."""
+    read = variables(command)
+    if not read:
+        return ""
     width = max(len(name) for name in _VARIABLES) + 2
-    rows = "".join(f"  {v.name:<{width}}{v.meaning} ({v.note})\n" for v in _VARIABLES.values())
-    return (
-        f"environment:\n{rows}\n"
-        "The three secrets may instead come from files: NAME_FILE (e.g. STRIPE_API_KEY_FILE) or\n"
-        "systemd credentials ($CREDENTIALS_DIRECTORY/database_url, stripe_api_key, "
-        "stripe_webhook_secret).\n"
+    rows = "".join(f"  {v.name:<{width}}{v.meaning} ({v.note})\n" for v in read)
+    secrets = [v.name for v in read if v.name in CREDENTIALS]
+    files = (
+        textwrap.fill(
+            f"Secrets from files instead: {', '.join(f'{n}_FILE' for n in secrets)}, or the "
+            f"systemd credentials {', '.join(CREDENTIALS[n] for n in secrets)} "
+            "(in $CREDENTIALS_DIRECTORY).",
+            79,
+        )
+        + "\n"
+        if secrets
+        else ""
     )
+    return f"environment (the settings this command reads):\n{rows}\n{files}"
 
 
 def _flags(args: argparse.Namespace) -> dict[str, str]:
@@ -102,7 +114,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .ops.status import collect
 
-    return show(anyio.run(partial(collect, _dsn(args), failures=args.failures)), json=args.json)
+    settings = _settings(args).require("DATABASE_URL")
+    assert settings.database_url is not None
+    collect_status = partial(
+        collect,
+        settings.database_url,
+        failures=args.failures,
+        wait_alarm=settings.wait_alarm_seconds,
+    )
+    return show(anyio.run(collect_status), json=args.json)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -278,7 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
         **kwargs: Any,
     ) -> argparse.ArgumentParser:
         """A subcommand; with ``outcome``, one whose result ``show`` prints (so: --json)."""
-        p = sub.add_parser(name, help=help, description=help, **kwargs)
+        p = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=_environment_help(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
         for flag in flags:
             v = _VARIABLES[_RUN_FLAGS[flag]]
             p.add_argument(flag, metavar=v.name, help=f"{v.meaning} ({v.note}) [env {v.name}]")
@@ -305,8 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
         "run the daemon: outbox, webhooks, HTTP",
         list(_RUN_FLAGS),
         outcome=False,
-        epilog=_environment_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # How the first process of STRIPE_SYNC_PROCESSES starts the others; not for people.
     run.add_argument("--socket-fd", type=int, help=argparse.SUPPRESS)

@@ -95,13 +95,25 @@ RATE_LIMITS: dict[str, float] = {"live": 100.0, "test": 25.0}
 
 
 T = TypeVar("T")
-# Variable → (meaning, what unset means when there is no default value), for ``run --help``.
-_MEANINGS: dict[str, tuple[str, str]] = {}
+# Variable → (meaning, what unset means when there is no default value, the
+# commands that read it), for each command's ``--help``.
+_MEANINGS: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+
+# The commands that read a setting, for their --help. Every command that opens
+# the database reads DATABASE_URL; those that call Stripe read its settings.
+DATABASE_COMMANDS = (
+    "migrate", "seed", "run", "status", "retry", "dismiss", "replay", "prune", "catch-up",
+    "reconcile",
+)  # fmt: skip
+STRIPE_COMMANDS = ("run", "catch-up", "reconcile")
 
 
-def _setting(name: str, default: T, meaning: str, unset: str = "") -> T:
-    """A field read from the variable ``name``; its meaning is written beside it."""
-    _MEANINGS[name] = (meaning, unset)
+def _setting(
+    name: str, default: T, meaning: str, unset: str = "", read_by: tuple[str, ...] = ("run",)
+) -> T:
+    """A field read from the variable ``name`` by the commands ``read_by``; its
+    meaning is written beside it."""
+    _MEANINGS[name] = (meaning, unset, read_by)
     return msgspec.field(default=default, name=name)
 
 
@@ -111,10 +123,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     docs/stripe.md and systemd/stripe-sync.env.example to them."""
 
     database_url: str | None = _setting(
-        "DATABASE_URL", None, "libpq URL or conninfo of the billing database", "required"
+        "DATABASE_URL",
+        None,
+        "libpq URL or conninfo of the billing database",
+        "required",
+        DATABASE_COMMANDS,
     )
     stripe_api_key: Secret | None = _setting(
-        "STRIPE_API_KEY", None, "sk_test_…, sk_live_…, rk_…; never logged", "required for Stripe"
+        "STRIPE_API_KEY",
+        None,
+        "sk_test_…, sk_live_…, rk_…; never logged",
+        "required for Stripe",
+        STRIPE_COMMANDS,
     )
     # Several comma-separated secrets while a webhook secret is being rotated.
     webhook_secrets: tuple[Secret, ...] = _setting(
@@ -128,6 +148,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         None,
         "Stripe API base URL; the emulator's in development",
         "default Stripe's",
+        STRIPE_COMMANDS,
     )
     bind: str = _setting(
         "STRIPE_SYNC_BIND", "127.0.0.1:8080", "HTTP address for webhooks and health"
@@ -145,6 +166,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         None,
         "Stripe requests/s for the service; 0 = unpaced",
         f"default {RATE_LIMITS['test']:g} test / {RATE_LIMITS['live']:g} live",
+        STRIPE_COMMANDS,
     )
     concurrency: int = _setting("STRIPE_SYNC_CONCURRENCY", 16, "rows in flight at once, per queue")
     # One process uses one core; more share the webhook port and the queues
@@ -174,7 +196,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         "STRIPE_SYNC_SHUTDOWN_TIMEOUT", 30.0, "seconds in-flight work gets on SIGTERM"
     )
     stripe_timeout: float = _setting(
-        "STRIPE_SYNC_STRIPE_TIMEOUT", 30.0, "seconds per Stripe request"
+        "STRIPE_SYNC_STRIPE_TIMEOUT", 30.0, "seconds per Stripe request", read_by=STRIPE_COMMANDS
     )
     # Seconds a create whose 500 Stripe saved waits before its metadata search
     # is trusted (then: adopt what it finds, or create with a new key). Stripe
@@ -191,6 +213,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         "STRIPE_SYNC_RETENTION",
         "90d",
         "finished rows older than this (30m, 12h, 90d, 2w) are deleted; 0 keeps all",
+        read_by=("run", "prune"),
+    )
+    # When waiting becomes a problem for `status` (exit 1): the alert rule
+    # StripeSyncQueueStuck (monitoring/prometheus-alerts.yml) pages when a due
+    # row has waited 10 minutes; with the default retry settings a row that
+    # keeps failing for a passing reason is failed within ~9 minutes of backoff.
+    wait_alarm: str = _setting(
+        "STRIPE_SYNC_WAIT_ALARM",
+        "10m",
+        "status: a row due this long, or in backoff this long since it arrived, is a problem",
+        read_by=("status",),
     )
     webhook_tolerance: int = _setting(
         "STRIPE_SYNC_WEBHOOK_TOLERANCE", 300, "signature timestamp tolerance in seconds"
@@ -218,11 +251,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name}: must be > 0, got {value}")
-        if duration.seconds(self.retention) is None:
-            raise ValueError(
-                "STRIPE_SYNC_RETENTION: expected a duration such as 90d, 12h or 0, "
-                f"got {self.retention!r}"
-            )
+        for name, text in (
+            ("STRIPE_SYNC_RETENTION", self.retention),
+            ("STRIPE_SYNC_WAIT_ALARM", self.wait_alarm),
+        ):
+            if duration.seconds(text) is None:
+                raise ValueError(f"{name}: expected a duration such as 90d, 12h or 0, got {text!r}")
         if self.search_lag < 0:
             raise ValueError(f"STRIPE_SYNC_SEARCH_LAG: must be >= 0, got {self.search_lag}")
         if self.rate_limit is not None and self.rate_limit < 0:
@@ -262,6 +296,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return duration.seconds(self.retention) or 0.0
 
     @property
+    def wait_alarm_seconds(self) -> float:
+        """Seconds a pending row may wait before ``status`` calls it a problem; 0: never."""
+        return duration.seconds(self.wait_alarm) or 0.0
+
+    @property
     def effective_rate_limit(self) -> float:
         """Requests/s; 0 means unpaced."""
         if self.rate_limit is not None:
@@ -289,6 +328,7 @@ class Variable(NamedTuple):
     value: str | None  # the default as it would be written in the environment; None: unset
     meaning: str
     unset: str  # what unset means, when there is no default value: "required", "default off"
+    read_by: tuple[str, ...] = ("run",)  # the commands that read it
 
     @property
     def note(self) -> str:
@@ -307,12 +347,14 @@ def env_value(value: Any) -> str | None:
     return str(value)
 
 
-def variables() -> list[Variable]:
-    """Every setting, in the order of :class:`Settings`."""
+def variables(command: str | None = None) -> list[Variable]:
+    """Every setting (or those ``command`` reads), in the order of :class:`Settings`."""
     found = []
     for field in msgspec.structs.fields(Settings):
-        meaning, unset = _MEANINGS[field.encode_name]
-        found.append(Variable(field.encode_name, env_value(field.default), meaning, unset))
+        meaning, unset, read_by = _MEANINGS[field.encode_name]
+        if command is None or command in read_by:
+            value = env_value(field.default)
+            found.append(Variable(field.encode_name, value, meaning, unset, read_by))
     return found
 
 

@@ -35,18 +35,19 @@ import stripe
 from psycopg import sql
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from stripe_sync.db import queries, redact_dsn
 from stripe_sync.migrate import migrate
+from stripe_sync.ops.tables import show_table
 
 from .devcluster import ThrowawayCluster, free_port
 from .reaper import Reaper
 
 API_KEY = "sk_test_demo_0000000000000000"
 WEBHOOK_SECRET = "whsec_demo_0000000000000000"
-# Piped into a file, rich would wrap at 80 columns; a log reads better unwrapped.
+# Piped into a file, rich would wrap at 80 columns; a log reads better unwrapped
+# (the summary's tables fit 80 columns there: stripe_sync.ops.tables).
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 Q = queries("demo", "stripe_sync_demo")
 
@@ -205,37 +206,32 @@ def claim_database(dsn: str) -> None:
             pass  # not the owner: a second run will ask for an empty database again
 
 
-def table(title: str, headers: tuple[str, ...], body: list[tuple[Any, ...]]) -> Table:
-    t = Table(title=title, title_justify="left", title_style="bold")
-    for h in headers:
-        t.add_column(h, no_wrap=True)
-    for row in body:
-        t.add_row(*(str(v) for v in row))
-    return t
-
-
 def summary(dsn: str) -> None:
-    console.print(
-        table(
-            "Outbox → Stripe: each row of the member console and its Stripe object",
-            ("MC row", "what", "Stripe id", "mapping"),
-            [row[2:] for row in rows(dsn, "created_in_stripe")],
-        )
+    """Three tables: boxes on a terminal; piped, plain text within 80 columns
+    (or one record per line), never a word broken (stripe_sync.ops.tables)."""
+    show_table(
+        console,
+        "Outbox → Stripe: each row of the member console and its Stripe object",
+        ("MC row", "what", "Stripe id", "mapping"),
+        [_cells(row[2:]) for row in rows(dsn, "created_in_stripe")],
     )
-    console.print(
-        table(
-            "Stripe → webhooks: the events received",
-            ("event type", "status", "count"),
-            rows(dsn, "events_received"),
-        )
+    show_table(
+        console,
+        "Stripe → webhooks: the events received",
+        ("event type", "status", "count"),
+        [_cells(row) for row in rows(dsn, "events_received")],
+        right=(2,),
     )
-    console.print(
-        table(
-            "What the webhooks produced in billing.*",
-            ("MC row", "what", "status"),
-            [row[2:] for row in rows(dsn, "billing_rows")],
-        )
+    show_table(
+        console,
+        "What the webhooks produced in billing.*",
+        ("MC row", "what", "status"),
+        [_cells(row[2:]) for row in rows(dsn, "billing_rows")],
     )
+
+
+def _cells(row: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(v) for v in row)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -429,6 +425,7 @@ def _keep(dsn: str, emulator_url: str, daemon_url: str, logdir: Path, python: st
         f"  DATABASE_URL={dsn}\n"
         f"  STRIPE_API_KEY={API_KEY}   (the emulator's; it takes no other key)\n"
         f"  STRIPE_API_BASE={emulator_url}\n"
+        f"  STRIPE_WEBHOOK_SECRET={WEBHOOK_SECRET}   (the emulator signs its webhooks with it)\n"
         f"  daemon:   {daemon_url}/readyz   {daemon_url}/webhooks/stripe\n"
         f"  logs:     {logdir}\n"
         f"  stripe-sync is {bindir / 'stripe-sync'}\n"

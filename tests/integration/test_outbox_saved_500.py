@@ -125,6 +125,7 @@ async def test_an_update_that_met_a_saved_500_is_sent_with_a_fresh_key(
         enqueue(conn, "create_stripe_product", '{"product_id": 1}')
         await eventually(lambda: all_settled(dsn))
         conn.execute("UPDATE billing.accounts SET email = 'ada@new.example', name = 'Ada L.'")
+        conn.execute("UPDATE billing.products SET active = false")  # archived in MC first
         emu.add_fault("500", endpoint, stored=True)
         noun = action.split("_")[-1]
         enqueue(conn, action, f'{{"{"account_id" if noun == "customer" else "product_id"}": 1}}')

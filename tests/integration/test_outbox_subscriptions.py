@@ -282,7 +282,7 @@ async def test_always_invoice_bills_the_proration_at_once(
         (
             "resume_stripe_subscription",
             '{"subscription_id": {sub}, "at_period_end": false}',
-            "payload: object contains unknown field at_period_end",
+            "payload: unknown key at_period_end (expected subscription_id)",
         ),
         (
             "update_stripe_subscription",

@@ -180,6 +180,65 @@ async def test_drift_of_each_kind_reported_fixed_and_gone(
     assert new_prod2 != prod2
 
 
+async def test_an_archive_of_an_active_row_is_refused_and_reconcile_agrees(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    """MC's row is the truth: an archive while it says active fails naming why, and
+    an archive after active = false is what reconcile expects (#28)."""
+    await synced_catalog(dsn, conn, emulator)
+    env = settings_env(dsn, emulator)
+    price1 = stripe_id(conn, "price", "price_id", 1)
+    before = last_outbox_id(conn)
+    conn.execute(
+        "INSERT INTO integration.outbox (action_type, payload) VALUES "
+        """('archive_stripe_price', '{"price_id": 1}'), """
+        """('archive_stripe_product', '{"product_id": 2}')"""
+    )
+    async with outbox_pipeline(dsn, emulator.base_url):
+        rows = await eventually(lambda: all_settled(dsn))
+    refused = [r for r in rows if r[0] > before]
+    assert [(r[1], r[2], r[4]) for r in refused] == [
+        (
+            "archive_stripe_price",
+            "failed",
+            "billing.prices id=1 is active: set active = false (with the "
+            "archive, in one transaction) to archive its Stripe price; nothing was sent",
+        ),
+        (
+            "archive_stripe_product",
+            "failed",
+            "billing.products id=2 is active: set active = false (with the "
+            "archive, in one transaction) to archive its Stripe product; nothing was sent",
+        ),
+    ]
+    assert [p["active"] for p in emulator.emulator.objects("prices")] == [True]
+    assert cli(env=env).returncode == 0
+
+    # As the runbook says: both in one transaction.
+    with conn.transaction():
+        conn.execute("UPDATE billing.prices SET active = false WHERE id = 1")
+        conn.execute(
+            "INSERT INTO integration.outbox (action_type, payload) "
+            """VALUES ('archive_stripe_price', '{"price_id": 1}')"""
+        )
+    async with outbox_pipeline(dsn, emulator.base_url):
+        rows = await eventually(lambda: all_settled(dsn))
+    assert rows[-1][1:3] == ("archive_stripe_price", "done"), rows[-1]
+    assert [p["active"] for p in emulator.emulator.objects("prices")] == [False]
+    # The price.updated webhook that follows marks the mapping synced again (an
+    # archived object stays synced, webhooks/catalog.py): reconcile then compares it.
+    conn.execute("UPDATE stripe.price_mappings SET sync_status = 'synced' WHERE price_id = 1")
+    clean = cli(env=env)
+    assert clean.returncode == 0, clean.stdout
+    # An archive made in Stripe alone is drift, and the line says how MC keeps it.
+    conn.execute("UPDATE billing.prices SET active = true WHERE id = 1")
+    drift = cli(env=env)
+    assert drift.returncode == 1
+    assert f"{price1}: deleted: archived in Stripe while the MC row is active (MC's row" in (
+        drift.stdout
+    )
+
+
 async def test_several_stripe_objects_for_one_mc_row_are_reported_never_fixed(
     dsn: str, conn: Conn, emulator: EmulatorServer, stripe_client: Any
 ) -> None:

@@ -5,6 +5,7 @@ it is stopped."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import signal
@@ -17,6 +18,8 @@ import psycopg
 import pytest
 
 from stripe_sync_demo.reaper import start_time
+
+from webhook_helpers import event, sign
 
 DEMO = [sys.executable, "-m", "stripe_sync.cli", "demo"]
 
@@ -50,16 +53,23 @@ def test_demo_runs_the_story_shows_one_summary_and_cleans_up() -> None:
     assert result.returncode == 0, out + result.stderr
     assert "demo finished" in out and "settled: no outbox row or webhook event is pending" in out
     # What a newcomer wants to see: Stripe ids, amounts, event types, the billing rows.
-    assert re.search(r"Ada Lovelace <ada@example.com> +│ cus_\w+ +│ synced", out), out
-    assert re.search(r"member monthly: EUR 15.00 / month +│ price_\w+", out), out
-    assert re.search(r"invoice.paid +│ processed +│ 1", out), out
-    # (the column is as wide as its widest row: the dispute's)
-    assert re.search(r"Ada Lovelace, EUR 15.00, refunded 15.00 +│ succeeded \(refund: full\)", out)
+    # Piped: plain text, aligned within 80 columns, or one record per line when the
+    # columns cannot fit; never a word broken.
+    assert re.search(r"Ada Lovelace <ada@example.com>; Stripe id: cus_\w+; mapping: synced", out)
+    assert re.search(r"what: member monthly: EUR 15.00 / month; Stripe id: price_\w+", out), out
+    assert re.search(r"^invoice.paid +processed +1$", out, re.M), out
     assert re.search(
-        r"Alan Turing, EUR 40.00, fraudulent, respond by \d{4}-\d\d-\d\d +│ needs_response", out
+        r"Ada Lovelace, EUR 15.00, refunded 15.00; status: succeeded \(refund: full\)", out
+    )
+    assert re.search(
+        r"Alan Turing, EUR 40.00, fraudulent, respond by \d{4}-\d\d-\d\d; status: needs_response",
+        out,
     ), out
     # The member console's cancel went out through the outbox and came back by webhook.
-    assert re.search(r"Ada Lovelace, member monthly +│ active \(cancels at period end\)", out), out
+    assert re.search(r"Ada Lovelace, member monthly; status: active \(cancels at period end\)", out)
+    summary = out[out.index("Outbox → Stripe: each row") : out.index("settled:")].splitlines()
+    assert all(len(line) <= 80 or line.startswith("MC row: ") for line in summary), summary
+    assert not any("│" in line for line in summary)
     # One summary, not the last live frame again; piped, no line is broken.
     assert out.count("What the webhooks produced in billing.*") == 1
     assert "waiting" not in out and "pending 2" not in out
@@ -128,7 +138,7 @@ def _keep_running() -> tuple[subprocess.Popen[str], str, dict[int, str]]:
         line = proc.stdout.readline()
         assert line, out
         out += line
-    for _ in range(8):  # the lines after "kept running"
+    for _ in range(9):  # the lines after "kept running"
         out += proc.stdout.readline()
     cluster = re.search(r"throwaway PostgreSQL in (\S+)", out)
     assert cluster, out
@@ -163,6 +173,13 @@ def test_a_kept_demo_leaves_nothing_behind_when_signalled(sig: signal.Signals) -
     import httpx
 
     assert httpx.get(curl[2], auth=(curl[1], "")).status_code == 200
+    # The webhook secret it printed is the one the daemon verifies (and the emulator signs) with.
+    secret = re.search(r"STRIPE_WEBHOOK_SECRET=(whsec_\S+)", out)
+    daemon = re.search(r"daemon: +\S+ +(\S+/webhooks/stripe)", out)
+    assert secret and daemon, out
+    body = json.dumps(event("customer.updated", {"id": "cus_kept", "object": "customer"}))
+    signed = {"Stripe-Signature": sign(body, secret[1])}
+    assert httpx.post(daemon[1], content=body, headers=signed).status_code == 200
 
     proc.send_signal(sig)
     rc = proc.wait(60)

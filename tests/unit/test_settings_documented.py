@@ -4,13 +4,14 @@ variables, with its defaults."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import re
 from pathlib import Path
 
 import pytest
 
-from stripe_sync.cli import main
+from stripe_sync.cli import build_parser, main
 from stripe_sync.config import DEFAULTS, ENV_NAMES, env_value, variables
 from stripe_sync.outbox.common import Context
 from stripe_sync.queue.retry import Retry
@@ -58,14 +59,46 @@ def test_the_systemd_example_lists_every_setting_with_its_default() -> None:
             assert value == "", name
 
 
-def test_run_help_shows_each_default(capsys: pytest.CaptureFixture[str]) -> None:
+def help_text(command: str, capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit):
-        main(["run", "--help"])
-    text = capsys.readouterr().out
-    for v in variables():
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+def commands() -> list[str]:
+    """Every subcommand but the emulator, which parses its own options."""
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(set(sub.choices) - {"emulator"})
+
+
+@pytest.mark.parametrize("command", commands())
+def test_each_help_lists_the_settings_its_command_reads(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = help_text(command, capsys).partition("\nenvironment (the settings")[2]
+    listed = set(re.findall(r"^  ([A-Z][A-Z0-9_]+) ", text, re.M))
+    assert listed == {v.name for v in variables(command)}
+    for v in variables(command):
         assert re.search(
             rf"^  {v.name} +{re.escape(v.meaning)} \({re.escape(v.note)}\)$", text, re.M
         )
+
+
+def test_the_help_of_commands_that_call_stripe_names_the_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in ("catch-up", "reconcile", "run"):
+        assert re.search(r"^  STRIPE_API_KEY ", help_text(command, capsys), re.M), command
+    assert "STRIPE_API_KEY" not in help_text("status", capsys)
+    assert re.search(r"^  STRIPE_SYNC_WAIT_ALARM ", help_text("status", capsys), re.M)
+    # The demo reads no setting: it never uses DATABASE_URL.
+    assert "environment" not in help_text("demo", capsys)
+
+
+def test_every_setting_is_read_by_real_commands() -> None:
+    for v in variables():
+        assert v.read_by and set(v.read_by) <= set(commands()), v.name
 
 
 def test_env_value() -> None:

@@ -146,6 +146,12 @@ def _same(expected: Any, actual: Any) -> bool:
     return bool(expected == actual)
 
 
+ARCHIVED_WHILE_ACTIVE = (
+    "archived in Stripe while the MC row is active (MC's row is the truth: --fix un-archives; "
+    "to keep it archived, set active = false in MC)"
+)
+
+
 def compare(item: Mapped, obj: dict[str, Any] | None) -> list[Finding]:
     """The drift between a mapping and its Stripe object (None: Stripe said 404)."""
     if obj is None:
@@ -155,7 +161,8 @@ def compare(item: Mapped, obj: dict[str, Any] | None) -> list[Finding]:
     found: list[Finding] = []
     expected = dict(item.expected)
     if expected.get("active") is True and obj.get("active") is False:
-        found.append(("deleted", "archived in Stripe while the MC row is active", "update"))
+        # MC's row is the truth: the outbox never archives an active row (common.Pushed.archive).
+        found.append(("deleted", ARCHIVED_WHILE_ACTIVE, "update"))
         expected.pop("active")
     changed = [
         f"{name} {value!r} in MC, {obj.get(name)!r} in Stripe"

@@ -10,10 +10,11 @@ from typing import Any, TextIO
 import msgspec
 import psycopg
 from rich.console import Console
-from rich.table import Table
 
+from ..config import DEFAULTS
 from ..db import connect, queries
 from .queue_counts import QueueRow, queue_rows
+from .tables import show_table
 
 
 class Failure(msgspec.Struct):
@@ -39,14 +40,49 @@ class OpenDispute(msgspec.Struct):
     evidence_due_by: datetime | None
 
 
+class Reason(msgspec.Struct):
+    """Pending rows of one queue that wait for one reason (their last_error,
+    Stripe ids blanked; None: not tried yet)."""
+
+    reason: str | None
+    count: int
+    oldest_seconds: float  # since the oldest of them arrived
+    # Since the oldest of them that was tried arrived (None: none was): a row in
+    # backoff, not a new one nor one `stripe-sync retry` just made due again.
+    oldest_tried_seconds: float | None = None
+
+
+class Waiting(msgspec.Struct):
+    """Why a queue's pending rows wait: the reasons of at most 10,000 of them,
+    the most common first (sql/ops.sql, waiting)."""
+
+    queue: str
+    oldest_seconds: float  # since the oldest pending row arrived
+    reasons: list[Reason]
+
+
+class Lag(msgspec.Struct):
+    """Seconds from arrival to applied of the rows a queue finished in the last
+    hour (at most 1,000): first tries, or rows that were retried."""
+
+    queue: str
+    retried: bool
+    rows: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+
 class Status(msgspec.Struct):
     queues: list[QueueRow]
     recent_failures: list[Failure]
     stuck_claims: int
-    webhook_apply_lag_seconds: float | None
     webhook_oldest_waiting_seconds: float | None
     daemons_listening: int
     problems: list[str]
+    waiting: list[Waiting] = []
+    apply_lag: list[Lag] = []
     # Billing work for people, not a sync problem: never changes the exit code.
     open_disputes: list[OpenDispute] = []
     # Worth knowing, not wrong: e.g. the Stripe account not verified yet.
@@ -69,17 +105,23 @@ class Status(msgspec.Struct):
         ).decode()
 
 
-# A due row older than this means the daemon is not keeping up (or is down).
-BACKLOG_ALARM_SECONDS = 300.0
-
-
-async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status:
+async def collect(
+    dsn: str,
+    *,
+    failures: int = 10,
+    disputes: int = 20,
+    wait_alarm: float = DEFAULTS.wait_alarm_seconds,
+) -> Status:
+    """What the queues hold; a due row or a pending row older than ``wait_alarm``
+    seconds (STRIPE_SYNC_WAIT_ALARM; 0: never) is a problem."""
     sql = queries("ops")
     async with connect(dsn, "status") as conn:
         rows = await queue_rows(conn)
         recent = [Failure(*r) for r in await _all(conn, sql["recent_failures"], limit=failures)]
         stuck = (await _all(conn, sql["stuck"]))[0][0] or 0
-        lag, oldest = (await _all(conn, sql["webhook_lag"]))[0]
+        oldest = (await _all(conn, sql["webhook_lag"]))[0][0]
+        waiting = _waiting(await _all(conn, sql["waiting"]))
+        apply_lag = [Lag(*r) for r in await _all(conn, sql["apply_lag"])]
         daemons = (await _all(conn, sql["daemons"]))[0][0] or 0
         open_disputes = [
             OpenDispute(*r) for r in await _all(conn, sql["open_disputes"], limit=disputes)
@@ -91,9 +133,7 @@ async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status
         problems.append(f"{failed} failed row(s)")
     if stuck:
         problems.append(f"{stuck} claim(s) stuck past their lease")
-    backlog = [r for r in rows if (r.oldest_due_seconds or 0) > BACKLOG_ALARM_SECONDS]
-    for r in backlog:
-        problems.append(f"{r.queue}: oldest due row waits {r.oldest_due_seconds:.0f}s")
+    problems += _waited_too_long(rows, waiting, wait_alarm)
     pending = sum(r.count for r in rows if r.status in ("pending", "processing"))
     if pending and not daemons:
         problems.append("work is waiting and no daemon is listening")
@@ -105,8 +145,68 @@ async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status
             "account); the daemon checks again every minute"
         )
     return Status(
-        rows, recent, int(stuck), lag, oldest, int(daemons), problems, open_disputes, warnings
+        queues=rows,
+        recent_failures=recent,
+        stuck_claims=int(stuck),
+        webhook_oldest_waiting_seconds=oldest,
+        daemons_listening=int(daemons),
+        problems=problems,
+        waiting=waiting,
+        apply_lag=apply_lag,
+        open_disputes=open_disputes,
+        warnings=warnings,
     )
+
+
+def _waiting(found: list[Any]) -> list[Waiting]:
+    """The rows of sql/ops.sql's waiting (queue, oldest, reason, count, its oldest) by queue."""
+    by_queue: dict[str, Waiting] = {}
+    for queue, oldest, *reason in found:
+        by_queue.setdefault(queue, Waiting(queue, oldest, [])).reasons.append(Reason(*reason))
+    return list(by_queue.values())
+
+
+def _waited_too_long(rows: list[QueueRow], waiting: list[Waiting], alarm: float) -> list[str]:
+    """Per queue, the one problem of rows waiting longer than ``alarm``: a due row
+    (no daemon keeps up), else a row in backoff since it arrived (retried too long).
+    Rows new or made due again are not in backoff: the due age covers them."""
+    if not alarm:
+        return []
+    found = {
+        r.queue: f"{r.queue}: the oldest due row waits {age(r.oldest_due_seconds)}"
+        for r in rows
+        if (r.oldest_due_seconds or 0) > alarm
+    }
+    for w in waiting:
+        tried = [r for r in w.reasons if r.oldest_tried_seconds is not None]
+        oldest = max(tried, key=lambda r: r.oldest_tried_seconds or 0.0, default=None)
+        if w.queue in found or oldest is None or (oldest.oldest_tried_seconds or 0.0) <= alarm:
+            continue
+        found[w.queue] = (
+            f"{w.queue}: a row retried with backoff has waited {age(oldest.oldest_tried_seconds)} "
+            f"since it arrived (STRIPE_SYNC_WAIT_ALARM {age(alarm)}), on: "
+            f"{oldest.reason or 'no error recorded'}"
+        )
+    return list(found.values())
+
+
+def age(seconds: float | None) -> str:
+    """A duration as people read it: 850 ms, 12.5 s, 4m 10s, 3h 20m, 2d 5h."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    for unit, size, sub, sub_size in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if seconds >= size:
+            rest = int(seconds % size // sub_size)
+            return f"{int(seconds // size)}{unit}" + (f" {rest}{sub}" if rest else "")
+    raise AssertionError("unreachable")
 
 
 async def _all(conn: psycopg.AsyncConnection[Any], query: str, **params: Any) -> list[Any]:
@@ -114,46 +214,94 @@ async def _all(conn: psycopg.AsyncConnection[Any], query: str, **params: Any) ->
 
 
 def _render(status: Status, console: Console) -> None:
-    table = Table(title="queues", title_justify="left")
-    for col in ("queue", "status", "rows", "oldest due"):
-        table.add_column(col, justify="right" if col in ("rows", "oldest due") else "left")
-    for r in status.queues:
-        due = "" if r.oldest_due_seconds is None else f"{r.oldest_due_seconds:.1f}s"
-        count = f"~{r.count}" if r.estimated else str(r.count)
-        table.add_row(r.queue, r.status, count, due)
-    console.print(table)
-    lag = status.webhook_apply_lag_seconds
-    console.print(
-        f"daemons listening: {status.daemons_listening}   "
-        f"webhook apply lag: {'-' if lag is None else f'{lag * 1000:.0f} ms'}   "
-        f"stuck claims: {status.stuck_claims}"
-    )
-    if status.recent_failures:
-        failures = Table(title="recent failures", title_justify="left")
-        for col in ("queue", "id", "kind", "attempts", "last_error"):
-            failures.add_column(col, overflow="fold")
-        for f in status.recent_failures:
-            failures.add_row(f.queue, f.id, f.kind, str(f.attempts), f.last_error or "")
-        console.print(failures)
-    if status.open_disputes:
-        disputes = Table(title="disputes needing a response", title_justify="left")
-        for col in ("due by", "dispute", "stripe id", "payment", "account", "amount", "reason"):
-            disputes.add_column(col, overflow="fold")
-        for d in status.open_disputes:
-            due = "-" if d.evidence_due_by is None else f"{d.evidence_due_by:%Y-%m-%d %H:%M %Z}"
-            disputes.add_row(
-                due,
-                str(d.id),
-                d.stripe_dispute_id or "",
-                str(d.payment_id),
-                "" if d.account_id is None else str(d.account_id),
-                f"{d.amount} {d.currency}",
-                d.reason or "",
+    show_table(
+        console,
+        "queues",
+        ("queue", "status", "rows", "oldest due"),
+        [
+            (
+                r.queue,
+                r.status,
+                f"~{r.count}" if r.estimated else str(r.count),
+                "" if r.oldest_due_seconds is None else age(r.oldest_due_seconds),
             )
-        console.print(disputes)
+            for r in status.queues
+        ],
+        right=(2, 3),
+    )
+    console.print(
+        f"daemons listening: {status.daemons_listening}   stuck claims: {status.stuck_claims}"
+    )
+    _render_waiting(status.waiting, console)
+    _render_lag(status.apply_lag, console)
+    if status.recent_failures:
+        show_table(
+            console,
+            "recent failures",
+            ("queue", "id", "kind", "attempts", "last_error"),
+            [
+                (f.queue, f.id, f.kind, str(f.attempts), f.last_error or "")
+                for f in status.recent_failures
+            ],
+        )
+    if status.open_disputes:
+        show_table(
+            console,
+            "disputes needing a response",
+            ("due by", "dispute", "stripe id", "payment", "account", "amount", "reason"),
+            [
+                (
+                    "-" if d.evidence_due_by is None else f"{d.evidence_due_by:%Y-%m-%d %H:%M %Z}",
+                    str(d.id),
+                    d.stripe_dispute_id or "",
+                    str(d.payment_id),
+                    "" if d.account_id is None else str(d.account_id),
+                    f"{d.amount} {d.currency}",
+                    d.reason or "",
+                )
+                for d in status.open_disputes
+            ],
+        )
+    # Piped: one line each, never broken at 80 columns.
+    whole = not console.is_terminal
     for warning in status.warnings:
-        console.print(f"[bold yellow]note:[/] {warning}")
+        console.print(f"[bold yellow]note:[/] {warning}", soft_wrap=whole)
     if status.problems:
-        console.print("[bold red]problems:[/] " + "; ".join(status.problems))
+        console.print("[bold red]problems:[/]")
+        for problem in status.problems:
+            console.print(f"  {problem}", markup=False, soft_wrap=whole)
     else:
         console.print("[bold green]ok[/]")
+
+
+def _render_waiting(waiting: list[Waiting], console: Console) -> None:
+    """Per queue with pending rows: the oldest's age, then the reasons, counted."""
+    for w in waiting:
+        show_table(
+            console,
+            f"{w.queue}: why pending rows wait (the oldest arrived {age(w.oldest_seconds)} ago)",
+            ("rows", "oldest", "waiting on (last error)"),
+            [(str(r.count), age(r.oldest_seconds), r.reason or "not tried yet") for r in w.reasons],
+            right=(0, 1),
+        )
+
+
+def _render_lag(lags: list[Lag], console: Console) -> None:
+    if not lags:
+        console.print("apply lag: nothing applied in the last hour")
+        return
+    show_table(
+        console,
+        "apply lag, from arrival to applied (rows applied in the last hour)",
+        ("queue", "rows", "count", "p50", "p95", "p99", "max"),
+        [
+            (
+                lag.queue,
+                "retried" if lag.retried else "first try",
+                str(lag.rows),
+                *(age(v) for v in (lag.p50, lag.p95, lag.p99, lag.max)),
+            )
+            for lag in lags
+        ],
+        right=(2, 3, 4, 5, 6),
+    )

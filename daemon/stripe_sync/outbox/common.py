@@ -273,6 +273,14 @@ class Pushed(Generic[R]):
         row = await self._claimed_or_load(ctx, job, mc_id)
         if row.status == "deleted":
             return Done(note=f"{row.stripe_id} already archived")
+        if getattr(row, "active", False) is True:
+            # MC's row is the truth: archiving what it says is active would be
+            # undone by the next update and reported as drift by reconcile.
+            raise PermanentError(
+                f"{self.family.mc_table} id={mc_id} is active: set active = false "
+                f"(with the archive, in one transaction) to archive its Stripe "
+                f"{self.family.noun}; nothing was sent"
+            )
         stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
         await self._update(ctx, job, "archive", stripe_id, {"active": False})
         return Done(written=MappingWrite(self.family, mc_id, stripe_id, "deleted"))

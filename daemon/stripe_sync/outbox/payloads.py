@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from functools import cache
 from typing import TypeVar
 
@@ -35,7 +36,7 @@ def decode_as(raw: str, shape: type[S]) -> S:
     try:
         return msgspec.json.decode(raw, type=shape)
     except msgspec.ValidationError as exc:
-        raise PermanentError(_describe(exc)) from None
+        raise PermanentError(_unknown_key(raw, shape, exc) or _describe(exc)) from None
     except msgspec.DecodeError as exc:
         raise PermanentError(f"payload: not valid JSON ({exc})") from None
 
@@ -44,6 +45,26 @@ def require_id(field: str, mc_id: int) -> int:
     if not 0 < mc_id < 2**63:  # ids are bigint
         raise PermanentError(f"payload.{field}: expected a positive 64-bit id")
     return mc_id
+
+
+def _unknown_key(raw: str, shape: type[msgspec.Struct], exc: msgspec.ValidationError) -> str:
+    """A key the shape does not know, when it is why decoding failed (a key the
+    shape forbids, or a required key missing beside one it does not know: most
+    often a typo), e.g. ``payload: unknown key acount_id (did you mean account_id?)``;
+    "" otherwise."""
+    text, where = validation_parts(exc)
+    if where or not text.startswith(("Object contains unknown field", "Object missing required")):
+        return ""
+    payload = msgspec.json.decode(raw)
+    known = [f.encode_name for f in msgspec.structs.fields(shape)]
+    unknown = [k for k in payload if k not in known] if isinstance(payload, dict) else []
+    if not unknown:
+        return ""
+    # The one msgspec names, else the first one.
+    key = text.split("`")[1] if "unknown field `" in text else unknown[0]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"expected {', '.join(known)}"
+    return f"payload: unknown key {key} ({hint})"
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

@@ -63,17 +63,69 @@ SELECT (SELECT count(*) FROM integration.outbox
         WHERE status = 'processing' AND locked_until < now() - interval '1 minute')
 
 -- name: webhook_lag
--- Seconds between receipt and processing of the newest applied events (the
--- end of webhook_events_finished_idx), and the age of the oldest event still
--- waiting (each status on its partial index).
-SELECT (SELECT extract(epoch FROM avg(processed_at - received_at))::float8
-        FROM (SELECT processed_at, received_at FROM integration.webhook_events
-              WHERE status IN ('processed', 'ignored') AND processed_at IS NOT NULL
-              ORDER BY processed_at DESC LIMIT 100) recent),
-       (SELECT extract(epoch FROM now() - least(
-            (SELECT min(received_at) FROM integration.webhook_events WHERE status = 'pending'),
-            (SELECT min(received_at) FROM integration.webhook_events
-             WHERE status = 'processing')))::float8)
+-- The age of the oldest webhook event still waiting (each status on its
+-- partial index).
+SELECT extract(epoch FROM now() - least(
+           (SELECT min(received_at) FROM integration.webhook_events WHERE status = 'pending'),
+           (SELECT min(received_at) FROM integration.webhook_events
+            WHERE status = 'processing')))::float8
+
+-- name: apply_lag
+-- From first arrival to applied, for the newest rows applied in the last hour
+-- (at most 1,000 per queue, read backwards on the finished indexes), as
+-- percentiles. Retried rows apart: those that ran more than once, or were
+-- made due again after they arrived (backoff, `stripe-sync retry` of an old
+-- failure, a lapsed lease); a first try has next_attempt_at = its arrival,
+-- both set by the INSERT's now(). An average over both would show the days a
+-- retried failure sat failed.
+WITH recent AS (
+    (SELECT 'outbox' AS queue, attempts > 1 OR next_attempt_at > created_at AS retried,
+            extract(epoch FROM processed_at - created_at)::float8 AS lag
+     FROM integration.outbox
+     WHERE status = 'done' AND processed_at > now() - interval '1 hour'
+     ORDER BY processed_at DESC LIMIT 1000)
+    UNION ALL
+    (SELECT 'webhooks', attempts > 1 OR next_attempt_at > received_at,
+            extract(epoch FROM processed_at - received_at)::float8
+     FROM integration.webhook_events
+     WHERE status IN ('processed', 'ignored') AND processed_at > now() - interval '1 hour'
+     ORDER BY processed_at DESC LIMIT 1000)
+)
+SELECT queue, retried, count(*)::int,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY lag),
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY lag),
+       max(lag)
+FROM recent GROUP BY queue, retried ORDER BY queue, retried
+
+-- name: waiting
+-- Why pending rows wait, per queue: their last_error with Stripe ids blanked
+-- (cus_…: 16 events about 16 customers are one reason), counted, each with the
+-- age since it arrived of its oldest row, and of its oldest row that was tried
+-- (attempts > 0: in backoff, not new nor just made due again by `retry`); a
+-- NULL reason: never failed. The reasons of at most 10,000 rows per queue,
+-- the soonest due (on the due index); the oldest arrival of them all.
+WITH pending AS (
+    (SELECT 'outbox' AS queue, last_error, attempts, created_at AS arrived
+     FROM integration.outbox
+     WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT 10000)
+    UNION ALL
+    (SELECT 'webhooks', last_error, attempts, received_at FROM integration.webhook_events
+     WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT 10000)
+), oldest AS (
+    SELECT 'outbox' AS queue, min(created_at) AS arrived
+    FROM integration.outbox WHERE status = 'pending'
+    UNION ALL
+    SELECT 'webhooks', min(received_at) FROM integration.webhook_events WHERE status = 'pending'
+)
+SELECT p.queue, extract(epoch FROM now() - o.arrived)::float8,
+       regexp_replace(p.last_error, '\m(acct|ba|card|ch|cn|cs|cus|dp|evt|ii|il|in|pi|pm|price'
+                      '|prod|py|re|seti|si|sub|txn)_[A-Za-z0-9]{3,}', '\1_…', 'g') AS reason,
+       count(*)::int, extract(epoch FROM now() - min(p.arrived))::float8,
+       extract(epoch FROM now() - min(p.arrived) FILTER (WHERE p.attempts > 0))::float8
+FROM pending p JOIN oldest o USING (queue)
+GROUP BY p.queue, o.arrived, reason
+ORDER BY p.queue, count(*) DESC, reason NULLS FIRST
 
 -- name: daemons
 SELECT count(*)::int FROM pg_stat_activity
