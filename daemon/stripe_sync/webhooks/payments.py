@@ -27,7 +27,6 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
 from ..db import queries
-from ..errors import PermanentError
 from ..mappings import CUSTOMERS, INVOICES, PAYMENTS
 from ..queue.jobs import Done, Job
 from .common import (
@@ -40,6 +39,7 @@ from .common import (
     Written,
     find,
     ignored,
+    opened,
     rank_of,
     resolve_one,
     stale_note,
@@ -60,11 +60,8 @@ _REFUND_RANKS = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2
 
 
 async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, PaymentIntent)
-    pi = event.data.object
-    if not pi.id:
-        raise PermanentError(f"{event.type}: data.object has no id")
-    key = Key(event.created, rank_of(_PI_RANKS, pi.status, event.type), event.id)
+    seen = opened(job, PaymentIntent, _PI_RANKS, lambda pi, _: pi.status)
+    pi = seen.obj
 
     charge_id = pi.charge_id
     charge_amount_refunded = pi.charge_amount_refunded
@@ -88,7 +85,7 @@ async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
         }
         return Write(values, then=charge_and_refunds)
 
-    return await write_object(ctx, PAYMENTS, pi.id, key, "synced", prepare)
+    return await write_object(ctx, PAYMENTS, pi.id, seen.key, "synced", prepare)
 
 
 async def _payment(
@@ -198,14 +195,11 @@ async def _link(conn: AsyncConnection[Any], payment_id: int, invoice_id: int) ->
 
 
 async def refund(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, Refund)
-    re = event.data.object
+    seen = opened(job, Refund, _REFUND_RANKS, lambda re, _: re.status)
+    re, event, key = seen.obj, seen.event, seen.key
     pi_id, charge_id = ref_id(re.payment_intent), ref_id(re.charge)
-    if not re.id:
-        raise PermanentError(f"{event.type}: data.object has no id")
     if pi_id is None and charge_id is None:
         return ignored(f"refund {re.id} names neither a PaymentIntent nor a charge")
-    key = Key(event.created, rank_of(_REFUND_RANKS, re.status, event.type), event.id)
     async with ctx.pool.connection() as conn:
         pi_id = await _payment_for(ctx, conn, pi_id, charge_id)
         cur = conn.cursor(row_factory=class_row(Key))
