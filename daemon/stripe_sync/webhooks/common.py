@@ -282,11 +282,14 @@ async def mark(
 
 
 class MissingReference(TransientError):
-    """The event names a Stripe object MC has no mapping for (yet)."""
+    """The event names a Stripe object MC has no mapping for (yet): an object of
+    ``family`` (a payment may be named by its charge). references.py fetches
+    it, or says why the event waits or is ignored."""
 
-    def __init__(self, stripe_id: str, backoff: float) -> None:
+    def __init__(self, stripe_id: str, backoff: float, family: Family) -> None:
         super().__init__(f"no mapping for {stripe_id}", backoff_base=backoff)
         self.stripe_id = stripe_id
+        self.family = family
 
 
 class SameSecond(Exception):
@@ -324,7 +327,7 @@ async def resolve(
     found: dict[str, int] = {row["stripe_id"]: row["mc_id"] for row in await cur.fetchall()}
     for stripe_id in wanted:
         if stripe_id not in found:
-            raise MissingReference(stripe_id, ctx.reference_backoff)
+            raise MissingReference(stripe_id, ctx.reference_backoff, family)
     return found
 
 

@@ -44,10 +44,12 @@ from . import (
     invoices,
     payment_methods,
     payments,
+    references,
     subscriptions,
 )
 from .common import EventHandler, MissingReference, SameSecond, Ties, WebhookContext, ignored
 from .events import Envelope, ObjectHead
+from .references import Budget
 
 __all__ = [
     "FAMILIES",
@@ -165,6 +167,11 @@ FAMILIES: tuple[Applied, ...] = (
 
 # Event type → its family's declaration.
 _BY_TYPE: dict[str, Applied] = {t: applied for applied in FAMILIES for t in applied.types}
+# Objects born in Stripe, by mapping family: the declaration that applies one
+# fetched because an event named it and MC lacked it (references.py).
+_FETCHED: dict[Family, Applied] = {
+    applied.family: applied for applied in FAMILIES if applied.family and not applied.confirms
+}
 
 
 def applied_event_types() -> frozenset[str]:
@@ -239,14 +246,10 @@ def make_handler(ctx: WebhookContext) -> Handler:
         applied = _BY_TYPE.get(job.kind)
         if applied is None:
             return ignored(f"event type {job.kind} is not synced by stripe-sync")
-        handler = applied.handler
         if ctx.refetch and ctx.api is not None:
             job = await _refetched(ctx, applied, job, envelope)
         try:
-            try:
-                return await handler(ctx, job)
-            except SameSecond:
-                return await _tie(with_current, by_id, applied, job, envelope)
+            return await run(applied, job, envelope, Budget())
         except MissingReference as exc:
             # Its outbox row (or the event that creates it) may still be in
             # flight; after reference_attempts it is not coming.
@@ -254,6 +257,42 @@ def make_handler(ctx: WebhookContext) -> Handler:
                 plural = "s" if job.attempts != 1 else ""
                 raise PermanentError(f"{exc} (waited {job.attempts} attempt{plural})") from None
             raise
+
+    async def run(applied: Applied, job: Job, envelope: Envelope, budget: Budget) -> Done:
+        """The event through its handler: a same-second tie asks Stripe; a
+        reference MC lacks is supplied (references.py), then the event runs again."""
+
+        async def apply_fetched(
+            family: Family, obj: dict[str, Any], created: int, event_id: str
+        ) -> Done:
+            # The object as an event carrying it would bring it, through its
+            # family's handler (and this same loop, for what it names in turn).
+            of = _FETCHED[family]
+            kind = f"{of.prefix}.updated"
+            event = {
+                "id": event_id,
+                "object": "event",
+                "type": kind,
+                "created": created,
+                "livemode": bool(obj.get("livemode", envelope.livemode)),
+                "data": {"object": obj},
+            }
+            payload = msgspec.json.encode(event)
+            fetched = Job(job.id, kind, job.attempts, payload.decode())
+            return await run(of, fetched, msgspec.json.decode(payload, type=Envelope), budget)
+
+        while True:
+            try:
+                try:
+                    return await applied.handler(ctx, job)
+                except SameSecond:
+                    return await _tie(with_current, by_id, applied, job, envelope)
+            except MissingReference as missing:
+                outcome = await references.supply(
+                    ctx, missing, budget, apply_fetched, envelope.id or ""
+                )
+                if outcome is not None:
+                    return outcome
 
     async def forgetting(job: Job) -> Done:
         try:

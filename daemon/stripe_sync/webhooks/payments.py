@@ -94,7 +94,7 @@ async def _payment(
     """The mapping of a PaymentIntent a charge or refund names; it must exist."""
     row = await find(conn, PAYMENTS, pi_id, lock=lock)
     if row is None:
-        raise MissingReference(pi_id, ctx.reference_backoff)
+        raise MissingReference(pi_id, ctx.reference_backoff, PAYMENTS)
     return row
 
 
@@ -112,7 +112,7 @@ async def _payment_for(
     cur = await conn.execute(queries("webhooks")["payment_by_charge"], {"charge_id": charge_id})
     row = await cur.fetchone()
     if row is None:
-        raise MissingReference(charge_id, ctx.reference_backoff)
+        raise MissingReference(charge_id, ctx.reference_backoff, PAYMENTS)
     found: str = row[0]
     return found
 
