@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,11 +18,17 @@ import psycopg
 import pytest
 from openapi_check import SpecCheck
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from stripe_emulator import EmulatorServer
+from stripe_sync.config import Secret
+from stripe_sync.db import make_pool
 from stripe_sync.migrate import migrate
+from stripe_sync.stripe_api import StripeApi
 from stripe_sync_demo.devcluster import reachable_or_throwaway
+
+from daemons import API_KEY
 
 pytest_plugins = ["stripe_emulator.pytest_plugin"]
 
@@ -109,6 +115,22 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
+    """The daemon's pool on the test's database (a test module may size its own)."""
+    async with make_pool(dsn, size=8) as p:
+        yield p
+
+
+@pytest.fixture
+async def api(emulator: EmulatorServer) -> AsyncIterator[StripeApi]:
+    """The daemon's Stripe client on the emulator, unpaced: what webhook handlers ask."""
+    async with StripeApi(
+        Secret(API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5
+    ) as client:
+        yield client
 
 
 SPEC = SpecCheck()

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from stripe_emulator.pytest_plugin import TEST_API_KEY
-from stripe_sync.config import Secret
-from stripe_sync.db import make_pool
 from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.execute import WebhookContext
 
@@ -29,21 +25,6 @@ from webhook_helpers import (
 
 pytestmark = pytest.mark.anyio
 T0 = 1_700_000_000
-
-
-@pytest.fixture
-async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
-    async with make_pool(dsn, size=6) as p:
-        yield p
-
-
-@pytest.fixture
-async def api(emulator: Any) -> AsyncIterator[StripeApi]:
-    """The daemon's client, on the emulator: what refetches and ties ask."""
-    async with StripeApi(
-        Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5
-    ) as client:
-        yield client
 
 
 async def run(

@@ -39,6 +39,13 @@ class OpenDispute(msgspec.Struct):
     evidence_due_by: datetime | None
 
 
+class UnlinkedCustomer(msgspec.Struct):
+    """A Stripe customer not linked to an MC account, and its events ignored in 24 h."""
+
+    customer: str
+    events: int
+
+
 class Status(msgspec.Struct):
     queues: list[QueueRow]
     recent_failures: list[Failure]
@@ -51,6 +58,10 @@ class Status(msgspec.Struct):
     open_disputes: list[OpenDispute] = []
     # Worth knowing, not wrong: e.g. the Stripe account not verified yet.
     warnings: list[str] = []
+    # Webhook events ignored in the last 24 hours because their customer is
+    # not linked to an MC account, and the customers with the most of them.
+    ignored_unlinked_24h: int = 0
+    top_unlinked_customers: list[UnlinkedCustomer] = []
 
     @property
     def healthy(self) -> bool:
@@ -73,7 +84,7 @@ class Status(msgspec.Struct):
 BACKLOG_ALARM_SECONDS = 300.0
 
 
-async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status:
+async def collect(dsn: str, *, failures: int = 10, disputes: int = 20, unlinked: int = 5) -> Status:
     sql = queries("ops")
     async with connect(dsn, "status") as conn:
         rows = await queue_rows(conn)
@@ -85,6 +96,7 @@ async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status
             OpenDispute(*r) for r in await _all(conn, sql["open_disputes"], limit=disputes)
         ]
         provider = await _all(conn, queries("provider")["load"])
+        by_customer = await _all(conn, sql["unlinked_customers"], limit=unlinked)
     problems = []
     failed = sum(r.count for r in rows if r.status == "failed")
     if failed:
@@ -104,8 +116,27 @@ async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status
             "Stripe was unreachable when the daemon started, or the key cannot read the "
             "account); the daemon checks again every minute"
         )
+    top = [UnlinkedCustomer(customer, events) for customer, events, _ in by_customer]
+    ignored_unlinked = by_customer[0][2] if by_customer else 0
+    if ignored_unlinked:
+        named = ", ".join(f"{c.customer} ({c.events})" for c in top)
+        warnings.append(
+            f"{ignored_unlinked} webhook event(s) in the last 24 h were ignored because their "
+            f"customer is not linked to an MC account; most: {named}. Link a customer that "
+            "should be synced, then replay its events (docs/stripe.md, runbook)"
+        )
     return Status(
-        rows, recent, int(stuck), lag, oldest, int(daemons), problems, open_disputes, warnings
+        rows,
+        recent,
+        int(stuck),
+        lag,
+        oldest,
+        int(daemons),
+        problems,
+        open_disputes,
+        warnings,
+        ignored_unlinked,
+        top,
     )
 
 

@@ -33,6 +33,7 @@ pre-loaded for the whole claimed batch (``Preloaded``) when there is one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -100,6 +101,32 @@ class Preloaded:
         return len(self._events)
 
 
+class Unlinked:
+    """Customers Stripe just said are not MC's (references.py), for ``ttl``
+    seconds: their further events are ignored without asking again. Only
+    consulted when the customer has no mapping, so a link made meanwhile
+    takes effect at once."""
+
+    def __init__(self, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self._until: dict[str, float] = {}
+
+    def __contains__(self, customer: str) -> bool:
+        until = self._until.get(customer)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._until[customer]
+            return False
+        return True
+
+    def add(self, customer: str) -> None:
+        if len(self._until) >= 10_000:  # bounded: forget the oldest half
+            for old in sorted(self._until, key=self._until.__getitem__)[:5_000]:
+                del self._until[old]
+        self._until[customer] = time.monotonic() + self.ttl
+
+
 class Ties(Enum):
     """How a handler decides a same-second tie with the applied event (``same_second``)."""
 
@@ -138,6 +165,8 @@ class WebhookContext:
 
     # Mapping rows the worker read for the claimed batch (make_preload).
     preloaded: Preloaded = field(default_factory=Preloaded)
+    # Customers known not to be MC's (references.py).
+    unlinked: Unlinked = field(default_factory=Unlinked)
 
     def __post_init__(self) -> None:
         if self.ties is Ties.ASK and (self.api is None or self.refetch):

@@ -176,8 +176,10 @@ async def invoice_payment(ctx: WebhookContext, job: Job) -> Done:
             "that is not a PaymentIntent; MC tracks payments by PaymentIntent"
         )
     async with ctx.pool.connection() as conn:
-        await _payment(ctx, conn, pi_id)
+        # The invoice first: one that cannot be applied (a subscription on a
+        # price MC does not know) sets this aside before its payment is fetched.
         invoice_id = await resolve_one(ctx, conn, INVOICES, invoice)
+        await _payment(ctx, conn, pi_id)
     assert invoice_id is not None
 
     async def apply(conn: AsyncConnection[Any]) -> None:

@@ -90,6 +90,8 @@ async def supply(
     if ctx.api is None:
         raise missing
     family, stripe_id = missing.family, missing.stripe_id
+    if family is CUSTOMERS and stripe_id in ctx.unlinked:
+        return ignored(not_linked(stripe_id))
     if family in _OWNED:
         return await _owned(ctx, missing)
     if not budget.take():
@@ -131,6 +133,7 @@ async def _owned(ctx: WebhookContext, missing: MissingReference) -> Done | None:
     if _ours(ctx, family, found):
         raise missing  # MC's own create, not recorded yet: the short wait
     if family is CUSTOMERS:
+        ctx.unlinked.add(stripe_id)
         return ignored(not_linked(stripe_id))
     raise PermanentError(
         f"{family.noun} {stripe_id} is not linked to any row of {family.mc_table} (it was "
