@@ -24,10 +24,12 @@ from psycopg_pool import AsyncConnectionPool
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from stripe_emulator import EmulatorServer
+from stripe_sync.config import Secret
 from stripe_sync.db import make_pool
 from stripe_sync.migrate import migrate
+from stripe_sync.stripe_api import StripeApi
 
-from daemons import Daemons
+from daemons import API_KEY, Daemons
 
 pytest_plugins = ["stripe_emulator.pytest_plugin"]
 
@@ -106,15 +108,24 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
 async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
-    """The daemon's kind of pool on this test's database."""
+    """The daemon's pool on the test's database (a test module may size its own)."""
     async with make_pool(dsn, size=8) as p:
         yield p
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+async def api(emulator: EmulatorServer) -> AsyncIterator[StripeApi]:
+    """The daemon's Stripe client on the emulator, unpaced: what webhook handlers ask."""
+    async with StripeApi(
+        Secret(API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5
+    ) as client:
+        yield client
 
 
 SPEC = SpecCheck()

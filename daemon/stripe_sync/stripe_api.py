@@ -140,6 +140,18 @@ class StripeApi:
         data: dict[str, Any] = (await self.call(what, self.raw_post(path, params, options))).data
         return data
 
+    async def get(self, what: str, path: str) -> dict[str, Any] | None:
+        """A GET (a retrieve) through ``call``, its answer as parsed JSON, as
+        ``post`` reads it; None when Stripe has no such object (404)."""
+        try:
+            response = await self.call(what, self.client.raw_request_async("get", path))
+        except PermanentError as exc:
+            if is_missing(exc):
+                return None
+            raise
+        data: dict[str, Any] = response.data
+        return data
+
 
 def object_path(resource: str, stripe_id: str | None = None) -> str:
     """The API path of a resource (``customers``), or of one object of it, its id
@@ -245,6 +257,12 @@ def is_idempotency_conflict(exc: BaseException) -> bool:
         and isinstance(cause.json_body, dict)
         and cause.json_body.get("error", {}).get("type") == "idempotency_error"
     )
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Stripe's 404: no such object (never made, or deleted where Stripe forgets)."""
+    cause = exc.__cause__
+    return isinstance(cause, stripe.StripeError) and cause.http_status == 404
 
 
 def _code(exc: stripe.StripeError) -> str:

@@ -14,6 +14,8 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from stripe_emulator import new_objects, new_objects_billing
+from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.execute import WebhookContext
 
 from webhook_helpers import (
@@ -150,10 +152,8 @@ PROCESSED = {
 }
 
 
-async def test_every_sample_event_is_accepted_and_ends_well(
-    pool: AsyncConnectionPool,
-    conn: psycopg.Connection[Any],
-) -> None:
+def map_customers_and_catalog(conn: psycopg.Connection[Any]) -> int:
+    """The customers, products and prices the samples name, as MC's; the last account."""
     account = 0
     for cus in (
         "cus_00000000000000",
@@ -177,12 +177,16 @@ async def test_every_sample_event_is_accepted_and_ends_well(
         "price_1MKL7PJDPojXS6LNpNepgHsK",
     ):
         add_price(conn, price, products["prod_IsRLOp58Z7V4XN"])
-    born_in_stripe(conn, account)
+    return account
 
+
+async def sample_outcomes(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any], ctx: WebhookContext
+) -> dict[str, tuple[str, str | None]]:
+    """Every sample through the endpoint and the worker, one at a time: by file, how it ended."""
     outcomes: dict[str, tuple[str, str | None]] = {}
     # Several files of a source reuse one event id, so each file's row is
     # removed once it has been processed, letting the next one be stored.
-    ctx = WebhookContext(pool, reference_attempts=1)
     async with serve_endpoint(pool) as server, running_worker(pool, ctx) as worker:
         for name, body in sample_events():
             resp = await server.post(body)
@@ -194,6 +198,15 @@ async def test_every_sample_event_is_accepted_and_ends_well(
             assert event_id == json.loads(body)["id"]
             outcomes[name] = outcome
             conn.execute("DELETE FROM integration.webhook_events")
+    return outcomes
+
+
+async def test_every_sample_event_is_accepted_and_ends_well(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+) -> None:
+    born_in_stripe(conn, map_customers_and_catalog(conn))
+    outcomes = await sample_outcomes(pool, conn, WebhookContext(pool, reference_attempts=1))
 
     assert len(outcomes) == 91
     for name, (status, note) in outcomes.items():
@@ -286,6 +299,95 @@ async def test_every_sample_event_is_accepted_and_ends_well(
             None,
         )
     ]
+
+
+# Objects the samples name but no sample creates (born_in_stripe), as Stripe
+# holds them now, by the emulator's kind; the samples naming these two get
+# Stripe's 404 instead: sub_JW4ilEI1mm5j4X (invoice_updated.json) and
+# pi_3KtQThJDPojXS6LN0H9EfsjV (charge_succeeded.json); and
+# setup_intent_succeeded.json names payment method pm_1MJEWOJDPojXS6LNUELZ8Byt.
+HELD = {
+    "subscriptions": ("sub_K4J0aB2bmSyb6b", "sub_JsuPyCPhXWfZar"),
+    "payment_intents": (
+        "pi_3Kl36gJDPojXS6LN02fQVtKR",
+        "pi_1GszsK2eZvKYlo2CfhZyoZLp",
+        "pi_103Q0w2eZvKYlo2C364X582Z",
+        "pi_1IqtG9JDPojXS6LNOGnYrIqq",
+    ),
+    "invoices": ("in_103Q0w2eZvKYlo2C5PYwf6Wf", "in_1MxvRkLkdIwHu7ixABNtI99m"),
+}
+NOT_FOUND = {
+    "stripe-sync-engine/invoice_updated.json": "subscription sub_JW4ilEI1mm5j4X",
+    "stripe-sync-engine/charge_succeeded.json": "payment pi_3KtQThJDPojXS6LN0H9EfsjV",
+    "stripe-sync-engine/setup_intent_succeeded.json": "payment method pm_1MJEWOJDPojXS6LNUELZ8Byt",
+}
+
+
+def hold(emulator: Any, customer: str, price: str) -> None:
+    """HELD into the emulator's state, as its own builders make each object."""
+    store = emulator.emulator.store
+    created = T0 - 86_400
+    price_obj = new_objects.price(price, created, False)
+    price_obj.update(currency="usd", product="prod_IsRLOp58Z7V4XN", unit_amount=2500)
+    for sub_id in HELD["subscriptions"]:
+        sub = new_objects.subscription(sub_id, created, False)
+        item = new_objects.subscription_item(f"si_{sub_id[4:]}", created, sub_id, price_obj, 1)
+        item.update(current_period_start=T0, current_period_end=T0 + 2_592_000)
+        sub["items"]["data"] = [item]
+        sub.update(customer=customer, currency="usd", status="active")
+        store.put("subscriptions", sub)
+    for pi_id in HELD["payment_intents"]:
+        pi = new_objects_billing.payment_intent(pi_id, created, False)
+        pi.update(customer=customer, currency="usd", amount=2500, amount_received=2500)
+        store.put("payment_intents", {**pi, "status": "succeeded"})
+    for in_id in HELD["invoices"]:
+        inv = new_objects_billing.invoice(in_id, created, False, None)
+        inv.update(customer=customer, currency="usd", amount_due=2500, amount_paid=2500)
+        store.put("invoices", {**inv, "status": "paid"})
+
+
+async def test_sample_events_naming_objects_mc_lacks_fetch_them_or_end_ignored(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    emulator: Any,
+    api: StripeApi,
+) -> None:
+    """Issue 24: the samples whose references MC lacks (their customers mapped)
+    end processed, the reference fetched from Stripe, or ignored on Stripe's
+    404; none fails, none waits (a wait would fail: reference_attempts=1)."""
+    map_customers_and_catalog(conn)
+    hold(emulator, "cus_JsuO3bmrj0QlAw", "price_1IDQm5JDPojXS6LNM31hxKzp")
+    ctx = WebhookContext(pool, api=api, reference_attempts=1)
+    outcomes = await sample_outcomes(pool, conn, ctx)
+
+    assert len(outcomes) == 91
+    for name, (status, note) in outcomes.items():
+        if name in NOT_FOUND:
+            assert (status, note) == (
+                "ignored",
+                f"{NOT_FOUND[name]} does not exist in Stripe (404)",
+            ), name
+        else:
+            assert status == ("processed" if name in PROCESSED else "ignored"), (name, note)
+    fetched = conn.execute(
+        "SELECT stripe_subscription_id, last_event_id FROM stripe.subscription_mappings "
+        "WHERE last_event_id LIKE 'fetched for %%' "
+        "UNION ALL SELECT stripe_payment_intent_id, last_event_id FROM stripe.payment_mappings "
+        "WHERE last_event_id LIKE 'fetched for %%' "
+        "UNION ALL SELECT stripe_invoice_id, last_event_id FROM stripe.invoice_mappings "
+        "WHERE last_event_id LIKE 'fetched for %%'"
+    ).fetchall()
+    assert sorted(stripe_id for stripe_id, _ in fetched) == sorted(
+        stripe_id for ids in HELD.values() for stripe_id in ids
+    )
+    # Applied as events carrying them would be: the billing rows, the customer's account.
+    assert conn.execute(
+        "SELECT c.stripe_customer_id, s.status, count(*) FROM billing.subscriptions s "
+        "JOIN stripe.subscription_mappings m ON m.subscription_id = s.id "
+        "JOIN stripe.customer_mappings c ON c.account_id = s.account_id "
+        "WHERE m.stripe_subscription_id = ANY(%s) GROUP BY 1, 2",
+        [list(HELD["subscriptions"])],
+    ).fetchall() == [("cus_JsuO3bmrj0QlAw", "active", 2)]
 
 
 # -- order independence ----------------------------------------------------------------------

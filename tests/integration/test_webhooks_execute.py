@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from stripe_emulator.pytest_plugin import TEST_API_KEY
-from stripe_sync.config import Secret
 from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.execute import WebhookContext
 
@@ -28,15 +25,6 @@ from webhook_helpers import (
 
 pytestmark = pytest.mark.anyio
 T0 = 1_700_000_000
-
-
-@pytest.fixture
-async def api(emulator: Any) -> AsyncIterator[StripeApi]:
-    """The daemon's client, on the emulator: what refetches and ties ask."""
-    async with StripeApi(
-        Secret(TEST_API_KEY), api_base=emulator.base_url, rate_limit=0, timeout=5
-    ) as client:
-        yield client
 
 
 async def run(
@@ -596,85 +584,6 @@ async def test_a_canceled_partial_refund_among_others(
         800,
         "partial",
     )
-
-
-async def test_an_older_refund_event_never_overwrites_a_newer_one(
-    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
-) -> None:
-    """Refund events are ordered by when they happened. Here neither the lifecycle
-    rank (requires_action and pending share one) nor the event id (random in
-    Stripe: the newer one has the smaller) orders them, so only ``created`` can;
-    test_shuffled_delivery_gives_the_same_tables cannot see this, as its refunds'
-    ranks and ids both grow with time."""
-    add_account(conn, "cus_A")
-    await run(pool, event("payment_intent.succeeded", _payment(2000), created=T0))
-    # A refund that waited for the customer's details, then pending once given;
-    # the newer event arrives first.
-    await run(
-        pool,
-        event("refund.updated", _refund("re_o", 400, "pending"), created=T0 + 6, event_id="evt_1"),
-    )
-    await run(
-        pool,
-        event(
-            "refund.created",
-            _refund("re_o", 400, "requires_action"),
-            created=T0 + 5,
-            event_id="evt_9",
-        ),
-    )
-    assert one(conn, "SELECT status, last_event_id FROM stripe.payment_refunds") == (
-        "pending",
-        "evt_1",
-    )
-    assert statuses(conn)["evt_9"] == ("processed", "stale: older than evt_1")
-    assert one(conn, "SELECT amount_refunded, refund_status FROM billing.payments") == (
-        400,
-        "partial",
-    )
-
-
-def _dispute(dispute_id: str, status: str) -> dict[str, Any]:
-    return {
-        "id": dispute_id,
-        "object": "dispute",
-        "charge": "ch_r",
-        "payment_intent": "pi_r",
-        "status": status,
-        "reason": "fraudulent",
-        "amount": 2000,
-        "currency": "usd",
-    }
-
-
-async def test_a_dispute_is_closed_when_its_earliest_closing_event_says(
-    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
-) -> None:
-    """closed_at: the created time of the earliest event showing the dispute
-    closed, neither the latest such event nor only the events applied."""
-    add_account(conn, "cus_A")
-    await run(pool, event("payment_intent.succeeded", _payment(2000), created=T0))
-    # In order: closed, then the funds come back a second later (still won).
-    won = [
-        event("charge.dispute.created", _dispute("dp_won", "needs_response"), created=T0 + 1),
-        event("charge.dispute.updated", _dispute("dp_won", "under_review"), created=T0 + 2),
-        event("charge.dispute.closed", _dispute("dp_won", "won"), created=T0 + 3),
-        event("charge.dispute.funds_reinstated", _dispute("dp_won", "won"), created=T0 + 4),
-    ]
-    # The first event showing it lost arrives last, too old to apply.
-    lost = [
-        event("charge.dispute.created", _dispute("dp_lost", "needs_response"), created=T0 + 1),
-        event("charge.dispute.closed", _dispute("dp_lost", "lost"), created=T0 + 6),
-        event("charge.dispute.updated", _dispute("dp_lost", "lost"), created=T0 + 5),
-    ]
-    for e in won + lost:  # one at a time: the arrival order is the point
-        await run(pool, e)
-    assert conn.execute(
-        "SELECT m.stripe_dispute_id, d.status, extract(epoch FROM d.closed_at)::bigint "
-        "FROM billing.disputes d JOIN stripe.dispute_mappings m ON m.dispute_id = d.id "
-        "ORDER BY 1"
-    ).fetchall() == [("dp_lost", "lost", T0 + 5), ("dp_won", "won", T0 + 3)]
-    assert statuses(conn)[lost[2]["id"]][0] == "processed"
 
 
 async def test_payment_intent_with_old_charges_list(

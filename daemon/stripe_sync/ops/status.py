@@ -74,6 +74,13 @@ class Lag(msgspec.Struct):
     max: float
 
 
+class UnlinkedCustomer(msgspec.Struct):
+    """A Stripe customer not linked to an MC account, and its events ignored in 24 h."""
+
+    customer: str
+    events: int
+
+
 class Status(msgspec.Struct):
     queues: list[QueueRow]
     recent_failures: list[Failure]
@@ -87,6 +94,10 @@ class Status(msgspec.Struct):
     open_disputes: list[OpenDispute] = []
     # Worth knowing, not wrong: e.g. the Stripe account not verified yet.
     warnings: list[str] = []
+    # Webhook events ignored in the last 24 hours because their customer is
+    # not linked to an MC account, and the customers with the most of them.
+    ignored_unlinked_24h: int = 0
+    top_unlinked_customers: list[UnlinkedCustomer] = []
 
     @property
     def healthy(self) -> bool:
@@ -111,6 +122,7 @@ async def collect(
     failures: int = 10,
     disputes: int = 20,
     wait_alarm: float = DEFAULTS.wait_alarm_seconds,
+    unlinked: int = 5,
 ) -> Status:
     """What the queues hold; a due row or a pending row older than ``wait_alarm``
     seconds (STRIPE_SYNC_WAIT_ALARM; 0: never) is a problem."""
@@ -123,6 +135,7 @@ async def collect(
         waiting = _waiting(await _all(conn, sql["waiting"]))
         apply_lag = [Lag(*r) for r in await _all(conn, sql["apply_lag"])]
         daemons = (await _all(conn, sql["daemons"]))[0][0] or 0
+        by_customer = await _all(conn, sql["unlinked_customers"], limit=unlinked)
         open_disputes = [
             OpenDispute(*r) for r in await _all(conn, sql["open_disputes"], limit=disputes)
         ]
@@ -144,6 +157,15 @@ async def collect(
             "Stripe was unreachable when the daemon started, or the key cannot read the "
             "account); the daemon checks again every minute"
         )
+    top = [UnlinkedCustomer(customer, events) for customer, events, _ in by_customer]
+    ignored_unlinked = by_customer[0][2] if by_customer else 0
+    if ignored_unlinked:
+        named = ", ".join(f"{c.customer} ({c.events})" for c in top)
+        warnings.append(
+            f"{ignored_unlinked} webhook event(s) in the last 24 h were ignored because their "
+            f"customer is not linked to an MC account; most: {named}. Link a customer that "
+            "should be synced, then replay its events (docs/stripe.md, runbook)"
+        )
     return Status(
         queues=rows,
         recent_failures=recent,
@@ -155,6 +177,8 @@ async def collect(
         apply_lag=apply_lag,
         open_disputes=open_disputes,
         warnings=warnings,
+        ignored_unlinked_24h=ignored_unlinked,
+        top_unlinked_customers=top,
     )
 
 

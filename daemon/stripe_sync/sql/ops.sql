@@ -127,6 +127,21 @@ FROM pending p JOIN oldest o USING (queue)
 GROUP BY p.queue, o.arrived, reason
 ORDER BY p.queue, count(*) DESC, reason NULLS FIRST
 
+-- name: unlinked_customers
+-- Events ignored in the last 24 hours because their customer is not linked
+-- to an MC account (the note of webhooks/references.not_linked), per
+-- customer, most first, with the total over all customers. On
+-- webhook_events_finished_idx: only the day's finished rows are read.
+SELECT customer, events, sum(events) OVER ()::int AS total
+FROM (SELECT substring(note FROM '^customer (\S+) is not linked') AS customer,
+             count(*)::int AS events
+      FROM integration.webhook_events
+      WHERE status = 'ignored' AND processed_at > now() - interval '24 hours'
+        AND note LIKE 'customer %% is not linked to an MC account'
+      GROUP BY 1) AS t
+ORDER BY events DESC, customer
+LIMIT %(limit)s
+
 -- name: daemons
 SELECT count(*)::int FROM pg_stat_activity
 WHERE application_name = 'stripe-sync/listen' AND datname = current_database()

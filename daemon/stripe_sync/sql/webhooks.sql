@@ -241,6 +241,14 @@ SET stripe_customer_id = EXCLUDED.stripe_customer_id, sync_status = 'synced',
 WHERE m.stripe_customer_id IS NULL
 RETURNING m.id
 
+-- name: requeue_unlinked
+-- Checkout linked a customer: its events of the last hours that were ignored
+-- because it was not linked yet (references.not_linked) are due again. On
+-- webhook_events_finished_idx: only the rows finished since then are read.
+UPDATE integration.webhook_events
+SET status = 'pending', attempts = 0, next_attempt_at = now(), note = NULL
+WHERE status = 'ignored' AND processed_at > now() - interval '6 hours' AND note = %(note)s
+
 -- name: account_customer
 SELECT a.id, m.stripe_customer_id AS stripe_id
 FROM billing.accounts a LEFT JOIN stripe.customer_mappings m ON m.account_id = a.id

@@ -2,7 +2,7 @@
 
 - ``endpoint``: POST /webhooks/stripe verifies the signature and stores the
   event (``ingest``: group commit), answering 200 only once it has committed.
-- ``process``: the queue handler (``make_handler(WebhookContext(...))``) that
+- ``execute``: the queue handler (``make_handler(WebhookContext(...))``) that
   dispatches stored events by type to ``customers``, ``catalog``,
   ``subscriptions``, ``invoices``, ``payments``, ``disputes``,
   ``payment_methods``, ``credit_notes`` and ``checkout`` (each an

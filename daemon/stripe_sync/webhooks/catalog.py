@@ -11,21 +11,23 @@ from __future__ import annotations
 
 from ..mappings import PRICES, PRODUCTS, Family
 from ..queue.jobs import Done, Job
-from .common import Key, WebhookContext, confirm, rank_of
-from .events import CatalogObject, decode_event
+from .common import WebhookContext, confirm, opened
+from .events import CatalogObject
 
 # Ties in one second: an archiving update after a create, a deletion last.
 _RANKS = {"active": 0, "archived": 1}
 
 
 async def _handle(ctx: WebhookContext, job: Job, family: Family) -> Done:
-    event = decode_event(job.payload, CatalogObject)
-    obj = event.data.object
-    deleted = obj.deleted or event.type.endswith(".deleted")
-    liveness = "archived" if obj.active is False else "active"
-    key = Key(event.created, rank_of(_RANKS, liveness, event.type), event.id)
+    seen = opened(job, CatalogObject, _RANKS, _liveness, require_id=False)
+    obj = seen.obj
+    deleted = obj.deleted or seen.event.type.endswith(".deleted")
     status = "deleted" if deleted else "synced"
-    return await confirm(ctx, family, obj.id, obj.metadata, key, status)
+    return await confirm(ctx, family, obj.id, obj.metadata, seen.key, status)
+
+
+def _liveness(obj: CatalogObject, _: str) -> str:
+    return "archived" if obj.active is False else "active"
 
 
 async def product(ctx: WebhookContext, job: Job) -> Done:

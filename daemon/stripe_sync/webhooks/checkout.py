@@ -18,6 +18,7 @@ from ..db import queries
 from ..errors import TransientError
 from ..mappings import CUSTOMERS
 from ..queue.jobs import Done, Job
+from . import references
 from .common import WebhookContext, find, ignored
 from .events import CheckoutSession, decode_event, metadata_id, ref_id
 
@@ -74,5 +75,9 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
                 f"billing.accounts id={account_id} got a Stripe customer meanwhile; checking again",
                 backoff_base=0.05,
             )
+        # Its subscription's events may have come first and been ignored.
+        await conn.execute(
+            queries("webhooks")["requeue_unlinked"], {"note": references.not_linked(customer)}
+        )
 
     return Done(apply=apply, note=f"linked {customer} to billing.accounts id={account_id}")

@@ -16,7 +16,7 @@ the same rank (a cancellation at period end and its undoing, both
 ``active``), no event can order: for objects born in Stripe
 (``write_object``), and in ``confirm`` when the event writes state, the
 handler then asks Stripe for the object as it is now and applies that
-(``SameSecond``, handled in ``process.make_handler``), under the higher of
+(``SameSecond``, handled in ``execute.make_handler``), under the higher of
 the two keys. Without an API client, or when Stripe no longer has the
 object, the event id decides, arbitrarily but the same way every time. An
 event whose key is not above the stored one is stale and is recorded as
@@ -33,21 +33,23 @@ pre-loaded for the whole claimed batch (``Preloaded``) when there is one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from enum import Enum
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg.rows import class_row, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from ..db import queries
-from ..errors import TransientError
+from ..errors import PermanentError, TransientError
 from ..mappings import Family
 from ..queue.jobs import Done, Job
 from ..stripe_api import StripeApi
-from .events import metadata_id
+from .events import Event, Expandable, decode_event, metadata_id, ref_id
 
 
 class Preloaded:
@@ -56,7 +58,7 @@ class Preloaded:
 
     The pre-check read of ``confirm`` costs a pool checkout and a round trip
     per event; the webhook worker reads the rows of a whole batch at once
-    instead (``process.make_preload``: one query per family) and each handler
+    instead (``execute.make_preload``: one query per family) and each handler
     takes its event's row. A row read a few milliseconds before the handler
     runs is as good as its own read: the pre-check only sorts stale and
     unmapped events out early, and the apply locks the row and checks the key
@@ -99,6 +101,44 @@ class Preloaded:
         return len(self._events)
 
 
+class Unlinked:
+    """Customers Stripe just said are not MC's (references.py), for ``ttl``
+    seconds: their further events are ignored without asking again. Only
+    consulted when the customer has no mapping, so a link made meanwhile
+    takes effect at once."""
+
+    def __init__(self, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self._until: dict[str, float] = {}
+
+    def __contains__(self, customer: str) -> bool:
+        until = self._until.get(customer)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._until[customer]
+            return False
+        return True
+
+    def add(self, customer: str) -> None:
+        if len(self._until) >= 10_000:  # bounded: forget the oldest half
+            for old in sorted(self._until, key=self._until.__getitem__)[:5_000]:
+                del self._until[old]
+        self._until[customer] = time.monotonic() + self.ttl
+
+
+class Ties(Enum):
+    """How a handler decides a same-second tie with the applied event (``same_second``)."""
+
+    # Ask Stripe for the object as it is now (raise SameSecond; make_handler
+    # then runs the handler again with CURRENT, or BY_ID when Stripe cannot say).
+    ASK = "ask"
+    # data.object is the object as Stripe has it now (refetched): a tie applies it.
+    CURRENT = "current"
+    # The higher event id wins: arbitrary, but the same every time.
+    BY_ID = "by_id"
+
+
 @dataclass(frozen=True)
 class WebhookContext:
     pool: AsyncConnectionPool
@@ -119,24 +159,23 @@ class WebhookContext:
     # First backoff step of those waits; doubles per attempt (with 8
     # attempts and 1 s: about 1.5 minutes in all).
     reference_backoff: float = 1.0
-    # data.object is the object as Stripe has it now (refetched), not the
-    # event's copy: a same-second tie applies it (process.make_handler sets it).
-    current: bool = False
-    # Same-second ties are resolved by asking Stripe (needs ``api``); False:
-    # by event id (process.make_handler clears it for objects it cannot fetch).
-    fetch_ties: bool = True
-
-    @property
-    def asks_on_tie(self) -> bool:
-        """Whether write_object raises SameSecond on a tie it cannot order."""
-        return self.api is not None and self.fetch_ties and not self.current
+    # How same-second ties are decided: ASK unless there is no API client to
+    # ask (then BY_ID) or every object is refetched anyway (then CURRENT).
+    ties: Ties = Ties.ASK
 
     # Mapping rows the worker read for the claimed batch (make_preload).
     preloaded: Preloaded = field(default_factory=Preloaded)
+    # Customers known not to be MC's (references.py).
+    unlinked: Unlinked = field(default_factory=Unlinked)
+
+    def __post_init__(self) -> None:
+        if self.ties is Ties.ASK and (self.api is None or self.refetch):
+            ties = Ties.BY_ID if self.api is None else Ties.CURRENT
+            object.__setattr__(self, "ties", ties)  # frozen: the one derived field
 
 
-# One event type's handler (process.HANDLERS). Not the queue's Handler, which
-# process.make_handler builds around these; the outbox's counterpart is Executor.
+# One event type's handler (execute.FAMILIES). Not the queue's Handler, which
+# execute.make_handler builds around these; the outbox's counterpart is Executor.
 EventHandler = Callable[[WebhookContext, Job], Awaitable[Done]]
 
 
@@ -145,6 +184,55 @@ class Key:
     created: int
     rank: int
     event_id: str
+
+
+class Identified(Protocol):
+    """A Stripe object as the event Structs decode it (events.py): it has an id."""
+
+    @property
+    def id(self) -> str: ...
+
+
+Obj = TypeVar("Obj", bound=Identified)
+
+
+@dataclass(frozen=True)
+class Opened(Generic[Obj]):
+    """An event as a handler opens it (``opened``): decoded, with its ordering key."""
+
+    event: Event[Obj]
+    key: Key
+
+    @property
+    def obj(self) -> Obj:
+        return self.event.data.object
+
+
+def opened(
+    job: Job,
+    obj_type: type[Obj],
+    ranks: dict[str, int],
+    stage: Callable[[Obj, str], str | None],
+    *,
+    require_id: bool = True,
+) -> Opened[Obj]:
+    """Every handler's prologue: the event decoded with its data.object as
+    ``obj_type`` (a PermanentError naming the field if it cannot be), an object
+    without an id refused (unless ``require_id`` is False: the handler says
+    what that means), and the key, ranked by ``stage(object, event type)``."""
+    event = decode_event(job.payload, obj_type)
+    if require_id and not event.data.object.id:
+        raise PermanentError(f"{event.type}: data.object has no id")
+    stage_of = stage(event.data.object, event.type)
+    return Opened(event, Key(event.created, rank_of(ranks, stage_of, event.type), event.id))
+
+
+def required(value: Expandable, what: str) -> str:
+    """The id of a reference the object must name; a PermanentError saying ``what`` if not."""
+    found = ref_id(value)
+    if found is None:
+        raise PermanentError(what)
+    return found
 
 
 def rank_of(ranks: dict[str, int], status: str | None, event_type: str) -> int:
@@ -223,17 +311,20 @@ async def mark(
 
 
 class MissingReference(TransientError):
-    """The event names a Stripe object MC has no mapping for (yet)."""
+    """The event names a Stripe object MC has no mapping for (yet): an object of
+    ``family`` (a payment may be named by its charge). references.py fetches
+    it, or says why the event waits or is ignored."""
 
-    def __init__(self, stripe_id: str, backoff: float) -> None:
+    def __init__(self, stripe_id: str, backoff: float, family: Family) -> None:
         super().__init__(f"no mapping for {stripe_id}", backoff_base=backoff)
         self.stripe_id = stripe_id
+        self.family = family
 
 
 class SameSecond(Exception):
     """Not an error: the event ties with the applied one (``same_second``), so
     only Stripe's current object can say which state is the newer.
-    process.make_handler fetches it and runs the handler again."""
+    execute.make_handler fetches it and runs the handler again."""
 
     def __init__(self, stripe_id: str, applied: str) -> None:
         super().__init__(f"{stripe_id}: same second and rank as {applied}")
@@ -265,7 +356,7 @@ async def resolve(
     found: dict[str, int] = {row["stripe_id"]: row["mc_id"] for row in await cur.fetchall()}
     for stripe_id in wanted:
         if stripe_id not in found:
-            raise MissingReference(stripe_id, ctx.reference_backoff)
+            raise MissingReference(stripe_id, ctx.reference_backoff, family)
     return found
 
 
@@ -314,7 +405,7 @@ async def confirm(
     current = ties and _tie_applies(ctx, key, row)
     if not current and (note := stale_note(key, row.last)):
         return Done(note=note)
-    flags = {"current": ties and ctx.current, "ask": ties and ctx.asks_on_tie}
+    flags = {"current": ties and ctx.ties is Ties.CURRENT, "ask": ties and ctx.ties is Ties.ASK}
 
     async def apply(conn: AsyncConnection[Any]) -> None:
         # Lock, check the key again (ties as above) and mark, in one statement.
@@ -417,7 +508,7 @@ def _unordered(ctx: WebhookContext, key: Key, status: str, row: MappingRow) -> b
     already deleted: a deletion outranks the rest anyway.
     """
     return (
-        ctx.asks_on_tie
+        ctx.ties is Ties.ASK
         and same_second(key, row.last)
         and status != "deleted"
         and row.sync_status != "deleted"
@@ -430,7 +521,7 @@ def _tie_note(row: MappingRow, stripe_id: str) -> str:
 
 def _tie_applies(ctx: WebhookContext, key: Key, row: MappingRow) -> bool:
     """A tie with data.object Stripe's current state: it is applied whatever the ids say."""
-    return ctx.current and same_second(key, row.last)
+    return ctx.ties is Ties.CURRENT and same_second(key, row.last)
 
 
 def _returned_id(row: Sequence[Any] | None) -> int:

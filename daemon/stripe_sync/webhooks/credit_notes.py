@@ -12,24 +12,18 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from ..errors import PermanentError
 from ..mappings import CREDIT_NOTES, INVOICES
 from ..queue.jobs import Done, Job
-from .common import Key, WebhookContext, Write, rank_of, resolve_one, write_object
-from .events import CreditNote, decode_event, ref_id
+from .common import WebhookContext, Write, opened, required, resolve_one, write_object
+from .events import CreditNote
 
 _RANKS = {"issued": 0, "void": 1}
 
 
 async def handle(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, CreditNote)
-    cn = event.data.object
-    if not cn.id:
-        raise PermanentError(f"{event.type}: data.object has no id")
-    invoice = ref_id(cn.invoice)
-    if invoice is None:
-        raise PermanentError(f"{event.type}: credit note {cn.id} names no invoice")
-    key = Key(event.created, rank_of(_RANKS, cn.status, event.type), event.id)
+    seen = opened(job, CreditNote, _RANKS, lambda cn, _: cn.status)
+    cn = seen.obj
+    invoice = required(cn.invoice, f"{seen.event.type}: credit note {cn.id} names no invoice")
 
     async def prepare(conn: AsyncConnection[Any]) -> Write:
         values = {
@@ -43,4 +37,4 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
         }
         return Write(values)
 
-    return await write_object(ctx, CREDIT_NOTES, cn.id, key, "synced", prepare)
+    return await write_object(ctx, CREDIT_NOTES, cn.id, seen.key, "synced", prepare)

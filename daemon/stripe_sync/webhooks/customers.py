@@ -15,8 +15,8 @@ from psycopg import AsyncConnection
 
 from ..mappings import CUSTOMERS
 from ..queue.jobs import Done, Job
-from .common import Key, WebhookContext, confirm, rank_of
-from .events import Customer, decode_event
+from .common import WebhookContext, confirm, opened
+from .events import Customer
 from .payment_methods import set_default
 
 # Within one second a customer's creation comes before its updates (an update
@@ -25,16 +25,17 @@ _RANKS = {"customer.created": 0, "customer.updated": 1, "deleted": 2}
 
 
 async def handle(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, Customer)
-    customer = event.data.object
-    deleted = customer.deleted or event.type == "customer.deleted"
+    seen = opened(job, Customer, _RANKS, _stage, require_id=False)
+    customer = seen.obj
+    deleted = _stage(customer, seen.event.type) == "deleted"
     status = "deleted" if deleted else "synced"
-    key = Key(
-        event.created, rank_of(_RANKS, "deleted" if deleted else event.type, event.type), event.id
-    )
     default = None if deleted else customer.default_payment_method
 
     async def then(conn: AsyncConnection[Any], account_id: int) -> None:
         await set_default(conn, account_id, default)
 
-    return await confirm(ctx, CUSTOMERS, customer.id, customer.metadata, key, status, then)
+    return await confirm(ctx, CUSTOMERS, customer.id, customer.metadata, seen.key, status, then)
+
+
+def _stage(customer: Customer, event_type: str) -> str:
+    return "deleted" if customer.deleted or event_type == "customer.deleted" else event_type

@@ -19,11 +19,10 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from ..db import queries
-from ..errors import PermanentError
 from ..mappings import DISPUTES
 from ..queue.jobs import Done, Job
-from .common import Key, WebhookContext, Write, Written, find, ignored, rank_of, ts, write_object
-from .events import Dispute, decode_event, ref_id
+from .common import WebhookContext, Write, Written, find, ignored, opened, ts, write_object
+from .events import Dispute, ref_id
 from .payments import payment_of
 
 _RANKS = {
@@ -40,14 +39,11 @@ CLOSED = frozenset(s for s, rank in _RANKS.items() if rank == 4)
 
 
 async def handle(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, Dispute)
-    dp = event.data.object
-    if not dp.id:
-        raise PermanentError(f"{event.type}: data.object has no id")
+    seen = opened(job, Dispute, _RANKS, lambda dp, _: dp.status)
+    dp, event = seen.obj, seen.event
     pi_id, charge_id = ref_id(dp.payment_intent), ref_id(dp.charge)
     if pi_id is None and charge_id is None:
         return ignored(f"dispute {dp.id} names neither a PaymentIntent nor a charge")
-    key = Key(event.created, rank_of(_RANKS, dp.status, event.type), event.id)
     closed_at = ts(event.created) if dp.status in CLOSED else None
 
     async def closed(conn: AsyncConnection[Any], written: Written) -> None:
@@ -69,7 +65,7 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
         }
         return Write(values, then=closed)
 
-    done = await write_object(ctx, DISPUTES, dp.id, key, "synced", prepare)
+    done = await write_object(ctx, DISPUTES, dp.id, seen.key, "synced", prepare)
     if done.apply is not None or closed_at is None:
         return done
 

@@ -1,4 +1,5 @@
-"""The webhook dispatch table: event type → handler, and the checks every event passes.
+"""The webhook dispatch table: one declaration per family of events (``Applied``:
+its event types, its handler, its object), and the checks every event passes.
 
 Usage (the daemon)::
 
@@ -6,7 +7,7 @@ Usage (the daemon)::
     worker = Worker(PostgresStore(WEBHOOKS, pool), make_handler(ctx), worker_id=...,
                     preload=make_preload(ctx))
 
-Every event type not in HANDLERS is recorded ``ignored`` with a note, never
+Every event type not declared in FAMILIES is recorded ``ignored`` with a note, never
 failed. Events of the other mode (``livemode`` vs ``ctx.mode``) and Connect
 events (``account`` set) unless ``ctx.allow_connect`` are ignored too.
 """
@@ -15,13 +16,24 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
 
 from ..errors import PermanentError
-from ..mappings import CUSTOMERS, PRICES, PRODUCTS, Family
+from ..mappings import (
+    CREDIT_NOTES,
+    CUSTOMERS,
+    DISPUTES,
+    INVOICES,
+    PAYMENT_METHODS,
+    PAYMENTS,
+    PRICES,
+    PRODUCTS,
+    SUBSCRIPTIONS,
+    Family,
+)
 from ..queue.jobs import Done, Handler, Job
 from . import (
     catalog,
@@ -32,29 +44,61 @@ from . import (
     invoices,
     payment_methods,
     payments,
+    references,
     subscriptions,
 )
-from .common import EventHandler, MissingReference, SameSecond, WebhookContext, ignored
+from .common import EventHandler, MissingReference, SameSecond, Ties, WebhookContext, ignored
 from .events import Envelope, ObjectHead
+from .references import Budget
 
-__all__ = ["HANDLERS", "WebhookContext", "make_handler", "make_preload", "object_of"]
+__all__ = [
+    "FAMILIES",
+    "WebhookContext",
+    "applied_event_types",
+    "make_handler",
+    "make_preload",
+    "object_of",
+]
 
-HANDLERS: dict[str, EventHandler] = {
-    "customer.created": customers.handle,
-    "customer.updated": customers.handle,
-    "customer.deleted": customers.handle,
-    "product.created": catalog.product,
-    "product.updated": catalog.product,
-    "product.deleted": catalog.product,
-    "price.created": catalog.price,
-    "price.updated": catalog.price,
-    "price.deleted": catalog.price,
-    "plan.created": catalog.price,
-    "plan.updated": catalog.price,
-    "plan.deleted": catalog.price,
-    **{
-        f"customer.subscription.{what}": subscriptions.handle
-        for what in (
+
+@dataclass(frozen=True)
+class Applied:
+    """One family of webhook events, declared once: its event types, the handler
+    that applies them, and what the daemon knows of its object."""
+
+    prefix: str  # "customer.subscription": the event types are <prefix>.<action>
+    actions: tuple[str, ...]
+    handler: EventHandler
+    # The mapping family of the event's object (None: MC maps no such object).
+    family: Family | None = None
+    # What ``refetch`` and same-second ties retrieve (client.v1.<resource>),
+    # when not the family's own; None with no family: never retrieved.
+    resource: str | None = None
+    # The handler's pre-check reads the object's mapping row by its Stripe id
+    # (common.confirm): make_preload reads those rows per claimed batch.
+    confirms: bool = False
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(f"{self.prefix}.{action}" for action in self.actions)
+
+    @property
+    def retrieves(self) -> str | None:
+        """The resource its objects are retrieved from, if they can be."""
+        return self.resource or (self.family.resource if self.family else None)
+
+
+_CATALOG = ("created", "updated", "deleted")
+
+FAMILIES: tuple[Applied, ...] = (
+    Applied("customer", _CATALOG, customers.handle, CUSTOMERS, confirms=True),
+    Applied("product", _CATALOG, catalog.product, PRODUCTS, confirms=True),
+    Applied("price", _CATALOG, catalog.price, PRICES, confirms=True),
+    # Legacy plans are prices (a plan id is a price id), retrieved as plans.
+    Applied("plan", _CATALOG, catalog.price, PRICES, resource="plans", confirms=True),
+    Applied(
+        "customer.subscription",
+        (
             "created",
             "updated",
             "deleted",
@@ -63,11 +107,13 @@ HANDLERS: dict[str, EventHandler] = {
             "trial_will_end",
             "pending_update_applied",
             "pending_update_expired",
-        )
-    },
-    **{
-        f"invoice.{what}": invoices.handle
-        for what in (
+        ),
+        subscriptions.handle,
+        SUBSCRIPTIONS,
+    ),
+    Applied(
+        "invoice",
+        (
             "created",
             "finalized",
             "updated",
@@ -80,11 +126,13 @@ HANDLERS: dict[str, EventHandler] = {
             "payment_action_required",
             "overdue",
             "will_be_due",
-        )
-    },
-    **{
-        f"payment_intent.{what}": payments.payment_intent
-        for what in (
+        ),
+        invoices.handle,
+        INVOICES,
+    ),
+    Applied(
+        "payment_intent",
+        (
             "created",
             "processing",
             "succeeded",
@@ -93,54 +141,42 @@ HANDLERS: dict[str, EventHandler] = {
             "requires_action",
             "amount_capturable_updated",
             "partially_funded",
-        )
-    },
-    "charge.succeeded": payments.charge,
-    "charge.refunded": payments.charge,
-    "refund.created": payments.refund,
-    "refund.updated": payments.refund,
-    "refund.failed": payments.refund,
-    "invoice_payment.paid": payments.invoice_payment,
-    **{
-        f"charge.dispute.{what}": disputes.handle
-        for what in ("created", "updated", "closed", "funds_withdrawn", "funds_reinstated")
-    },
-    **{
-        f"payment_method.{what}": payment_methods.payment_method
-        for what in ("attached", "updated", "automatically_updated", "detached")
-    },
-    "setup_intent.succeeded": payment_methods.setup_intent,
-    "credit_note.created": credit_notes.handle,
-    "credit_note.updated": credit_notes.handle,
-    "credit_note.voided": credit_notes.handle,
-    "checkout.session.completed": checkout.handle,
-}
+        ),
+        payments.payment_intent,
+        PAYMENTS,
+    ),
+    Applied("charge", ("succeeded", "refunded"), payments.charge, resource="charges"),
+    Applied("refund", ("created", "updated", "failed"), payments.refund, resource="refunds"),
+    Applied("invoice_payment", ("paid",), payments.invoice_payment),
+    Applied(
+        "charge.dispute",
+        ("created", "updated", "closed", "funds_withdrawn", "funds_reinstated"),
+        disputes.handle,
+        DISPUTES,
+    ),
+    Applied(
+        "payment_method",
+        ("attached", "updated", "automatically_updated", "detached"),
+        payment_methods.payment_method,
+        PAYMENT_METHODS,
+    ),
+    Applied("setup_intent", ("succeeded",), payment_methods.setup_intent),
+    Applied("credit_note", ("created", "updated", "voided"), credit_notes.handle, CREDIT_NOTES),
+    Applied("checkout.session", ("completed",), checkout.handle),
+)
 
-# What to retrieve for ``refetch``: the object family of an event type (the
-# first prefix that matches: charge.dispute before charge).
-_REFETCH: dict[str, str] = {
-    "charge.dispute": "disputes",
-    "customer.subscription": "subscriptions",
-    "customer": "customers",
-    "product": "products",
-    "price": "prices",
-    "plan": "plans",
-    "invoice": "invoices",
-    "payment_intent": "payment_intents",
-    "charge": "charges",
-    "refund": "refunds",
-    "payment_method": "payment_methods",
-    "credit_note": "credit_notes",
+# Event type → its family's declaration.
+_BY_TYPE: dict[str, Applied] = {t: applied for applied in FAMILIES for t in applied.types}
+# Objects born in Stripe, by mapping family: the declaration that applies one
+# fetched because an event named it and MC lacked it (references.py).
+_FETCHED: dict[Family, Applied] = {
+    applied.family: applied for applied in FAMILIES if applied.family and not applied.confirms
 }
 
 
-# The handlers whose pre-check reads one mapping row by the event's object id
-# (common.confirm), and the family of that row: make_preload reads them per batch.
-_CONFIRMS: dict[EventHandler, Family] = {
-    customers.handle: CUSTOMERS,
-    catalog.product: PRODUCTS,
-    catalog.price: PRICES,
-}
+def applied_event_types() -> frozenset[str]:
+    """The event types stripe-sync applies (all others are recorded ``ignored``)."""
+    return frozenset(_BY_TYPE)
 
 
 def make_preload(ctx: WebhookContext) -> Callable[[Sequence[Job]], Awaitable[None]]:
@@ -150,10 +186,10 @@ def make_preload(ctx: WebhookContext) -> Callable[[Sequence[Job]], Awaitable[Non
     async def preload(jobs: Sequence[Job]) -> None:
         wanted: dict[Family, dict[int, tuple[str, str]]] = {}
         for job in jobs:
-            handler = HANDLERS.get(job.type)
-            family = _CONFIRMS.get(handler) if handler is not None else None
-            if family is None:
+            applied = _BY_TYPE.get(job.type)
+            if applied is None or not applied.confirms or applied.family is None:
                 continue
+            family = applied.family
             try:
                 envelope = msgspec.json.decode(job.payload, type=Envelope)
                 if envelope.id is None or envelope.data is None:
@@ -189,11 +225,9 @@ def object_of(job: Job) -> str | None:
 
 
 def make_handler(ctx: WebhookContext) -> Handler:
-    if ctx.refetch and ctx.api is not None:
-        ctx = replace(ctx, current=True)
-    # The context of a second run after a same-second tie (common.SameSecond).
-    with_current = replace(ctx, current=True)
-    by_id = replace(ctx, fetch_ties=False)
+    # The contexts of a second run after a same-second tie (common.SameSecond).
+    with_current = replace(ctx, ties=Ties.CURRENT)
+    by_id = replace(ctx, ties=Ties.BY_ID)
 
     async def handle(job: Job) -> Done:
         try:
@@ -209,16 +243,13 @@ def make_handler(ctx: WebhookContext) -> Handler:
             return ignored(
                 f"Connect event for account {envelope.account}; Connect events are not synced"
             )
-        handler = HANDLERS.get(job.type)
-        if handler is None:
+        applied = _BY_TYPE.get(job.type)
+        if applied is None:
             return ignored(f"event type {job.type} is not synced by stripe-sync")
-        if ctx.current:
-            job = await _refetched(ctx, job, envelope)
+        if ctx.refetch and ctx.api is not None:
+            job = await _refetched(ctx, applied, job, envelope)
         try:
-            try:
-                return await handler(ctx, job)
-            except SameSecond:
-                return await _tie(with_current, by_id, handler, job, envelope)
+            return await run(applied, job, envelope, Budget())
         except MissingReference as exc:
             # Its outbox row (or the event that creates it) may still be in
             # flight; after reference_attempts it is not coming.
@@ -226,6 +257,42 @@ def make_handler(ctx: WebhookContext) -> Handler:
                 plural = "s" if job.attempts != 1 else ""
                 raise PermanentError(f"{exc} (waited {job.attempts} attempt{plural})") from None
             raise
+
+    async def run(applied: Applied, job: Job, envelope: Envelope, budget: Budget) -> Done:
+        """The event through its handler: a same-second tie asks Stripe; a
+        reference MC lacks is supplied (references.py), then the event runs again."""
+
+        async def apply_fetched(
+            family: Family, obj: dict[str, Any], created: int, event_id: str
+        ) -> Done:
+            # The object as an event carrying it would bring it, through its
+            # family's handler (and this same loop, for what it names in turn).
+            of = _FETCHED[family]
+            kind = f"{of.prefix}.updated"
+            event = {
+                "id": event_id,
+                "object": "event",
+                "type": kind,
+                "created": created,
+                "livemode": bool(obj.get("livemode", envelope.livemode)),
+                "data": {"object": obj},
+            }
+            payload = msgspec.json.encode(event)
+            fetched = Job(job.id, kind, job.attempts, payload.decode())
+            return await run(of, fetched, msgspec.json.decode(payload, type=Envelope), budget)
+
+        while True:
+            try:
+                try:
+                    return await applied.handler(ctx, job)
+                except SameSecond:
+                    return await _tie(with_current, by_id, applied, job, envelope)
+            except MissingReference as missing:
+                outcome = await references.supply(
+                    ctx, missing, budget, apply_fetched, envelope.id or ""
+                )
+                if outcome is not None:
+                    return outcome
 
     async def forgetting(job: Job) -> Done:
         try:
@@ -239,7 +306,7 @@ def make_handler(ctx: WebhookContext) -> Handler:
 async def _tie(
     with_current: WebhookContext,
     by_id: WebhookContext,
-    handler: EventHandler,
+    applied: Applied,
     job: Job,
     envelope: Envelope,
 ) -> Done:
@@ -250,15 +317,15 @@ async def _tie(
     retries the event.
     """
     try:
-        fetched = await _refetched(with_current, job, envelope)
+        fetched = await _refetched(with_current, applied, job, envelope)
     except PermanentError:
         fetched = job
     if fetched is job:
-        return await handler(by_id, job)
-    return await handler(with_current, fetched)
+        return await applied.handler(by_id, job)
+    return await applied.handler(with_current, fetched)
 
 
-async def _refetched(ctx: WebhookContext, job: Job, envelope: Envelope) -> Job:
+async def _refetched(ctx: WebhookContext, applied: Applied, job: Job, envelope: Envelope) -> Job:
     """The job with data.object replaced by the object as Stripe has it now.
 
     The event's own key still orders it; a newer state than the event shows
@@ -268,11 +335,11 @@ async def _refetched(ctx: WebhookContext, job: Job, envelope: Envelope) -> Job:
     assert ctx.api is not None
     if job.type.endswith(".deleted") or envelope.data is None or not len(envelope.data.object):
         return job
-    family = next((f for prefix, f in _REFETCH.items() if job.type.startswith(prefix + ".")), None)
+    resource = applied.retrieves
     object_id = msgspec.json.decode(envelope.data.object, type=ObjectHead).id
-    if family is None or not object_id:
+    if resource is None or not object_id:
         return job
-    service: Any = getattr(ctx.api.client.v1, family)
+    service: Any = getattr(ctx.api.client.v1, resource)
     fetched = await ctx.api.call(f"retrieve {object_id}", service.retrieve_async(object_id))
     event: dict[str, Any] = msgspec.json.decode(job.payload)
     event["data"]["object"] = fetched.to_dict(recursive=True, for_json=True)

@@ -13,11 +13,10 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from ..db import queries
-from ..errors import PermanentError
 from ..mappings import CUSTOMERS, INVOICES, SUBSCRIPTIONS
 from ..queue.jobs import Done, Job
-from .common import Key, WebhookContext, Write, Written, rank_of, resolve_one, ts, write_object
-from .events import Invoice, decode_event, ref_id
+from .common import WebhookContext, Write, Written, opened, required, resolve_one, ts, write_object
+from .events import Invoice, ref_id
 
 _RANKS = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3, "deleted": 4}
 
@@ -32,16 +31,13 @@ def status_of(invoice: Invoice, event_type: str) -> str:
 
 
 async def handle(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, Invoice)
-    invoice = event.data.object
+    seen = opened(job, Invoice, _RANKS, status_of, require_id=False)
+    invoice, event = seen.obj, seen.event
     if not invoice.id:
         # invoice.upcoming has no id: a preview, not an invoice.
         return Done(status="ignored", note=f"{event.type}: the invoice has no id (a preview)")
-    customer = ref_id(invoice.customer)
-    if customer is None:
-        raise PermanentError(f"invoice {invoice.id} names no customer")
+    customer = required(invoice.customer, f"invoice {invoice.id} names no customer")
     status = status_of(invoice, event.type)
-    key = Key(event.created, rank_of(_RANKS, status, event.type), event.id)
 
     paid_at = invoice.status_transitions.paid_at if invoice.status_transitions else None
     payment_intent, charge = ref_id(invoice.payment_intent), invoice.charge_id
@@ -78,4 +74,4 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
         )
 
     sync_status = "deleted" if status == "deleted" else "synced"
-    return await write_object(ctx, INVOICES, invoice.id, key, sync_status, prepare)
+    return await write_object(ctx, INVOICES, invoice.id, seen.key, sync_status, prepare)

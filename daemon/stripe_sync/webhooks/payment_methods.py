@@ -31,6 +31,7 @@ from ..db import queries
 from ..errors import PermanentError
 from ..mappings import CUSTOMERS, PAYMENT_METHODS
 from ..queue.jobs import Done, Job
+from ..stripe_api import object_path
 from .common import Key, WebhookContext, Write, Written, ignored, resolve_one, write_object
 from .events import PaymentMethod, SetupIntent, decode_event, ref_id
 
@@ -52,7 +53,10 @@ async def setup_intent(ctx: WebhookContext, job: Job) -> Done:
     event = decode_event(job.payload, SetupIntent)
     pm = event.data.object.payment_method
     if isinstance(pm, str) and ctx.api is not None:
-        pm = await _retrieve(ctx, pm)
+        fetched = await _retrieve(ctx, pm)
+        if fetched is None:
+            return ignored(f"payment method {pm} does not exist in Stripe (404)")
+        pm = fetched
     if not isinstance(pm, PaymentMethod):
         return ignored(
             f"setup_intent {event.data.object.id} names payment method {pm} without its "
@@ -61,14 +65,17 @@ async def setup_intent(ctx: WebhookContext, job: Job) -> Done:
     return await _write(ctx, pm, event.created, event.type, event.id)
 
 
-async def _retrieve(ctx: WebhookContext, payment_method_id: str) -> PaymentMethod:
+async def _retrieve(ctx: WebhookContext, payment_method_id: str) -> PaymentMethod | None:
+    """The payment method as Stripe has it now; None when Stripe has none (404)."""
     assert ctx.api is not None
-    fetched = await ctx.api.call(
+    fetched = await ctx.api.get(
         f"retrieve payment_method {payment_method_id}",
-        ctx.api.client.v1.payment_methods.retrieve_async(payment_method_id),
+        object_path(PAYMENT_METHODS.resource, payment_method_id),
     )
+    if fetched is None:
+        return None
     try:
-        return msgspec.convert(fetched.to_dict(recursive=True, for_json=True), PaymentMethod)
+        return msgspec.convert(fetched, PaymentMethod)
     except msgspec.ValidationError as exc:
         raise PermanentError(
             f"payment method {payment_method_id} as Stripe returned it: {exc}"

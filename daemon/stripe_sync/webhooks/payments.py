@@ -27,7 +27,6 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
 from ..db import queries
-from ..errors import PermanentError
 from ..mappings import CUSTOMERS, INVOICES, PAYMENTS
 from ..queue.jobs import Done, Job
 from .common import (
@@ -40,6 +39,7 @@ from .common import (
     Written,
     find,
     ignored,
+    opened,
     rank_of,
     resolve_one,
     stale_note,
@@ -60,11 +60,8 @@ _REFUND_RANKS = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2
 
 
 async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, PaymentIntent)
-    pi = event.data.object
-    if not pi.id:
-        raise PermanentError(f"{event.type}: data.object has no id")
-    key = Key(event.created, rank_of(_PI_RANKS, pi.status, event.type), event.id)
+    seen = opened(job, PaymentIntent, _PI_RANKS, lambda pi, _: pi.status)
+    pi = seen.obj
 
     charge_id = pi.charge_id
     charge_amount_refunded = pi.charge_amount_refunded
@@ -88,7 +85,7 @@ async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
         }
         return Write(values, then=charge_and_refunds)
 
-    return await write_object(ctx, PAYMENTS, pi.id, key, "synced", prepare)
+    return await write_object(ctx, PAYMENTS, pi.id, seen.key, "synced", prepare)
 
 
 async def _payment(
@@ -97,7 +94,7 @@ async def _payment(
     """The mapping of a PaymentIntent a charge or refund names; it must exist."""
     row = await find(conn, PAYMENTS, pi_id, lock=lock)
     if row is None:
-        raise MissingReference(pi_id, ctx.reference_backoff)
+        raise MissingReference(pi_id, ctx.reference_backoff, PAYMENTS)
     return row
 
 
@@ -115,7 +112,7 @@ async def _payment_for(
     cur = await conn.execute(queries("webhooks")["payment_by_charge"], {"charge_id": charge_id})
     row = await cur.fetchone()
     if row is None:
-        raise MissingReference(charge_id, ctx.reference_backoff)
+        raise MissingReference(charge_id, ctx.reference_backoff, PAYMENTS)
     found: str = row[0]
     return found
 
@@ -179,8 +176,10 @@ async def invoice_payment(ctx: WebhookContext, job: Job) -> Done:
             "that is not a PaymentIntent; MC tracks payments by PaymentIntent"
         )
     async with ctx.pool.connection() as conn:
-        await _payment(ctx, conn, pi_id)
+        # The invoice first: one that cannot be applied (a subscription on a
+        # price MC does not know) sets this aside before its payment is fetched.
         invoice_id = await resolve_one(ctx, conn, INVOICES, invoice)
+        await _payment(ctx, conn, pi_id)
     assert invoice_id is not None
 
     async def apply(conn: AsyncConnection[Any]) -> None:
@@ -198,14 +197,11 @@ async def _link(conn: AsyncConnection[Any], payment_id: int, invoice_id: int) ->
 
 
 async def refund(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, Refund)
-    re = event.data.object
+    seen = opened(job, Refund, _REFUND_RANKS, lambda re, _: re.status)
+    re, event, key = seen.obj, seen.event, seen.key
     pi_id, charge_id = ref_id(re.payment_intent), ref_id(re.charge)
-    if not re.id:
-        raise PermanentError(f"{event.type}: data.object has no id")
     if pi_id is None and charge_id is None:
         return ignored(f"refund {re.id} names neither a PaymentIntent nor a charge")
-    key = Key(event.created, rank_of(_REFUND_RANKS, re.status, event.type), event.id)
     async with ctx.pool.connection() as conn:
         pi_id = await _payment_for(ctx, conn, pi_id, charge_id)
         cur = conn.cursor(row_factory=class_row(Key))

@@ -21,17 +21,17 @@ from ..errors import PermanentError
 from ..mappings import CUSTOMERS, PRICES, SUBSCRIPTIONS
 from ..queue.jobs import Done, Job
 from .common import (
-    Key,
     WebhookContext,
     Write,
     Written,
-    rank_of,
+    opened,
+    required,
     resolve,
     resolve_one,
     ts,
     write_object,
 )
-from .events import Subscription, decode_event, ref_id
+from .events import Subscription, ref_id
 
 # Lifecycle order, for events of the same second.
 _RANKS = {
@@ -85,14 +85,9 @@ def period(sub: Subscription, items: list[Item]) -> tuple[int | None, int | None
 
 
 async def handle(ctx: WebhookContext, job: Job) -> Done:
-    event = decode_event(job.payload, Subscription)
-    sub = event.data.object
-    if not sub.id:
-        raise PermanentError(f"{event.type}: data.object has no id")
-    customer = ref_id(sub.customer)
-    if customer is None:
-        raise PermanentError(f"subscription {sub.id} names no customer")
-    key = Key(event.created, rank_of(_RANKS, sub.status, event.type), event.id)
+    seen = opened(job, Subscription, _RANKS, lambda sub, _: sub.status)
+    sub, event = seen.obj, seen.event
+    customer = required(sub.customer, f"subscription {sub.id} names no customer")
     items = items_of(sub)
     start, end = period(sub, items)
 
@@ -115,7 +110,7 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
         return Write(values, then=then)
 
     status = "deleted" if event.type.endswith(".deleted") else "synced"
-    return await write_object(ctx, SUBSCRIPTIONS, sub.id, key, status, prepare)
+    return await write_object(ctx, SUBSCRIPTIONS, sub.id, seen.key, status, prepare)
 
 
 async def _write_items(

@@ -1,0 +1,160 @@
+"""A reference MC lacks: fetched from Stripe and applied, not waited for.
+
+An event may name an object MC has no mapping for: an invoice whose
+subscription's ``created`` event never reached us, a payment whose
+PaymentIntent MC never saw, an object of a customer MC does not know. What
+happens (``supply``, called by execute.make_handler when a handler raises
+``MissingReference``):
+
+- **Objects born in Stripe** (subscriptions, invoices, payments, disputes,
+  credit notes, payment methods; a payment named by its charge): retrieved
+  and applied exactly as an event carrying the object would be, by the same
+  handler (references it names in turn are fetched too, at most
+  ``MAX_FETCHES`` per attempt of the event), in a transaction of its own;
+  then the event is applied. The object's key is (the second it was fetched,
+  its status's rank, ``fetched for evt_…``): a newer applied state is never
+  overwritten by it, and an event older than the fetch that arrives later is
+  stale. The request is paced with every other call (StripeApi's pacer).
+- **Objects MC creates itself** (customers, prices, products: the outbox):
+  retrieved to see whose they are. One whose metadata names an MC row and
+  this database's ``mc_source`` is ours with its create still in flight: the
+  event waits for the mapping (the short wait, ``reference_attempts``). A
+  customer that is not ours: the event is ``ignored`` at once with the note
+  ``customer cus_… is not linked to an MC account`` (ops/status counts these).
+  A price or product that is not ours: the event cannot be applied whole (a
+  subscription item would have no MC price), so it fails at once naming it;
+  a person links it and retries the event.
+- **Stripe answers 404**: the event is ``ignored`` with the reason.
+
+Without an API client (tests, tools) every missing reference waits as before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import PermanentError
+from ..mappings import CUSTOMERS, PAYMENTS, PRICES, PRODUCTS, Family
+from ..queue.jobs import Done
+from ..stripe_api import object_path
+from .common import MissingReference, WebhookContext, ignored
+from .events import metadata_id
+
+# Fetches per attempt of one event: an invoice_payment.paid whose payment,
+# invoice and the invoice's subscription MC all lack is three (a payment
+# named by its charge one more). A chain longer than this waits and goes on
+# at the next attempt.
+MAX_FETCHES = 4
+
+# Families the outbox creates: never fetched and applied, only checked for ownership.
+_OWNED = (CUSTOMERS, PRICES, PRODUCTS)
+
+# Applies a fetched object of a family as an event carrying it would
+# (execute.make_handler): the outcome of that synthetic event.
+ApplyFetched = Callable[[Family, dict[str, Any], int, str], Awaitable[Done]]
+
+
+class Budget:
+    """The fetches one attempt of an event may still make (nested fetches share it)."""
+
+    def __init__(self, left: int = MAX_FETCHES) -> None:
+        self.left = left
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+def not_linked(customer: str) -> str:
+    """The note of an event ignored for its customer (ops/status.py matches it)."""
+    return f"customer {customer} is not linked to an MC account"
+
+
+async def supply(
+    ctx: WebhookContext,
+    missing: MissingReference,
+    budget: Budget,
+    apply: ApplyFetched,
+    event_id: str,
+) -> Done | None:
+    """Make good a reference the event's handler found missing.
+
+    None: the object is applied now; run the event again. A Done: the
+    event's outcome (ignored, with the reason). Raises ``missing`` again when
+    the event must wait for it, PermanentError when it can never be applied.
+    """
+    if ctx.api is None:
+        raise missing
+    family, stripe_id = missing.family, missing.stripe_id
+    if family is CUSTOMERS and stripe_id in ctx.unlinked:
+        return ignored(not_linked(stripe_id))
+    if family in _OWNED:
+        return await _owned(ctx, missing)
+    if not budget.take():
+        raise missing
+    if family is PAYMENTS and not stripe_id.startswith("pi_"):
+        # Named by its charge (a refund, a dispute): the charge names its PaymentIntent.
+        charge = await _retrieve(ctx, "charges", "charge", stripe_id)
+        if charge is None:
+            return ignored(f"charge {stripe_id} does not exist in Stripe (404)")
+        pi = charge.get("payment_intent")
+        pi_id = pi.get("id") if isinstance(pi, dict) else pi
+        if not isinstance(pi_id, str) or not pi_id:
+            return ignored(
+                f"charge {stripe_id} has no PaymentIntent; MC tracks payments by PaymentIntent"
+            )
+        if not budget.take():
+            raise missing
+        stripe_id = pi_id
+    fetched_at = int(time.time())
+    found = await _retrieve(ctx, family.resource, family.noun, stripe_id)
+    if found is None:
+        return ignored(f"{family.noun} {stripe_id} does not exist in Stripe (404)")
+    done = await apply(family, found, fetched_at, f"fetched for {event_id}")
+    if done.status == "ignored":
+        return done  # its reason is the event's: its customer is not MC's, say
+    if done.apply is not None:
+        async with ctx.pool.connection() as conn, conn.transaction():
+            await done.apply(conn)
+    # Applied now, or found applied meanwhile (a stale note): the event runs again.
+    return None
+
+
+async def _owned(ctx: WebhookContext, missing: MissingReference) -> Done | None:
+    """A customer, price or product MC lacks: ours in flight (wait), or not ours."""
+    family, stripe_id = missing.family, missing.stripe_id
+    found = await _retrieve(ctx, family.resource, family.noun, stripe_id)
+    if found is None:
+        return ignored(f"{family.noun} {stripe_id} does not exist in Stripe (404)")
+    if _ours(ctx, family, found):
+        raise missing  # MC's own create, not recorded yet: the short wait
+    if family is CUSTOMERS:
+        ctx.unlinked.add(stripe_id)
+        return ignored(not_linked(stripe_id))
+    raise PermanentError(
+        f"{family.noun} {stripe_id} is not linked to any row of {family.mc_table} (it was "
+        f"made outside MC), so the event cannot be applied whole; link it, then retry the event"
+    )
+
+
+def _ours(ctx: WebhookContext, family: Family, found: dict[str, Any]) -> bool:
+    """Made by this database's outbox: its metadata names an MC row and our mc_source."""
+    metadata = found.get("metadata")
+    if found.get("deleted") or not isinstance(metadata, dict):
+        return False
+    assert family.metadata_key is not None
+    if metadata_id(metadata, family.metadata_key) is None:
+        return False
+    return ctx.source is None or metadata.get("mc_source") == ctx.source
+
+
+async def _retrieve(
+    ctx: WebhookContext, resource: str, noun: str, stripe_id: str
+) -> dict[str, Any] | None:
+    assert ctx.api is not None
+    # "retrieve <noun>" first: the call's metrics label (StripeApi.call) has no id.
+    return await ctx.api.get(f"retrieve {noun} {stripe_id}", object_path(resource, stripe_id))
