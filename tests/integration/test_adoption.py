@@ -9,6 +9,7 @@ has its MC row, equal field by field, and nothing else is in MC."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -16,11 +17,17 @@ import pytest
 
 from stripe_emulator.history import History, email_of, seed_history
 from stripe_emulator.server import EmulatorServer
-from stripe_sync.config import load_settings
+from stripe_sync.config import Secret, load_settings
+from stripe_sync.db import make_pool
 from stripe_sync.ops import backfill, link
-from stripe_sync.ops.backfill import BackfillResult
+from stripe_sync.ops.backfill import Backfill, BackfillResult
+from stripe_sync.queue.jobs import Job
+from stripe_sync.stripe_api import StripeApi
+from stripe_sync.webhooks.common import WebhookContext
+from stripe_sync.webhooks.execute import make_handler
 
-from daemons import cli_env
+from daemons import API_KEY, cli_env, run_cli
+from pipeline import all_settled, eventually, outbox_pipeline
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -317,3 +324,260 @@ async def test_backfill_imports_the_history_object_by_object(
         == before
     )
     assert_equal_state(conn, emulator)
+
+
+async def apply_event(dsn: str, event: JSON) -> str | None:
+    """One webhook event through the daemon's handler table, committed; its note."""
+    async with make_pool(dsn, size=2) as pool:
+        handler = make_handler(WebhookContext(pool))
+        done = await handler(Job(1, event["type"], 1, json.dumps(event)))
+        if done.apply is not None:
+            async with pool.connection() as conn, conn.transaction():
+                await done.apply(conn)
+        return done.note
+
+
+def mc_subscription(conn: Conn, sub_id: str) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT s.cancel_at_period_end, m.last_event_id FROM stripe.subscription_mappings m "
+        "JOIN billing.subscriptions s ON s.id = m.subscription_id "
+        "WHERE m.stripe_subscription_id = %s",
+        (sub_id,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+async def test_backfill_and_a_webhook_racing_end_in_the_newer_state(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    """A webhook applied after the backfill listed an object but before it applied
+    it is newer than the listed state, which is then kept out (stale); an event
+    older than the listing that arrives after the backfill is stale in turn."""
+    await adopted(dsn, conn, emulator, customers=6, months=2)
+    emu = emulator.emulator
+    subs = [s for s in emu.objects("subscriptions") if s["status"] == "active"]
+    raced, late = subs[0]["id"], subs[1]["id"]
+    client = stripe_client(emulator)
+
+    # An event older than any listing, delivered late (after the backfill).
+    emu.advance_clock(-30)
+    client.v1.subscriptions.update(late, params={"cancel_at_period_end": True})
+    emu.advance_clock(30)
+    old_event = emu.events_of_type("customer.subscription.updated")[-1]
+    client.v1.subscriptions.update(late, params={"cancel_at_period_end": False})
+
+    async def webhook_meanwhile(family: str, objects: list[JSON]) -> None:
+        if family != "subscriptions":
+            return
+        assert any(o["id"] == raced for o in objects)
+        emu.advance_clock(5)  # Stripe's next second and after: newer than the listing
+        client.v1.subscriptions.update(raced, params={"cancel_at_period_end": True})
+        event = emu.events_of_type("customer.subscription.updated")[-1]
+        assert event["data"]["object"]["id"] == raced
+        assert await apply_event(dsn, event) is None
+
+    result = await backfill_with(dsn, emulator, before_apply=webhook_meanwhile)
+    assert result.families["subscriptions"].stale == 1
+    # The webhook's newer state stands; the listed (older) one was not applied over it.
+    assert mc_subscription(conn, raced)[0] is True
+    assert mc_subscription(conn, late)[0] is False
+
+    note = await apply_event(dsn, old_event)
+    assert note is not None and note.startswith("stale"), note
+    assert mc_subscription(conn, late)[0] is False
+    assert_equal_state(conn, emulator)
+
+
+async def backfill_with(dsn: str, emulator: EmulatorServer, **kwargs: Any) -> BackfillResult:
+    api = StripeApi(Secret(API_KEY), api_base=emulator.base_url, rate_limit=0)
+    async with api, make_pool(dsn, size=2) as pool:
+        return await Backfill(api, pool, **kwargs).run()
+
+
+class Crash(Exception):
+    pass
+
+
+async def test_backfill_resumes_where_it_stopped(
+    dsn: str, conn: Conn, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped in the middle of a family (an exception after N objects, as a crash
+    or Ctrl-C would), a rerun continues after the last committed page and the
+    tables end as one uninterrupted run leaves them."""
+    monkeypatch.setattr(backfill, "PAGE_SIZE", 10)
+    await adopted(dsn, conn, emulator, customers=8, months=4)
+    seen: list[int] = []
+
+    async def crash_after_three_pages(family: str, objects: list[JSON]) -> None:
+        if family == "invoices":
+            seen.append(len(objects))
+            if len(seen) == 3:
+                raise Crash
+
+    with pytest.raises(Crash):
+        await backfill_with(dsn, emulator, before_apply=crash_after_three_pages)
+    checkpoints = dict(
+        conn.execute(
+            "SELECT family, objects FROM integration.backfill_checkpoints WHERE NOT done"
+        ).fetchall()
+    )
+    assert set(checkpoints) == {"invoices"} and checkpoints["invoices"] > 0, checkpoints
+    imported = conn.execute("SELECT count(*) FROM stripe.invoice_mappings").fetchone()
+    assert imported == (checkpoints["invoices"],)
+
+    rerun = await backfill_with(dsn, emulator)
+    assert rerun.resumed
+    # Only what the stopped run had not done: no family before invoices again.
+    assert rerun.families["payment_intents"].imported == 0
+    linked = linked_customers(conn)
+    invoices = [i for i in emulator.emulator.objects("invoices") if i["customer"] in linked]
+    assert rerun.families["invoices"].imported == len(invoices) - checkpoints["invoices"]
+    assert_equal_state(conn, emulator)
+    # Finished: the next run starts over, and finds nothing to change.
+    again = await backfill_with(dsn, emulator)
+    assert not again.resumed and again.changed == 0 and again.objects > 0
+
+
+async def test_backfill_one_customer_and_dry_run(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    history = await adopted(dsn, conn, emulator, customers=5, months=3)
+    one = history.customers[1]
+    dry = await run_backfill(dsn, emulator, customer=one, dry_run=True)
+    assert dry.changed > 0 and "would change" in dry.summary()
+    assert mc_state(conn) == {}
+    assert conn.execute("SELECT count(*) FROM integration.backfill_checkpoints").fetchone() == (0,)
+
+    done = await run_backfill(dsn, emulator, customer=one)
+    assert done.changed == dry.changed
+    want = stripe_state(emulator, {one})
+    assert mc_state(conn) == want and want
+
+
+def stripe_client(emulator: EmulatorServer) -> Any:
+    import stripe
+
+    return stripe.StripeClient(
+        API_KEY,
+        base_addresses={"api": emulator.base_url},
+        http_client=stripe.HTTPXClient(allow_sync_methods=True),
+        max_network_retries=0,
+    )
+
+
+# -- link ---------------------------------------------------------------------------------
+def outbox(conn: Conn) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT action_type, payload FROM integration.outbox ORDER BY id"
+    ).fetchall()
+
+
+async def test_link_pairs_conflicts_and_one_metadata_push(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    emu = emulator.emulator
+    history = seed_history(emu, customers=4, months=1)
+    other = seed_history_extra(emulator, "other/db000001")
+    account(conn, history)
+    env = cli_env(dsn, emulator.base_url)
+    cus = history.customers
+
+    first = run_cli("link", "1", cus[0], "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["linked"] == [f"billing.accounts id=1 ↔ {cus[0]}"]
+    again = run_cli("link", "1", cus[0], env=env)
+    assert again.returncode == 0 and "1 already linked" in again.stdout, again.stdout
+    assert outbox(conn) == [("update_stripe_customer", {"account_id": 1})]
+
+    refusals = {
+        ("2", cus[0]): f"{cus[0]} is already linked to billing.accounts id=1",
+        ("1", cus[1]): f"billing.accounts id=1 is already linked to {cus[0]}",
+        ("2", "cus_nosuch"): "no live Stripe customer cus_nosuch",
+        ("999", cus[2]): "no billing.accounts id=999",
+        ("2", other): f"{other} belongs to another database (mc_source=other/db000001)",
+    }
+    for (mc_id, stripe_id), reason in refusals.items():
+        refused = run_cli("link", mc_id, stripe_id, env=env)
+        assert refused.returncode == 1, refused
+        assert refused.stderr.strip().splitlines() == [
+            f"stripe-sync link: refused: billing.accounts id={mc_id} ↔ {stripe_id}: {reason}"
+        ]
+    bad = run_cli("link", "1", env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert len(outbox(conn)) == 1
+
+    # A price whose Stripe product is not the one its MC product is linked to.
+    ok = run_cli("link", "--product", "1", history.products[0], env=env)
+    assert ok.returncode == 0, ok.stderr
+    wrong = run_cli("link", "--price", "1", history.prices[1], env=env)
+    assert wrong.returncode == 1
+    assert f"is a price of {history.products[1]}" in wrong.stderr
+
+    # The outbox pushes MC's metadata to the customer once.
+    async with outbox_pipeline(dsn, emulator.base_url):
+        await eventually(lambda: all_settled(dsn))
+    pushed = emu.store.require("customers", cus[0])
+    assert pushed["metadata"] == {"mc_account_id": "1", "mc_source": source_of(conn)}
+    assert emu.request_counts["POST /v1/customers/{id}"] == 1
+
+
+def seed_history_extra(emulator: EmulatorServer, mc_source: str) -> str:
+    """A customer another database (sharing the Stripe account) made."""
+    client = stripe_client(emulator)
+    made = client.v1.customers.create(
+        params={
+            "email": "x@example.com",
+            "metadata": {"mc_account_id": "2", "mc_source": mc_source},
+        }
+    )
+    return str(made.id)
+
+
+async def test_link_by_email_unique_ambiguous_unmatched(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    history = seed_history(emulator.emulator, customers=5, months=1)
+    account(conn, history)  # accounts 1..3 for customers 0..2; 90000 matches nothing
+    # Account 3's email belongs to two Stripe customers; accounts 2 and 50 share one.
+    stripe_client(emulator).v1.customers.create(params={"email": email_of(2).upper()})
+    conn.execute("INSERT INTO billing.accounts (id, email) VALUES (50, %s)", (email_of(1),))
+    env = cli_env(dsn, emulator.base_url)
+
+    dry = run_cli("link", "--by-email", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    report = json.loads(dry.stdout)
+    assert report["linked"] == [f"billing.accounts id=1 ↔ {history.customers[0]}"]
+    assert len(report["ambiguous"]) == 3 and report["unmatched"] == [
+        "billing.accounts id=90000 (nobody@example.com)"
+    ]
+    assert any(history.customers[2] in line for line in report["ambiguous"])
+    assert conn.execute("SELECT count(*) FROM stripe.customer_mappings").fetchone() == (0,)
+    assert outbox(conn) == []
+
+    done = run_cli("link", "--by-email", env=env)
+    assert done.returncode == 0 and "linked billing.accounts id=1" in done.stdout
+    assert linked_customers(conn) == {history.customers[0]}
+
+
+async def test_seed_links_twins_instead_of_creating_them(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    history = seed_history(emulator.emulator, customers=6, months=1, mc_source=source_of(conn))
+    account(conn, history)
+    # Account 1 changed its email since; its customer carries our metadata.
+    conn.execute("UPDATE billing.accounts SET email = 'renamed@example.com' WHERE id = 1")
+    env = cli_env(dsn, emulator.base_url)
+    seeded = run_cli("seed", "--json", env=env)
+    assert seeded.returncode == 0, seeded.stderr
+    report = json.loads(seeded.stdout)
+    assert report["looked"] and len(report["linked"]) == 4
+    # The account Stripe does not know, the three products and their prices.
+    assert report["enqueued"] == 7
+    assert linked_customers(conn) == set(history.customers[:4])
+    async with outbox_pipeline(dsn, emulator.base_url):
+        await eventually(lambda: all_settled(dsn))
+    customers = emulator.emulator.objects("customers")
+    assert len(customers) == 6 + 1  # only nobody@example.com was created
+    again = run_cli("seed", env=env)
+    assert again.returncode == 0 and "enqueued 0 " in again.stdout, again.stdout

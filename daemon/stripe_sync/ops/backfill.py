@@ -31,6 +31,7 @@ page.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -258,6 +259,7 @@ class Backfill:
     # webhook, a crash after N objects).
     before_apply: Callable[[str, list[JSON]], Awaitable[None]] | None = None
     linked: set[str] = field(default_factory=set)
+    _held: AsyncConnection[Any] | None = None  # the dry run's one connection
 
     @property
     def scope(self) -> str:
@@ -285,6 +287,39 @@ class Backfill:
                 if not self.dry_run:
                     await conn.execute(queries("backfill")["restart"], {"scope": self.scope})
             result.resumed = bool(saved)
+        if not self.dry_run:
+            await self._families(result, saved)
+        else:
+            # One transaction for the whole run, rolled back at the end: each
+            # family sees what the families before it would have written.
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.transaction():
+                        self._held = conn
+                        await self._families(result, saved)
+                        raise _Rollback
+                except _Rollback:
+                    pass
+                finally:
+                    self._held = None
+        result.seconds = time.monotonic() - started
+        result.cpu_seconds = time.process_time() - cpu
+        result.requests = self.api.calls - calls
+        return result
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A page's transaction (a savepoint of the dry run's one transaction)."""
+        if self._held is not None:
+            async with self._held.transaction():
+                yield self._held
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    async def _families(
+        self, result: BackfillResult, saved: dict[str, tuple[str | None, bool]]
+    ) -> None:
         for source in SOURCES:
             cursor, done = saved.get(source.name, (None, False))
             family = result.families.setdefault(source.name, FamilyResult())
@@ -297,10 +332,6 @@ class Backfill:
                 await self._listed(source, family, cursor)
             family.seconds = time.monotonic() - t0
             family.requests = self.api.calls - c0
-        result.seconds = time.monotonic() - started
-        result.cpu_seconds = time.process_time() - cpu
-        result.requests = self.api.calls - calls
-        return result
 
     # -- listing -----------------------------------------------------------------------
     async def _list(self, source: Source, params: JSON) -> tuple[list[JSON], bool, int]:
@@ -384,7 +415,7 @@ class Backfill:
         if source.by_customer:
             return [o for o in objects if _ref(o.get("customer")) in self.linked]
         wanted = [pi for o in objects if (pi := _ref(o.get("payment_intent")))]
-        async with self.pool.connection() as conn:
+        async with self._transaction() as conn:
             cur = await conn.execute(queries("backfill")["mapped_payment_intents"], {"ids": wanted})
             mapped = {r[0] for r in await cur.fetchall()}
         return [o for o in objects if _ref(o.get("payment_intent")) in mapped]
@@ -422,7 +453,7 @@ class Backfill:
         self, source: Source, objects: list[JSON], asked: int, cursor: str | None, *, done: bool
     ) -> _Counts:
         counts = _Counts()
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             try:
                 async with conn.transaction():
                     ids = _ids(source, objects)
@@ -439,7 +470,7 @@ class Backfill:
                     counts.unchanged = (
                         len(objects) - changed - counts.stale - counts.skipped.total()
                     )
-                    if self.dry_run or not changed:
+                    if not changed:  # (a dry run's one transaction is rolled back at its end)
                         raise _Rollback
             except _Rollback:
                 pass
@@ -512,10 +543,13 @@ def _ref(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_ID = re.compile(r"\b([a-z]+)_[A-Za-z0-9]{6,}\b")
+
+
 def _reason(text: str) -> str:
-    """A skip reason without its object ids, so skips of one kind count together."""
-    words = [w for w in text.split() if not (len(w) > 4 and "_" in w and w[:3].isalpha())]
-    return " ".join(words)[:120]
+    """A skip reason with its object ids shortened to their prefix (``price_…``),
+    so that skips of one kind count together."""
+    return _ID.sub(r"\1_…", text)[:160]
 
 
 def _ids(source: Source, objects: Iterable[JSON]) -> list[str]:

@@ -90,7 +90,10 @@ class LinkResult:
     ambiguous: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
     # MC rows held back from seed's creates (linked or ambiguous), per family noun.
-    held: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    held: dict[str, list[int]] = field(default_factory=dict)
+
+    def hold(self, noun: str, mc_id: int) -> None:
+        self.held.setdefault(noun, []).append(mc_id)
 
     @property
     def exit_code(self) -> int:
@@ -116,9 +119,7 @@ class LinkResult:
             print(f"stripe-sync link: refused: {line}", file=err)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["held"] = dict(self.held)
-        return json.dumps(data)
+        return json.dumps(asdict(self))
 
 
 class Linker:
@@ -275,16 +276,16 @@ class Linker:
                     result.ambiguous.append(
                         f"{len(emails[email])} accounts ({_ids(emails[email])}) have email {email}"
                     )
-                    result.held["customer"].append(account_id)
+                    result.hold("customer", account_id)
                     continue
             if len(twins) > 1:
                 ids = ", ".join(c["id"] for c in twins)
                 result.ambiguous.append(f"billing.accounts id={account_id} ({email}): {ids}")
-                result.held["customer"].append(account_id)
+                result.hold("customer", account_id)
             elif twins:
                 pair = Pair(CUSTOMERS, account_id, twins[0]["id"])
                 if await self.link(pair, result, twins[0]):
-                    result.held["customer"].append(account_id)
+                    result.hold("customer", account_id)
             else:
                 result.unmatched.append(f"billing.accounts id={account_id} ({email})")
 
@@ -304,9 +305,9 @@ class Linker:
             if len(twins) > 1:
                 ids = ", ".join(o["id"] for o in twins)
                 result.ambiguous.append(f"{family.mc_table} id={mc_id}: {ids}")
-                result.held[family.noun].append(mc_id)
+                result.hold(family.noun, mc_id)
             elif await self.link(Pair(family, mc_id, twins[0]["id"]), result, twins[0]):
-                result.held[family.noun].append(mc_id)
+                result.hold(family.noun, mc_id)
 
 
 class _DryRun(Exception):
