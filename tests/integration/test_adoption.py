@@ -19,6 +19,7 @@ from stripe_emulator.history import History, email_of, seed_history
 from stripe_emulator.server import EmulatorServer
 from stripe_sync.config import Secret, load_settings
 from stripe_sync.db import make_pool
+from stripe_sync.mappings import PRICES, PRODUCTS
 from stripe_sync.ops import backfill, link
 from stripe_sync.ops.backfill import Backfill, BackfillResult
 from stripe_sync.queue.jobs import Job
@@ -71,8 +72,8 @@ def account(conn: Conn, history: History) -> None:
 
 def catalog_pairs(history: History) -> list[link.Pair]:
     return [
-        *(link.Pair(link.PRODUCTS, i + 1, p) for i, p in enumerate(history.products)),
-        *(link.Pair(link.PRICES, i + 1, p) for i, p in enumerate(history.prices)),
+        *(link.Pair(PRODUCTS, i + 1, p) for i, p in enumerate(history.products)),
+        *(link.Pair(PRICES, i + 1, p) for i, p in enumerate(history.prices)),
     ]
 
 
@@ -417,7 +418,7 @@ async def test_backfill_resumes_where_it_stopped(
 
     with pytest.raises(Crash):
         await backfill_with(dsn, emulator, before_apply=crash_after_three_pages)
-    checkpoints = dict(
+    checkpoints: dict[str, int] = dict(
         conn.execute(
             "SELECT family, objects FROM integration.backfill_checkpoints WHERE NOT done"
         ).fetchall()
@@ -581,3 +582,34 @@ async def test_seed_links_twins_instead_of_creating_them(
     assert len(customers) == 6 + 1  # only nobody@example.com was created
     again = run_cli("seed", env=env)
     assert again.returncode == 0 and "enqueued 0 " in again.stdout, again.stdout
+
+
+async def test_the_commands_help_json_and_one_line_errors(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    for command, flags in {
+        "backfill": ("--since", "--customer", "--dry-run", "--json"),
+        "link": ("--by-email", "--product", "--price", "--dry-run", "--json"),
+    }.items():
+        shown = run_cli(command, "--help")
+        assert shown.returncode == 0 and all(f in shown.stdout for f in flags), shown.stdout
+    history = await adopted(dsn, conn, emulator, customers=3, months=1)
+    env = cli_env(dsn, emulator.base_url)
+    ran = run_cli("backfill", "--json", "--since", "400d", env=env)
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads(ran.stdout)
+    assert report["objects"] > 0 and report["changed"] == report["objects"]
+    text = run_cli("backfill", "--customer", history.customers[0], env=env)
+    assert text.returncode == 0 and "nothing to change" in text.stdout, text.stdout
+    for args, code, line in (
+        (("--customer", "nope"), 2, "--customer: expected a cus_ id, got 'nope'"),
+        (("--customer", "cus_unknown"), 2, "customer cus_unknown is not linked"),
+    ):
+        failed = run_cli("backfill", *args, env=env)
+        lines = failed.stderr.strip().splitlines()
+        assert failed.returncode == code and len(lines) == 1 and line in lines[0], failed.stderr
+    # argparse's own errors: its usage, then the one line.
+    since = run_cli("backfill", "--since", "yesterday", env=env)
+    assert since.returncode == 2 and "is neither a duration" in since.stderr.splitlines()[-1]
+    unset = run_cli("backfill", env={"DATABASE_URL": dsn})
+    assert unset.returncode == 78 and "STRIPE_API_KEY" in unset.stderr.strip(), unset.stderr

@@ -100,6 +100,9 @@ class Source:
     # PaymentIntent, which must be mapped: refunds, disputes).
     by_customer: bool = True
     params: tuple[tuple[str, Any], ...] = ()
+    # The list takes created[gte] (payment methods' and credit notes' do not:
+    # --since is applied to what they list).
+    created: bool = True
 
 
 SOURCES: tuple[Source, ...] = (
@@ -110,6 +113,7 @@ SOURCES: tuple[Source, ...] = (
         lambda _pm: "payment_method.attached",
         PAYMENT_METHODS,
         per_customer=True,
+        created=False,
     ),
     Source(
         "subscriptions",
@@ -149,6 +153,7 @@ SOURCES: tuple[Source, ...] = (
         "/v1/credit_notes",
         lambda c: "credit_note.voided" if c.get("status") == "void" else "credit_note.updated",
         CREDIT_NOTES,
+        created=False,
     ),
 )
 NAMES = tuple(s.name for s in SOURCES)
@@ -347,7 +352,7 @@ class Backfill:
 
     def _params(self, source: Source, cursor: str | None, **extra: Any) -> JSON:
         params: JSON = {"limit": PAGE_SIZE, **dict(source.params), **extra}
-        if self.since is not None:
+        if self.since is not None and source.created:
             params["created"] = {"gte": self.since}
         if cursor is not None:
             params["starting_after"] = cursor
@@ -409,7 +414,10 @@ class Backfill:
 
     # -- applying ----------------------------------------------------------------------
     async def _ours(self, source: Source, objects: list[JSON]) -> list[JSON]:
-        """The objects of linked customers."""
+        """The objects of linked customers (created since --since)."""
+        if self.since is not None and not source.created:
+            since = self.since
+            objects = [o for o in objects if int(o.get("created") or 0) >= since]
         if source.name == "customers":
             return [o for o in objects if o.get("id") in self.linked]
         if source.by_customer:
