@@ -66,6 +66,9 @@ from ..webhooks.execute import make_handler
 PAGE_SIZE = 100  # Stripe's maximum
 PAGE_ATTEMPTS = 5  # a page that meets a deadlock or a race is tried again this often
 CUSTOMERS_AT_ONCE = 8  # payment methods are listed per customer: this many requests in flight
+# Pages applied side by side, each on a connection of its own: a page's time is
+# mostly round trips to PostgreSQL, which overlap.
+APPLY_AT_ONCE = 4
 
 JSON = dict[str, Any]
 
@@ -287,7 +290,9 @@ class Backfill:
                 )
             cur = await conn.execute(queries("backfill")["checkpoints"], {"scope": self.scope})
             saved = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
-            if (saved and all(done for _, done in saved.values())) or self.dry_run:
+            # A run that finished every family leaves the next one to start over.
+            finished = all(saved.get(name, (None, False))[1] for name in NAMES)
+            if finished or self.dry_run:
                 saved = {}
                 if not self.dry_run:
                     await conn.execute(queries("backfill")["restart"], {"scope": self.scope})
@@ -332,9 +337,10 @@ class Backfill:
                 continue
             t0, c0 = time.monotonic(), self.api.calls
             if source.per_customer:
-                await self._per_customer(source, family, cursor)
+                pages = self._per_customer(source, family, cursor)
             else:
-                await self._listed(source, family, cursor)
+                pages = self._listed(source, family, cursor)
+            await self._import(source, family, pages)
             family.seconds = time.monotonic() - t0
             family.requests = self.api.calls - c0
 
@@ -358,19 +364,19 @@ class Backfill:
             params["starting_after"] = cursor
         return params
 
-    async def _listed(self, source: Source, family: FamilyResult, cursor: str | None) -> None:
+    async def _listed(self, source: Source, family: FamilyResult, cursor: str | None) -> Pages:
         extra: JSON = {}
         if self.customer is not None and source.by_customer:
             if source.name == "customers":
                 obj = await self._retrieve_customer()
-                await self._page(source, family, [obj], int(time.time()), None, done=True)
+                yield _Page([obj], int(time.time()), None, last=True)
                 return
             extra["customer"] = self.customer
         while True:
             objects, more, asked = await self._list(source, self._params(source, cursor, **extra))
             family.listed += len(objects)
             cursor = objects[-1]["id"] if objects else cursor
-            await self._page(source, family, objects, asked, cursor, done=not more)
+            yield _Page(objects, asked, cursor, last=not more or not objects)
             if not more or not objects:
                 return
 
@@ -385,8 +391,14 @@ class Backfill:
         found: JSON = response.data
         return found
 
-    async def _per_customer(self, source: Source, family: FamilyResult, cursor: str | None) -> None:
+    async def _per_customer(
+        self, source: Source, family: FamilyResult, cursor: str | None
+    ) -> Pages:
+        """A page per CUSTOMERS_AT_ONCE customers (each listed in full, side by side);
+        the cursor is the last customer of the page."""
         customers = sorted(c for c in self.linked if cursor is None or c > cursor)
+        if not customers:
+            yield _Page([], int(time.time()), cursor, last=True)
         for start in range(0, len(customers), CUSTOMERS_AT_ONCE):
             batch = customers[start : start + CUSTOMERS_AT_ONCE]
             pages: list[list[JSON]] = [[] for _ in batch]
@@ -408,9 +420,68 @@ class Backfill:
             objects = [o for page in pages for o in page]
             family.listed += len(objects)
             last = start + CUSTOMERS_AT_ONCE >= len(customers)
-            await self._page(source, family, objects, asked, batch[-1], done=last)
-        if not customers:
-            await self._page(source, family, [], int(time.time()), cursor, done=True)
+            yield _Page(objects, asked, batch[-1], last=last)
+
+    async def _import(self, source: Source, family: FamilyResult, pages: Pages) -> None:
+        """Apply a family's pages as they are listed, APPLY_AT_ONCE side by side.
+
+        Each page commits on its own; the checkpoint moves on (a statement of its
+        own) once a page and every page before it have committed, so a stop
+        leaves it at or behind what is done: pages after it that committed are
+        applied again by the rerun and found unchanged. A dry run applies them
+        one after another in its one transaction.
+        """
+        if self._held is not None:
+            async for page in pages:
+                await self._page(source, family, page)
+            return
+        send, receive = anyio.create_memory_object_stream[tuple[int, _Page]](APPLY_AT_ONCE)
+        finished: dict[int, _Page] = {}
+        frontier = [0]  # the next page whose commit moves the checkpoint
+        lock = anyio.Lock()
+
+        async def advance() -> None:
+            async with lock:
+                moved: list[_Page] = []
+                while frontier[0] in finished:
+                    moved.append(finished.pop(frontier[0]))
+                    frontier[0] += 1
+                if moved:
+                    await self._checkpoint(source, moved)
+
+        async def worker() -> None:
+            async with receive.clone() as pages_in:
+                async for seq, page in pages_in:
+                    await self._page(source, family, page)
+                    finished[seq] = page
+                    await advance()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(APPLY_AT_ONCE):
+                    tg.start_soon(worker)
+                async with send, receive:
+                    seq = 0
+                    async for page in pages:
+                        await send.send((seq, page))
+                        seq += 1
+        except BaseExceptionGroup as group:
+            # One failure stops the family (the others are its cancellations):
+            # raised as itself, for the command's one line.
+            raise _first(group) from None
+
+    async def _checkpoint(self, source: Source, pages: list[_Page]) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                queries("backfill")["checkpoint"],
+                {
+                    "scope": self.scope,
+                    "family": source.name,
+                    "cursor": pages[-1].cursor,
+                    "done": pages[-1].last,
+                    "objects": sum(p.imported for p in pages),
+                },
+            )
 
     # -- applying ----------------------------------------------------------------------
     async def _ours(self, source: Source, objects: list[JSON]) -> list[JSON]:
@@ -428,22 +499,14 @@ class Backfill:
             mapped = {r[0] for r in await cur.fetchall()}
         return [o for o in objects if _ref(o.get("payment_intent")) in mapped]
 
-    async def _page(
-        self,
-        source: Source,
-        family: FamilyResult,
-        listed: list[JSON],
-        asked: int,
-        cursor: str | None,
-        *,
-        done: bool,
-    ) -> None:
-        objects = await self._ours(source, listed)
+    async def _page(self, source: Source, family: FamilyResult, page: _Page) -> None:
+        objects = await self._ours(source, page.objects)
+        page.imported = len(objects)
         if self.before_apply is not None and objects:
             await self.before_apply(source.name, objects)
         for attempt in range(PAGE_ATTEMPTS):
             try:
-                counts = await self._apply_page(source, objects, asked, cursor, done=done)
+                counts = await self._apply_page(source, objects, page.asked)
                 break
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == PAGE_ATTEMPTS - 1:
@@ -457,9 +520,7 @@ class Backfill:
         if self.on_page is not None:
             self.on_page(source.name, len(objects))
 
-    async def _apply_page(
-        self, source: Source, objects: list[JSON], asked: int, cursor: str | None, *, done: bool
-    ) -> _Counts:
+    async def _apply_page(self, source: Source, objects: list[JSON], asked: int) -> _Counts:
         counts = _Counts()
         async with self._transaction() as conn:
             try:
@@ -482,17 +543,6 @@ class Backfill:
                         raise _Rollback
             except _Rollback:
                 pass
-            if not self.dry_run:
-                await conn.execute(
-                    queries("backfill")["checkpoint"],
-                    {
-                        "scope": self.scope,
-                        "family": source.name,
-                        "cursor": cursor,
-                        "done": done,
-                        "objects": len(objects),
-                    },
-                )
         return counts
 
     async def _apply_one(
@@ -537,11 +587,30 @@ class Backfill:
 
 
 @dataclass
+class _Page:
+    objects: list[JSON]  # as listed
+    asked: int  # when it was asked for (the synthetic events' created)
+    cursor: str | None  # where a resumed run starts after it
+    last: bool  # the family's last page
+    imported: int = 0  # its objects of linked customers
+
+
+Pages = AsyncIterator[_Page]
+
+
+@dataclass
 class _Counts:
     changed: int = 0
     unchanged: int = 0
     stale: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
 
 
 def _ref(value: Any) -> str | None:
@@ -632,7 +701,7 @@ async def _clients(settings: Settings) -> AsyncIterator[tuple[StripeApi, AsyncCo
     )
     async with (
         from_settings(share) as api,
-        make_pool(settings.database_url, size=2, role="backfill") as pool,
+        make_pool(settings.database_url, size=APPLY_AT_ONCE + 1, role="backfill") as pool,
     ):
         yield api, pool
 
