@@ -559,10 +559,12 @@ class Backfill:
             last = ""
             for _ in range(PAGE_ATTEMPTS):
                 try:
-                    async with conn.transaction():
-                        done = await handler(job)
-                        if done.apply is not None:
-                            await done.apply(conn)
+                    # No savepoint: what a handler raises (a race, a missing
+                    # reference) it raises before it writes; a database error
+                    # fails the whole page.
+                    done = await handler(job)
+                    if done.apply is not None:
+                        await done.apply(conn)
                     break
                 except TransientError as exc:
                     # A webhook's apply raced ours (Raced): look again; a
