@@ -106,9 +106,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from .ops.rows import seed
+    from .ops.link import seed
 
-    return show(anyio.run(seed, _dsn(args)), json=args.json)
+    settings = _settings(args).require("DATABASE_URL")
+    logs.register_secrets([settings.stripe_api_key.reveal()] if settings.stripe_api_key else [])
+    with _stops("seed", EX_FAILURE):
+        result = anyio.run(seed, settings)
+    return show(result, json=args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -186,6 +190,35 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         )
         report = anyio.run(collect)
     return show(report, json=args.json)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from .ops.backfill import run
+    from .ops.progress import backfill_progress
+
+    settings = _stripe_settings(args)
+    with _stops("backfill", EX_FAILURE), backfill_progress() as on_page:
+        collect = partial(
+            run,
+            settings,
+            customer=args.customer,
+            since=args.since,
+            dry_run=args.dry_run,
+            on_page=on_page,
+        )
+        result = anyio.run(collect)
+    return show(result, json=args.json)
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from .ops.link import parse_pairs, run
+
+    settings = _stripe_settings(args)
+    pairs = parse_pairs(args.pairs, args.product or [], args.price or [])
+    collect = partial(run, settings, pairs, by_email=args.by_email, dry_run=args.dry_run)
+    with _stops("link", EX_FAILURE):
+        result = anyio.run(collect)
+    return show(result, json=args.json)
 
 
 def without_unused_http_clients() -> None:
@@ -323,8 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "seed",
         cmd_seed,
-        "enqueue outbox creates for MC accounts/products/prices without a mapping",
-        ["--database-url"],
+        "enqueue outbox creates for MC accounts/products/prices without a mapping; with "
+        "STRIPE_API_KEY set it first links their twins in Stripe (this database's metadata, "
+        "or a unique email) instead of creating duplicates",
+        ["--database-url", "--api-base"],
     )
     run = command(
         "run",
@@ -415,6 +450,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="repair: enqueue update_stripe_* for changed/metadata/archived, "
         "mark deleted mappings, re-create missing objects (see docs/stripe.md)",
     )
+    link = command(
+        "link",
+        cmd_link,
+        "link existing Stripe objects to MC rows: customers (ACCOUNT_ID cus_… pairs, or "
+        "--by-email), products and prices; pushes MC's metadata to each once (outbox)",
+        stripe_flags,
+    )
+    link.add_argument(
+        "pairs", nargs="*", metavar="ACCOUNT_ID cus_ID", help="billing.accounts id, Stripe customer"
+    )
+    link.add_argument(
+        "--product",
+        nargs=2,
+        action="append",
+        metavar=("PRODUCT_ID", "prod_ID"),
+        help="billing.products id and a Stripe product (repeatable)",
+    )
+    link.add_argument(
+        "--price",
+        nargs=2,
+        action="append",
+        metavar=("PRICE_ID", "price_ID"),
+        help="billing.prices id and a Stripe price (repeatable)",
+    )
+    link.add_argument(
+        "--by-email",
+        action="store_true",
+        help="link each unlinked account to the one Stripe customer with its email; "
+        "ambiguous and unmatched ones are listed, not linked",
+    )
+    link.add_argument(
+        "--dry-run", action="store_true", help="say what would be linked, write nothing"
+    )
+    backfill = command(
+        "backfill",
+        cmd_backfill,
+        "import Stripe's current subscriptions, invoices, payments, refunds, disputes, "
+        "payment methods and credit notes of linked customers, as events would apply them "
+        "(idempotent, resumable, safe beside the daemon)",
+        stripe_flags,
+    )
+    backfill.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="only objects created since: a duration (30m, 6h, 3d, 2w) ago or an ISO date/time",
+    )
+    backfill.add_argument(
+        "--customer", metavar="cus_ID", help="only this linked customer's objects"
+    )
+    backfill.add_argument("--dry-run", action="store_true", help="list and compare, change nothing")
     # parsed by stripe_emulator.cli; listed here for the overview
     sub.add_parser("emulator", help="run the Stripe emulator (see `stripe-sync emulator --help`)")
     demo = command(

@@ -168,6 +168,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         f"default {RATE_LIMITS['test']:g} test / {RATE_LIMITS['live']:g} live",
         STRIPE_COMMANDS,
     )
+    # `stripe-sync backfill` runs beside the daemon and shares the account's
+    # rate limit with it: it takes this share, the daemon keeps the rest.
+    backfill_share: float = _setting(
+        "STRIPE_SYNC_BACKFILL_SHARE",
+        0.5,
+        "share of STRIPE_SYNC_RATE_LIMIT that `backfill` uses (0 < share <= 1)",
+    )
     concurrency: int = _setting("STRIPE_SYNC_CONCURRENCY", 16, "rows in flight at once, per queue")
     # One process uses one core; more share the webhook port and the queues
     # (processes.py). Concurrency and the pool are per process; the rate limit
@@ -259,6 +266,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 raise ValueError(f"{name}: expected a duration such as 90d, 12h or 0, got {text!r}")
         if self.search_lag < 0:
             raise ValueError(f"STRIPE_SYNC_SEARCH_LAG: must be >= 0, got {self.search_lag}")
+        if not 0 < self.backfill_share <= 1:
+            raise ValueError(
+                f"STRIPE_SYNC_BACKFILL_SHARE: must be > 0 and <= 1, got {self.backfill_share}"
+            )
         if self.rate_limit is not None and self.rate_limit < 0:
             raise ValueError(f"STRIPE_SYNC_RATE_LIMIT: must be >= 0, got {self.rate_limit}")
         if self.stripe_api_key is not None:

@@ -18,6 +18,7 @@ from . import errors, forms
 from .emulator import ApiRequest, ApiRoute, Emulator, LoggedRequest, encode, match_route
 from .errors import StripeError
 from .faults import FaultRule, parse_rule
+from .history import seed_history
 from .idempotency import StoredResponse
 from .state import new_id
 
@@ -320,7 +321,19 @@ def _control_routes(emu: Emulator) -> list[Route]:
             return JSONResponse({"error": f"unknown kind {kind!r}"}, status_code=404)
         return JSONResponse({"kind": kind, "count": len(data), "data": data})
 
+    async def history(request: Request) -> Response:
+        payload = await _json(request)
+        allowed = {"customers", "months", "seed", "mc_source", "metadata_every", "disputes"}
+        try:
+            if not isinstance(payload, dict) or set(payload) - allowed:
+                raise ValueError(f"history takes an object with keys among {sorted(allowed)}")
+            made = seed_history(emu, **payload)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(made.to_json())
+
     return [
+        Route("/_emulator/history", history, methods=["POST"]),
         Route("/_emulator/requests", requests, methods=["GET"]),
         Route("/_emulator/request_log", request_log, methods=["GET"]),
         Route("/_emulator/reset", reset, methods=["POST"]),

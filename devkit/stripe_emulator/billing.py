@@ -118,6 +118,26 @@ def subscription_invoice(
     return _issue(emu, req, sub, inv, lines, reason)
 
 
+def renewal_invoice(emu: Emulator, req: ApiRequest, sub: JSON) -> JSON:
+    """A subscription's next period (billing_reason subscription_cycle): its items
+    move on one interval (customer.subscription.updated) and the period is invoiced
+    and, for charge_automatically, paid, as Stripe does at each period's end."""
+    with emu.updating(req, sub, "customer.subscription.updated"):
+        for item in sub["items"]["data"]:
+            recurring = item["price"]["recurring"]
+            start = item["current_period_end"]
+            end = add_interval(start, recurring["interval"], recurring["interval_count"])
+            item.update(current_period_start=start, current_period_end=end)
+        sub["latest_invoice"] = new_id("in")
+    inv = _draft(emu, sub)
+    lines = []
+    for item in sub["items"]["data"]:
+        amount = (item["price"]["unit_amount"] or 0) * item["quantity"]
+        start, end = item["current_period_start"], item["current_period_end"]
+        lines.append(line_item(emu, inv, item, start, end, amount))
+    return _issue(emu, req, sub, inv, lines, "subscription_cycle")
+
+
 def proration_invoice(emu: Emulator, req: ApiRequest, sub: JSON) -> JSON:
     """proration_behavior=always_invoice: the subscription's pending invoice items
     (this change's prorations and any earlier change's) invoiced now."""

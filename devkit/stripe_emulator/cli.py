@@ -14,6 +14,8 @@ _CONTROL_HELP = """\
 control API (JSON, under /_emulator/; docs/stripe.md section 2.2 has the details):
   GET requests | GET request_log?since=T | POST reset | POST clock {"advance": SECONDS}
   GET objects/{kind} | POST/GET webhook_endpoints | POST/GET/DELETE faults
+  POST history {"customers": N, "months": M, "seed": S, "mc_source": SRC}: an empty
+    emulator gets an account's past (history.py), no events
 
 faults: POST /_emulator/faults {"kind": K, "endpoint": "POST /v1/customers", "count": N}
   (or "rate": P instead of "count"); K is one of

@@ -149,6 +149,9 @@ class Emulator:
         # params, body): the tests hold them to Stripe's OpenAPI spec with it.
         self.observer: Callable[[str, str, dict[str, Any], bytes], None] | None = None
         self.created_at = self.clock.timestamp()
+        # False while history.seed_history writes objects "made before MC": Stripe
+        # keeps events for 30 days, and no endpoint existed to be sent them.
+        self.recording = True
 
     # -- control -----------------------------------------------------------------------
     def reset(self) -> None:
@@ -156,6 +159,7 @@ class Emulator:
         undo any advance of the clock (a test's time travel must not leak into the next)."""
         with self.lock:
             self.clock.offset = self._start_offset
+            self.recording = True
             self.store.clear()
             self.search_lag = self.config.search_lag
             self.idempotency.clear()
@@ -329,6 +333,8 @@ class Emulator:
         obj: JSON,
         previous: JSON | None = None,
     ) -> JSON:
+        if not self.recording:
+            return {"id": None, "object": "event", "type": event_type}
         targets = self.webhooks.targets(event_type)
         data: JSON = {"object": snapshot(obj)}
         _hide_includable(data["object"], [])  # events never carry includable fields

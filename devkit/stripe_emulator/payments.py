@@ -273,6 +273,10 @@ def retrieve_dispute(emu: Emulator, req: ApiRequest) -> JSON:
     return emu.store.require("disputes", req.path_params["dispute"], "dispute")
 
 
+def list_disputes(emu: Emulator, req: ApiRequest) -> JSON:
+    return list_objects(emu.store, req.params, "disputes", equal=("charge", "payment_intent"))
+
+
 def close_dispute(emu: Emulator, req: ApiRequest) -> JSON:
     """Accept the dispute: it is lost (Stripe: closing is conceding)."""
     dp = emu.store.require("disputes", req.path_params["dispute"], "dispute")
@@ -299,6 +303,7 @@ ROUTES = [
     ("POST", "/v1/refunds", create_refund),
     ("GET", "/v1/refunds", list_refunds),
     ("GET", "/v1/refunds/{id}", retrieve_refund),
+    ("GET", "/v1/disputes", list_disputes),
     ("GET", "/v1/disputes/{dispute}", retrieve_dispute),
     ("POST", "/v1/disputes/{dispute}/close", close_dispute),
 ]

@@ -48,3 +48,28 @@ def reconcile_progress() -> Iterator[Watcher]:
             progress.update(task, advance=1, description=f"checking {noun}s")
 
         yield Watcher(on_start, on_checked)
+
+
+@contextmanager
+def backfill_progress() -> Iterator[Callable[[str, int], None]]:
+    """``backfill.run``'s ``on_page``: objects imported so far, per family, on a
+    terminal (Stripe's lists have no totals, so a count and a pulse, no bar's end)."""
+    err = Console(stderr=True, highlight=False)
+    if not err.is_terminal:
+        yield _ignore
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} objects"),
+        TimeElapsedColumn(),
+    )
+    with Progress(
+        *columns, console=err, transient=True, redirect_stdout=False, redirect_stderr=False
+    ) as progress:
+        task = progress.add_task("backfill", total=None)
+
+        def on_page(family: str, imported: int) -> None:
+            progress.update(task, advance=imported, description=f"importing {family}")
+
+        yield on_page

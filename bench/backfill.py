@@ -1,0 +1,166 @@
+"""B1: adopting an existing Stripe account, measured (#24).
+
+    .venv/bin/python bench/backfill.py                 # 500 customers, 24 months (~21,000 objects)
+    .venv/bin/python bench/backfill.py --customers 100 --months 6 --json b1.json
+
+Starts a durable throwaway PostgreSQL cluster and the Stripe emulator (its
+own process), seeds the emulator with an account's past (POST
+/_emulator/history), gives MC an account per customer (same email) and the
+same catalog, links them (`stripe-sync link --product/--price`, then
+`--by-email`), and runs `stripe-sync backfill --json` as an operator would:
+
+- paced: the default STRIPE_SYNC_BACKFILL_SHARE of the test-mode default rate
+  limit (25 req/s), as it runs beside a daemon;
+- again: the idempotent second run (nothing to change);
+- unpaced (STRIPE_SYNC_RATE_LIMIT=0) into a second, fresh database: what the
+  database side and the CPU allow.
+
+Each run's objects/s, requests/s and the backfill process's CPU per object
+(its own process_time, as its --json reports it) go in one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import API_KEY, EmulatorProc, _clean_env, create_database
+
+from stripe_sync_demo.devcluster import ThrowawayCluster
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "stripe_sync.cli", *args],
+        env=_clean_env(**env),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"stripe-sync {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done
+
+
+def mc_rows(dsn: str, history: dict[str, Any]) -> str:
+    """MC's accounts (one per customer, same email) and catalog; this database's mc_source."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO billing.accounts (id, email) VALUES (%s, %s)",
+                [(i + 1, email) for i, email in enumerate(history["emails"])],
+            )
+        for i, amount in enumerate((900, 2900, 9900), start=1):
+            conn.execute("INSERT INTO billing.products (id, name) VALUES (%s, %s)", (i, f"P{i}"))
+            conn.execute(
+                "INSERT INTO billing.prices (id, product_id, currency, unit_amount, "
+                "recurring_interval) VALUES (%s, %s, 'usd', %s, 'month')",
+                (i, i, amount),
+            )
+    return dsn
+
+
+def link(env: dict[str, str], history: dict[str, Any]) -> float:
+    started = time.monotonic()
+    catalog: list[str] = []
+    for i, product in enumerate(history["products"], start=1):
+        catalog += ["--product", str(i), product]
+    for i, price in enumerate(history["prices"], start=1):
+        catalog += ["--price", str(i), price]
+    cli("link", *catalog, env=env)
+    linked = json.loads(cli("link", "--by-email", "--json", env=env).stdout)
+    if linked["refused"] or linked["ambiguous"]:
+        raise SystemExit(f"link --by-email: {linked['refused'] or linked['ambiguous']}")
+    return time.monotonic() - started
+
+
+def backfill(env: dict[str, str]) -> dict[str, Any]:
+    started = time.monotonic()
+    report: dict[str, Any] = json.loads(cli("backfill", "--json", env=env).stdout)
+    wall = time.monotonic() - started
+    objects, seconds = report["objects"], report["seconds"]
+    return {
+        "objects": objects,
+        "changed": report["changed"],
+        "requests": report["requests"],
+        "seconds": seconds,
+        "wall_seconds": wall,  # with the process's start-up
+        "objects_per_s": objects / seconds if seconds else 0.0,
+        "requests_per_s": report["requests"] / seconds if seconds else 0.0,
+        "cpu_ms_per_object": 1000 * report["cpu_seconds"] / objects if objects else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/backfill.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--customers", type=int, default=500)
+    parser.add_argument("--months", type=int, default=24)
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    run_dir = Path(tempfile.mkdtemp(prefix="stripe-sync-b1-"))
+    results: dict[str, Any] = {"customers": args.customers, "months": args.months}
+    try:
+        with ThrowawayCluster(durable=True) as cluster:
+            emulator = EmulatorProc(run_dir).start()
+            try:
+                started = time.monotonic()
+                history = httpx.post(
+                    f"{emulator.url}/_emulator/history",
+                    json={"customers": args.customers, "months": args.months, "seed": 1},
+                    timeout=600,
+                ).json()
+                results["history"] = {
+                    "objects": history["objects"],
+                    "counts": history["counts"],
+                    "seconds": time.monotonic() - started,
+                }
+                print(f"history: {history['objects']} objects {history['counts']}", flush=True)
+                for name, rate in (("paced", None), ("unpaced", "0")):
+                    dsn = mc_rows(create_database(cluster.dsn, f"b1_{name}"), history)
+                    env = {
+                        "DATABASE_URL": dsn,
+                        "STRIPE_API_KEY": API_KEY,
+                        "STRIPE_API_BASE": emulator.url,
+                        "STRIPE_SYNC_RATE_LIMIT": "0",
+                    }
+                    results[f"link_{name}_seconds"] = link(env, history)
+                    if rate is None:
+                        del env["STRIPE_SYNC_RATE_LIMIT"]  # the test-mode default, 25 req/s
+                    results[name] = backfill(env)
+                    print(f"{name}: {json.dumps(results[name])}", flush=True)
+                    if name == "paced":
+                        results["again"] = backfill(env)
+                        print(f"again: {json.dumps(results['again'])}", flush=True)
+            finally:
+                emulator.stop()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print()
+    print(f"B1 backfill, {args.customers} customers, {args.months} months of history")
+    print(f"{'run':<10}{'objects':>9}{'changed':>9}{'requests':>10}{'s':>8}"
+          f"{'objects/s':>11}{'req/s':>8}{'CPU ms/object':>15}")  # fmt: skip
+    for name in ("paced", "again", "unpaced"):
+        r = results[name]
+        print(f"{name:<10}{r['objects']:>9}{r['changed']:>9}{r['requests']:>10}{r['seconds']:>8.1f}"
+              f"{r['objects_per_s']:>11.0f}{r['requests_per_s']:>8.1f}"
+              f"{r['cpu_ms_per_object']:>15.3f}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
