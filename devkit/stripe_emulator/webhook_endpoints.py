@@ -82,7 +82,8 @@ def create(emu: Emulator, req: ApiRequest) -> JSON:
         "url": url,
     }
     secret = f"whsec_{secrets.token_urlsafe(24)}"
-    delivery = events.make_endpoint(url, [secret], enabled_events=types)
+    # Stripe retries a failed delivery for days; here for ~15 s (a daemon's restart).
+    delivery = events.make_endpoint(url, [secret], enabled_events=types, max_attempts=20)
     delivery.id = endpoint["id"]
     delivery.api_version = version
     emu.store.put(KIND, endpoint)

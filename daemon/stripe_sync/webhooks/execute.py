@@ -277,3 +277,9 @@ async def _refetched(ctx: WebhookContext, job: Job, envelope: Envelope) -> Job:
     event: dict[str, Any] = msgspec.json.decode(job.payload)
     event["data"]["object"] = fetched.to_dict(recursive=True, for_json=True)
     return job._replace(payload=msgspec.json.encode(event).decode())
+
+
+def applied_event_types() -> frozenset[str]:
+    """Every event type the daemon applies: exactly what its webhook endpoint enables
+    (ops/endpoint.py), read from HANDLERS so the two cannot part."""
+    return frozenset(HANDLERS)

@@ -1,0 +1,270 @@
+"""stripe-sync endpoint ensure / rotate / upgrade against the emulator, as an operator
+runs them: the endpoint tagged as this database's, with exactly the event types the
+daemon applies and the pinned API version; re-runs repair drift; rotation and upgrade
+run two endpoints side by side under a live daemon, and every event is stored once:
+0 lost, 0 applied twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import stripe
+
+from stripe_emulator.server import EmulatorServer
+from stripe_sync import STRIPE_API_VERSION
+from stripe_sync.db import queries
+from stripe_sync.webhooks.execute import applied_event_types
+from stripe_sync_demo.devcluster import free_port
+
+from daemons import DaemonProcess, cli_env, poll, run_cli
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+URL = "https://billing.example.com/webhooks/stripe"
+OLDER_VERSION = "2026-09-30.endive"
+
+
+def endpoint(
+    dsn: str, emulator: EmulatorServer, *args: str, json_out: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "endpoint", *args, *(["--json"] if json_out else []), env=cli_env(dsn, emulator.base_url)
+    )
+
+
+def answer(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    return parsed
+
+
+def source(conn: Conn) -> str:
+    row = conn.execute(queries("outbox")["source"]).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def listed(client: stripe.StripeClient) -> list[Any]:
+    return list(client.v1.webhook_endpoints.list(params={"limit": 100}).data)
+
+
+def test_ensure_creates_once_then_up_to_date_then_repairs_drift(
+    dsn: str,
+    conn: Conn,
+    emulator: EmulatorServer,
+    stripe_client: stripe.StripeClient,
+    tmp_path: Path,
+) -> None:
+    # Another database's endpoint on the same account is not ours: left alone.
+    foreign = stripe_client.v1.webhook_endpoints.create(
+        params={"url": URL, "enabled_events": ["*"], "metadata": {"mc_source": "staging/0000"}}
+    )
+    secret_file = tmp_path / "webhook_secret"
+    created = answer(
+        endpoint(dsn, emulator, "ensure", "--url", URL, "--secret-file", str(secret_file))
+    )
+    assert (created["action"], created["secret"]) == ("created", None)  # in the file only
+    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+    secret = secret_file.read_text().strip()
+    assert secret.startswith("whsec_") and "," not in secret
+
+    ours = [e for e in listed(stripe_client) if e.id != foreign.id]
+    assert [e.id for e in ours] == [created["endpoint_id"]]
+    (made,) = ours
+    assert made.metadata.to_dict() == {"mc_source": source(conn)}
+    assert made.url == URL and made.api_version == STRIPE_API_VERSION
+    assert set(made.enabled_events) == applied_event_types()
+    assert len(made.enabled_events) == len(applied_event_types())
+
+    again = endpoint(dsn, emulator, "ensure", "--url", URL, json_out=False)
+    assert again.returncode == 0 and again.stdout.startswith(f"up to date: {made.id}"), again
+    assert len(listed(stripe_client)) == 2  # never a second endpoint of ours
+
+    # Drift: someone edits the endpoint in the Dashboard, and Stripe disables it.
+    stripe_client.v1.webhook_endpoints.update(
+        made.id,
+        params={
+            "url": "https://old.example.com/hook",
+            "enabled_events": ["customer.created", "balance.available"],
+            "disabled": True,
+        },
+    )
+    fixed = answer(endpoint(dsn, emulator, "ensure", "--url", URL))
+    assert fixed["action"] == "updated" and fixed["endpoint_id"] == made.id
+    assert "url: https://old.example.com/hook → " + URL in fixed["changes"]
+    assert "no longer enabled: balance.available" in fixed["changes"]
+    assert "status: disabled → enabled" in fixed["changes"]
+    now = stripe_client.v1.webhook_endpoints.retrieve(made.id)
+    assert (now.url, now.status, frozenset(now.enabled_events)) == (
+        URL,
+        "enabled",
+        applied_event_types(),
+    )
+    assert answer(endpoint(dsn, emulator, "ensure", "--url", URL))["action"] == "up to date"
+    assert stripe_client.v1.webhook_endpoints.retrieve(foreign.id).enabled_events == ["*"]
+
+
+def test_without_a_secret_file_the_secret_is_printed_once(
+    dsn: str, emulator: EmulatorServer
+) -> None:
+    first = endpoint(dsn, emulator, "ensure", "--url", URL, json_out=False)
+    assert first.returncode == 0, first.stderr
+    assert "signing secret (shown once): whsec_" in first.stdout
+    again = endpoint(dsn, emulator, "ensure", "--url", URL, json_out=False)
+    assert "whsec_" not in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "says"),
+    [
+        (["ensure", "--url", "billing.example.com"], 2, "--url: expected http(s)://"),
+        (["ensure", "--url", URL, "--api-version", "newest"], 2, "--api-version: expected"),
+        (["rotate"], 1, "no webhook endpoint is tagged as this database's"),
+        (["upgrade", "--finish"], 1, "nothing to finish: 0 webhook endpoint(s)"),
+    ],
+)
+def test_errors_are_one_line(
+    dsn: str, emulator: EmulatorServer, args: list[str], exit_code: int, says: str
+) -> None:
+    result = endpoint(dsn, emulator, *args)
+    assert result.returncode == exit_code, result
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert says in result.stderr
+
+
+@pytest.mark.parametrize("action", [[], ["ensure"], ["rotate"], ["upgrade"]])
+def test_help(action: list[str]) -> None:
+    result = run_cli("endpoint", *action, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+class Producer(threading.Thread):
+    """Creates customers through the SDK until stopped: events keep coming throughout."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.halt = threading.Event()
+        self.made = 0
+
+    def run(self) -> None:
+        while not self.halt.wait(0.03):
+            self.client.v1.customers.create(params={"email": f"c{self.made}@example.com"})
+            self.made += 1
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def duplicates(metrics: str) -> float:
+    """Webhook requests the daemon answered as an event it had already stored."""
+    text = httpx.get(f"http://{metrics}/metrics", timeout=5).text
+    found = re.search(
+        r'^stripe_sync_webhooks_received_total\{result="duplicate"\} (\S+)$', text, re.M
+    )
+    return float(found[1]) if found else 0.0
+
+
+def stored(conn: Conn) -> dict[str, tuple[int, str, str | None]]:
+    rows = conn.execute(
+        "SELECT stripe_event_id, count(*), max(status), max(api_version) "
+        "FROM integration.webhook_events GROUP BY 1"
+    ).fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+@pytest.mark.parametrize(
+    ("command", "old_version", "new_version"),
+    [
+        ("rotate", STRIPE_API_VERSION, STRIPE_API_VERSION),
+        ("upgrade", OLDER_VERSION, STRIPE_API_VERSION),
+    ],
+)
+def test_side_by_side_loses_nothing_and_applies_nothing_twice(
+    dsn: str,
+    conn: Conn,
+    emulator: EmulatorServer,
+    stripe_client: stripe.StripeClient,
+    tmp_path: Path,
+    command: str,
+    old_version: str,
+    new_version: str,
+) -> None:
+    secret_file = tmp_path / "webhook_secret"
+    metrics = f"127.0.0.1:{free_port()}"
+    daemon = DaemonProcess(
+        dsn,
+        emulator.base_url,
+        STRIPE_WEBHOOK_SECRET="",
+        STRIPE_WEBHOOK_SECRET_FILE=secret_file,
+        STRIPE_SYNC_METRICS_BIND=metrics,
+    )
+    url = f"{daemon.url}/webhooks/stripe"
+    first = answer(
+        endpoint(
+            dsn,
+            emulator,
+            "ensure",
+            "--url",
+            url,
+            "--api-version",
+            old_version,
+            "--secret-file",
+            str(secret_file),
+        )
+    )
+    producer = Producer(stripe_client)
+    daemon.start()
+    try:
+        producer.start()
+        poll(lambda: len(stored(conn)) >= 5)
+        started = answer(endpoint(dsn, emulator, command, "--secret-file", str(secret_file)))
+        assert started["action"] == "started" and started["old_endpoint_id"] == first["endpoint_id"]
+        assert started["api_version"] == new_version
+        new_id = started["endpoint_id"]
+        secrets = secret_file.read_text().strip().split(",")
+        assert len(secrets) == 2 and stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+
+        # Before the restart the daemon knows only the old secret: finishing now could
+        # strand the new endpoint's deliveries, so it refuses.
+        early = endpoint(dsn, emulator, command, "--finish")
+        assert early.returncode == 1 and "restart them gracefully first" in early.stderr
+
+        daemon.stop()  # the graceful restart: SIGTERM, then start with both secrets
+        daemon.start()
+        # Both endpoints deliver: events arrive twice, the second answered as a duplicate.
+        poll(lambda: duplicates(metrics) >= 5, timeout=30)
+
+        finished = answer(
+            endpoint(dsn, emulator, command, "--finish", "--secret-file", str(secret_file))
+        )
+        assert (finished["action"], finished["endpoint_id"]) == ("finished", new_id)
+        assert secret_file.read_text().strip() == secrets[0]  # only the new one is left
+        assert [e.id for e in listed(stripe_client)] == [new_id]
+        made = producer.made
+        poll(lambda: producer.made >= made + 5)
+    finally:
+        producer.stop()
+        try:
+            assert emulator.emulator.wait_webhooks_idle(30)
+            sent = {e["id"] for e in emulator.emulator.events_of_type("customer.created")}
+            poll(lambda: sent <= set(stored(conn)), timeout=30)
+            poll(lambda: all(s in ("processed", "ignored") for _, s, _ in stored(conn).values()))
+        finally:
+            daemon.stop()
+
+    rows = stored(conn)
+    assert sent and not sent - set(rows), "events lost"
+    assert all(count == 1 for count, _, _ in rows.values()), "an event stored twice"
+    versions = {version for _, _, version in rows.values()}
+    assert versions <= {old_version, new_version} and new_version in versions
