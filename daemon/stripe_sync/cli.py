@@ -102,7 +102,17 @@ def cmd_seed(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .ops.status import collect
 
-    return show(anyio.run(partial(collect, _dsn(args), failures=args.failures)), json=args.json)
+    settings = _settings(args).require("DATABASE_URL")
+    assert settings.database_url is not None
+    endpoint = None
+    if settings.stripe_api_key:  # then status also asks Stripe how the webhook endpoint is
+        from .ops.endpoint import status_check
+
+        endpoint = partial(status_check, _stripe_settings(args))
+    collect_status = partial(
+        collect, settings.database_url, failures=args.failures, endpoint=endpoint
+    )
+    return show(anyio.run(collect_status), json=args.json)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -268,3 +268,39 @@ def test_side_by_side_loses_nothing_and_applies_nothing_twice(
     assert all(count == 1 for count, _, _ in rows.values()), "an event stored twice"
     versions = {version for _, _, version in rows.values()}
     assert versions <= {old_version, new_version} and new_version in versions
+
+
+def status(dsn: str, api_base: str) -> tuple[int, dict[str, Any]]:
+    result = run_cli("status", "--json", env=cli_env(dsn, api_base))
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_status_says_what_is_wrong_with_the_endpoint(
+    dsn: str, emulator: EmulatorServer, stripe_client: stripe.StripeClient
+) -> None:
+    code, shown = status(dsn, emulator.base_url)
+    assert (code, shown["problems"], shown["stripe_api_version"]) == (0, [], STRIPE_API_VERSION)
+    assert any("no webhook endpoint is tagged" in w for w in shown["warnings"])
+
+    made = answer(endpoint(dsn, emulator, "ensure", "--url", URL, "--api-version", OLDER_VERSION))
+    stripe_client.v1.webhook_endpoints.update(
+        made["endpoint_id"], params={"enabled_events": ["customer.created"], "disabled": True}
+    )
+    code, shown = status(dsn, emulator.base_url)
+    assert code == 1
+    problems = " | ".join(shown["problems"])
+    assert f"{made['endpoint_id']} is disabled in Stripe" in problems
+    assert f"{made['endpoint_id']} does not enable charge.dispute.closed" in problems
+    assert f"API version {OLDER_VERSION} is not the pinned {STRIPE_API_VERSION}" in problems
+
+    answer(endpoint(dsn, emulator, "ensure", "--url", URL))  # repairs all but the version
+    answer(endpoint(dsn, emulator, "upgrade"))
+    answer(endpoint(dsn, emulator, "upgrade", "--finish", "--force"))
+    code, shown = status(dsn, emulator.base_url)
+    assert (code, shown["problems"], shown["warnings"]) == (0, [], [])
+
+
+def test_status_without_stripe_is_a_warning(dsn: str) -> None:
+    code, shown = status(dsn, f"http://127.0.0.1:{free_port()}")
+    assert (code, shown["problems"]) == (0, [])
+    assert any("cannot check the webhook endpoint" in w for w in shown["warnings"])

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TextIO
 
+import anyio
 import msgspec
 from psycopg_pool import AsyncConnectionPool
 
@@ -39,12 +40,13 @@ from ..config import Settings
 from ..db import queries
 from ..errors import StripeSyncError, UsageError
 from ..outbox.common import source_of
-from ..stripe_api import StripeApi, call_with_retries, for_command
+from ..stripe_api import StripeApi, call_with_retries, for_command, from_settings
 from ..webhooks.execute import applied_event_types
 from .outcome import Record
 
 TAG = "mc_source"  # the metadata key naming the database an endpoint belongs to
 PAGE = 100
+STATUS_TIMEOUT = 15.0  # seconds status waits for Stripe
 _URL = re.compile(r"^https?://[^/\s]+\S*$")
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 
@@ -144,7 +146,7 @@ def check_version(version: str) -> str:
     return version
 
 
-async def tagged(api: StripeApi, source: str) -> list[Endpoint]:
+async def tagged(api: StripeApi, source: str, attempts: int = 5) -> list[Endpoint]:
     """This database's endpoints, oldest first (Stripe lists newest first)."""
     found: list[Endpoint] = []
     after: str | None = None
@@ -156,6 +158,7 @@ async def tagged(api: StripeApi, source: str) -> list[Endpoint]:
             api,
             "list webhook endpoints",
             partial(api.client.v1.webhook_endpoints.list_async, params=params),  # type: ignore[arg-type]
+            attempts,
         )
         objects: list[dict[str, Any]] = [obj.to_dict() for obj in page.data]
         found += [Endpoint.of(o) for o in objects if (o.get("metadata") or {}).get(TAG) == source]
@@ -419,11 +422,13 @@ async def finish(
     return _result(command, "finished", new, old_endpoint_id=old.id, **kept)
 
 
-async def health(api: StripeApi, source: str, pinned: str = STRIPE_API_VERSION) -> Health:
+async def health(
+    api: StripeApi, source: str, pinned: str = STRIPE_API_VERSION, attempts: int = 5
+) -> Health:
     """The tagged endpoint's problems: an applied event type it does not enable, an API
     version that is not the pinned one, disabled by Stripe."""
     result = Health()
-    endpoints = await tagged(api, source)
+    endpoints = await tagged(api, source, attempts)
     if not endpoints:
         result.warnings.append(
             "no webhook endpoint is tagged as this database's (`stripe-sync endpoint ensure` "
@@ -452,6 +457,18 @@ async def health(api: StripeApi, source: str, pinned: str = STRIPE_API_VERSION) 
             f"(`stripe-sync endpoint upgrade --api-version {pinned}`)"
         )
     return result
+
+
+async def status_check(settings: Settings, source: str) -> tuple[list[str], list[str]]:
+    """``status``'s look at the endpoint (problems, warnings): one list call, no
+    retries, 15 s at most; Stripe out of reach is a warning, not a problem."""
+    try:
+        with anyio.fail_after(STATUS_TIMEOUT):
+            async with from_settings(settings) as api:
+                found = await health(api, source, attempts=1)
+    except (StripeSyncError, TimeoutError) as exc:
+        return [], [f"cannot check the webhook endpoint in Stripe: {exc}"]
+    return found.problems, found.warnings
 
 
 async def run(settings: Settings, action: str, **options: Any) -> EndpointResult:

@@ -1,9 +1,11 @@
 """``stripe-sync status``: what the queues hold and whether anything is wrong,
-read from the database alone (works with the daemon down): :func:`collect`
-→ :class:`Status` (an :class:`~.outcome.Outcome`)."""
+read from the database (works with the daemon down) and, given STRIPE_API_KEY, the
+webhook endpoint's health from Stripe (ops/endpoint.py): :func:`collect` →
+:class:`Status` (an :class:`~.outcome.Outcome`)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -12,6 +14,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from .. import STRIPE_API_VERSION
 from ..db import connect, queries
 from .queue_counts import QueueRow, queue_rows
 
@@ -51,6 +54,8 @@ class Status(msgspec.Struct):
     open_disputes: list[OpenDispute] = []
     # Worth knowing, not wrong: e.g. the Stripe account not verified yet.
     warnings: list[str] = []
+    # The API version of the daemon's requests and of its webhook endpoint (pinned).
+    stripe_api_version: str = STRIPE_API_VERSION
 
     @property
     def healthy(self) -> bool:
@@ -73,7 +78,13 @@ class Status(msgspec.Struct):
 BACKLOG_ALARM_SECONDS = 300.0
 
 
-async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status:
+# This database's mc_source → (problems, warnings) of its webhook endpoint in Stripe.
+EndpointCheck = Callable[[str], Awaitable[tuple[list[str], list[str]]]]
+
+
+async def collect(
+    dsn: str, *, failures: int = 10, disputes: int = 20, endpoint: EndpointCheck | None = None
+) -> Status:
     sql = queries("ops")
     async with connect(dsn, "status") as conn:
         rows = await queue_rows(conn)
@@ -85,6 +96,7 @@ async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status
             OpenDispute(*r) for r in await _all(conn, sql["open_disputes"], limit=disputes)
         ]
         provider = await _all(conn, queries("provider")["load"])
+        source = (await _all(conn, queries("outbox")["source"]))[0][0]
     problems = []
     failed = sum(r.count for r in rows if r.status == "failed")
     if failed:
@@ -104,6 +116,10 @@ async def collect(dsn: str, *, failures: int = 10, disputes: int = 20) -> Status
             "Stripe was unreachable when the daemon started, or the key cannot read the "
             "account); the daemon checks again every minute"
         )
+    if endpoint is not None:
+        endpoint_problems, endpoint_warnings = await endpoint(source)
+        problems += endpoint_problems
+        warnings += endpoint_warnings
     return Status(
         rows, recent, int(stuck), lag, oldest, int(daemons), problems, open_disputes, warnings
     )
@@ -126,7 +142,7 @@ def _render(status: Status, console: Console) -> None:
     console.print(
         f"daemons listening: {status.daemons_listening}   "
         f"webhook apply lag: {'-' if lag is None else f'{lag * 1000:.0f} ms'}   "
-        f"stuck claims: {status.stuck_claims}"
+        f"stuck claims: {status.stuck_claims}   Stripe API: {status.stripe_api_version}"
     )
     if status.recent_failures:
         failures = Table(title="recent failures", title_justify="left")
