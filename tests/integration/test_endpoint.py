@@ -163,16 +163,24 @@ class Producer(threading.Thread):
 
     def stop(self) -> None:
         self.halt.set()
-        self.join(10)
+        if self.ident is not None:  # started
+            self.join(10)
+
+
+def sample(metrics: str, name: str, label: str) -> float | None:
+    """One sample of the daemon's /metrics (``name{label}``), None when absent."""
+    text = httpx.get(f"http://{metrics}/metrics", timeout=5).text
+    found = re.search(rf"^{name}\{{{re.escape(label)}\}} (\S+)$", text, re.M)
+    return float(found[1]) if found else None
 
 
 def duplicates(metrics: str) -> float:
     """Webhook requests the daemon answered as an event it had already stored."""
-    text = httpx.get(f"http://{metrics}/metrics", timeout=5).text
-    found = re.search(
-        r'^stripe_sync_webhooks_received_total\{result="duplicate"\} (\S+)$', text, re.M
-    )
-    return float(found[1]) if found else 0.0
+    return sample(metrics, "stripe_sync_webhooks_received_total", 'result="duplicate"') or 0.0
+
+
+def endpoint_problem(metrics: str, problem: str) -> float | None:
+    return sample(metrics, "stripe_sync_webhook_endpoint_problem", f'problem="{problem}"')
 
 
 def stored(conn: Conn) -> dict[str, tuple[int, str, str | None]]:
@@ -226,6 +234,10 @@ def test_side_by_side_loses_nothing_and_applies_nothing_twice(
     producer = Producer(stripe_client)
     daemon.start()
     try:
+        # The daemon's own check of its endpoint (at start, then every 10 minutes).
+        poll(lambda: endpoint_problem(metrics, "api_version") is not None)
+        assert endpoint_problem(metrics, "api_version") == (old_version != STRIPE_API_VERSION)
+        assert endpoint_problem(metrics, "untagged") == 0
         producer.start()
         poll(lambda: len(stored(conn)) >= 5)
         started = answer(endpoint(dsn, emulator, command, "--secret-file", str(secret_file)))
@@ -244,6 +256,7 @@ def test_side_by_side_loses_nothing_and_applies_nothing_twice(
         daemon.start()
         # Both endpoints deliver: events arrive twice, the second answered as a duplicate.
         poll(lambda: duplicates(metrics) >= 5, timeout=30)
+        assert endpoint_problem(metrics, "api_version") == 0  # one of the two is pinned
 
         finished = answer(
             endpoint(dsn, emulator, command, "--finish", "--secret-file", str(secret_file))

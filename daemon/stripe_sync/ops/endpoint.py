@@ -23,6 +23,7 @@ told otherwise).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from ..config import Settings
 from ..db import queries
 from ..errors import StripeSyncError, UsageError
 from ..outbox.common import source_of
+from ..runtime.metrics import WEBHOOK_ENDPOINT_PROBLEM
 from ..stripe_api import StripeApi, call_with_retries, for_command, from_settings
 from ..webhooks.execute import applied_event_types
 from .outcome import Record
@@ -47,6 +49,8 @@ from .outcome import Record
 TAG = "mc_source"  # the metadata key naming the database an endpoint belongs to
 PAGE = 100
 STATUS_TIMEOUT = 15.0  # seconds status waits for Stripe
+WATCH_SECONDS = 600.0  # how often the daemon checks its endpoint (metrics on)
+log = logging.getLogger(__name__)
 _URL = re.compile(r"^https?://[^/\s]+\S*$")
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 
@@ -123,12 +127,17 @@ class EndpointResult(Record):
             print(f"next: {self.next_step}", file=out)
 
 
+# The kinds of trouble health() finds, as the metric's `problem` label names them.
+PROBLEMS = ("disabled", "missing_event_types", "api_version", "untagged")
+
+
 @dataclass
 class Health:
-    """What ``status`` reports of the tagged endpoint(s)."""
+    """What ``status`` reports of the tagged endpoint(s), and the kinds for the metric."""
 
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
 
 
 # -- the parts ---------------------------------------------------------------------------
@@ -430,6 +439,7 @@ async def health(
     result = Health()
     endpoints = await tagged(api, source, attempts)
     if not endpoints:
+        result.kinds.add("untagged")
         result.warnings.append(
             "no webhook endpoint is tagged as this database's (`stripe-sync endpoint ensure` "
             "creates one; an endpoint made by hand is not checked)"
@@ -443,14 +453,17 @@ async def health(
     applied = applied_event_types()
     for e in endpoints:
         if e.status == "disabled":
+            result.kinds.add("disabled")
             result.problems.append(f"webhook endpoint {e.id} is disabled in Stripe")
         missing = e.missing(applied)
         if missing:
+            result.kinds.add("missing_event_types")
             shown = ", ".join(missing[:5]) + (
                 f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             )
             result.problems.append(f"webhook endpoint {e.id} does not enable {shown}")
     if all(e.api_version != pinned for e in endpoints):
+        result.kinds.add("api_version")
         versions = ", ".join(sorted({str(e.api_version) for e in endpoints}))
         result.problems.append(
             f"webhook endpoint API version {versions} is not the pinned {pinned} "
@@ -469,6 +482,22 @@ async def status_check(settings: Settings, source: str) -> tuple[list[str], list
     except (StripeSyncError, TimeoutError) as exc:
         return [], [f"cannot check the webhook endpoint in Stripe: {exc}"]
     return found.problems, found.warnings
+
+
+async def watch(api: StripeApi, source: str, interval: float = WATCH_SECONDS) -> None:
+    """The daemon's cached look at its endpoint (with metrics on): one list call every
+    ``interval``, into stripe_sync_webhook_endpoint_problem and a warning in the log."""
+    while True:
+        try:
+            found = await health(api, source, attempts=1)
+        except StripeSyncError as exc:
+            log.info("webhook endpoint: cannot check it", extra={"error": str(exc)[:200]})
+        else:
+            for kind in PROBLEMS:
+                WEBHOOK_ENDPOINT_PROBLEM.labels(kind).set(1 if kind in found.kinds else 0)
+            if found.problems:
+                log.warning("webhook endpoint: %s", "; ".join(found.problems))
+        await anyio.sleep(interval)
 
 
 async def run(settings: Settings, action: str, **options: Any) -> EndpointResult:
