@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,33 @@ def test_without_a_secret_file_the_secret_is_printed_once(
     assert "signing secret (shown once): whsec_" in first.stdout
     again = endpoint(dsn, emulator, "ensure", "--url", URL, json_out=False)
     assert "whsec_" not in again.stdout
+
+
+def test_two_at_once_make_one_and_a_deleted_one_is_made_again(
+    dsn: str, emulator: EmulatorServer, stripe_client: stripe.StripeClient
+) -> None:
+    """Two ensures at once share the create's idempotency key: one endpoint. After the
+    endpoint is deleted (in the Dashboard), ensure makes a new one, not the replay of
+    the old create."""
+    env = cli_env(dsn, emulator.base_url)
+    command = [sys.executable, "-m", "stripe_sync.cli", "endpoint", "ensure", "--url", URL]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL"))}
+    running = [subprocess.Popen(command, env={**base, **env}, text=True) for _ in range(2)]
+    assert [p.wait(60) for p in running] == [0, 0]
+    (first,) = listed(stripe_client)
+    stripe_client.v1.webhook_endpoints.delete(first.id)
+    again = answer(endpoint(dsn, emulator, "ensure", "--url", URL))
+    assert again["action"] == "created" and again["endpoint_id"] != first.id
+    assert [e.id for e in listed(stripe_client)] == [again["endpoint_id"]]
+
+
+def test_an_unwritable_secret_file_creates_nothing(
+    dsn: str, emulator: EmulatorServer, stripe_client: stripe.StripeClient, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "secret"
+    result = endpoint(dsn, emulator, "ensure", "--url", URL, "--secret-file", str(missing))
+    assert result.returncode == 1 and result.stderr.startswith("stripe-sync: --secret-file:")
+    assert listed(stripe_client) == []
 
 
 @pytest.mark.parametrize(

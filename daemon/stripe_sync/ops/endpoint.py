@@ -34,12 +34,13 @@ from typing import Any, TextIO
 
 import anyio
 import msgspec
+import stripe
 from psycopg_pool import AsyncConnectionPool
 
 from .. import STRIPE_API_VERSION
 from ..config import Settings
 from ..db import queries
-from ..errors import StripeSyncError, UsageError
+from ..errors import PermanentError, StripeSyncError, UsageError
 from ..outbox.common import source_of
 from ..runtime.metrics import WEBHOOK_ENDPOINT_PROBLEM
 from ..stripe_api import StripeApi, call_with_retries, for_command, from_settings
@@ -195,17 +196,39 @@ async def _create(
         "description": f"stripe-sync for {source}",
         "metadata": {TAG: source},
     }
-    key = _key(source, basis, url, version, *events)
-    created = await call_with_retries(
-        api,
-        "create webhook endpoint",
-        lambda: api.client.v1.webhook_endpoints.create_async(
-            params=params,  # type: ignore[arg-type]
-            options={"idempotency_key": key},
-        ),
-    )
+    gone: list[str] = []
+    while True:
+        key = _key(source, basis, url, version, *events, *gone)
+        created = await call_with_retries(
+            api,
+            "create webhook endpoint",
+            partial(
+                api.client.v1.webhook_endpoints.create_async,
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": key},
+            ),
+        )
+        if await _exists(api, created.id):
+            break
+        # The replay of a create (same key within 24 h) whose endpoint was deleted since.
+        gone.append(created.id)
     assert created.secret is not None, "Stripe answers a create with the secret"
     return Endpoint.of(created.to_dict()), created.secret
+
+
+async def _exists(api: StripeApi, endpoint_id: str) -> bool:
+    try:
+        await call_with_retries(
+            api,
+            "retrieve webhook endpoint",
+            partial(api.client.v1.webhook_endpoints.retrieve_async, endpoint_id),
+        )
+    except PermanentError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, stripe.StripeError) and cause.http_status == 404:
+            return False
+        raise
+    return True
 
 
 def drift(endpoint: Endpoint, url: str | None) -> dict[str, Any]:
@@ -248,6 +271,18 @@ def write_secret(path: str, secrets: Sequence[str]) -> None:
             os.fchmod(f.fileno(), 0o600)  # a leftover tmp may have had another mode
             f.write(",".join(secrets) + "\n")
         os.replace(tmp, path)
+    except OSError as exc:
+        raise StripeSyncError(f"--secret-file: cannot write {path}: {exc.strerror}") from None
+
+
+def check_writable(path: str | None) -> None:
+    """Fail before creating anything when the secret could not be written after."""
+    if path is None:
+        return
+    tmp = f"{path}.tmp"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.unlink(tmp)
     except OSError as exc:
         raise StripeSyncError(f"--secret-file: cannot write {path}: {exc.strerror}") from None
 
@@ -306,6 +341,7 @@ async def ensure(
     if len(endpoints) > 1:
         raise _in_rotation(endpoints)
     if not endpoints:
+        check_writable(secret_file)
         endpoint, secret = await _create(api, source, url, api_version, "ensure")
         restart = "" if secret_file else "set STRIPE_WEBHOOK_SECRET to it, then "
         return _result(
@@ -368,6 +404,7 @@ async def start_side_by_side(
     version = api_version or default or STRIPE_API_VERSION
     if command == "upgrade" and version == old.api_version:
         raise UsageError(f"--api-version: the endpoint already has {version}")
+    check_writable(secret_file)
     new, secret = await _create(api, source, old.url, version, f"{command} {old.id}")
     old_secrets = read_secrets(secret_file) if secret_file else []
     if secret_file:
@@ -496,7 +533,9 @@ async def watch(api: StripeApi, source: str, interval: float = WATCH_SECONDS) ->
             for kind in PROBLEMS:
                 WEBHOOK_ENDPOINT_PROBLEM.labels(kind).set(1 if kind in found.kinds else 0)
             if found.problems:
-                log.warning("webhook endpoint: %s", "; ".join(found.problems))
+                log.warning(
+                    "webhook endpoint problems", extra={"problems": "; ".join(found.problems)}
+                )
         await anyio.sleep(interval)
 
 
