@@ -366,7 +366,7 @@ async def ensure(
     await call_with_retries(
         api,
         "update webhook endpoint",
-        lambda: api.client.v1.webhook_endpoints.update_async(endpoint.id, params=update),  # type: ignore[arg-type]
+        partial(api.client.v1.webhook_endpoints.update_async, endpoint.id, params=update),  # type: ignore[arg-type]
     )
     endpoint = Endpoint(
         endpoint.id,
@@ -456,7 +456,7 @@ async def finish(
     await call_with_retries(
         api,
         "delete webhook endpoint",
-        lambda: api.client.v1.webhook_endpoints.delete_async(old.id),
+        partial(api.client.v1.webhook_endpoints.delete_async, old.id),
     )
     kept: dict[str, Any] = {}
     if secret_file:
