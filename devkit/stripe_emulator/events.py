@@ -226,7 +226,8 @@ class Dispatcher:
             while True:
                 batch = [await queue.get()]
                 endpoint = self.endpoints.get(endpoint_id)
-                if endpoint is None:
+                if endpoint is None:  # deleted: its events no longer wait for it
+                    self._on_result(batch[0][0], endpoint_id, True)
                     self._done()
                     continue
                 if connection is None or connection.url != endpoint.url:
@@ -246,7 +247,8 @@ class Dispatcher:
                         ok = False
                         for _ in range(max(1, endpoint.duplicates)):
                             ok = await self._deliver(endpoint, connection, body) or ok
-                        self._on_result(event_id, endpoint_id, ok)
+                        gone = endpoint_id not in self.endpoints  # deleted while retrying
+                        self._on_result(event_id, endpoint_id, ok or gone)
                     finally:
                         self._done()
         finally:

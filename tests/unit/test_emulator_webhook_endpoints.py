@@ -5,6 +5,7 @@ type, signed with its own secret and carrying its own api_version."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import stripe
@@ -118,3 +119,22 @@ def test_delivery_per_endpoint(
     assert bodies[0]["data"] == bodies[1]["data"]  # the same shape, whatever the version
     (event,) = emulator.emulator.events_of_type("customer.created")
     assert event["pending_webhooks"] == 0
+
+
+def test_a_deleted_endpoint_leaves_no_event_pending(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    """Deleting an endpoint drops its retries, as on Stripe: its events no longer count as
+    waiting (pending_webhooks), so catch-up's delivery_success=false does not list them."""
+    with socket.socket() as s:  # a port nobody listens on: every delivery fails
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    made = stripe_client.v1.webhook_endpoints.create(params={"url": dead, "enabled_events": ["*"]})
+    stripe_client.v1.customers.create(params={"email": "a@example.com"})
+    (event,) = emulator.emulator.events_of_type("customer.created")
+    assert event["pending_webhooks"] == 1
+    stripe_client.v1.webhook_endpoints.delete(made.id)
+    assert emulator.emulator.wait_webhooks_idle(10)
+    (event,) = emulator.emulator.events_of_type("customer.created")
+    assert event["pending_webhooks"] == 0
+    assert stripe_client.v1.events.list(params={"delivery_success": False}).data == []

@@ -450,8 +450,9 @@ async def finish(
         stale = int(row[0]) if row else 0
         if stale:
             raise StripeSyncError(
-                f"{stale} running daemon(s) started before {new.id} existed and may not "
-                "accept its secret: restart them gracefully first (or --force)"
+                f"{stale} running daemon(s) started before {new.id} existed (or under a "
+                "role whose start time this one cannot see) and may not accept its secret: "
+                "restart them gracefully first (or --force)"
             )
     await call_with_retries(
         api,
