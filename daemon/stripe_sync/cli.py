@@ -22,7 +22,7 @@ import anyio
 import msgspec
 import psycopg
 
-from . import __version__
+from . import STRIPE_API_VERSION, __version__
 from .config import CREDENTIALS, Settings, load_settings, variables
 from .errors import EX_FAILURE, CommandStopped, PermanentError, StripeSyncError, TransientError
 from .ops.outcome import show
@@ -120,11 +120,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = _settings(args).require("DATABASE_URL")
     assert settings.database_url is not None
+    endpoint = None
+    if settings.stripe_api_key:  # then status also asks Stripe how the webhook endpoint is
+        from .ops.endpoint import status_check
+
+        endpoint = partial(status_check, _stripe_settings(args))
     collect_status = partial(
         collect,
         settings.database_url,
         failures=args.failures,
         wait_alarm=settings.wait_alarm_seconds,
+        endpoint=endpoint,
     )
     return show(anyio.run(collect_status), json=args.json)
 
@@ -210,6 +216,28 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return show(result, json=args.json)
 
 
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    from .ops.endpoint import check_url, check_version, run
+
+    action, secret_file = args.endpoint_command, args.secret_file
+    version = None if args.api_version is None else check_version(args.api_version)
+    if action == "ensure":
+        url = check_url(args.url)
+        collect = partial(run, _stripe_settings(args), "ensure", url=url)
+        collect = partial(collect, secret_file=secret_file, **_given(api_version=version))
+    elif args.finish:
+        collect = partial(
+            run, _stripe_settings(args), "finish", command=action, secret_file=secret_file
+        )
+        collect = partial(collect, force=args.force)
+    else:
+        collect = partial(run, _stripe_settings(args), "start", command=action)
+        collect = partial(collect, api_version=version, secret_file=secret_file)
+    with _stops(f"endpoint {action}", EX_FAILURE):
+        result = anyio.run(collect)
+    return show(result, json=args.json)
+
+
 def cmd_link(args: argparse.Namespace) -> int:
     from .ops.link import parse_pairs, run
 
@@ -219,6 +247,10 @@ def cmd_link(args: argparse.Namespace) -> int:
     with _stops("link", EX_FAILURE):
         result = anyio.run(collect)
     return show(result, json=args.json)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def without_unused_http_clients() -> None:
@@ -318,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stripe-sync",
         description="Keep a PostgreSQL billing database and Stripe in sync, both ways.",
     )
-    parser.add_argument("--version", action="version", version=f"stripe-sync {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"stripe-sync {__version__} (Stripe API {STRIPE_API_VERSION})",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -328,14 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
         flags: Sequence[str] = (),
         *,
         outcome: bool = True,
+        under: Any = sub,
+        reads: str | None = None,
         **kwargs: Any,
     ) -> argparse.ArgumentParser:
-        """A subcommand; with ``outcome``, one whose result ``show`` prints (so: --json)."""
-        p = sub.add_parser(
+        """A subcommand (of ``under``); with ``outcome``, one whose result ``show`` prints
+        (so: --json). Its help ends with the settings it reads (those of ``reads``)."""
+        p: argparse.ArgumentParser = under.add_parser(
             name,
             help=help,
             description=help,
-            epilog=_environment_help(name),
+            epilog=_environment_help(reads or name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             **kwargs,
         )
@@ -501,6 +540,62 @@ def build_parser() -> argparse.ArgumentParser:
         "--customer", metavar="cus_ID", help="only this linked customer's objects"
     )
     backfill.add_argument("--dry-run", action="store_true", help="list and compare, change nothing")
+    # -- endpoint: the webhook endpoint, managed (ops/endpoint.py, docs/stripe.md §1) --
+    endpoint = sub.add_parser(
+        "endpoint",
+        help="create and keep the Stripe webhook endpoint: exactly the events the daemon "
+        "applies, a pinned API version; rotate its secret, upgrade its version",
+        description="The webhook endpoint tagged as this database's (metadata mc_source).",
+    )
+    actions = endpoint.add_subparsers(dest="endpoint_command", required=True, metavar="ACTION")
+    secret_help = (
+        "write the signing secret(s) here, mode 0600 (for STRIPE_WEBHOOK_SECRET_FILE or "
+        "systemd's LoadCredential=); without it the secret is printed once"
+    )
+    ensure = command(
+        "ensure",
+        cmd_endpoint,
+        "create the endpoint unless this database has one; else fix a drifted URL, event "
+        'list or disabled status, or say "up to date"',
+        stripe_flags,
+        under=actions,
+        reads="endpoint",
+    )
+    ensure.add_argument(
+        "--url", required=True, help="where Stripe posts: https://host/webhooks/stripe"
+    )
+    side_by_side = {
+        "rotate": "a second endpoint with a fresh secret beside the first; --finish deletes "
+        "the old one after a graceful restart",
+        "upgrade": "a second endpoint at a new API version beside the first; --finish "
+        "deletes the old one after a graceful restart",
+    }
+    for name, help_text in {"ensure": "", **side_by_side}.items():
+        p = (
+            ensure
+            if name == "ensure"
+            else command(
+                name, cmd_endpoint, help_text, stripe_flags, under=actions, reads="endpoint"
+            )
+        )
+        p.add_argument("--secret-file", metavar="PATH", help=secret_help)
+        if name != "rotate":
+            p.add_argument(
+                "--api-version",
+                metavar="V",
+                help=f"the endpoint's API version (default {STRIPE_API_VERSION}, the pinned one)",
+            )
+        else:
+            p.set_defaults(api_version=None)
+        if name != "ensure":
+            p.add_argument(
+                "--finish", action="store_true", help="delete the old endpoint, keep the new"
+            )
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="with --finish: even if a running daemon started before the new endpoint",
+            )
     # parsed by stripe_emulator.cli; listed here for the overview
     sub.add_parser("emulator", help="run the Stripe emulator (see `stripe-sync emulator --help`)")
     demo = command(

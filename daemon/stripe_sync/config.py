@@ -103,9 +103,12 @@ _MEANINGS: dict[str, tuple[str, str, tuple[str, ...]]] = {}
 # the database reads DATABASE_URL; those that call Stripe read its settings.
 DATABASE_COMMANDS = (
     "migrate", "seed", "run", "status", "retry", "dismiss", "replay", "prune", "catch-up",
-    "reconcile",
+    "reconcile", "link", "backfill", "endpoint",
 )  # fmt: skip
-STRIPE_COMMANDS = ("run", "catch-up", "reconcile")
+# seed looks in Stripe before it creates; status asks it how the webhook endpoint is.
+STRIPE_COMMANDS = (
+    "run", "catch-up", "reconcile", "link", "backfill", "endpoint", "seed", "status",
+)  # fmt: skip
 
 
 def _setting(
@@ -174,6 +177,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         "STRIPE_SYNC_BACKFILL_SHARE",
         0.5,
         "share of STRIPE_SYNC_RATE_LIMIT that `backfill` uses (0 < share <= 1)",
+        read_by=("backfill",),
     )
     concurrency: int = _setting("STRIPE_SYNC_CONCURRENCY", 16, "rows in flight at once, per queue")
     # One process uses one core; more share the webhook port and the queues

@@ -23,6 +23,7 @@ import anyio
 import stripe
 from psycopg_pool import AsyncConnectionPool
 
+from . import STRIPE_API_VERSION
 from .config import DEFAULTS, RATE_LIMITS, Secret, Settings
 from .db import make_pool
 from .errors import PermanentError, SavedFailure, TransientError, joined
@@ -91,6 +92,7 @@ class StripeApi:
             base_addresses={"api": api_base} if api_base else None,
             http_client=self._http,
             max_network_retries=0,
+            stripe_version=STRIPE_API_VERSION,  # chosen, not the SDK's (__init__.py)
         )
         self.pacer = Pacer(rate_limit)
         self.calls = 0

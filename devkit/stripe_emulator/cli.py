@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="URL",
-        help="deliver events to this URL (repeatable)",
+        help="deliver every event to this URL (repeatable; a shortcut for an endpoint "
+        "that POST /v1/webhook_endpoints would make, not listed by the API)",
     )
     parser.add_argument(
         "--webhook-secret",

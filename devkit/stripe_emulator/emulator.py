@@ -13,7 +13,17 @@ from typing import Any
 
 import msgspec
 
-from . import cards, catalog, credit_notes, customers, errors, events, payments, subscriptions
+from . import (
+    cards,
+    catalog,
+    credit_notes,
+    customers,
+    errors,
+    events,
+    payments,
+    subscriptions,
+    webhook_endpoints,
+)
 from .errors import StripeError
 from .faults import FaultRule, Faults, RateLimiter, parse_rule
 from .idempotency import IdempotencyStore
@@ -106,7 +116,15 @@ class ApiRoute:
 # By method and number of segments, each list in table order (so /v1/customers/search
 # is tried before /v1/customers/{id}).
 _ROUTES: dict[tuple[str, int], list[ApiRoute]] = {}
-for _module in (customers, catalog, subscriptions, payments, cards, credit_notes):
+for _module in (
+    customers,
+    catalog,
+    subscriptions,
+    payments,
+    cards,
+    credit_notes,
+    webhook_endpoints,
+):
     for _method, _template, _operation in _module.ROUTES:
         _segments = tuple(_template.split("/"))
         _ROUTES.setdefault((_method, len(_segments)), []).append(
@@ -357,9 +375,7 @@ class Emulator:
         }
         self.store.put("events", event)
         self._pending[event["id"]] = set(targets)
-        body = encode(event)
-        for endpoint_id in targets:
-            self.webhooks.enqueue(endpoint_id, event["id"], body)
+        webhook_endpoints.enqueue(self, event, targets)
         return event
 
     def delivery_failed(self, event_id: str) -> bool:

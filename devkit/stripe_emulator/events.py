@@ -48,9 +48,13 @@ class WebhookEndpoint:
     timeout: float = 5.0
     attempts: int = 0
     deliveries: int = 0
+    # Set by /v1/webhook_endpoints (webhook_endpoints.py): the version its events carry
+    # (None: the account's) and whether Stripe delivers to it (false: disabled).
+    api_version: str | None = None
+    enabled: bool = True
 
     def wants(self, event_type: str) -> bool:
-        return any(
+        return self.enabled and any(
             pattern == "*"
             or pattern == event_type
             or (pattern.endswith(".*") and event_type.startswith(pattern[:-1]))
@@ -222,10 +226,13 @@ class Dispatcher:
             while True:
                 batch = [await queue.get()]
                 endpoint = self.endpoints.get(endpoint_id)
-                if endpoint is None:
+                if endpoint is None:  # deleted: its events no longer wait for it
+                    self._on_result(batch[0][0], endpoint_id, True)
                     self._done()
                     continue
-                if connection is None:
+                if connection is None or connection.url != endpoint.url:
+                    if connection is not None:  # the API changed the endpoint's URL
+                        connection.close()
                     connection = Connection(endpoint.url)
                 if endpoint.shuffle_window > 0:
                     # Gather what arrives within the window, then send it in random order.
@@ -240,7 +247,8 @@ class Dispatcher:
                         ok = False
                         for _ in range(max(1, endpoint.duplicates)):
                             ok = await self._deliver(endpoint, connection, body) or ok
-                        self._on_result(event_id, endpoint_id, ok)
+                        gone = endpoint_id not in self.endpoints  # deleted while retrying
+                        self._on_result(event_id, endpoint_id, ok or gone)
                     finally:
                         self._done()
         finally:
@@ -282,6 +290,7 @@ class Connection:
     for the event. Reads Content-Length, chunked and read-until-close responses."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"webhook URL must be http(s)://host/...: {url!r}")

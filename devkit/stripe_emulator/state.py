@@ -34,6 +34,7 @@ KINDS = (
     "setup_intents",
     "credit_notes",
     "invoiceitems",
+    "webhook_endpoints",
     "events",
 )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stripe_sync import __version__
+from stripe_sync import STRIPE_API_VERSION, __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,8 @@ def test_built_wheel_migrates_reports_and_plays_the_demo(tmp_path: Path, empty_d
     where = _run(venv / "bin" / "python", "-c", "import stripe_sync; print(stripe_sync.__file__)",
                  cwd=tmp_path, env=env).stdout  # fmt: skip
     assert where.startswith(str(venv)), where
-    assert _run(cli, "--version", cwd=tmp_path, env=env).stdout == f"stripe-sync {__version__}\n"
+    version = f"stripe-sync {__version__} (Stripe API {STRIPE_API_VERSION})\n"
+    assert _run(cli, "--version", cwd=tmp_path, env=env).stdout == version
 
     db = {**env, "DATABASE_URL": empty_dsn}
     migrations = sorted(p.name for p in (ROOT / "schema").glob("*.sql"))

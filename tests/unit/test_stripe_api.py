@@ -79,3 +79,18 @@ def test_classification(exc: stripe.StripeError, kind: type[Exception]) -> None:
     result = classify("create customer", exc)
     assert isinstance(result, kind)
     assert "create customer" in str(result)
+
+
+def test_the_request_version_is_chosen_and_known_to_the_installed_sdk() -> None:
+    """STRIPE_API_VERSION is sent on every request (not the SDK's default), and the
+    installed SDK knows it: an SDK upgrade that drops it fails here, not in production."""
+    from stripe._api_version import _ApiVersion
+
+    from stripe_sync import STRIPE_API_VERSION
+    from stripe_sync.config import Secret
+    from stripe_sync.stripe_api import StripeApi
+
+    api = StripeApi(Secret("sk_test_x"))
+    assert api.client._requestor._options.stripe_version == STRIPE_API_VERSION
+    release = STRIPE_API_VERSION.rpartition(".")[2]
+    assert STRIPE_API_VERSION <= _ApiVersion.CURRENT and _ApiVersion.CURRENT.endswith(release)

@@ -1,9 +1,11 @@
 """``stripe-sync status``: what the queues hold and whether anything is wrong,
-read from the database alone (works with the daemon down): :func:`collect`
-→ :class:`Status` (an :class:`~.outcome.Outcome`)."""
+read from the database (works with the daemon down) and, given STRIPE_API_KEY, the
+webhook endpoint's health from Stripe (ops/endpoint.py): :func:`collect` →
+:class:`Status` (an :class:`~.outcome.Outcome`)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -11,6 +13,7 @@ import msgspec
 import psycopg
 from rich.console import Console
 
+from .. import STRIPE_API_VERSION
 from ..config import DEFAULTS
 from ..db import connect, queries
 from .queue_counts import QueueRow, queue_rows
@@ -98,6 +101,8 @@ class Status(msgspec.Struct):
     # not linked to an MC account, and the customers with the most of them.
     ignored_unlinked_24h: int = 0
     top_unlinked_customers: list[UnlinkedCustomer] = []
+    # The API version of the daemon's requests and of its webhook endpoint (pinned).
+    stripe_api_version: str = STRIPE_API_VERSION
 
     @property
     def healthy(self) -> bool:
@@ -116,6 +121,10 @@ class Status(msgspec.Struct):
         ).decode()
 
 
+# This database's mc_source → (problems, warnings) of its webhook endpoint in Stripe.
+EndpointCheck = Callable[[str], Awaitable[tuple[list[str], list[str]]]]
+
+
 async def collect(
     dsn: str,
     *,
@@ -123,9 +132,11 @@ async def collect(
     disputes: int = 20,
     wait_alarm: float = DEFAULTS.wait_alarm_seconds,
     unlinked: int = 5,
+    endpoint: EndpointCheck | None = None,
 ) -> Status:
     """What the queues hold; a due row or a pending row older than ``wait_alarm``
-    seconds (STRIPE_SYNC_WAIT_ALARM; 0: never) is a problem."""
+    seconds (STRIPE_SYNC_WAIT_ALARM; 0: never) is a problem; with ``endpoint``,
+    so is what is wrong with the webhook endpoint in Stripe."""
     sql = queries("ops")
     async with connect(dsn, "status") as conn:
         rows = await queue_rows(conn)
@@ -140,6 +151,7 @@ async def collect(
             OpenDispute(*r) for r in await _all(conn, sql["open_disputes"], limit=disputes)
         ]
         provider = await _all(conn, queries("provider")["load"])
+        source = (await _all(conn, queries("outbox")["source"]))[0][0]
     problems = []
     failed = sum(r.count for r in rows if r.status == "failed")
     if failed:
@@ -166,6 +178,10 @@ async def collect(
             f"customer is not linked to an MC account; most: {named}. Link a customer that "
             "should be synced, then replay its events (docs/stripe.md, runbook)"
         )
+    if endpoint is not None:
+        endpoint_problems, endpoint_warnings = await endpoint(source)
+        problems += endpoint_problems
+        warnings += endpoint_warnings
     return Status(
         queues=rows,
         recent_failures=recent,
@@ -255,6 +271,7 @@ def _render(status: Status, console: Console) -> None:
     )
     console.print(
         f"daemons listening: {status.daemons_listening}   stuck claims: {status.stuck_claims}"
+        f"   Stripe API: {status.stripe_api_version}"
     )
     _render_waiting(status.waiting, console)
     _render_lag(status.apply_lag, console)

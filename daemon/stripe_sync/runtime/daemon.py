@@ -25,6 +25,7 @@ from .. import provider
 from ..config import Settings
 from ..db import first_connect, make_pool, redact_dsn
 from ..migrate import check_current
+from ..ops.endpoint import watch as endpoint_watch
 from ..ops.queue_counts import QueueRow, queue_rows
 from ..ops.retention import Pruner
 from ..outbox.common import Context, source_of
@@ -184,6 +185,8 @@ class Daemon:
                 work.start_soon(serve_http, app, sock, self._http_stop)
                 tg.start_soon(self._watchdog)
                 tg.start_soon(Pruner(self.pool, s.retention_seconds).run)
+                if s.metrics_bind:  # the webhook endpoint's health, for the metrics
+                    tg.start_soon(endpoint_watch, self.api, source)
                 sdnotify.notify("READY=1")
                 log.info("ready", extra={"http_port": self.http_port})
                 task_status.started()

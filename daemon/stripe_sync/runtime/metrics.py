@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,6 +57,16 @@ WEBHOOK_INGEST_SECONDS = Histogram(
     "Webhook request time until the event is durable",
     registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+)
+
+# Set by the daemon's own check of its webhook endpoint every 10 minutes (ops/endpoint.py
+# watch), never by a scrape: a scrape must not call Stripe.
+WEBHOOK_ENDPOINT_PROBLEM = Gauge(
+    "stripe_sync_webhook_endpoint_problem",
+    "1 while the webhook endpoint has the problem (disabled, missing_event_types, "
+    "api_version, untagged), as the daemon's last check found it",
+    ["problem"],
+    registry=REGISTRY,
 )
 
 

@@ -175,7 +175,8 @@ _FETCHED: dict[Family, Applied] = {
 
 
 def applied_event_types() -> frozenset[str]:
-    """The event types stripe-sync applies (all others are recorded ``ignored``)."""
+    """The event types stripe-sync applies (all others are recorded ``ignored``):
+    exactly what its webhook endpoint enables (ops/endpoint.py)."""
     return frozenset(_BY_TYPE)
 
 
