@@ -13,7 +13,17 @@ from typing import Any
 
 import msgspec
 
-from . import cards, catalog, credit_notes, customers, errors, events, payments, subscriptions
+from . import (
+    cards,
+    catalog,
+    credit_notes,
+    customers,
+    errors,
+    events,
+    payments,
+    subscriptions,
+    test_clocks,
+)
 from .errors import StripeError
 from .faults import FaultRule, Faults, RateLimiter, parse_rule
 from .idempotency import IdempotencyStore
@@ -49,6 +59,10 @@ class EmulatorConfig:
     # Keep the arrival times of the last N API requests for
     # GET /_emulator/request_log (benchmarks); 0: off, nothing is recorded.
     request_log: int = 0
+    # After a renewal payment fails: retries this many days after the previous
+    # attempt, then the subscription ends so (test_clocks.DunningSettings).
+    dunning_retry_days: tuple[int, ...] = (3, 5, 7)
+    dunning_end: str = "canceled"
 
 
 @dataclass
@@ -106,7 +120,7 @@ class ApiRoute:
 # By method and number of segments, each list in table order (so /v1/customers/search
 # is tried before /v1/customers/{id}).
 _ROUTES: dict[tuple[str, int], list[ApiRoute]] = {}
-for _module in (customers, catalog, subscriptions, payments, cards, credit_notes):
+for _module in (customers, catalog, subscriptions, payments, cards, credit_notes, test_clocks):
     for _method, _template, _operation in _module.ROUTES:
         _segments = tuple(_template.split("/"))
         _ROUTES.setdefault((_method, len(_segments)), []).append(
@@ -149,6 +163,9 @@ class Emulator:
         # params, body): the tests hold them to Stripe's OpenAPI spec with it.
         self.observer: Callable[[str, str, dict[str, Any], bytes], None] | None = None
         self.created_at = self.clock.timestamp()
+        # Set while a request or an advance runs on a test clock's time (now()).
+        self._frozen: int | None = None
+        self.time = self._time_state()
 
     # -- control -----------------------------------------------------------------------
     def reset(self) -> None:
@@ -168,7 +185,14 @@ class Emulator:
                 self.request_log.clear()
             self._pending.clear()
             self._failed.clear()
+            self.time = self._time_state()
         self.webhooks.reset()
+
+    def _time_state(self) -> test_clocks.TimeState:
+        dunning = test_clocks.DunningSettings(
+            tuple(self.config.dunning_retry_days), self.config.dunning_end
+        )
+        return test_clocks.TimeState(dunning)
 
     def add_fault(
         self,
@@ -292,7 +316,8 @@ class Emulator:
             return err.status, encode(err.body())
         with self.lock:
             try:
-                body = route.operation(self, req)
+                with test_clocks.scope(self, req):
+                    body = route.operation(self, req)
             except StripeError as err:
                 return err.status, encode(err.body())
             expand = [str(p) for p in _as_list(req.params.get("expand"))]
@@ -305,10 +330,20 @@ class Emulator:
 
     # -- helpers for resource modules ------------------------------------------------
     def now(self) -> int:
-        return self.clock.timestamp()
+        """The time new objects and events get: the test clock's frozen time while
+        working for one of its customers, else the emulator's clock."""
+        return self._frozen if self._frozen is not None else self.clock.timestamp()
 
     @contextmanager
-    def updating(self, req: ApiRequest, obj: JSON, event_type: str) -> Iterator[None]:
+    def frozen_at(self, timestamp: int) -> Iterator[None]:
+        outer, self._frozen = self._frozen, timestamp
+        try:
+            yield
+        finally:
+            self._frozen = outer
+
+    @contextmanager
+    def updating(self, req: ApiRequest | None, obj: JSON, event_type: str) -> Iterator[None]:
         """Wrap an update of `obj`: when any top-level field changed, emit `event_type`
         with its previous_attributes, and bump `updated` where the object has one
         (products)."""

@@ -34,6 +34,7 @@ KINDS = (
     "setup_intents",
     "credit_notes",
     "invoiceitems",
+    "test_clocks",
     "events",
 )
 
