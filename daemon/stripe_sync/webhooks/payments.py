@@ -56,6 +56,18 @@ _PI_RANKS = {
     "canceled": 5,
     "succeeded": 5,
 }
+# A failed attempt (back to requires_payment_method) ends what the intent's
+# creation and confirmation began in the same second, as a renewal charged off
+# session does; it ties with `processing`, so that pair is asked of Stripe.
+_FAILED_ATTEMPT_RANK = _PI_RANKS["processing"]
+
+
+def _pi_rank(status: str | None, event_type: str) -> int:
+    if event_type == "payment_intent.payment_failed":
+        return _FAILED_ATTEMPT_RANK
+    return rank_of(_PI_RANKS, status, event_type)
+
+
 _REFUND_RANKS = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2, "canceled": 2}
 
 
@@ -64,7 +76,7 @@ async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
     pi = event.data.object
     if not pi.id:
         raise PermanentError(f"{event.type}: data.object has no id")
-    key = Key(event.created, rank_of(_PI_RANKS, pi.status, event.type), event.id)
+    key = Key(event.created, _pi_rank(pi.status, event.type), event.id)
 
     charge_id = pi.charge_id
     charge_amount_refunded = pi.charge_amount_refunded
