@@ -152,12 +152,57 @@ def _draft(emu: Emulator, sub: JSON) -> JSON:
     )
 
 
+def cycle_invoice(emu: Emulator, sub: JSON, previous: tuple[int, int], finalizes_at: int) -> JSON:
+    """A renewal's draft invoice (billing_reason subscription_cycle): a line per item
+    for its new period, then the subscription's pending invoice items. Its
+    period is the period that just ended, as on Stripe."""
+    inv = _draft(emu, sub)
+    lines = [
+        line_item(
+            emu,
+            inv,
+            item,
+            item["current_period_start"],
+            item["current_period_end"],
+            (item["price"]["unit_amount"] or 0) * item["quantity"],
+        )
+        for item in sub["items"]["data"]
+    ]
+    lines += [proration_line(emu, inv, ii) for ii in prorations.pending(emu, sub)]
+    open_invoice(
+        emu,
+        None,
+        sub,
+        inv,
+        lines,
+        "subscription_cycle",
+        period_start=previous[0],
+        period_end=previous[1],
+        automatically_finalizes_at=finalizes_at,
+    )
+    return inv
+
+
 def _issue(
     emu: Emulator, req: ApiRequest, sub: JSON, inv: JSON, lines: list[JSON], reason: str
 ) -> JSON:
-    """Create, finalize and (for charge_automatically) pay a subscription's invoice.
-    A negative total (more credited than charged) is due as 0 and credited to the
-    customer's balance, as Stripe does."""
+    """Create, finalize and (for charge_automatically) pay a subscription's invoice."""
+    open_invoice(emu, req, sub, inv, lines, reason)
+    finalize(emu, req, inv)
+    collect(emu, req, sub, inv)
+    return inv
+
+
+def open_invoice(
+    emu: Emulator,
+    req: ApiRequest | None,
+    sub: JSON,
+    inv: JSON,
+    lines: list[JSON],
+    reason: str,
+    **fields: Any,
+) -> None:
+    """Store the draft with its lines and amounts (and `fields`): invoice.created."""
     now = emu.now()
     cus = emu.store.get("customers", sub["customer"]) or {}
     total = sum(line["amount"] for line in lines)
@@ -187,9 +232,20 @@ def _issue(
         period_start=now,
         period_end=now,
         auto_advance=True,
+        test_clock=cus.get("test_clock"),
     )
+    inv.update(fields)
     emu.store.put("invoices", inv)
     emu.record_event(req, "invoice.created", inv)
+
+
+def finalize(emu: Emulator, req: ApiRequest | None, inv: JSON) -> None:
+    """Number the invoice and open it: invoice.finalized. A negative total (more
+    credited than charged) is due as 0 and credited to the customer's balance,
+    as Stripe does."""
+    now = emu.now()
+    cus = emu.store.get("customers", inv["customer"]) or {}
+    total = inv["total"]
     seq = cus.get("next_invoice_sequence", 1)
     if cus:
         cus["next_invoice_sequence"] = seq + 1
@@ -197,6 +253,7 @@ def _issue(
         status="open",
         number=f"{cus.get('invoice_prefix') or 'EMU'}-{seq:04d}",
         effective_at=now,
+        automatically_finalizes_at=None,
         # The customer's balance is not applied to invoices here (starting_balance
         # stays 0); what a negative total credits to it is.
         ending_balance=min(total, 0),
@@ -208,33 +265,66 @@ def _issue(
     if total < 0 and cus:
         with emu.updating(req, cus, "customer.updated"):
             cus["balance"] += total
+
+
+_DESCRIPTIONS = {"subscription_create": "Subscription creation"}
+
+
+def collect(
+    emu: Emulator, req: ApiRequest | None, sub: JSON, inv: JSON, *, may_fail: bool = False
+) -> bool:
+    """Charge what the open invoice still owes to the default payment method: True
+    when it is paid (invoice.paid). With `may_fail` (a renewal or its retry) a
+    declining card fails the attempt, which counts in attempt_count; every attempt
+    on an invoice reuses its payment intent, as Stripe's do. The first invoice
+    of a new subscription is always paid here."""
+    now = emu.now()
+    cus = emu.store.get("customers", sub["customer"]) or {}
+    due = inv["amount_remaining"]
     if due > 0:
-        pi = new_objects_billing.payment_intent(new_id("pi"), now, sub["livemode"])
-        descriptions = {"subscription_create": "Subscription creation"}
-        pi.update(
-            amount=due,
-            currency=sub["currency"],
-            customer=sub["customer"],
-            description=descriptions.get(reason, "Subscription update"),
-            payment_method=_invoice_method(emu, sub, cus),
-            status="requires_confirmation",
-        )
-        emu.store.put("payment_intents", pi)
-        emu.record_event(req, "payment_intent.created", pi)
+        method = _invoice_method(emu, sub, cus)
+        pi = _invoice_intent(emu, req, sub, inv, due, method)
+        inv.update(attempted=True, attempt_count=inv["attempt_count"] + 1)
+        if may_fail and cards.card_of(emu, method).decline is not None:
+            fail_payment(emu, req, pi, method)
+            return False
+        pi["payment_method"] = method
         succeed_payment(emu, req, pi)
         inv["payments"]["data"] = [invoice_payment(emu, req, inv, pi)]
     inv.update(
         status="paid",
-        attempted=due > 0,
-        attempt_count=1 if due > 0 else 0,
         amount_paid=due,
         amount_remaining=0,
         auto_advance=False,
+        next_payment_attempt=None,
     )
     inv["status_transitions"]["paid_at"] = now
     emu.record_event(req, "invoice.paid", inv)
     emu.record_event(req, "invoice.payment_succeeded", inv)
-    return inv
+    return True
+
+
+def _invoice_intent(
+    emu: Emulator, req: ApiRequest | None, sub: JSON, inv: JSON, due: int, method: str
+) -> JSON:
+    """The invoice's payment intent: made on the first attempt, reused by retries."""
+    known = emu.time.invoice_intents.get(inv["id"])
+    pi = emu.store.get("payment_intents", known) if known else None
+    if pi is not None:
+        return pi
+    pi = new_objects_billing.payment_intent(new_id("pi"), emu.now(), sub["livemode"])
+    pi.update(
+        amount=due,
+        currency=sub["currency"],
+        customer=sub["customer"],
+        description=_DESCRIPTIONS.get(inv["billing_reason"], "Subscription update"),
+        payment_method=method,
+        status="requires_confirmation",
+    )
+    emu.store.put("payment_intents", pi)
+    emu.time.invoice_intents[inv["id"]] = pi["id"]
+    emu.record_event(req, "payment_intent.created", pi)
+    return pi
 
 
 def _invoice_method(emu: Emulator, sub: JSON, cus: JSON) -> str:
@@ -250,7 +340,7 @@ def _invoice_method(emu: Emulator, sub: JSON, cus: JSON) -> str:
     )
 
 
-def invoice_payment(emu: Emulator, req: ApiRequest, inv: JSON, pi: JSON) -> JSON:
+def invoice_payment(emu: Emulator, req: ApiRequest | None, inv: JSON, pi: JSON) -> JSON:
     """The invoice's payment (API 2025-03-31+), announced by invoice_payment.paid:
     since then the only event that links a payment to its invoice."""
     payment = {
@@ -300,7 +390,7 @@ def _charge_for(emu: Emulator, pi: JSON, payment_method: str) -> JSON:
     return ch
 
 
-def succeed_payment(emu: Emulator, req: ApiRequest, pi: JSON) -> None:
+def succeed_payment(emu: Emulator, req: ApiRequest | None, pi: JSON) -> None:
     method = pi["payment_method"] or cards.DEFAULT_PAYMENT_METHOD
     ch = _charge_for(emu, pi, method)
     emu.record_event(req, "charge.succeeded", ch)
@@ -316,7 +406,7 @@ def succeed_payment(emu: Emulator, req: ApiRequest, pi: JSON) -> None:
         open_dispute(emu, req, ch)
 
 
-def open_dispute(emu: Emulator, req: ApiRequest, ch: JSON) -> JSON:
+def open_dispute(emu: Emulator, req: ApiRequest | None, ch: JSON) -> JSON:
     """The cardholder disputes the charge: its full amount is withdrawn until the
     dispute is won, and the evidence is due in EVIDENCE_DAYS."""
     now = emu.now()
@@ -334,7 +424,7 @@ def open_dispute(emu: Emulator, req: ApiRequest, ch: JSON) -> JSON:
     return dp
 
 
-def fail_payment(emu: Emulator, req: ApiRequest, pi: JSON, method: str) -> StripeError:
+def fail_payment(emu: Emulator, req: ApiRequest | None, pi: JSON, method: str) -> StripeError:
     """Declined test card: a failed charge, the intent back to requires_payment_method,
     and the 402 card_error the caller should raise."""
     decline = cards.card_of(emu, method).decline or "generic_decline"

@@ -29,6 +29,8 @@ class TestCard:
     last4: str
     funding: str = "credit"
     decline: str | None = None  # the decline_code of a charge on it
+    # Saving it works (attach, a setup intent) even though its charges decline.
+    saves: bool = False
     dispute: bool = False  # charges succeed, then are disputed as fraudulent
 
 
@@ -46,6 +48,8 @@ TEST_CARDS = {
     ),
     "pm_card_chargeDeclinedExpiredCard": TestCard("visa", "0069", decline="expired_card"),
     "pm_card_createDispute": TestCard("visa", "0259", dispute=True),
+    # 4000000000000341: attaches to a customer, but every charge on it fails.
+    "pm_card_chargeCustomerFail": TestCard("visa", "0341", decline="generic_decline", saves=True),
 }
 _BY_NUMBER = {(c.brand, c.last4): c for c in TEST_CARDS.values()}
 DEFAULT_PAYMENT_METHOD = "pm_card_visa"
@@ -270,7 +274,7 @@ def _confirm_setup(emu: Emulator, req: ApiRequest, si: JSON, method: str | None)
     if method is None:
         raise missing("payment_method")
     card = card_of(emu, method)
-    if card.decline is not None:
+    if card.decline is not None and not card.saves:
         si.update(
             status="requires_payment_method",
             payment_method=None,

@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep arrival times of the last N requests for GET /_emulator/request_log "
         "(benchmarks); off by default",
     )
+    parser.add_argument(
+        "--dunning-retry-days",
+        type=_retry_days,
+        default=(3, 5, 7),
+        metavar="D,D,...",
+        help="after a renewal payment fails, retry it this many days after the previous "
+        "attempt, once per number (default 3,5,7: about two weeks, like Stripe's)",
+    )
+    parser.add_argument(
+        "--dunning-end",
+        choices=("canceled", "unpaid", "past_due"),
+        default="canceled",
+        help="the subscription's status once the retries are exhausted (default canceled)",
+    )
     parser.add_argument("--account-id", default=None, help="id returned by GET /v1/account")
     parser.add_argument("--api-version", default=None, help="api_version stamped on events")
     parser.add_argument(
@@ -96,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _retry_days(text: str) -> tuple[int, ...]:
+    try:
+        days = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        days = (0,)
+    if any(d <= 0 for d in days):
+        raise argparse.ArgumentTypeError(f"want positive whole days separated by commas: {text!r}")
+    return days
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     host, _, port_text = args.bind.rpartition(":")
@@ -108,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         search_lag=max(args.search_lag, 0.0),
         allow_live=args.allow_live,
         request_log=max(args.request_log, 0),
+        dunning_retry_days=args.dunning_retry_days,
+        dunning_end=args.dunning_end,
     )
     if args.account_id:
         config.account_id = args.account_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import cards, new_objects
+from . import cards, new_objects, test_clocks
 from .errors import no_such
 from .forms import (
     assign,
@@ -52,6 +52,7 @@ def create_customer(emu: Emulator, req: ApiRequest) -> JSON:
         cards.check_default(emu, cus["id"], default)  # nothing is attached to a new customer
     pm = cards.saved(emu, method, req.livemode) if method else None
     _apply_customer(cus, p)
+    cus["test_clock"] = test_clocks.for_new_customer(emu, p)
     if pm is not None and default == method:
         # The payment_method given as the default too: its saved copy is.
         cus["invoice_settings"]["default_payment_method"] = pm["id"]

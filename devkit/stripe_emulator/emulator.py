@@ -22,6 +22,7 @@ from . import (
     events,
     payments,
     subscriptions,
+    test_clocks,
     webhook_endpoints,
 )
 from .errors import StripeError
@@ -59,6 +60,10 @@ class EmulatorConfig:
     # Keep the arrival times of the last N API requests for
     # GET /_emulator/request_log (benchmarks); 0: off, nothing is recorded.
     request_log: int = 0
+    # After a renewal payment fails: retries this many days after the previous
+    # attempt, then the subscription ends so (test_clocks.DunningSettings).
+    dunning_retry_days: tuple[int, ...] = (3, 5, 7)
+    dunning_end: str = "canceled"
 
 
 @dataclass
@@ -124,6 +129,7 @@ for _module in (
     cards,
     credit_notes,
     webhook_endpoints,
+    test_clocks,
 ):
     for _method, _template, _operation in _module.ROUTES:
         _segments = tuple(_template.split("/"))
@@ -170,6 +176,9 @@ class Emulator:
         # False while history.seed_history writes objects "made before MC": Stripe
         # keeps events for 30 days, and no endpoint existed to be sent them.
         self.recording = True
+        # Set while a request or an advance runs on a test clock's time (now()).
+        self._frozen: int | None = None
+        self.time = self._time_state()
 
     # -- control -----------------------------------------------------------------------
     def reset(self) -> None:
@@ -190,7 +199,14 @@ class Emulator:
                 self.request_log.clear()
             self._pending.clear()
             self._failed.clear()
+            self.time = self._time_state()
         self.webhooks.reset()
+
+    def _time_state(self) -> test_clocks.TimeState:
+        dunning = test_clocks.DunningSettings(
+            tuple(self.config.dunning_retry_days), self.config.dunning_end
+        )
+        return test_clocks.TimeState(dunning)
 
     def add_fault(
         self,
@@ -314,7 +330,8 @@ class Emulator:
             return err.status, encode(err.body())
         with self.lock:
             try:
-                body = route.operation(self, req)
+                with test_clocks.scope(self, req):
+                    body = route.operation(self, req)
             except StripeError as err:
                 return err.status, encode(err.body())
             expand = [str(p) for p in _as_list(req.params.get("expand"))]
@@ -327,10 +344,20 @@ class Emulator:
 
     # -- helpers for resource modules ------------------------------------------------
     def now(self) -> int:
-        return self.clock.timestamp()
+        """The time new objects and events get: the test clock's frozen time while
+        working for one of its customers, else the emulator's clock."""
+        return self._frozen if self._frozen is not None else self.clock.timestamp()
 
     @contextmanager
-    def updating(self, req: ApiRequest, obj: JSON, event_type: str) -> Iterator[None]:
+    def frozen_at(self, timestamp: int) -> Iterator[None]:
+        outer, self._frozen = self._frozen, timestamp
+        try:
+            yield
+        finally:
+            self._frozen = outer
+
+    @contextmanager
+    def updating(self, req: ApiRequest | None, obj: JSON, event_type: str) -> Iterator[None]:
         """Wrap an update of `obj`: when any top-level field changed, emit `event_type`
         with its previous_attributes, and bump `updated` where the object has one
         (products)."""

@@ -87,6 +87,7 @@ def _item(
         net_amount=amount,
         currency=price["currency"],
         customer=sub["customer"],
+        test_clock=sub["test_clock"],
         description=f"{what} {bill.quantity} × {name} after {after}",  # noqa: RUF001
         parent={
             "subscription_details": {"subscription": sub["id"], "subscription_item": item_id},

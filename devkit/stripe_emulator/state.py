@@ -35,6 +35,7 @@ KINDS = (
     "credit_notes",
     "invoiceitems",
     "webhook_endpoints",
+    "test_clocks",
     "events",
 )
 

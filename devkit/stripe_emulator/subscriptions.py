@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import billing, new_objects, prorations
+from . import billing, new_objects, prorations, renewals
 from .errors import StripeError, invalid, missing, no_such
 from .forms import check_known, get_bool, get_dict, get_int, get_list, get_str, merge_metadata
 from .listing import PAGE_PARAMS, list_objects, paginate
@@ -87,7 +87,7 @@ def create_subscription(emu: Emulator, req: ApiRequest) -> JSON:
     p = req.params
     check_known(p, _SUB_CREATE)
     customer_id = get_str(p, "customer", required=True) or ""
-    emu.store.require("customers", customer_id, "customer")
+    cus = emu.store.require("customers", customer_id, "customer")
     specs = get_list(p, "items")
     if not specs:
         raise missing("items")
@@ -122,7 +122,9 @@ def create_subscription(emu: Emulator, req: ApiRequest) -> JSON:
         default_payment_method=get_str(p, "default_payment_method"),
         collection_method=get_str(p, "collection_method") or "charge_automatically",
         billing_cycle_anchor=end if trial_days else now,
+        test_clock=cus["test_clock"],
     )
+    renewals.periods_on_subscription(emu, sub)
     if get_bool(p, "cancel_at_period_end"):
         sub.update(cancel_at_period_end=True, cancel_at=end)
     # Stripe's subscription.created already names the first invoice.

@@ -13,20 +13,15 @@ import pytest
 
 from stripe_emulator.server import EmulatorServer
 
-from daemons import WEBHOOK_SECRET, DaemonProcess
+from daemons import DaemonProcess, receiving_webhooks
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 @pytest.fixture
 def daemon(dsn: str, emulator: EmulatorServer) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(dsn, emulator.base_url, STRIPE_SYNC_SWEEP_INTERVAL="0.5")
-    try:
-        d.start()
-        emulator.emulator.add_webhook_endpoint(f"{d.url}/webhooks/stripe", [WEBHOOK_SECRET])
+    with receiving_webhooks(dsn, emulator) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def wait_for(

@@ -21,8 +21,17 @@ def test_help_lists_options() -> None:
         "--latency",
         "--account-id",
         "--api-version",
+        "--dunning-retry-days",
+        "--dunning-end",
     ):
         assert option in text
+
+
+def test_dunning_options_reach_the_emulator_settings() -> None:
+    args = build_parser().parse_args(["--dunning-retry-days", "1,2", "--dunning-end", "unpaid"])
+    assert (args.dunning_retry_days, args.dunning_end) == ((1, 2), "unpaid")
+    defaults = build_parser().parse_args([])
+    assert (defaults.dunning_retry_days, defaults.dunning_end) == ((3, 5, 7), "canceled")
 
 
 def test_runs_and_stops_on_sigterm() -> None:

@@ -56,11 +56,20 @@ _PI_RANKS = {
     "canceled": 5,
     "succeeded": 5,
 }
+
+
+def _pi_stage(pi: PaymentIntent, event_type: str) -> str | None:
+    # A failed attempt (back to requires_payment_method) ends what the intent's
+    # creation and confirmation began in the same second, as a renewal charged off
+    # session does: it ranks as `processing`, so that tie is asked of Stripe.
+    return "processing" if event_type == "payment_intent.payment_failed" else pi.status
+
+
 _REFUND_RANKS = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2, "canceled": 2}
 
 
 async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
-    seen = opened(job, PaymentIntent, _PI_RANKS, lambda pi, _: pi.status)
+    seen = opened(job, PaymentIntent, _PI_RANKS, _pi_stage)
     pi = seen.obj
 
     charge_id = pi.charge_id
