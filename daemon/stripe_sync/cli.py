@@ -546,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="create and keep the Stripe webhook endpoint: exactly the events the daemon "
         "applies, a pinned API version; rotate its secret, upgrade its version",
         description="The webhook endpoint tagged as this database's (metadata mc_source).",
+        epilog=_environment_help("endpoint"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = endpoint.add_subparsers(dest="endpoint_command", required=True, metavar="ACTION")
     secret_help = (

@@ -88,9 +88,12 @@ def test_each_help_lists_the_settings_its_command_reads(
 def test_the_help_of_commands_that_call_stripe_names_the_key(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for command in ("catch-up", "reconcile", "run"):
+    # status asks Stripe how the webhook endpoint is when a key is set (#26);
+    # seed looks for an MC row's Stripe twin before it creates one (#24).
+    calling = ("catch-up", "reconcile", "run", "link", "backfill", "endpoint", "seed", "status")
+    for command in calling:
         assert re.search(r"^  STRIPE_API_KEY ", help_text(command, capsys), re.M), command
-    assert "STRIPE_API_KEY" not in help_text("status", capsys)
+    assert "STRIPE_API_KEY" not in help_text("retry", capsys)
     assert re.search(r"^  STRIPE_SYNC_WAIT_ALARM ", help_text("status", capsys), re.M)
     # The demo reads no setting: it never uses DATABASE_URL.
     assert "environment" not in help_text("demo", capsys)
