@@ -82,8 +82,9 @@ def create(emu: Emulator, req: ApiRequest) -> JSON:
         "url": url,
     }
     secret = f"whsec_{secrets.token_urlsafe(24)}"
-    # Stripe retries a failed delivery for days; here for ~15 s (a daemon's restart).
-    delivery = events.make_endpoint(url, [secret], enabled_events=types, max_attempts=20)
+    # Stripe retries a failed delivery for days; here for ~40 s (a daemon's restart, on a
+    # loaded machine).
+    delivery = events.make_endpoint(url, [secret], enabled_events=types, max_attempts=45)
     delivery.id = endpoint["id"]
     delivery.api_version = version
     emu.store.put(KIND, endpoint)

@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from pg_servers import second_pass_reason, server_for_tests, server_major, throwaway_major
+from psycopg.conninfo import make_conninfo
 
 from stripe_sync_demo import devcluster
 from stripe_sync_demo.devcluster import (
@@ -64,6 +67,25 @@ def test_a_reachable_server_is_used_as_is(pg_server: dict[str, object]) -> None:
     dsn = " ".join(f"{k}={v}" for k, v in pg_server.items())
     with reachable_or_throwaway(dsn) as chosen:
         assert chosen == dsn
+
+
+def test_asked_for_a_throwaway_cluster_the_tests_get_one(
+    pg_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STRIPE_SYNC_TEST_PG=throwaway (./dev test's second pass): a throwaway cluster of
+    the wheel's PostgreSQL, even with a server at hand; and no third pass."""
+    monkeypatch.delenv("STRIPE_SYNC_PG_BINDIR", raising=False)
+    monkeypatch.setenv("STRIPE_SYNC_TEST_DSN", make_conninfo("", **pg_server))
+    monkeypatch.setenv("STRIPE_SYNC_TEST_PG", "throwaway")
+    with server_for_tests() as dsn:
+        assert dsn != os.environ["STRIPE_SYNC_TEST_DSN"]
+        assert _server_facts(dsn)[0].startswith("18.")
+    assert throwaway_major() == 18
+    assert second_pass_reason() is None
+    monkeypatch.delenv("STRIPE_SYNC_TEST_PG")
+    # Without it: a second pass exactly when the server at hand is another major.
+    used = server_major(os.environ["STRIPE_SYNC_TEST_DSN"])
+    assert (second_pass_reason() is None) == (used == 18)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the cluster to another user")

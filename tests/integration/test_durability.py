@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from stripe_sync.db import make_pool, queries
 from stripe_sync.mappings import CUSTOMERS, PRICES
@@ -24,6 +25,10 @@ from stripe_sync.queue.store import PostgresStore
 from stripe_sync.webhooks.queue import WEBHOOKS
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+
+# A server's default, which these tests start from whatever the server at hand
+# says: throwaway clusters (devcluster.py) run with synchronous_commit off.
+DURABLE_SESSION = "-c synchronous_commit=on"
 
 RELAXED = ["claim", "outbox_claim", "renew", "finish", "finish_rows", "finish_mapped",
            "mark_pending"]  # fmt: skip
@@ -85,6 +90,7 @@ def _statement(name: str, row_id: int) -> tuple[sql.SQL | bytes, dict[str, Any]]
 
 @pytest.mark.parametrize("name", RELAXED + DURABLE)
 def test_each_statement_commits_as_durably_as_it_must(conn: Conn, name: str) -> None:
+    conn.execute("SET synchronous_commit = on")  # DURABLE_SESSION
     row_id = _setup(conn)
     if name not in ("claim", "outbox_claim", "insert_events"):  # the others act on a claimed row
         conn.execute(OUTBOX.query("claim"), {"limit": 1, "worker": "w", "lease": 30.0})
@@ -103,7 +109,7 @@ def test_each_statement_commits_as_durably_as_it_must(conn: Conn, name: str) -> 
 async def test_relaxing_a_statement_never_changes_the_session(dsn: str) -> None:
     """One pooled connection serves the claim and finish, then the webhook INSERT:
     the relaxation must have ended with each statement's own transaction."""
-    async with make_pool(dsn, size=1) as pool:
+    async with make_pool(make_conninfo(dsn, options=DURABLE_SESSION), size=1) as pool:
         async with pool.connection() as c:
             await c.execute(
                 "INSERT INTO integration.outbox (action_type, payload) "

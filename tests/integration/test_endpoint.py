@@ -284,6 +284,9 @@ def test_side_by_side_loses_nothing_and_applies_nothing_twice(
         daemon.start()
         # Both endpoints deliver: events arrive twice, the second answered as a duplicate.
         poll(lambda: duplicates(metrics) >= 5, timeout=30)
+        # ...and since the restart it takes both secrets: nothing rejected (a rejected old
+        # endpoint would lose nothing either, but fire StripeSyncWebhooksRejected).
+        assert not sample(metrics, "stripe_sync_webhooks_received_total", 'result="rejected"')
         assert endpoint_problem(metrics, "api_version") == 0  # one of the two is pinned
 
         finished = answer(

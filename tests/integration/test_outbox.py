@@ -198,37 +198,54 @@ _SECOND_ROW = {
 async def test_stripe_length_limits_at_the_boundary(
     dsn: str, conn: Conn, emulator: EmulatorServer, family: str, table: str, column: str
 ) -> None:
-    """At the limit the value reaches Stripe whole; one character over, on a create
-    or an update, the row fails naming the column and nothing is sent."""
+    """At the limit the value reaches Stripe whole, on a create and on an update;
+    one character over, on either, the row fails naming the column and nothing is sent."""
     limit = SPEC.max_length(f"POST /v1/{family}s", column)
     assert limit is not None
-    at, over = text_of_length(column, limit), text_of_length(column, limit + 1, "b")
+
+    def set_to(mc_id: int, length: int, fill: str) -> str:
+        value = text_of_length(column, length, fill)
+        conn.execute(f"UPDATE {table} SET {column} = %s WHERE id = %s", (value, mc_id))
+        return value
+
+    def push(action: str, mc_id: int) -> None:
+        field = {"customer": "account_id", "product": "product_id", "price": "price_id"}[family]
+        enqueue(conn, f"{action}_stripe_{family}", f'{{"{field}": {mc_id}}}')
+
     catalog(conn)
-    conn.execute(f"UPDATE {table} SET {column} = %s WHERE id = 1", (at,))
     conn.execute(_SECOND_ROW[table])
-    conn.execute(f"UPDATE {table} SET {column} = %s WHERE id = 2", (over,))
-    field = {"customer": "account_id", "product": "product_id", "price": "price_id"}[family]
     async with outbox_pipeline(dsn, emulator.base_url) as pipeline:
         if family == "price":
             enqueue(conn, "create_stripe_product", '{"product_id": 1}')
             await eventually(lambda: all_settled(dsn))
-        enqueue(conn, f"create_stripe_{family}", f'{{"{field}": 1}}')
+        at = set_to(1, limit, "a")
+        push("create", 1)
         await eventually(lambda: all_settled(dsn))
         [sent] = emulator.emulator.objects(f"{family}s")
         assert sent[column] == at
-        conn.execute(f"UPDATE {table} SET {column} = %s WHERE id = 1", (over.replace("b", "c"),))
+        set_to(1, limit + 1, "b")
+        set_to(2, limit + 1, "c")
         calls = pipeline.api.calls
-        enqueue(conn, f"update_stripe_{family}", f'{{"{field}": 1}}')
-        enqueue(conn, f"create_stripe_{family}", f'{{"{field}": 2}}')
-        rows = await eventually(lambda: all_settled(dsn))
+        push("update", 1)
+        push("create", 2)
+        refused = (await eventually(lambda: all_settled(dsn)))[-2:]
         assert pipeline.api.calls == calls
-    refused = [
-        f"{table}.{column} id={mc_id}: {limit + 1} characters; Stripe accepts at most {limit}, "
-        "so nothing was sent"
+        assert emulator.emulator.objects(f"{family}s") == [sent]
+        at = set_to(1, limit, "d")
+        push("update", 1)
+        updated = (await eventually(lambda: all_settled(dsn)))[-1]
+    assert [r[2:] for r in refused] == [
+        (
+            "failed",
+            1,
+            f"{table}.{column} id={mc_id}: {limit + 1} characters; Stripe accepts at most "
+            f"{limit}, so nothing was sent",
+        )
         for mc_id in (1, 2)
     ]
-    assert [r[2:] for r in rows[-2:]] == [("failed", 1, refused[0]), ("failed", 1, refused[1])]
-    assert emulator.emulator.objects(f"{family}s") == [sent]
+    assert updated[2] == "done", updated
+    [sent] = emulator.emulator.objects(f"{family}s")
+    assert sent[column] == at
 
 
 async def test_an_emptied_description_is_unset_in_stripe(

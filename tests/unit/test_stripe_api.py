@@ -81,16 +81,22 @@ def test_classification(exc: stripe.StripeError, kind: type[Exception]) -> None:
     assert "create customer" in str(result)
 
 
-def test_the_request_version_is_chosen_and_known_to_the_installed_sdk() -> None:
-    """STRIPE_API_VERSION is sent on every request (not the SDK's default), and the
-    installed SDK knows it: an SDK upgrade that drops it fails here, not in production."""
+def test_the_request_version_is_chosen_and_known_to_the_installed_sdk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """STRIPE_API_VERSION is sent on every request (not the SDK's default, which another
+    SDK release changes), and the installed SDK knows it: an SDK upgrade that drops it
+    fails here, not in production."""
     from stripe._api_version import _ApiVersion
 
     from stripe_sync import STRIPE_API_VERSION
     from stripe_sync.config import Secret
     from stripe_sync.stripe_api import StripeApi
 
+    sdk_version = _ApiVersion.CURRENT
+    monkeypatch.setattr(_ApiVersion, "CURRENT", "2099-01-01.another_sdk")  # a later SDK's
     api = StripeApi(Secret("sk_test_x"))
     assert api.client._requestor._options.stripe_version == STRIPE_API_VERSION
+    monkeypatch.setattr(_ApiVersion, "CURRENT", sdk_version)
     release = STRIPE_API_VERSION.rpartition(".")[2]
     assert STRIPE_API_VERSION <= _ApiVersion.CURRENT and _ApiVersion.CURRENT.endswith(release)

@@ -120,7 +120,9 @@ class EndpointResult(Record):
             print(f"  {change}", file=out)
         if self.old_endpoint_id and self.action == "finished":
             print(f"  deleted {self.old_endpoint_id}", file=out)
-        if self.secret_file:
+        if self.secret_file and self.action == "finished":
+            print(f"{self.secret_file} now holds the new signing secret only", file=out)
+        elif self.secret_file:
             print(f"signing secret written to {self.secret_file} (mode 0600)", file=out)
         elif self.secret:
             print(f"signing secret (shown once): {self.secret}", file=out)
