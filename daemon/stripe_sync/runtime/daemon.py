@@ -154,7 +154,12 @@ class Daemon:
             OUTBOX, outbox_handler(Context(self.pool, self.api, source, s.search_lag))
         )
         webhook_ctx = WebhookContext(
-            pool=self.pool, api=self.api, mode=mode, refetch=s.webhook_refetch, source=source
+            pool=self.pool,
+            api=self.api,
+            mode=mode,
+            refetch=s.webhook_refetch,
+            source=source,
+            fetch_references=s.fetch_references,
         )
         webhooks = self._worker(
             WEBHOOKS,
