@@ -52,7 +52,14 @@ def test_demo_runs_the_story_shows_one_summary_and_cleans_up() -> None:
     # What a newcomer wants to see: Stripe ids, amounts, event types, the billing rows.
     assert re.search(r"Ada Lovelace <ada@example.com> +│ cus_\w+ +│ synced", out), out
     assert re.search(r"member monthly: EUR 15.00 / month +│ price_\w+", out), out
-    assert re.search(r"invoice.paid +│ processed +│ 1", out), out
+    assert re.search(r"invoice.paid +│ processed +│ 14 ", out), out
+    # A year in seconds: twelve renewals on a test clock, each paid, all in billing.*.
+    assert re.search(r"invoices \d+-\d+ +│ Katherine Johnson, EUR 15.00, 13 times +│ paid ", out), (
+        out
+    )
+    assert re.search(
+        r"payments \d+-\d+ +│ Katherine Johnson, EUR 15.00, 13 times +│ succeeded ", out
+    )
     # (the column is as wide as its widest row: the dispute's)
     assert re.search(r"Ada Lovelace, EUR 15.00, refunded 15.00 +│ succeeded \(refund: full\)", out)
     assert re.search(
@@ -95,7 +102,8 @@ def test_an_empty_database_runs_the_demo_twice(empty_dsn: str) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "settled" in result.stdout
     with psycopg.connect(empty_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM billing.accounts").fetchone() == (3,)
+        # The story's three and Katherine's, whose customer is on a test clock.
+        assert conn.execute("SELECT count(*) FROM billing.accounts").fetchone() == (4,)
 
 
 def _family(pid: int) -> dict[int, str]:
