@@ -275,7 +275,7 @@ def list_subscriptions(emu: Emulator, req: ApiRequest) -> JSON:
         emu.store,
         req.params,
         "subscriptions",
-        equal=("customer", "collection_method"),
+        equal=("customer", "collection_method", "test_clock"),
         known={"price", "status"},
         keep=keep,
     )

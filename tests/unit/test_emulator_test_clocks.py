@@ -6,8 +6,11 @@ official SDK; the `emulator` fixture holds the traffic to Stripe's OpenAPI spec.
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import stripe
 from emulator_helpers import recurring_price
@@ -87,6 +90,9 @@ def test_clock_create_retrieve_list_advance_delete(
     assert [c.id for c in listed.data] == [clock]
     cus = _customer(stripe_client, clock)
     assert (cus.test_clock, cus.created) == (clock, START)
+    stripe_client.v1.customers.create(params={"email": "no-clock@example.com"})
+    on_clock = stripe_client.v1.customers.list(params={"test_clock": clock})
+    assert [c.id for c in on_clock.data] == [cus.id]
 
     answer = _advance(stripe_client, clock, START + DAY)
     assert answer.status == "advancing"
@@ -98,6 +104,8 @@ def test_clock_create_retrieve_list_advance_delete(
     assert later.created == START
     sub = _subscribe(stripe_client, cus.id)
     assert (sub.created, sub.test_clock) == (START + DAY, clock)
+    subs = stripe_client.v1.subscriptions.list(params={"test_clock": clock})
+    assert [s.id for s in subs.data] == [sub.id]
 
     deleted = stripe_client.v1.test_helpers.test_clocks.delete(clock)
     assert deleted.deleted is True
@@ -112,6 +120,18 @@ def test_clock_create_retrieve_list_advance_delete(
         "test_helpers.test_clock.ready",
         "test_helpers.test_clock.deleted",
     ]
+
+
+def test_clock_shapes_are_stripes(emulator: EmulatorServer) -> None:
+    """Every field of Stripe's fixtures for a test clock and a deleted one, no other."""
+    fixtures = json.loads(
+        (Path(__file__).parents[1] / "data" / "stripe_openapi_fixtures.json").read_text()
+    )["resources"]
+    api = httpx.Client(base_url=emulator.base_url, auth=("sk_test_x", ""))
+    made = api.post("/v1/test_helpers/test_clocks", data={"frozen_time": START}).json()
+    assert set(made) == set(fixtures["test_helpers.test_clock"])
+    deleted = api.delete(f"/v1/test_helpers/test_clocks/{made['id']}").json()
+    assert set(deleted) == set(fixtures["deleted_test_helpers.test_clock"])
 
 
 def test_advance_is_limited_to_two_intervals_of_the_shortest_subscription(
@@ -170,6 +190,26 @@ def test_renewal_rolls_the_period_then_drafts_finalizes_and_pays_in_time_order(
     assert (renewal.status, renewal.amount_paid, renewal.attempt_count) == ("paid", 1000, 1)
     assert renewal.lines.data[0].period.start == feb_end
     assert stripe_client.v1.subscriptions.retrieve(sub.id).latest_invoice == renewal.id
+
+
+def test_before_api_2025_03_31_the_subscription_carries_its_period_too(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    config = emulator.emulator.config
+    current, config.api_version = config.api_version, "2024-06-20"
+    try:
+        clock, _, sub = _subscribed(stripe_client)
+        assert (sub["current_period_start"], sub["current_period_end"]) == (START, _ts(2026, 2, 28))
+        _advance(stripe_client, clock, _ts(2026, 2, 28) + 2 * HOUR)
+    finally:
+        config.api_version = current
+    [rolled] = emulator.emulator.events_of_type("customer.subscription.updated")
+    now = rolled["data"]["object"]
+    assert (now["current_period_start"], now["current_period_end"]) == (
+        _ts(2026, 2, 28),
+        _ts(2026, 3, 31),
+    )
+    assert rolled["data"]["previous_attributes"]["current_period_end"] == _ts(2026, 2, 28)
 
 
 def test_trial_warns_three_days_before_then_bills_the_first_period(
