@@ -107,6 +107,11 @@ def test_clock_create_retrieve_list_advance_delete(
     subs = stripe_client.v1.subscriptions.list(params={"test_clock": clock})
     assert [s.id for s in subs.data] == [sub.id]
 
+    # A request that names an object of the customer's by another parameter too.
+    pi = stripe_client.v1.payment_intents.list(params={"customer": cus.id}).data[0]
+    refund = stripe_client.v1.refunds.create(params={"payment_intent": pi.id, "amount": 100})
+    assert refund.created == START + DAY
+
     deleted = stripe_client.v1.test_helpers.test_clocks.delete(clock)
     assert deleted.deleted is True
     with pytest.raises(stripe.InvalidRequestError) as missing:
