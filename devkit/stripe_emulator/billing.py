@@ -197,6 +197,7 @@ def open_invoice(
         customer_shipping=cus.get("shipping"),
         currency=sub["currency"],
         billing_reason=reason,
+        collection_method=sub["collection_method"],
         subscription=sub["id"],
         parent={
             "quote_details": None,

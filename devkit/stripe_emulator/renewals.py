@@ -112,6 +112,9 @@ def _next_due(emu: Emulator, sub: JSON) -> tuple[int, int, Action] | None:
     trial_end = sub["trial_end"]
     if sub["status"] == "trialing" and trial_end and sub["id"] not in emu.time.trial_warned:
         steps.append((trial_end - TRIAL_NOTICE, 1, lambda: _warn_trial(emu, sub)))
+    resumes_at = (sub["pause_collection"] or {}).get("resumes_at")
+    if resumes_at is not None:
+        steps.append((resumes_at, 1, partial(_resume_collection, emu, sub)))
     end = sub["items"]["data"][0]["current_period_end"]
     cancel_at = sub["cancel_at"]
     if cancel_at is not None and cancel_at <= end:
@@ -124,6 +127,11 @@ def _next_due(emu: Emulator, sub: JSON) -> tuple[int, int, Action] | None:
 def _warn_trial(emu: Emulator, sub: JSON) -> None:
     emu.time.trial_warned.add(sub["id"])
     emu.record_event(None, "customer.subscription.trial_will_end", sub)
+
+
+def _resume_collection(emu: Emulator, sub: JSON) -> None:
+    with emu.updating(None, sub, "customer.subscription.updated"):
+        sub["pause_collection"] = None
 
 
 def _end(emu: Emulator, sub: JSON, at: int) -> None:
@@ -172,7 +180,35 @@ def periods_on_subscription(emu: Emulator, sub: JSON) -> None:
 
 
 def _finalize(emu: Emulator, sub: JSON, inv: JSON) -> None:
+    """Finalize and charge the renewal, unless collection is paused (the invoice is
+    kept as a draft, voided or marked uncollectible, as `pause_collection` says) or
+    the subscription sends invoices (open until paid, due in days_until_due)."""
+    pause = (sub["pause_collection"] or {}).get("behavior")
+    if pause == "keep_as_draft":
+        inv.update(automatically_finalizes_at=None, auto_advance=False)
+        _done_collecting(emu, sub, inv)
+        return
     billing.finalize(emu, None, inv)
+    now = emu.now()
+    if pause is not None:
+        _done_collecting(emu, sub, inv)
+        if pause == "void":
+            inv.update(status="void", amount_remaining=0, auto_advance=False)
+            inv["status_transitions"]["voided_at"] = now
+            emu.record_event(None, "invoice.voided", inv)
+        else:
+            inv.update(status="uncollectible", auto_advance=False)
+            inv["status_transitions"]["marked_uncollectible_at"] = now
+            emu.record_event(None, "invoice.marked_uncollectible", inv)
+        return
+    if sub["collection_method"] == "send_invoice":
+        inv.update(
+            collection_method="send_invoice",
+            due_date=now + (sub["days_until_due"] or 30) * DAY,
+        )
+        _done_collecting(emu, sub, inv)
+        emu.record_event(None, "invoice.sent", inv)
+        return
     _attempt(emu, sub, inv)
 
 

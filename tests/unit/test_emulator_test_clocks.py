@@ -290,6 +290,59 @@ def test_pending_prorations_land_on_the_next_invoice_with_the_new_quantity(
     assert all(ii["invoice"] == renewal.id for ii in emulator.emulator.objects("invoiceitems"))
 
 
+@pytest.mark.parametrize(
+    ("behavior", "status", "event"),
+    [
+        ("keep_as_draft", "draft", None),
+        ("void", "void", "invoice.voided"),
+        ("mark_uncollectible", "uncollectible", "invoice.marked_uncollectible"),
+    ],
+)
+def test_paused_collection_leaves_renewals_unpaid_until_it_resumes(
+    stripe_client: stripe.StripeClient,
+    emulator: EmulatorServer,
+    behavior: str,
+    status: str,
+    event: str | None,
+) -> None:
+    clock, _, sub = _subscribed(stripe_client)
+    resumes = _ts(2026, 3, 15)
+    params: Any = {"pause_collection": {"behavior": behavior, "resumes_at": resumes}}
+    stripe_client.v1.subscriptions.update(sub.id, params=params)
+    _advance(stripe_client, clock, _ts(2026, 2, 28) + 2 * HOUR)
+    paused = stripe_client.v1.subscriptions.retrieve(sub.id)
+    invoice = stripe_client.v1.invoices.retrieve(str(paused.latest_invoice))
+    assert (invoice.status, invoice.amount_paid) == (status, 0)
+    if event is not None:
+        assert [e["data"]["object"]["id"] for e in emulator.emulator.events_of_type(event)] == [
+            invoice.id
+        ]
+    _advance(stripe_client, clock, _ts(2026, 3, 31) + 2 * HOUR)
+    resumed = stripe_client.v1.subscriptions.retrieve(sub.id)
+    assert (resumed.pause_collection, resumed.status) == (None, "active")
+    renewal = stripe_client.v1.invoices.retrieve(str(resumed.latest_invoice))
+    assert (renewal.status, renewal.amount_paid) == ("paid", 1000)
+
+
+def test_a_subscription_that_sends_invoices_is_not_charged_at_renewal(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    clock, _, sub = _subscribed(stripe_client)
+    params: Any = {"collection_method": "send_invoice", "days_until_due": 14}
+    stripe_client.v1.subscriptions.update(sub.id, params=params)
+    _advance(stripe_client, clock, _ts(2026, 2, 28) + 2 * HOUR)
+    now = stripe_client.v1.subscriptions.retrieve(sub.id)
+    invoice = stripe_client.v1.invoices.retrieve(str(now.latest_invoice))
+    assert (invoice.status, invoice.collection_method, invoice.attempt_count) == (
+        "open",
+        "send_invoice",
+        0,
+    )
+    assert invoice.due_date == _ts(2026, 2, 28) + HOUR + 14 * DAY
+    assert now.status == "active"
+    assert emulator.emulator.events_of_type("invoice.sent")
+
+
 def _failing_default(client: stripe.StripeClient, customer: str, card: str) -> None:
     pm = client.v1.payment_methods.attach(card, params={"customer": customer})
     client.v1.customers.update(
