@@ -20,6 +20,7 @@ from . import (
     customers,
     errors,
     events,
+    invoice_items,
     payments,
     subscriptions,
     test_clocks,
@@ -120,7 +121,16 @@ class ApiRoute:
 # By method and number of segments, each list in table order (so /v1/customers/search
 # is tried before /v1/customers/{id}).
 _ROUTES: dict[tuple[str, int], list[ApiRoute]] = {}
-for _module in (customers, catalog, subscriptions, payments, cards, credit_notes, test_clocks):
+for _module in (
+    customers,
+    catalog,
+    subscriptions,
+    payments,
+    cards,
+    credit_notes,
+    test_clocks,
+    invoice_items,
+):
     for _method, _template, _operation in _module.ROUTES:
         _segments = tuple(_template.split("/"))
         _ROUTES.setdefault((_method, len(_segments)), []).append(

@@ -343,6 +343,30 @@ def test_a_subscription_that_sends_invoices_is_not_charged_at_renewal(
     assert emulator.emulator.events_of_type("invoice.sent")
 
 
+def test_invoice_items_land_on_the_next_renewal_invoice(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    clock, cus, sub = _subscribed(stripe_client)
+    items = stripe_client.v1.invoice_items
+    setup = items.create(
+        params={"customer": cus, "subscription": sub.id, "amount": 500, "currency": "usd"}
+    )
+    extra: Any = {"customer": cus, "amount": 250, "currency": "usd", "description": "Extra seat"}
+    seat = items.create(params=extra)
+    assert (setup.invoice, seat.test_clock, seat.date) == (None, clock, START)
+    pending = items.list(params={"customer": cus, "pending": True}).data
+    assert {ii.id for ii in pending} == {setup.id, seat.id}
+    _advance(stripe_client, clock, _ts(2026, 2, 28) + 2 * HOUR)
+    renewal = stripe_client.v1.invoices.retrieve(
+        str(stripe_client.v1.subscriptions.retrieve(sub.id).latest_invoice)
+    )
+    assert [line.amount for line in renewal.lines.data] == [1000, 500, 250]
+    assert renewal.lines.data[2].description == "Extra seat"
+    assert renewal.amount_paid == 1750
+    assert {items.retrieve(ii).invoice for ii in (setup.id, seat.id)} == {renewal.id}
+    assert items.list(params={"customer": cus, "pending": True}).data == []
+
+
 def _failing_default(client: stripe.StripeClient, customer: str, card: str) -> None:
     pm = client.v1.payment_methods.attach(card, params={"customer": customer})
     client.v1.customers.update(
