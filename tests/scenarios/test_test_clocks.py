@@ -4,7 +4,7 @@ webhook. At the end billing.subscriptions, billing.invoices and
 billing.payments equal the emulator's objects one for one.
 
 The customers are on monthly and yearly prices; one has a trial, one changes
-quantity mid-cycle (its prorations land on the next invoice), one cancels at
+quantity mid-cycle (its prorations, and an invoice item, land on the next invoice), one cancels at
 period end, one's card fails and then a new card recovers it, one's card
 fails until its retries run out and the subscription is canceled.
 
@@ -258,6 +258,8 @@ def test_a_year_on_one_test_clock(
             stripe_client.v1.subscriptions.update(
                 subs[CANCEL].id, params={"cancel_at_period_end": True}
             )
+            extra: Any = {"customer": customers[QUANTITY], "amount": 700, "currency": "usd"}
+            stripe_client.v1.invoice_items.create(params=extra)  # on the next renewal
         if day == 90:
             _default_card(stripe_client, customers[RECOVERS], "pm_card_chargeCustomerFail")
             _default_card(stripe_client, customers[FAILS], "pm_card_chargeCustomerFail")
@@ -280,6 +282,10 @@ def test_a_year_on_one_test_clock(
     assert statuses[subs[CANCEL].id] == "canceled"
     assert sum(s == "active" for s in statuses.values()) == CUSTOMERS - 2
 
+    lines = [line for i in emu.objects("invoices") for line in i["lines"]["data"]]
+    assert [
+        line["amount"] for line in lines if line["parent"]["type"] == "invoice_item_details"
+    ] == [700]
     # The year really renewed: twelve times each plain monthly subscription
     # (the last one a draft at the end), once each yearly one.
     renewals = sum(i["billing_reason"] == "subscription_cycle" for i in emu.objects("invoices"))
