@@ -22,6 +22,7 @@ from . import (
     events,
     invoice_items,
     payments,
+    renewals,
     subscriptions,
     test_clocks,
 )
@@ -251,7 +252,14 @@ class Emulator:
         return self.webhooks.add_endpoint(events.make_endpoint(url, secret_list, **options))
 
     def advance_clock(self, seconds: float) -> None:
-        self.clock.advance(seconds)
+        """Move the emulator's clock (Stripe's real time): idempotency keys expire by
+        it, and moving it forward renews, ends and retries the subscriptions on no
+        test clock as a test clock's advance does for its own (renewals.py)."""
+        with self.lock:
+            since = self.clock.timestamp()
+            self.clock.advance(seconds)
+            if seconds > 0:
+                renewals.run_real_time(self, since, self.clock.timestamp())
 
     def objects(self, kind: str) -> list[JSON]:
         """Every object of a kind (e.g. "customers"), deleted ones flagged `deleted: true`."""

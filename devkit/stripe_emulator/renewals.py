@@ -72,10 +72,21 @@ def advance_limit(emu: Emulator, clock: JSON) -> int:
 
 def run_until(emu: Emulator, clock: JSON, target: int) -> None:
     """Run everything due on the clock's subscriptions up to `target`, earliest first."""
-    subs = subscriptions_on(emu, clock)
+    _run(emu, subscriptions_on(emu, clock), clock["frozen_time"], target)
+
+
+def run_real_time(emu: Emulator, since: int, until: int) -> None:
+    """The emulator's own clock moved from `since` to `until`: what fell due in
+    between for the subscriptions on no test clock (they live in real time, which
+    the emulator's clock stands for)."""
+    on_clock = {c["id"] for c in emu.store.all("customers") if c.get("test_clock")}
+    subs = [s for s in emu.store.all("subscriptions") if s["customer"] not in on_clock]
+    _run(emu, subs, since, until)
+
+
+def _run(emu: Emulator, subs: list[JSON], floor: int, target: int) -> None:
     heap: list[tuple[int, int, int]] = []
     actions: dict[int, Action] = {}
-    floor = clock["frozen_time"]
 
     def schedule(index: int) -> None:
         due = _next_due(emu, subs[index])

@@ -426,6 +426,37 @@ def test_exhausted_retries_end_the_subscription_as_the_setting_says(
     assert (invoice.status, invoice.next_payment_attempt) == ("open", None)
 
 
+def test_the_emulator_clock_renews_what_is_on_no_test_clock(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    """Subscriptions on no test clock live in real time, which the emulator's clock
+    stands for: moving it renews them; a test clock's stay where it is."""
+    emu = emulator.emulator
+    clock, _, on_clock = _subscribed(stripe_client)
+    customer = stripe_client.v1.customers.create(params={"email": "real@example.com"})
+    product = stripe_client.v1.products.create(params={"name": "Weekly"})
+    weekly: Any = {"product": product.id, "currency": "usd", "unit_amount": 300}
+    weekly["recurring"] = {"interval": "week"}
+    price = stripe_client.v1.prices.create(params=weekly)
+    real = stripe_client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": price.id}]}
+    )
+    period_end = real["items"]["data"][0].current_period_end
+    emu.advance_clock(period_end - emu.clock.timestamp() + 2 * HOUR)
+    renewed = stripe_client.v1.subscriptions.retrieve(real.id)
+    assert renewed["items"]["data"][0].current_period_start == period_end
+    invoice = stripe_client.v1.invoices.retrieve(str(renewed.latest_invoice))
+    assert (invoice.billing_reason, invoice.status, invoice.created) == (
+        "subscription_cycle",
+        "paid",
+        period_end,
+    )
+    assert stripe_client.v1.subscriptions.retrieve(on_clock.id).latest_invoice == (
+        on_clock.latest_invoice
+    )
+    assert stripe_client.v1.test_helpers.test_clocks.retrieve(clock).frozen_time == START
+
+
 def test_the_emulator_clock_and_test_clocks_agree(
     stripe_client: stripe.StripeClient, emulator: EmulatorServer
 ) -> None:
