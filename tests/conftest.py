@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,11 +18,15 @@ import psycopg
 import pytest
 from openapi_check import SpecCheck
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from stripe_emulator import EmulatorServer
+from stripe_sync.db import make_pool
 from stripe_sync.migrate import migrate
 from stripe_sync_demo.devcluster import reachable_or_throwaway
+
+from daemons import Daemons
 
 pytest_plugins = ["stripe_emulator.pytest_plugin"]
 
@@ -107,6 +111,13 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
 
 
 @pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
+    """The daemon's kind of pool on this test's database."""
+    async with make_pool(dsn, size=8) as p:
+        yield p
+
+
+@pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 
@@ -135,3 +146,12 @@ def emulator(emulator: EmulatorServer) -> Iterator[EmulatorServer]:
             "(tests/openapi_check.py):\n  " + "\n  ".join(problems),
             pytrace=False,
         )
+
+
+@pytest.fixture
+def daemons(emulator: EmulatorServer) -> Iterator[Daemons]:
+    """``daemons.spawn(dsn, **settings)``: `stripe-sync run` processes on the
+    emulator, stopped when the test ends."""
+    spawned = Daemons(emulator.base_url)
+    yield spawned
+    spawned.stop_all()

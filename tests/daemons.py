@@ -86,6 +86,24 @@ class DaemonProcess:
         # The log stays readable after stop; the temporary file goes with the object.
 
 
+class Daemons:
+    """The daemons a test spawns (the ``daemons`` fixture): each stopped at its end."""
+
+    def __init__(self, api_base: str) -> None:
+        self.api_base = api_base
+        self.spawned: list[DaemonProcess] = []
+
+    def spawn(self, dsn: str, **env: Any) -> DaemonProcess:
+        """A daemon on ``dsn`` and the emulator, not started yet."""
+        d = DaemonProcess(dsn, self.api_base, **env)
+        self.spawned.append(d)
+        return d
+
+    def stop_all(self) -> None:
+        for d in self.spawned:
+            d.stop()
+
+
 def poll(check: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:
     """Call ``check`` until it returns something truthy; fail with its last value."""
     deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 """An in-memory :class:`stripe_sync.queue.store.Store` for fast unit tests of the worker.
 
 It keeps the contract of ``sql/queue.sql`` (status, attempts, next_attempt_at,
-leases, the lock owner; ``tests/test_store.py`` runs the same cases against it
+leases, the lock owner; ``tests/integration/test_store.py`` runs the same cases against it
 and PostgreSQL) and adds what a unit test needs to create a situation exactly:
 
 - a clock: the event loop's, plus :meth:`FakeStore.advance` to jump ahead
@@ -24,9 +24,9 @@ import anyio
 from psycopg import AsyncConnection
 
 from stripe_sync.errors import LeaseLost
-from stripe_sync.mappings import MappingWrite
-from stripe_sync.queue.jobs import Apply, Job
-from stripe_sync.queue.store import OUTBOX, QueueSpec
+from stripe_sync.outbox.queue import OUTBOX
+from stripe_sync.queue.jobs import Apply, Job, Written
+from stripe_sync.queue.store import QueueSpec
 
 LEASE_EXPIRED = "lease expired: the daemon that claimed it stopped or stalled"
 
@@ -34,7 +34,7 @@ LEASE_EXPIRED = "lease expired: the daemon that claimed it stopped or stalled"
 @dataclass
 class Row:
     id: int
-    kind: str
+    type: str  # action_type
     payload: str
     next_attempt_at: float
     status: str = "pending"
@@ -125,7 +125,7 @@ class FakeStore:
         for row in due:
             row.status, row.attempts = "processing", row.attempts + 1
             row.locked_by, row.locked_until = worker, now + lease
-        jobs = [Job(r.id, r.kind, r.attempts, r.payload) for r in due]
+        jobs = [Job(r.id, r.type, r.attempts, r.payload) for r in due]
         await self._leave("claim")
         return jobs
 
@@ -149,7 +149,7 @@ class FakeStore:
         status: str,
         note: str | None,
         apply: Apply | None,
-        mapping: MappingWrite | None = None,
+        written: Written | None = None,
     ) -> None:
         self._enter("finish", job_id, worker, status, note)
         rows = self._held([job_id], worker)

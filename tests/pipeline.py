@@ -16,9 +16,10 @@ from stripe_sync.config import DEFAULTS, Secret
 from stripe_sync.db import make_pool
 from stripe_sync.outbox.common import Context, source_of
 from stripe_sync.outbox.execute import make_handler
+from stripe_sync.outbox.queue import OUTBOX
 from stripe_sync.queue.listen import Listener
 from stripe_sync.queue.retry import Retry
-from stripe_sync.queue.store import OUTBOX, PostgresStore
+from stripe_sync.queue.store import PostgresStore
 from stripe_sync.queue.worker import Worker
 from stripe_sync.stripe_api import StripeApi
 

@@ -24,12 +24,13 @@ from psycopg_pool import AsyncConnectionPool
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from stripe_sync.queue.retry import Retry
-from stripe_sync.queue.store import WEBHOOKS, PostgresStore
+from stripe_sync.queue.store import PostgresStore
 from stripe_sync.queue.worker import Worker
 from stripe_sync.runtime.http import bind_socket, create_app, serve_http
 from stripe_sync.webhooks.endpoint import WebhookEndpoint
 from stripe_sync.webhooks.execute import WebhookContext, make_handler, make_preload, object_of
 from stripe_sync.webhooks.ingest import Ingestor
+from stripe_sync.webhooks.queue import WEBHOOKS
 
 SECRET = "whsec_test_secret"
 EVENTS_DIR = Path(__file__).parent / "data" / "events"

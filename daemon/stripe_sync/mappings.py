@@ -46,14 +46,19 @@ class Family:
 @dataclass(frozen=True)
 class MappingWrite:
     """The mapping row an outbox row writes as it is marked done: data, not a
-    callback, so that the completions of a group are one statement (store.py,
-    ``finish_mapped`` in sql/outbox.sql). It never re-points a mapping that
+    callback, so that the completions of a group are one statement
+    (outbox/queue.py, ``finish_mapped`` in sql/outbox.sql). It never re-points a mapping that
     names another Stripe object."""
 
     family: Family
     mc_id: int
     stripe_id: str
     status: str = "synced"  # or "deleted": archived
+
+    @property
+    def group(self) -> Family:
+        """Writes of one family share a ``finish_mapped`` statement (queue.jobs.Written)."""
+        return self.family
 
     def refused(self) -> str:
         """Why the write was refused, for the row's last_error."""

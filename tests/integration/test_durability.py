@@ -19,7 +19,9 @@ from psycopg import sql
 
 from stripe_sync.db import make_pool, queries
 from stripe_sync.mappings import CUSTOMERS, PRICES
-from stripe_sync.queue.store import OUTBOX, WEBHOOKS, PostgresStore
+from stripe_sync.outbox.queue import OUTBOX
+from stripe_sync.queue.store import PostgresStore
+from stripe_sync.webhooks.queue import WEBHOOKS
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

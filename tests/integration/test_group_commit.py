@@ -15,8 +15,9 @@ from psycopg import AsyncConnection
 from stripe_sync.db import make_pool
 from stripe_sync.errors import LeaseLost, PermanentError
 from stripe_sync.mappings import CUSTOMERS, MappingWrite
+from stripe_sync.outbox.queue import OUTBOX
 from stripe_sync.queue.jobs import Apply
-from stripe_sync.queue.store import OUTBOX, PostgresStore
+from stripe_sync.queue.store import PostgresStore
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,9 @@ from psycopg.rows import class_row
 from stripe_sync.db import make_pool, queries
 from stripe_sync.outbox import customers, prices, products
 from stripe_sync.outbox.common import Pushed
+from stripe_sync.outbox.queue import OUTBOX
 from stripe_sync.queue.jobs import Job
-from stripe_sync.queue.store import OUTBOX, PostgresStore
+from stripe_sync.queue.store import PostgresStore
 
 pytestmark = pytest.mark.anyio
 
@@ -69,11 +70,11 @@ async def test_a_claimed_row_arrives_with_what_its_load_query_reads(
         ("create_stripe_price", '{"price_id": 1}', prices.PUSHED, 1),
     ]
     jobs = await _claim(store, *((a, p) for a, p, _, _ in pushed))
-    assert [j.kind for j in jobs] == [a for a, _, _, _ in pushed]
+    assert [j.type for j in jobs] == [a for a, _, _, _ in pushed]
     for job, (_, _, family, mc_id) in zip(jobs, pushed, strict=True):
-        assert job.loaded is not None, job.kind
+        assert job.loaded is not None, job.type
         claimed = msgspec.json.decode(job.loaded, type=family.row)
-        assert claimed == await _load(store, family.load, family.row, mc_id), job.kind
+        assert claimed == await _load(store, family.load, family.row, mc_id), job.type
 
 
 async def test_a_claimed_create_writes_its_placeholder_and_shows_the_mapping_before_it(

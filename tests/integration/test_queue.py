@@ -14,10 +14,11 @@ import pytest
 
 from stripe_sync.db import make_pool
 from stripe_sync.errors import PermanentError, TransientError
+from stripe_sync.outbox.queue import OUTBOX
 from stripe_sync.queue.jobs import Done, Job
 from stripe_sync.queue.listen import Listener
 from stripe_sync.queue.retry import Retry
-from stripe_sync.queue.store import OUTBOX, PostgresStore
+from stripe_sync.queue.store import PostgresStore
 from stripe_sync.queue.worker import Worker
 
 from pipeline import eventually

@@ -5,7 +5,6 @@ webhook event delivered again does."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -13,7 +12,6 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from stripe_sync.db import make_pool
 from stripe_sync.ops.retention import Pruner, prune, prune_batch
 
 from daemons import run_cli
@@ -27,12 +25,6 @@ WEBHOOKS = (
     "INSERT INTO integration.webhook_events (stripe_event_id, event_type, livemode, "
     "event_created, payload, status, processed_at, locked_until) "
 )
-
-
-@pytest.fixture
-async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
-    async with make_pool(dsn, size=4) as p:
-        yield p
 
 
 def fill(conn: Conn, status: str, *, days_ago: float, rows: int = 1, queue: str = "outbox") -> None:

@@ -13,8 +13,9 @@ import pytest
 
 from stripe_sync.db import make_pool
 from stripe_sync.errors import LeaseLost
+from stripe_sync.outbox.queue import OUTBOX
 from stripe_sync.queue.jobs import Apply
-from stripe_sync.queue.store import OUTBOX, PostgresStore, Store
+from stripe_sync.queue.store import PostgresStore, Store
 
 from fake_store import LEASE_EXPIRED, FakeStore
 
@@ -99,7 +100,7 @@ async def test_claim_takes_due_rows_oldest_first_and_each_once(table: Table) -> 
     store = table.store
     ids = await table.insert(3)
     first = await store.claim(2, "a", 30)
-    assert [(j.id, j.kind, j.attempts) for j in first] == [
+    assert [(j.id, j.type, j.attempts) for j in first] == [
         (ids[0], "create_stripe_customer", 1),
         (ids[1], "create_stripe_customer", 1),
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +14,6 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from stripe_sync.db import make_pool
 from stripe_sync.webhooks.execute import WebhookContext
 
 from webhook_helpers import (
@@ -34,12 +32,6 @@ from webhook_helpers import (
 
 pytestmark = pytest.mark.anyio
 T0 = 1_700_000_000
-
-
-@pytest.fixture
-async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
-    async with make_pool(dsn, size=8) as p:
-        yield p
 
 
 def born_in_stripe(conn: psycopg.Connection[Any], account: int) -> None:

@@ -12,7 +12,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from stripe_emulator.pytest_plugin import TEST_API_KEY
 from stripe_sync.config import Secret
-from stripe_sync.db import make_pool
 from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.execute import WebhookContext
 
@@ -29,12 +28,6 @@ from webhook_helpers import (
 
 pytestmark = pytest.mark.anyio
 T0 = 1_700_000_000
-
-
-@pytest.fixture
-async def pool(dsn: str) -> AsyncIterator[AsyncConnectionPool]:
-    async with make_pool(dsn, size=6) as p:
-        yield p
 
 
 @pytest.fixture
@@ -942,7 +935,7 @@ async def test_confirm_checks_the_row_preloaded_for_its_batch(
     handle = make_handler(ctx)
     for job in jobs[:2]:
         done = await handle(job)
-        assert done.apply is not None and done.note is None, job.kind
+        assert done.apply is not None and done.note is None, job.type
     assert len(ctx.preloaded) == 0
     # Without a preloaded row the handler reads its own, and finds the event stale.
     done = await handle(jobs[0])

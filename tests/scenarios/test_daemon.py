@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,27 +14,11 @@ import pytest
 
 from stripe_emulator.server import EmulatorServer
 
-from daemons import WEBHOOK_SECRET, DaemonProcess
+from daemons import WEBHOOK_SECRET, Daemons
 from daemons import poll as wait_until
 from webhook_helpers import event, sign
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-
-
-@pytest.fixture
-def daemons(dsn: str, emulator: EmulatorServer) -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.stop()
-
-
-def spawn(
-    started: list[DaemonProcess], dsn: str, emulator: EmulatorServer, **env: Any
-) -> DaemonProcess:
-    d = DaemonProcess(dsn, emulator.base_url, **env)
-    started.append(d)
-    return d
 
 
 def statuses(conn: Conn) -> dict[str, int]:
@@ -44,8 +27,10 @@ def statuses(conn: Conn) -> dict[str, int]:
     )
 
 
-def test_http_surface(daemons: list[DaemonProcess], dsn: str, emulator: EmulatorServer) -> None:
-    d = spawn(daemons, dsn, emulator).start()
+def test_http_surface(daemons: Daemons, dsn: str, emulator: EmulatorServer) -> None:
+    d = daemons.spawn(
+        dsn,
+    ).start()
     assert httpx.get(f"{d.url}/healthz").json() == {"status": "alive"}
     ready = httpx.get(f"{d.url}/readyz")
     assert ready.status_code == 200
@@ -56,9 +41,11 @@ def test_http_surface(daemons: list[DaemonProcess], dsn: str, emulator: Emulator
 
 
 def test_first_start_records_the_provider_config(
-    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, conn: Conn, emulator: EmulatorServer
 ) -> None:
-    spawn(daemons, dsn, emulator).start()
+    daemons.spawn(
+        dsn,
+    ).start()
     account_id, mode = conn.execute(
         "SELECT account_id, mode FROM stripe.provider_configs"
     ).fetchone() or (None, None)
@@ -79,7 +66,7 @@ def test_first_start_records_the_provider_config(
     ],
 )
 def test_refuses_a_key_for_another_mode_or_account(
-    daemons: list[DaemonProcess],
+    daemons: Daemons,
     dsn: str,
     conn: Conn,
     emulator: EmulatorServer,
@@ -87,16 +74,20 @@ def test_refuses_a_key_for_another_mode_or_account(
     message: str,
 ) -> None:
     conn.execute(f"INSERT INTO stripe.provider_configs (id, account_id, mode) VALUES {row}")
-    d = spawn(daemons, dsn, emulator).start(wait=False)
+    d = daemons.spawn(
+        dsn,
+    ).start(wait=False)
     assert d.wait(20) == 78
     assert message in d.output()
 
 
 def test_sigterm_lets_in_flight_work_finish(
-    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, conn: Conn, emulator: EmulatorServer
 ) -> None:
     conn.execute("INSERT INTO billing.accounts (id, email) VALUES (1, 'a@example.com')")
-    d = spawn(daemons, dsn, emulator).start()
+    d = daemons.spawn(
+        dsn,
+    ).start()
     emulator.emulator.add_fault("latency", "POST /v1/customers", count=1, seconds=1.0)
     conn.execute(
         "INSERT INTO integration.outbox (action_type, payload) "
@@ -110,13 +101,11 @@ def test_sigterm_lets_in_flight_work_finish(
 
 
 def test_killed_between_stripe_call_and_commit_makes_one_customer(
-    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, conn: Conn, emulator: EmulatorServer
 ) -> None:
     conn.execute("INSERT INTO billing.accounts (id, email) VALUES (1, 'a@example.com')")
     emu = emulator.emulator
-    first = spawn(
-        daemons, dsn, emulator, STRIPE_SYNC_LEASE_SECONDS=1, STRIPE_SYNC_SWEEP_INTERVAL=0.3
-    ).start()
+    first = daemons.spawn(dsn, STRIPE_SYNC_LEASE_SECONDS=1, STRIPE_SYNC_SWEEP_INTERVAL=0.3).start()
     # The request is applied at the emulator, then its answer is slow: the
     # daemon dies holding a created customer it never recorded.
     emu.add_fault("latency", "POST /v1/customers", count=1, seconds=1.5)
@@ -128,9 +117,7 @@ def test_killed_between_stripe_call_and_commit_makes_one_customer(
     first.signal(signal.SIGKILL)
     first.wait(10)
     assert statuses(conn) == {"processing": 1}
-    spawn(
-        daemons, dsn, emulator, STRIPE_SYNC_LEASE_SECONDS=1, STRIPE_SYNC_SWEEP_INTERVAL=0.3
-    ).start()
+    daemons.spawn(dsn, STRIPE_SYNC_LEASE_SECONDS=1, STRIPE_SYNC_SWEEP_INTERVAL=0.3).start()
     wait_until(lambda: statuses(conn) == {"done": 1})
     assert emu.count("customers") == 1
     cus = conn.execute(
@@ -140,10 +127,10 @@ def test_killed_between_stripe_call_and_commit_makes_one_customer(
 
 
 def test_three_daemons_execute_each_row_once(
-    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, conn: Conn, emulator: EmulatorServer
 ) -> None:
     for _ in range(3):
-        spawn(daemons, dsn, emulator, STRIPE_SYNC_CONCURRENCY=8).start()
+        daemons.spawn(dsn, STRIPE_SYNC_CONCURRENCY=8).start()
     conn.execute(
         "INSERT INTO billing.accounts (email) "
         "SELECT 'u' || g || '@example.com' FROM generate_series(1, 300) g"
@@ -166,9 +153,11 @@ def test_three_daemons_execute_each_row_once(
 
 
 def test_refuses_an_unmigrated_database(
-    daemons: list[DaemonProcess], empty_dsn: str, emulator: EmulatorServer
+    daemons: Daemons, empty_dsn: str, emulator: EmulatorServer
 ) -> None:
-    d = spawn(daemons, empty_dsn, emulator).start(wait=False)
+    d = daemons.spawn(
+        empty_dsn,
+    ).start(wait=False)
     assert d.wait(20) == 78
     assert "stripe-sync: the database has no stripe-sync schema; run `stripe-sync migrate`" in (
         d.output()
@@ -176,25 +165,23 @@ def test_refuses_an_unmigrated_database(
 
 
 def test_refuses_to_start_without_a_webhook_secret(
-    daemons: list[DaemonProcess], dsn: str, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, emulator: EmulatorServer
 ) -> None:
-    d = spawn(daemons, dsn, emulator, STRIPE_WEBHOOK_SECRET="").start(wait=False)
+    d = daemons.spawn(dsn, STRIPE_WEBHOOK_SECRET="").start(wait=False)
     assert d.wait(20) == 78
     assert d.output() == "stripe-sync: configuration error: STRIPE_WEBHOOK_SECRET is not set\n"
 
 
 def test_metrics_and_json_logs(
-    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, conn: Conn, emulator: EmulatorServer
 ) -> None:
     import json
 
     from stripe_sync_demo.devcluster import free_port
 
     port = free_port()
-    d = spawn(
-        daemons,
+    d = daemons.spawn(
         dsn,
-        emulator,
         STRIPE_SYNC_METRICS_BIND=f"127.0.0.1:{port}",
         STRIPE_SYNC_LOG_FORMAT="json",
     ).start()
@@ -240,11 +227,11 @@ def test_metrics_and_json_logs(
 
 
 def test_the_daemon_applies_its_webhook_tolerance_setting(
-    daemons: list[DaemonProcess], dsn: str, conn: Conn, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, conn: Conn, emulator: EmulatorServer
 ) -> None:
     """Issue #17: STRIPE_SYNC_WEBHOOK_TOLERANCE reaches the endpoint of the running daemon
     (a daemon that ignored it, e.g. passing a huge tolerance, would store the old event)."""
-    d = spawn(daemons, dsn, emulator, STRIPE_SYNC_WEBHOOK_TOLERANCE=60).start()
+    d = daemons.spawn(dsn, STRIPE_SYNC_WEBHOOK_TOLERANCE=60).start()
     now = int(time.time())
 
     def post(event_id: str, signed_ago: int) -> httpx.Response:

@@ -10,7 +10,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,28 +21,12 @@ from stripe_emulator.server import EmulatorServer
 from stripe_sync.migrate import migrate
 from stripe_sync_demo.devcluster import ThrowawayCluster
 
-from daemons import API_KEY, DaemonProcess, poll
+from daemons import API_KEY, DaemonProcess, Daemons, poll
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 # Short leases so a killed daemon's rows come back soon, but not so short that a
 # starved event loop on a busy machine loses its own leases mid-call and churns.
 FAST = {"STRIPE_SYNC_LEASE_SECONDS": 3, "STRIPE_SYNC_SWEEP_INTERVAL": 0.3}
-
-
-@pytest.fixture
-def started(dsn: str, emulator: EmulatorServer) -> Iterator[list[DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-    yield procs
-    for p in procs:
-        p.stop()
-
-
-def spawn(
-    procs: list[DaemonProcess], dsn: str, emulator: EmulatorServer, **env: Any
-) -> DaemonProcess:
-    p = DaemonProcess(dsn, emulator.base_url, **env)
-    procs.append(p)
-    return p.start()
 
 
 def wait_until(check: Any, timeout: float = 60.0, show: Any = None) -> Any:
@@ -112,7 +95,7 @@ def assert_exactly_one_customer_each(dsn: str, emulator: EmulatorServer, n: int)
 
 @pytest.mark.timeout(900)
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
-    started: list[DaemonProcess], dsn: str, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, emulator: EmulatorServer
 ) -> None:
     rows, kills = 5000, 20
     emulator.emulator.add_fault("applied_response_lost", "POST /v1/customers", rate=0.1)
@@ -128,12 +111,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     enqueue_accounts(dsn, rows)
     rng = random.Random(20261127)
     for _ in range(kills):
-        daemon = spawn(started, dsn, emulator, **settings)
+        daemon = daemons.spawn(dsn, **settings).start()
         time.sleep(rng.uniform(0.05, 0.6))
         daemon.signal(signal.SIGKILL)
         daemon.wait(10)
     assert statuses(dsn).get("done", 0) < rows, "the kills came too late to matter"
-    spawn(started, dsn, emulator, **settings)
+    daemons.spawn(dsn, **settings).start()
     # A correctness scenario, not a timed one: the drain after the kills takes
     # ~50 s on an idle 2-core machine and several minutes beside other CPU-bound work.
     wait_until(lambda: statuses(dsn) == {"done": rows}, timeout=600, show=lambda: statuses(dsn))
@@ -146,7 +129,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 
 
 def test_stripe_faults_retry_to_exactly_one_each(
-    started: list[DaemonProcess], dsn: str, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, emulator: EmulatorServer
 ) -> None:
     rows = 300
     emu = emulator.emulator
@@ -157,14 +140,12 @@ def test_stripe_faults_retry_to_exactly_one_each(
     # for the search (1 s here), then adopt or create with a new key.
     for created in (True, False):
         emu.add_fault("500", "POST /v1/customers", rate=0.01, stored=True, created=created)
-    spawn(
-        started,
+    daemons.spawn(
         dsn,
-        emulator,
         STRIPE_SYNC_STRIPE_TIMEOUT=1,
         STRIPE_SYNC_MAX_ATTEMPTS=30,
         STRIPE_SYNC_SEARCH_LAG=1,
-    )
+    ).start()
     enqueue_accounts(dsn, rows)
     wait_until(lambda: statuses(dsn) == {"done": rows}, timeout=90)
     assert_exactly_one_customer_each(dsn, emulator, rows)
@@ -172,12 +153,12 @@ def test_stripe_faults_retry_to_exactly_one_each(
 
 
 def test_three_replicas_under_faults_execute_each_row_once(
-    started: list[DaemonProcess], dsn: str, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, emulator: EmulatorServer
 ) -> None:
     rows = 300
     emulator.emulator.add_fault("503", "POST /v1/customers", rate=0.1)
     for _ in range(3):
-        spawn(started, dsn, emulator, STRIPE_SYNC_CONCURRENCY=8, STRIPE_SYNC_MAX_ATTEMPTS=30)
+        daemons.spawn(dsn, STRIPE_SYNC_CONCURRENCY=8, STRIPE_SYNC_MAX_ATTEMPTS=30).start()
     enqueue_accounts(dsn, rows)
     wait_until(lambda: statuses(dsn) == {"done": rows})
     assert_exactly_one_customer_each(dsn, emulator, rows)
@@ -189,12 +170,12 @@ def test_three_replicas_under_faults_execute_each_row_once(
 
 
 def test_database_restart_and_listen_kill_recover_fast(
-    started: list[DaemonProcess], emulator: EmulatorServer
+    daemons: Daemons, emulator: EmulatorServer
 ) -> None:
     with ThrowawayCluster() as cluster:
         migrate(cluster.dsn)
         # The sweep is a minute away: only a restored LISTEN explains fast pickup.
-        daemon = spawn(started, cluster.dsn, emulator, STRIPE_SYNC_SWEEP_INTERVAL=60)
+        daemon = daemons.spawn(cluster.dsn, STRIPE_SYNC_SWEEP_INTERVAL=60).start()
         enqueue_accounts(cluster.dsn, 200)
         wait_until(lambda: statuses(cluster.dsn).get("done", 0) >= 20)
         cluster.restart()
@@ -242,18 +223,16 @@ def _listen_ready(daemon: DaemonProcess) -> bool:
 
 
 def test_no_secret_in_logs_errors_or_tables(
-    started: list[DaemonProcess], dsn: str, emulator: EmulatorServer
+    daemons: Daemons, dsn: str, emulator: EmulatorServer
 ) -> None:
     key, secret = "sk_test_CANARYkey0123456789", "whsec_CANARY-secret-0123"
     emulator.emulator.add_fault("500", "POST /v1/customers", count=2)
-    daemon = spawn(
-        started,
+    daemon = daemons.spawn(
         dsn,
-        emulator,
         STRIPE_SYNC_LOG_LEVEL="debug",
         STRIPE_API_KEY=key,
         STRIPE_WEBHOOK_SECRET=secret,
-    )
+    ).start()
     enqueue_accounts(dsn, 5)
     with psycopg.connect(dsn) as c:
         c.execute(

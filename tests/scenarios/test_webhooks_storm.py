@@ -29,10 +29,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
 from stripe_emulator.server import EmulatorServer
 from stripe_sync.db import make_pool
@@ -40,7 +38,15 @@ from stripe_sync.queue.jobs import Job
 from stripe_sync.webhooks.execute import WebhookContext, make_handler
 
 from daemons import WEBHOOK_SECRET, DaemonProcess
-from webhook_helpers import add_account, add_price, add_product, fresh_database, sign, snapshot
+from webhook_helpers import (
+    add_account,
+    add_price,
+    add_product,
+    fresh_database,
+    sign,
+    snapshot,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -395,20 +401,6 @@ async def deliver(port: int, bodies: list[bytes], senders: int) -> Counter[str]:
     return outcomes
 
 
-async def wait_drained(pool: AsyncConnectionPool, timeout: float) -> None:
-    with anyio.fail_after(timeout):
-        while True:
-            async with pool.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT count(*) FROM integration.webhook_events "
-                    "WHERE status IN ('pending', 'processing')"
-                )
-                row = await cur.fetchone()
-            if row == (0,):
-                return
-            await anyio.sleep(0.1)
-
-
 @pytest.mark.timeout(240)
 async def test_storm_of_redelivered_shuffled_events_equals_one_ordered_pass(
     dsn: str, conn: psycopg.Connection[Any], baseline_dsn: str, daemon: DaemonProcess
@@ -432,7 +424,7 @@ async def test_storm_of_redelivered_shuffled_events_equals_one_ordered_pass(
     outcomes = await deliver(daemon.port, bodies, SENDERS)
     storm_seconds = time.monotonic() - started
     async with make_pool(dsn, size=1) as pool:
-        await wait_drained(pool, timeout=120)
+        await wait_idle(pool, timeout=120)
     drained_seconds = time.monotonic() - started
     print(
         f"\nstorm: {EVENTS} events x {COPIES} = {len(bodies)} deliveries by {SENDERS} senders "

@@ -3,7 +3,7 @@ step that makes creation exactly-once, and ``Pushed``: the create/update/archive
 executors of a family, written once.
 
 The mapping tables themselves are described in ``stripe_sync.mappings``; an
-executor's success names the mapping row to write (``Done.mapping``), which the
+executor's success names the mapping row to write (``Done.written``), which the
 store writes in the statement that marks the row done.
 """
 
@@ -113,7 +113,7 @@ async def create_or_adopt(
         found = await search()
         if found is not None:
             note = f"adopted {found.id}, found by its metadata after its create met a saved 500"
-            return Done(mapping=MappingWrite(family, mc_id, found.id), note=note)
+            return Done(written=MappingWrite(family, mc_id, found.id), note=note)
         generation = await _next_generation(ctx, family, mc_id, generation)
     elif job.attempts > 1 or generation > 0:
         # A retry, or a re-create after a reset (reconcile --fix, a DBA): the
@@ -137,7 +137,7 @@ async def create_or_adopt(
                 raise TransientError(
                     f"{what}: an earlier attempt with other parameters is not searchable yet"
                 ) from exc
-    return Done(mapping=MappingWrite(family, mc_id, found.id))
+    return Done(written=MappingWrite(family, mc_id, found.id))
 
 
 def _waiting(
@@ -265,7 +265,7 @@ class Pushed(Generic[R]):
         stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
         params = self._params(ctx, mc_id, row, update=True)
         await self._update(ctx, job, "update", stripe_id, params)
-        return Done(mapping=MappingWrite(self.family, mc_id, stripe_id))
+        return Done(written=MappingWrite(self.family, mc_id, stripe_id))
 
     async def archive(self, ctx: Context, job: Job) -> Done:
         """Stripe keeps objects that others refer to; archiving is ``active=false``."""
@@ -275,7 +275,7 @@ class Pushed(Generic[R]):
             return Done(note=f"{row.stripe_id} already archived")
         stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
         await self._update(ctx, job, "archive", stripe_id, {"active": False})
-        return Done(mapping=MappingWrite(self.family, mc_id, stripe_id, "deleted"))
+        return Done(written=MappingWrite(self.family, mc_id, stripe_id, "deleted"))
 
     async def load_row(self, ctx: Context, mc_id: int) -> R:
         """The MC row with its mapping, for executors of other families."""

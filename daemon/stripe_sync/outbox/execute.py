@@ -26,9 +26,9 @@ EXECUTORS: dict[str, Executor] = {
 
 def make_handler(ctx: Context) -> Handler:
     async def handle(job: Job) -> Done:
-        executor = EXECUTORS.get(job.kind)
+        executor = EXECUTORS.get(job.type)
         if executor is None:  # the CHECK constraint and this table disagree
-            raise PermanentError(f"action_type {job.kind!r}: no executor in this daemon version")
+            raise PermanentError(f"action_type {job.type!r}: no executor in this daemon version")
         return await executor(ctx, job)
 
     return handle

@@ -36,9 +36,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..db import queries
+from .jobs import Apply
 
-Record = Callable[[AsyncConnection[Any]], Awaitable[None]]
-# Records data completions of one kind (run_row's ``kind``) in one autocommit
+# Records data completions of one group (run_row's ``group``) in one autocommit
 # statement; each row's error (None: recorded). Raises when the statement failed.
 FinishRows = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[Exception | None]]]
 
@@ -47,9 +47,9 @@ FinishRows = Callable[[AsyncConnection[Any], Sequence[Any]], Awaitable[list[Exce
 class Completion:
     """One row's ``finish`` while it waits for its group."""
 
-    record: Record | None  # its statements, run in a transaction
-    row: Any = None  # its data, for ``finish_rows`` (after ``record``, if any)
-    kind: object = None  # data of one kind shares a statement
+    apply: Apply | None  # its statements, run in a transaction
+    row: Any = None  # its data, for ``finish_rows`` (after ``apply``, if any)
+    group: object = None  # data of one group shares a statement
     error: Exception | None = None
     settled: bool = False
     lead: bool = False  # it holds one of the leads: it must run a group or pass the lead on
@@ -74,16 +74,16 @@ class GroupCommit:
         self._leaders = 0
         self.groups = 0  # statements or transactions that recorded several rows (tests)
 
-    async def run(self, record: Record, row: Any = None) -> None:
-        """Run ``record`` (which raises to refuse) in a transaction, maybe with others',
+    async def run(self, apply: Apply, row: Any = None) -> None:
+        """Run ``apply`` (which raises to refuse) in a transaction, maybe with others',
         then record ``row`` (if any) with ``finish_rows`` in the same transaction;
-        raise its error (which rolls back ``record``'s writes)."""
-        await self._complete(Completion(record, row))
+        raise its error (which rolls back ``apply``'s writes)."""
+        await self._complete(Completion(apply, row))
 
-    async def run_row(self, row: Any, kind: object = None) -> None:
-        """Record ``row`` with ``finish_rows``, maybe with others of its ``kind``
-        (one statement records one kind); raise its error."""
-        await self._complete(Completion(None, row, kind))
+    async def run_row(self, row: Any, group: object = None) -> None:
+        """Record ``row`` with ``finish_rows``, maybe with others of its ``group``
+        (one statement records one group); raise its error."""
+        await self._complete(Completion(None, row, group))
 
     async def _complete(self, me: Completion) -> None:
         self._queue.append(me)
@@ -135,13 +135,13 @@ class GroupCommit:
     async def _commit(self, group: list[Completion]) -> None:
         try:
             async with self.pool.connection() as conn:
-                kinds: dict[object, list[Completion]] = {}
+                groups: dict[object, list[Completion]] = {}
                 for c in group:
-                    if c.record is None:
-                        kinds.setdefault(c.kind, []).append(c)
-                for rows in kinds.values():
+                    if c.apply is None:
+                        groups.setdefault(c.group, []).append(c)
+                for rows in groups.values():
                     await self._rows(conn, rows)
-                calls = [c for c in group if c.record is not None]
+                calls = [c for c in group if c.apply is not None]
                 if len(calls) > 1 and await self._together(conn, calls):
                     self.groups += 1
                     return
@@ -161,8 +161,8 @@ class GroupCommit:
         """Callbacks in the caller's transaction: each in turn, then their rows in
         one ``finish_rows``; raise (to roll it all back) if any is refused."""
         for c in calls:
-            assert c.record is not None
-            await c.record(conn)
+            assert c.apply is not None
+            await c.apply(conn)
         rows = [c.row for c in calls if c.row is not None]
         if rows:
             errors = await self.finish_rows(conn, rows)
@@ -185,7 +185,7 @@ class GroupCommit:
         return True
 
     async def _rows(self, conn: AsyncConnection[Any], rows: list[Completion]) -> None:
-        """Data completions of one kind: in one statement, or, if it fails, each alone."""
+        """Data completions of one group: in one statement, or, if it fails, each alone."""
         if len(rows) > 1:
             try:
                 errors = await self.finish_rows(conn, [c.row for c in rows])

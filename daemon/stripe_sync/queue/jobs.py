@@ -3,25 +3,24 @@ handler imports.
 
 The worker (``worker.py``) hands each claimed row to its queue's
 :data:`Handler` as a :class:`Job`; the handler answers :class:`Done`, with its
-own writes committed together with the row's status (an outbox row's mapping
-as data, :class:`~.mappings.MappingWrite`; a webhook handler's as an
-:data:`Apply` callback), or raises one of the errors in ``errors.py``.
+own writes committed together with the row's status — as data,
+:class:`Written` (an outbox row's mapping), recorded by its pipeline's
+statement, or as an :data:`Apply` callback (a webhook handler's) — or raises one
+of the errors in ``errors.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from psycopg import AsyncConnection
-
-from ..mappings import MappingWrite
 
 
 class Job(NamedTuple):
     id: int
-    kind: str  # action_type or event_type
+    type: str  # what to do: the row's action_type or event_type
     attempts: int  # including this one
     payload: str  # raw JSON text: handlers decode it straight into msgspec Structs
     # What the claim read for the handler (JSON text), if its queue's claim does:
@@ -30,20 +29,30 @@ class Job(NamedTuple):
 
 
 Apply = Callable[[AsyncConnection[Any]], Awaitable[None]]
+"""A completion's writes as statements, run in the transaction that records it."""
+
+
+class Written(Protocol):
+    """A completion's writes as data, recorded in the statement that marks its row
+    done (the pipeline's ``QueueSpec.record_written``): completions of one
+    ``group`` that finish together share that statement."""
+
+    @property
+    def group(self) -> Hashable: ...
 
 
 @dataclass(frozen=True)
 class Done:
     """A handler's success: ``apply`` runs in the transaction that records it;
-    ``mapping`` is written in the statement that records it (one or the other)."""
+    ``written`` is recorded in the statement that records it (one or the other)."""
 
     apply: Apply | None = None
     status: str | None = None  # default: the queue's done status
     note: str | None = None  # kept in the row's note, e.g. why an event was ignored
-    mapping: MappingWrite | None = None
+    written: Written | None = None
 
     def __post_init__(self) -> None:
-        assert self.apply is None or self.mapping is None, "Done: apply or mapping, not both"
+        assert self.apply is None or self.written is None, "Done: apply or written, not both"
 
 
 Handler = Callable[[Job], Awaitable[Done]]

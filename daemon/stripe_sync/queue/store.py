@@ -2,7 +2,10 @@
 one small interface, :class:`Store`, and its PostgreSQL implementation,
 :class:`PostgresStore` (the SQL is in ``sql/queue.sql``).
 
-:class:`QueueSpec` names a queue table: :data:`OUTBOX` and :data:`WEBHOOKS`.
+:class:`QueueSpec` names a queue table and what its pipeline adds to the engine:
+a claim composed around queue.sql's, and how completions that carry writes as
+data (:class:`~.jobs.Written`) are recorded. The pipelines declare theirs
+(``outbox/queue.py``, ``webhooks/queue.py``); this package names neither.
 
 The worker only says what happened — claim due rows, renew these leases, this
 row is done together with these writes, retry that one later, hand these
@@ -15,21 +18,18 @@ honours the same contract in memory, for fast unit tests of the worker.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, NamedTuple, Protocol
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ..db import bound_query, queries
-from ..errors import LeaseLost, PermanentError, one_line
-from ..mappings import MappingWrite
+from ..db import bound_query
+from ..errors import LeaseLost, one_line
 from .group_commit import GroupCommit
-from .jobs import Apply, Job
+from .jobs import Apply, Job, Written
 
 # A failed round trip to the database (psycopg's errors, or the socket's):
 # worth another try later, never a reason for the worker to stop.
@@ -56,25 +56,30 @@ def refusal(exc: psycopg.Error) -> str:
     return "; ".join(parts)
 
 
-@cache
-def _outbox_claim(module: str, queue_claim: bytes) -> bytes:
-    """The ``claim`` of ``sql/<module>.sql``: ``{queue_claim}`` in it is queue.sql's
-    claim, and each ``{load_x}`` that module's query ``load_x``, reading the claimed
-    row's ``r.mc_id`` where the load alone takes ``%(id)s``: one text of each, used
-    in the claim and alone."""
-    text = queries(module)["claim"]
-    loads = {
-        name: sql.SQL(queries(module)[name].replace("%(id)s", "r.mc_id"))
-        for name in re.findall(r"\{(load_\w+)\}", text)
-    }
-    return sql.SQL(text).format(queue_claim=sql.SQL(queue_claim.decode()), **loads).as_bytes()
+class Finished(NamedTuple):
+    """A completion as data: one row of ``finish_rows``, or of the pipeline's
+    statement for completions that carry writes (:attr:`QueueSpec.record_written`)."""
+
+    id: int
+    worker: str
+    status: str
+    note: str | None
+    written: Written | None
+
+
+RecordWritten = Callable[
+    [AsyncConnection[Any], Sequence[Finished]], Awaitable[list[Exception | None]]
+]
+"""Records completions whose writes share one :attr:`Written.group` (one statement
+for the lot); answers each row's error: LeaseLost when it is no longer its
+worker's, a PermanentError when the pipeline refused its write, or None."""
 
 
 @dataclass(frozen=True)
 class QueueSpec:
-    name: str  # in logs: "outbox" or "webhooks"
+    name: str  # in logs and metrics: "outbox" or "webhooks"
     table: str  # schema-qualified
-    kind: str  # the column that says what to do: action_type or event_type
+    type_column: str  # the column that says what to do (Job.type): action_type or event_type
     channel: str  # NOTIFY channel of its triggers
     done_status: str
     # Completions may share a transaction (group_commit.py). The outbox's do:
@@ -91,37 +96,21 @@ class QueueSpec:
     # transaction of several statements, so three run side by side
     # (docs/benchmarks.md, issue 11: steps 3 and 10).
     group_leads: int = 3
-    # Where its claim is: queue.sql's, or the outbox's own (sql/outbox.sql),
-    # which also reads what each row's executor needs first (Job.loaded).
-    claim_module: str = "queue"
+    # The pipeline's claim: given queue.sql's claim (bound to this table), the
+    # statement to run instead, which may read more for each row (Job.loaded).
+    compose_claim: Callable[[bytes], bytes] | None = None
+    # Records completions that carry writes as data (Done.written); a queue
+    # whose handlers write none leaves it None.
+    record_written: RecordWritten | None = None
 
     def query(self, name: str) -> bytes:
-        return bound_query("queue", name, "stripe_sync.queue", table=self.table, kind=self.kind)
+        return bound_query(
+            "queue", name, "stripe_sync.queue", table=self.table, type_column=self.type_column
+        )
 
     def claim_query(self) -> bytes:
-        if self.claim_module == "queue":
-            return self.query("claim")
-        return _outbox_claim(self.claim_module, self.query("claim"))
-
-
-OUTBOX = QueueSpec(
-    "outbox",
-    "integration.outbox",
-    "action_type",
-    "stripe_sync_outbox",
-    "done",
-    group_commit=True,
-    group_leads=1,
-    claim_module="outbox",
-)
-WEBHOOKS = QueueSpec(
-    "webhooks",
-    "integration.webhook_events",
-    "event_type",
-    "stripe_sync_webhooks",
-    "processed",
-    group_commit=True,
-)
+        claim = self.query("claim")
+        return claim if self.compose_claim is None else self.compose_claim(claim)
 
 
 class Store(Protocol):
@@ -157,12 +146,12 @@ class Store(Protocol):
         status: str,
         note: str | None,
         apply: Apply | None,
-        mapping: MappingWrite | None = None,
+        written: Written | None = None,
     ) -> None:
         """Record ``status`` and ``note`` (last_error is cleared) together with ``apply``'s
-        writes or ``mapping`` (at most one of them), atomically; raise :class:`LeaseLost`,
+        writes or ``written`` (at most one of them), atomically; raise :class:`LeaseLost`,
         keeping none of them, when the row is no longer this worker's, and
-        :class:`PermanentError` when the mapping names another Stripe object."""
+        :class:`PermanentError` when the pipeline refuses ``written``."""
         ...
 
     async def fail(self, job_id: int, worker: str, error: str) -> None:
@@ -180,16 +169,6 @@ class Store(Protocol):
     async def reclaim_expired(self) -> int:
         """Claims of any worker whose lease lapsed become pending and due now; how many."""
         ...
-
-
-class Finished(NamedTuple):
-    """A completion as data: one row of ``finish_rows`` / ``finish_mapped``."""
-
-    id: int
-    worker: str
-    status: str
-    note: str | None
-    mapping: MappingWrite | None
 
 
 class PostgresStore:
@@ -226,20 +205,20 @@ class PostgresStore:
         status: str,
         note: str | None,
         apply: Apply | None,
-        mapping: MappingWrite | None = None,
+        written: Written | None = None,
     ) -> None:
         if apply is None:
-            row = Finished(job_id, worker, status, note, mapping)
+            row = Finished(job_id, worker, status, note, written)
             if self.spec.group_commit:
-                # One statement per kind of mapping written: its family, or none.
-                await self.completions.run_row(row, mapping and mapping.family)
+                # One statement per group of writes (a mapping family), or none.
+                await self.completions.run_row(row, written and written.group)
                 return
             async with self.pool.connection() as conn:
                 [error] = await self._finish_rows(conn, [row])
             if error is not None:
                 raise error
             return
-        assert mapping is None, "finish: apply or mapping, not both"
+        assert written is None, "finish: apply or written, not both"
         if self.spec.group_commit:
             # The apply, then the row's status with those of its group in one
             # finish_rows, all in the group's transaction: a lost lease rolls
@@ -258,10 +237,14 @@ class PostgresStore:
     async def _finish_rows(
         self, conn: AsyncConnection[Any], rows: Sequence[Finished]
     ) -> list[Exception | None]:
-        """Rows that write no mapping or one of one family, in one statement;
-        each row's error: LeaseLost, or PermanentError for a refused mapping."""
-        first = rows[0].mapping
-        if first is None and len(rows) == 1:
+        """Rows that write nothing, or writes of one group, in one statement;
+        each row's error: LeaseLost, or the pipeline's refusal of its write."""
+        first = rows[0].written
+        if first is not None:
+            assert self.spec.record_written is not None, f"{self.spec.name}: no record_written"
+            assert all(r.written is not None and r.written.group == first.group for r in rows)
+            return await self.spec.record_written(conn, rows)
+        if len(rows) == 1:
             # One row alone (a lone completion, or a group redone row by row):
             # the scalar finish, as psycopg dumps arrays in Python (client CPU
             # 0.11 vs 0.16 ms per statement here).
@@ -271,35 +254,9 @@ class PostgresStore:
                 {"id": r.id, "worker": r.worker, "status": r.status, "note": r.note, "error": None},
             )
             return [None if cur.rowcount == 1 else LeaseLost(r.id)]
-        params: dict[str, Any] = {
-            "ids": [r.id for r in rows],
-            "workers": [r.worker for r in rows],
-            "statuses": [r.status for r in rows],
-            "notes": [r.note for r in rows],
-        }
-        if first is None:
-            cur = await conn.execute(self.spec.query("finish_rows"), params)
-            done = {id_ for (id_,) in await cur.fetchall()}
-            ours = done
-        else:
-            assert all(r.mapping is not None and r.mapping.family == first.family for r in rows)
-            params["mc_ids"] = [r.mapping.mc_id for r in rows if r.mapping]
-            params["stripe_ids"] = [r.mapping.stripe_id for r in rows if r.mapping]
-            params["map_statuses"] = [r.mapping.status for r in rows if r.mapping]
-            cur = await conn.execute(first.family.query("outbox", "finish_mapped"), params)
-            answers = await cur.fetchall()
-            ours = {id_ for id_, _ in answers}
-            done = {id_ for id_, written in answers if written}
-        errors: list[Exception | None] = []
-        for r in rows:
-            if r.id not in ours:
-                errors.append(LeaseLost(r.id))
-            elif r.id not in done:
-                assert r.mapping is not None
-                errors.append(PermanentError(r.mapping.refused()))
-            else:
-                errors.append(None)
-        return errors
+        cur = await conn.execute(self.spec.query("finish_rows"), finished_params(rows))
+        done = {id_ for (id_,) in await cur.fetchall()}
+        return [None if r.id in done else LeaseLost(r.id) for r in rows]
 
     async def fail(self, job_id: int, worker: str, error: str) -> None:
         await self._run(
@@ -320,3 +277,13 @@ class PostgresStore:
         async with self.pool.connection() as conn:
             cur = await conn.execute(self.spec.query(name), params)
             return cur.rowcount
+
+
+def finished_params(rows: Sequence[Finished]) -> dict[str, Any]:
+    """The arrays every grouped finish statement takes: row i is one completion."""
+    return {
+        "ids": [r.id for r in rows],
+        "workers": [r.worker for r in rows],
+        "statuses": [r.status for r in rows],
+        "notes": [r.note for r in rows],
+    }

@@ -26,8 +26,8 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import psycopg
@@ -35,6 +35,7 @@ import psycopg
 from ..config import DEFAULTS
 from ..errors import LeaseLost, PermanentError, TransientError, one_line
 from ..runtime.metrics import PROCESSED, WAKEUPS
+from .background import in_background
 from .jobs import Done, Handler, Job
 from .retry import Retry
 from .store import DATABASE_ERRORS, REFUSALS, Store, refusal
@@ -103,16 +104,10 @@ class Worker:
         self._stopping.set()
         self._wakeup.set()
 
-    @asynccontextmanager
-    async def in_background(self) -> AsyncIterator[Worker]:
+    def in_background(self) -> AbstractAsyncContextManager[Worker]:
         """Run in the background for the block; leaving it stops the worker and
         waits for its drain (``shutdown_timeout``)."""
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.run)
-            try:
-                yield self
-            finally:
-                self.stop()
+        return in_background(self)
 
     # -- main loop -------------------------------------------------------------
 
@@ -301,14 +296,14 @@ class Worker:
 
     async def _record_done(self, job: Job, done: Done) -> None:
         status = done.status or self.spec.done_status
-        await self.store.finish(job.id, self.worker_id, status, done.note, done.apply, done.mapping)
-        PROCESSED.labels(self.spec.name, job.kind, status).inc()
+        await self.store.finish(job.id, self.worker_id, status, done.note, done.apply, done.written)
+        PROCESSED.labels(self.spec.name, job.type, status).inc()
         log.info(
             f"{self.spec.name} row {status}",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
-                "kind": job.kind,
+                "kind": job.type,
                 "attempt": job.attempts,
                 **({"note": done.note} if done.note else {}),
             },
@@ -316,13 +311,13 @@ class Worker:
 
     async def _record_failed(self, job: Job, error: str) -> None:
         await self.store.fail(job.id, self.worker_id, error)
-        PROCESSED.labels(self.spec.name, job.kind, "failed").inc()
+        PROCESSED.labels(self.spec.name, job.type, "failed").inc()
         log.error(
             f"{self.spec.name} row failed",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
-                "kind": job.kind,
+                "kind": job.type,
                 "attempt": job.attempts,
                 "reason": error,
             },
@@ -336,14 +331,14 @@ class Worker:
             return
         delay = self.retry.delay(job.attempts, retry_after, base)
         await self.store.retry(job.id, self.worker_id, error, delay)
-        PROCESSED.labels(self.spec.name, job.kind, "retry").inc()
+        PROCESSED.labels(self.spec.name, job.type, "retry").inc()
         heapq.heappush(self._retries_due, anyio.current_time() + delay)
         log.warning(
             f"{self.spec.name} row will be retried",
             extra={
                 "queue": self.spec.name,
                 "row_id": job.id,
-                "kind": job.kind,
+                "kind": job.type,
                 "attempt": job.attempts,
                 "retry_in": round(delay, 3),
                 "reason": error,

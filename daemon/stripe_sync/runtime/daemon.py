@@ -29,15 +29,17 @@ from ..ops.queue_counts import QueueRow, queue_rows
 from ..ops.retention import Pruner
 from ..outbox.common import Context, source_of
 from ..outbox.execute import make_handler as outbox_handler
+from ..outbox.queue import OUTBOX
 from ..queue.listen import Listener
 from ..queue.retry import Retry
-from ..queue.store import OUTBOX, WEBHOOKS, PostgresStore
+from ..queue.store import PostgresStore
 from ..queue.worker import Worker
 from ..stripe_api import from_settings
 from ..webhooks.endpoint import WebhookEndpoint
 from ..webhooks.execute import WebhookContext, make_preload, object_of
 from ..webhooks.execute import make_handler as webhook_handler
 from ..webhooks.ingest import Ingestor
+from ..webhooks.queue import WEBHOOKS
 from . import metrics, sdnotify
 from .http import bind_socket, create_app, serve_http
 

@@ -150,7 +150,7 @@ def make_preload(ctx: WebhookContext) -> Callable[[Sequence[Job]], Awaitable[Non
     async def preload(jobs: Sequence[Job]) -> None:
         wanted: dict[Family, dict[int, tuple[str, str]]] = {}
         for job in jobs:
-            handler = HANDLERS.get(job.kind)
+            handler = HANDLERS.get(job.type)
             family = _CONFIRMS.get(handler) if handler is not None else None
             if family is None:
                 continue
@@ -209,9 +209,9 @@ def make_handler(ctx: WebhookContext) -> Handler:
             return ignored(
                 f"Connect event for account {envelope.account}; Connect events are not synced"
             )
-        handler = HANDLERS.get(job.kind)
+        handler = HANDLERS.get(job.type)
         if handler is None:
-            return ignored(f"event type {job.kind} is not synced by stripe-sync")
+            return ignored(f"event type {job.type} is not synced by stripe-sync")
         if ctx.current:
             job = await _refetched(ctx, job, envelope)
         try:
@@ -266,9 +266,9 @@ async def _refetched(ctx: WebhookContext, job: Job, envelope: Envelope) -> Job:
     cannot be fetched, so deletions use the event's copy.
     """
     assert ctx.api is not None
-    if job.kind.endswith(".deleted") or envelope.data is None or not len(envelope.data.object):
+    if job.type.endswith(".deleted") or envelope.data is None or not len(envelope.data.object):
         return job
-    family = next((f for prefix, f in _REFETCH.items() if job.kind.startswith(prefix + ".")), None)
+    family = next((f for prefix, f in _REFETCH.items() if job.type.startswith(prefix + ".")), None)
     object_id = msgspec.json.decode(envelope.data.object, type=ObjectHead).id
     if family is None or not object_id:
         return job

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..db import queries
 from ..errors import one_line
+from ..queue.background import in_background
 from .events import Envelope, ObjectHead
 
 log = logging.getLogger(__name__)
@@ -200,14 +201,9 @@ class Ingestor:
     def stop(self) -> None:
         self._stop.set()
 
-    @asynccontextmanager
-    async def in_background(self) -> AsyncIterator[Ingestor]:
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.run)
-            try:
-                yield self
-            finally:
-                self.stop()
+    def in_background(self) -> AbstractAsyncContextManager[Ingestor]:
+        """Run in the background for the block (stopped when it is left)."""
+        return in_background(self)
 
     async def _commit(self, batch: list[_Waiter]) -> None:
         """Store a batch and answer each waiter (never raises)."""

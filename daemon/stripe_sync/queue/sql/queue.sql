@@ -1,5 +1,5 @@
 -- The one claim/lease/retry mechanism behind both pipelines. {table} is
--- integration.outbox or integration.webhook_events, {kind} its action_type or
+-- integration.outbox or integration.webhook_events, {type_column} its action_type or
 -- event_type column; both share the other columns.
 --
 -- Durability, decided per statement. A statement that joins `relaxed` commits
@@ -33,7 +33,7 @@ SET status = 'processing',
     locked_until = now() + make_interval(secs => %(lease)s)
 FROM due, relaxed
 WHERE t.id = due.id
-RETURNING t.id, t.{kind}, t.attempts, t.payload::text
+RETURNING t.id, t.{type_column}, t.attempts, t.payload::text
 
 -- name: next_due
 -- Seconds until the next pending row is due (NULL when none), so a backoff
