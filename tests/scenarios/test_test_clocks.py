@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -26,7 +25,7 @@ import stripe
 
 from stripe_emulator.server import EmulatorServer
 
-from daemons import DaemonProcess, receiving_webhooks
+from daemons import WEBHOOK_SECRET, DaemonProcess, Daemons
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -43,9 +42,10 @@ YEARLY = range(FAILS + 1, CUSTOMERS, 2)
 
 
 @pytest.fixture
-def daemon(dsn: str, emulator: EmulatorServer) -> Iterator[DaemonProcess]:
-    with receiving_webhooks(dsn, emulator) as d:
-        yield d
+def daemon(daemons: Daemons, dsn: str, emulator: EmulatorServer) -> DaemonProcess:
+    d = daemons.spawn(dsn, STRIPE_SYNC_SWEEP_INTERVAL="0.5").start()
+    emulator.emulator.add_webhook_endpoint(f"{d.url}/webhooks/stripe", [WEBHOOK_SECRET])
+    return d
 
 
 def _wait(conn: Conn, query: str, timeout: float = 30.0) -> None:
