@@ -229,9 +229,11 @@ def _attempt(emu: Emulator, sub: JSON, inv: JSON) -> None:
     dunning = emu.time.dunning
     if billing.collect(emu, None, sub, inv, may_fail=True):
         _done_collecting(emu, sub, inv)
+        _set_delinquent(emu, sub, False)
         if sub["status"] in ("past_due", "unpaid"):
             _set_status(emu, sub, "active")
         return
+    _set_delinquent(emu, sub, True)
     retry = inv["attempt_count"] - 1
     if retry < len(dunning.retry_days):
         inv["next_payment_attempt"] = emu.now() + dunning.retry_days[retry] * DAY
@@ -247,6 +249,14 @@ def _attempt(emu: Emulator, sub: JSON, inv: JSON) -> None:
         _end(emu, sub, emu.now())
     else:
         _set_status(emu, sub, dunning.exhausted)
+
+
+def _set_delinquent(emu: Emulator, sub: JSON, delinquent: bool) -> None:
+    """A failed automatic payment makes the customer delinquent; paying clears it."""
+    cus = emu.store.get("customers", sub["customer"])
+    if cus is not None and cus["delinquent"] != delinquent:
+        with emu.updating(None, cus, "customer.updated"):
+            cus["delinquent"] = delinquent
 
 
 def _set_status(emu: Emulator, sub: JSON, status: str) -> None:

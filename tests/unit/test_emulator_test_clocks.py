@@ -383,6 +383,7 @@ def test_a_failed_renewal_is_past_due_until_a_new_card_pays_a_retry(
     _advance(stripe_client, clock, renewal_at + HOUR)
     now = stripe_client.v1.subscriptions.retrieve(sub.id)
     assert now.status == "past_due"
+    assert stripe_client.v1.customers.retrieve(cus).delinquent is True
     invoice = stripe_client.v1.invoices.retrieve(str(now.latest_invoice))
     assert (invoice.status, invoice.attempt_count) == ("open", 1)
     assert invoice.next_payment_attempt == renewal_at + 3 * DAY
@@ -393,6 +394,7 @@ def test_a_failed_renewal_is_past_due_until_a_new_card_pays_a_retry(
     now = stripe_client.v1.subscriptions.retrieve(sub.id)
     invoice = stripe_client.v1.invoices.retrieve(invoice.id, params={"expand": ["payments"]})
     assert (now.status, invoice.status, invoice.attempt_count) == ("active", "paid", 2)
+    assert stripe_client.v1.customers.retrieve(cus).delinquent is False
     assert invoice.payments is not None
     [payment] = invoice.payments.data
     pi = stripe_client.v1.payment_intents.retrieve(str(payment.payment.payment_intent))
