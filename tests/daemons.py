@@ -8,16 +8,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from stripe_sync_demo.devcluster import free_port
-
-if TYPE_CHECKING:
-    from stripe_emulator.server import EmulatorServer
 
 API_KEY = "sk_test_emulator"
 WEBHOOK_SECRET = "whsec_test_secret_for_daemon_tests"
@@ -107,18 +102,6 @@ class Daemons:
     def stop_all(self) -> None:
         for d in self.spawned:
             d.stop()
-
-
-@contextmanager
-def receiving_webhooks(dsn: str, emulator: EmulatorServer, **env: Any) -> Iterator[DaemonProcess]:
-    """The daemon, started, as the emulator's webhook endpoint (swept every 0.5 s)."""
-    d = DaemonProcess(dsn, emulator.base_url, **{"STRIPE_SYNC_SWEEP_INTERVAL": "0.5", **env})
-    try:
-        d.start()
-        emulator.emulator.add_webhook_endpoint(f"{d.url}/webhooks/stripe", [WEBHOOK_SECRET])
-        yield d
-    finally:
-        d.stop()
 
 
 def poll(check: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:

@@ -7,7 +7,7 @@ import calendar
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from . import cards, new_objects_billing, prorations
+from . import cards, invoice_items, new_objects_billing, prorations
 from .errors import StripeError, card_declined, declined_error
 from .state import JSON, new_id
 
@@ -52,6 +52,33 @@ def proration_line(emu: Emulator, inv: JSON, ii: JSON) -> JSON:
         inv, price, ii["quantity"], details, period["start"], period["end"], ii["amount"], ""
     )
     line["description"] = ii["description"]
+    return line
+
+
+def invoice_item_line(emu: Emulator, inv: JSON, ii: JSON) -> JSON:
+    """The line of any pending invoice item: a proration's, or one a developer added
+    (POST /v1/invoiceitems), which it now belongs to."""
+    sub = ((ii["parent"] or {}).get("subscription_details")) or {}
+    if sub.get("subscription_item"):
+        return proration_line(emu, inv, ii)
+    ii["invoice"] = inv["id"]
+    price = {"currency": ii["currency"], "id": None, "product": None, "unit_amount_decimal": None}
+    details = _item_details(sub.get("subscription") or "", "", ii["id"])
+    period = ii["period"]
+    line = _line(
+        inv, price, ii["quantity"], details, period["start"], period["end"], ii["amount"], ""
+    )
+    details = {key: details[key] for key in ("invoice_item", "proration_details", "subscription")}
+    line.update(
+        description=ii["description"],
+        discountable=ii["discountable"],
+        pricing=dict(ii["pricing"]),
+        parent={
+            "invoice_item_details": {**details, "proration": False},
+            "subscription_item_details": None,
+            "type": "invoice_item_details",
+        },
+    )
     return line
 
 
@@ -142,7 +169,7 @@ def proration_invoice(emu: Emulator, req: ApiRequest, sub: JSON) -> JSON:
     """proration_behavior=always_invoice: the subscription's pending invoice items
     (this change's prorations and any earlier change's) invoiced now."""
     inv = _draft(emu, sub)
-    lines = [proration_line(emu, inv, ii) for ii in prorations.pending(emu, sub)]
+    lines = [invoice_item_line(emu, inv, ii) for ii in prorations.pending(emu, sub)]
     return _issue(emu, req, sub, inv, lines, "subscription_update")
 
 
@@ -168,7 +195,8 @@ def cycle_invoice(emu: Emulator, sub: JSON, previous: tuple[int, int], finalizes
         )
         for item in sub["items"]["data"]
     ]
-    lines += [proration_line(emu, inv, ii) for ii in prorations.pending(emu, sub)]
+    pending = prorations.pending(emu, sub) + invoice_items.for_customer(emu, sub["customer"])
+    lines += [invoice_item_line(emu, inv, ii) for ii in pending]
     open_invoice(
         emu,
         None,
@@ -217,6 +245,7 @@ def open_invoice(
         customer_shipping=cus.get("shipping"),
         currency=sub["currency"],
         billing_reason=reason,
+        collection_method=sub["collection_method"],
         subscription=sub["id"],
         parent={
             "quote_details": None,

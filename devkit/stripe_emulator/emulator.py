@@ -20,7 +20,9 @@ from . import (
     customers,
     errors,
     events,
+    invoice_items,
     payments,
+    renewals,
     subscriptions,
     test_clocks,
     webhook_endpoints,
@@ -130,6 +132,7 @@ for _module in (
     credit_notes,
     webhook_endpoints,
     test_clocks,
+    invoice_items,
 ):
     for _method, _template, _operation in _module.ROUTES:
         _segments = tuple(_template.split("/"))
@@ -255,7 +258,14 @@ class Emulator:
         return self.webhooks.add_endpoint(events.make_endpoint(url, secret_list, **options))
 
     def advance_clock(self, seconds: float) -> None:
-        self.clock.advance(seconds)
+        """Move the emulator's clock (Stripe's real time): idempotency keys expire by
+        it, and moving it forward renews, ends and retries the subscriptions on no
+        test clock as a test clock's advance does for its own (renewals.py)."""
+        with self.lock:
+            since = self.clock.timestamp()
+            self.clock.advance(seconds)
+            if seconds > 0:
+                renewals.run_real_time(self, since, self.clock.timestamp())
 
     def objects(self, kind: str) -> list[JSON]:
         """Every object of a kind (e.g. "customers"), deleted ones flagged `deleted: true`."""

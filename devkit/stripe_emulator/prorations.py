@@ -112,7 +112,8 @@ def pending(emu: Emulator, sub: JSON) -> list[JSON]:
         ii
         for ii in emu.store.all("invoiceitems")
         if ii["invoice"] is None
-        and ii["parent"]["subscription_details"]["subscription"] == sub["id"]
+        and ((ii["parent"] or {}).get("subscription_details") or {}).get("subscription")
+        == sub["id"]
     ]
 
 

@@ -72,10 +72,21 @@ def advance_limit(emu: Emulator, clock: JSON) -> int:
 
 def run_until(emu: Emulator, clock: JSON, target: int) -> None:
     """Run everything due on the clock's subscriptions up to `target`, earliest first."""
-    subs = subscriptions_on(emu, clock)
+    _run(emu, subscriptions_on(emu, clock), clock["frozen_time"], target)
+
+
+def run_real_time(emu: Emulator, since: int, until: int) -> None:
+    """The emulator's own clock moved from `since` to `until`: what fell due in
+    between for the subscriptions on no test clock (they live in real time, which
+    the emulator's clock stands for)."""
+    on_clock = {c["id"] for c in emu.store.all("customers") if c.get("test_clock")}
+    subs = [s for s in emu.store.all("subscriptions") if s["customer"] not in on_clock]
+    _run(emu, subs, since, until)
+
+
+def _run(emu: Emulator, subs: list[JSON], floor: int, target: int) -> None:
     heap: list[tuple[int, int, int]] = []
     actions: dict[int, Action] = {}
-    floor = clock["frozen_time"]
 
     def schedule(index: int) -> None:
         due = _next_due(emu, subs[index])
@@ -112,6 +123,9 @@ def _next_due(emu: Emulator, sub: JSON) -> tuple[int, int, Action] | None:
     trial_end = sub["trial_end"]
     if sub["status"] == "trialing" and trial_end and sub["id"] not in emu.time.trial_warned:
         steps.append((trial_end - TRIAL_NOTICE, 1, lambda: _warn_trial(emu, sub)))
+    resumes_at = (sub["pause_collection"] or {}).get("resumes_at")
+    if resumes_at is not None:
+        steps.append((resumes_at, 1, partial(_resume_collection, emu, sub)))
     end = sub["items"]["data"][0]["current_period_end"]
     cancel_at = sub["cancel_at"]
     if cancel_at is not None and cancel_at <= end:
@@ -124,6 +138,11 @@ def _next_due(emu: Emulator, sub: JSON) -> tuple[int, int, Action] | None:
 def _warn_trial(emu: Emulator, sub: JSON) -> None:
     emu.time.trial_warned.add(sub["id"])
     emu.record_event(None, "customer.subscription.trial_will_end", sub)
+
+
+def _resume_collection(emu: Emulator, sub: JSON) -> None:
+    with emu.updating(None, sub, "customer.subscription.updated"):
+        sub["pause_collection"] = None
 
 
 def _end(emu: Emulator, sub: JSON, at: int) -> None:
@@ -172,7 +191,35 @@ def periods_on_subscription(emu: Emulator, sub: JSON) -> None:
 
 
 def _finalize(emu: Emulator, sub: JSON, inv: JSON) -> None:
+    """Finalize and charge the renewal, unless collection is paused (the invoice is
+    kept as a draft, voided or marked uncollectible, as `pause_collection` says) or
+    the subscription sends invoices (open until paid, due in days_until_due)."""
+    pause = (sub["pause_collection"] or {}).get("behavior")
+    if pause == "keep_as_draft":
+        inv.update(automatically_finalizes_at=None, auto_advance=False)
+        _done_collecting(emu, sub, inv)
+        return
     billing.finalize(emu, None, inv)
+    now = emu.now()
+    if pause is not None:
+        _done_collecting(emu, sub, inv)
+        if pause == "void":
+            inv.update(status="void", amount_remaining=0, auto_advance=False)
+            inv["status_transitions"]["voided_at"] = now
+            emu.record_event(None, "invoice.voided", inv)
+        else:
+            inv.update(status="uncollectible", auto_advance=False)
+            inv["status_transitions"]["marked_uncollectible_at"] = now
+            emu.record_event(None, "invoice.marked_uncollectible", inv)
+        return
+    if sub["collection_method"] == "send_invoice":
+        inv.update(
+            collection_method="send_invoice",
+            due_date=now + (sub["days_until_due"] or 30) * DAY,
+        )
+        _done_collecting(emu, sub, inv)
+        emu.record_event(None, "invoice.sent", inv)
+        return
     _attempt(emu, sub, inv)
 
 
@@ -182,9 +229,11 @@ def _attempt(emu: Emulator, sub: JSON, inv: JSON) -> None:
     dunning = emu.time.dunning
     if billing.collect(emu, None, sub, inv, may_fail=True):
         _done_collecting(emu, sub, inv)
+        _set_delinquent(emu, sub, False)
         if sub["status"] in ("past_due", "unpaid"):
             _set_status(emu, sub, "active")
         return
+    _set_delinquent(emu, sub, True)
     retry = inv["attempt_count"] - 1
     if retry < len(dunning.retry_days):
         inv["next_payment_attempt"] = emu.now() + dunning.retry_days[retry] * DAY
@@ -200,6 +249,14 @@ def _attempt(emu: Emulator, sub: JSON, inv: JSON) -> None:
         _end(emu, sub, emu.now())
     else:
         _set_status(emu, sub, dunning.exhausted)
+
+
+def _set_delinquent(emu: Emulator, sub: JSON, delinquent: bool) -> None:
+    """A failed automatic payment makes the customer delinquent; paying clears it."""
+    cus = emu.store.get("customers", sub["customer"])
+    if cus is not None and cus["delinquent"] != delinquent:
+        with emu.updating(None, cus, "customer.updated"):
+            cus["delinquent"] = delinquent
 
 
 def _set_status(emu: Emulator, sub: JSON, status: str) -> None:

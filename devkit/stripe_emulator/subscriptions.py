@@ -210,6 +210,8 @@ def _apply_update(emu: Emulator, sub: JSON, p: dict[str, Any]) -> None:
     for name in ("description", "default_payment_method", "collection_method"):
         if name in p:
             sub[name] = get_str(p, name)
+    if "days_until_due" in p:
+        sub["days_until_due"] = get_int(p, "days_until_due")
     at_period_end = get_bool(p, "cancel_at_period_end")
     if at_period_end is not None and at_period_end != sub["cancel_at_period_end"]:
         # Like Stripe: canceled_at is when the cancellation was asked for, not when it
@@ -275,7 +277,7 @@ def list_subscriptions(emu: Emulator, req: ApiRequest) -> JSON:
         emu.store,
         req.params,
         "subscriptions",
-        equal=("customer", "collection_method"),
+        equal=("customer", "collection_method", "test_clock"),
         known={"price", "status"},
         keep=keep,
     )

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # Stripe deletes a test clock (and its objects) this long after its creation.
 LIFETIME = 30 * 86400
 _PREFIX = "/v1/test_helpers/"
+# The parameters by which a request names an object that may be on a test clock.
+_NAMING = ("test_clock", "customer", "subscription", "invoice", "payment_intent", "charge")
 
 
 @dataclass
@@ -109,11 +111,8 @@ def scope(emu: Emulator, req: ApiRequest) -> Iterator[None]:
     expire(emu)
     clock = None
     if not req.path.startswith(_PREFIX):
-        for candidate in (
-            req.params.get("test_clock"),
-            req.params.get("customer"),
-            *req.path_params.values(),
-        ):
+        named = (req.params.get(name) for name in _NAMING)
+        for candidate in (*named, *req.path_params.values()):
             clock = clock_of(emu, candidate)
             if clock is not None:
                 break

@@ -6,7 +6,8 @@ deployed. Then a DBA and a customer play their parts: accounts, products and
 prices go in by plain SQL with their outbox rows; a customer subscribes through
 the (emulated) Stripe API; a payment is refunded; another member's payment is
 disputed (Stripe's dispute test card) and the deadline to answer shows; the first
-member cancels at the period's end through the outbox. Once everything has settled,
+member cancels at the period's end through the outbox; a year in seconds: a member on
+a Stripe test clock lives through twelve monthly renewals. Once everything has settled,
 one summary shows what went to Stripe, which events came back and which billing
 rows they produced.
 
@@ -17,12 +18,14 @@ reaper process (reaper.py) stops and deletes what is left if it is SIGKILLed.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from calendar import monthrange
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -72,8 +75,12 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def rows(dsn: str, name: str, **params: Any) -> list[tuple[Any, ...]]:
+    return rows_of(dsn, Q[name], **params)
+
+
+def rows_of(dsn: str, query: str, **params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(Q[name].encode(), params or None).fetchall()
+        return conn.execute(query.encode(), params or None).fetchall()
 
 
 @contextmanager
@@ -119,7 +126,15 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 # The columns of sql/demo.sql's progress query.
-PROGRESS = ("outbox_done", "events", "payments", "refunded", "disputes", "cancelling")
+PROGRESS = (
+    "outbox_done",
+    "events",
+    "payments",
+    "refunded",
+    "disputes",
+    "cancelling",
+    "year_paid",
+)
 
 
 def progress(dsn: str) -> dict[str, int]:
@@ -416,6 +431,54 @@ def _story(dsn: str, client: stripe.StripeClient) -> None:
             dsn,
             live,
         )
+        _a_year(dsn, client, live)
+
+
+MONTHS = 12
+
+
+def _a_year(dsn: str, client: stripe.StripeClient, live: Live) -> None:
+    live.console.print(
+        "[bold cyan]6. A year in seconds: Katherine subscribes on a Stripe test clock, "
+        f"which then advances {MONTHS} months[/]"
+    )
+    start = int(time.time())
+    clocks = client.v1.test_helpers.test_clocks
+    clock = clocks.create(params={"frozen_time": start, "name": "a year in seconds"})
+    ((account,),) = rows(dsn, "clock_member")
+    ((source,),) = rows_of(dsn, queries("outbox")["source"])
+    customer = client.v1.customers.create(
+        params={
+            "email": "katherine@example.com",
+            "name": "Katherine Johnson",
+            "test_clock": clock.id,
+            "payment_method": "pm_card_visa",
+            "invoice_settings": {"default_payment_method": "pm_card_visa"},
+            "metadata": {"mc_account_id": str(account), "mc_source": source},
+        }
+    )
+    rows(dsn, "map_customer", account=account, customer=customer.id)
+    ((price,),) = rows(dsn, "monthly_price")
+    client.v1.subscriptions.create(params={"customer": customer.id, "items": [{"price": price}]})
+    anchor = dt.datetime.fromtimestamp(start, dt.UTC)
+    for month in range(1, MONTHS + 1):
+        # Past each renewal by two hours: its invoice is finalized and paid an hour in.
+        at = _months_after(anchor, month) + dt.timedelta(hours=2)
+        clocks.advance(clock.id, params={"frozen_time": int(at.timestamp())})
+    wait(
+        f"{MONTHS} renewals → {MONTHS + 1} paid invoices for Katherine in billing.invoices",
+        "year_paid",
+        MONTHS + 1,
+        dsn,
+        live,
+    )
+
+
+def _months_after(start: dt.datetime, months: int) -> dt.datetime:
+    """The renewal `months` after `start`, as Stripe dates it (Jan 31 + 1: Feb 28)."""
+    index = start.month - 1 + months
+    year, month = start.year + index // 12, index % 12 + 1
+    return start.replace(year=year, month=month, day=min(start.day, monthrange(year, month)[1]))
 
 
 def _keep(dsn: str, emulator_url: str, daemon_url: str, logdir: Path, python: str) -> None:

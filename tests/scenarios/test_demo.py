@@ -57,7 +57,16 @@ def test_demo_runs_the_story_shows_one_summary_and_cleans_up() -> None:
     # columns cannot fit; never a word broken.
     assert re.search(r"Ada Lovelace <ada@example.com>; Stripe id: cus_\w+; mapping: synced", out)
     assert re.search(r"what: member monthly: EUR 15.00 / month; Stripe id: price_\w+", out), out
-    assert re.search(r"^invoice.paid +processed +1$", out, re.M), out
+    assert re.search(r"^invoice.paid +processed +14$", out, re.M), out
+    # A year in seconds: twelve renewals on a test clock, each paid, all in billing.*.
+    assert re.search(
+        r"billing.invoices \d+-\d+; what: Katherine Johnson, EUR 15.00, 13 times; status: paid", out
+    ), out
+    assert re.search(
+        r"billing.payments \d+-\d+; what: Katherine Johnson, EUR 15.00, 13 times; "
+        r"status: succeeded",
+        out,
+    ), out
     assert re.search(
         r"Ada Lovelace, EUR 15.00, refunded 15.00; status: succeeded \(refund: full\)", out
     )
@@ -105,7 +114,8 @@ def test_an_empty_database_runs_the_demo_twice(empty_dsn: str) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "settled" in result.stdout
     with psycopg.connect(empty_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM billing.accounts").fetchone() == (3,)
+        # The story's three and Katherine's, whose customer is on a test clock.
+        assert conn.execute("SELECT count(*) FROM billing.accounts").fetchone() == (4,)
 
 
 def _family(pid: int) -> dict[int, str]:

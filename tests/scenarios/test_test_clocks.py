@@ -4,7 +4,7 @@ webhook. At the end billing.subscriptions, billing.invoices and
 billing.payments equal the emulator's objects one for one.
 
 The customers are on monthly and yearly prices; one has a trial, one changes
-quantity mid-cycle (its prorations land on the next invoice), one cancels at
+quantity mid-cycle (its prorations, and an invoice item, land on the next invoice), one cancels at
 period end, one's card fails and then a new card recovers it, one's card
 fails until its retries run out and the subscription is canceled.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -26,7 +25,7 @@ import stripe
 
 from stripe_emulator.server import EmulatorServer
 
-from daemons import DaemonProcess, receiving_webhooks
+from daemons import WEBHOOK_SECRET, DaemonProcess, Daemons
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -38,12 +37,15 @@ START = int(dt.datetime(2026, 1, 1, 9, tzinfo=dt.UTC).timestamp())
 STEP = 15 * DAY
 END = START + 365 * DAY
 TRIAL, QUANTITY, CANCEL, RECOVERS, FAILS = range(5)
+# Half the others are on the yearly price.
+YEARLY = range(FAILS + 1, CUSTOMERS, 2)
 
 
 @pytest.fixture
-def daemon(dsn: str, emulator: EmulatorServer) -> Iterator[DaemonProcess]:
-    with receiving_webhooks(dsn, emulator) as d:
-        yield d
+def daemon(daemons: Daemons, dsn: str, emulator: EmulatorServer) -> DaemonProcess:
+    d = daemons.spawn(dsn, STRIPE_SYNC_SWEEP_INTERVAL="0.5").start()
+    emulator.emulator.add_webhook_endpoint(f"{d.url}/webhooks/stripe", [WEBHOOK_SECRET])
+    return d
 
 
 def _wait(conn: Conn, query: str, timeout: float = 30.0) -> None:
@@ -236,7 +238,7 @@ def test_a_year_on_one_test_clock(
     customers = _customers(conn, stripe_client, clock)
     subs = []
     for n, customer in enumerate(customers):
-        interval = "year" if n % 4 == 3 and n > FAILS else "month"
+        interval = "year" if n in YEARLY else "month"
         params: Any = {"customer": customer, "items": [{"price": prices[interval]}]}
         if n == TRIAL:
             params["trial_period_days"] = 14
@@ -256,6 +258,8 @@ def test_a_year_on_one_test_clock(
             stripe_client.v1.subscriptions.update(
                 subs[CANCEL].id, params={"cancel_at_period_end": True}
             )
+            extra: Any = {"customer": customers[QUANTITY], "amount": 700, "currency": "usd"}
+            stripe_client.v1.invoice_items.create(params=extra)  # on the next renewal
         if day == 90:
             _default_card(stripe_client, customers[RECOVERS], "pm_card_chargeCustomerFail")
             _default_card(stripe_client, customers[FAILS], "pm_card_chargeCustomerFail")
@@ -278,8 +282,15 @@ def test_a_year_on_one_test_clock(
     assert statuses[subs[CANCEL].id] == "canceled"
     assert sum(s == "active" for s in statuses.values()) == CUSTOMERS - 2
 
-    months = sum(i["billing_reason"] == "subscription_cycle" for i in emu.objects("invoices"))
-    assert months > 11 * (CUSTOMERS - 15)  # the year really renewed
+    lines = [line for i in emu.objects("invoices") for line in i["lines"]["data"]]
+    assert [
+        line["amount"] for line in lines if line["parent"]["type"] == "invoice_item_details"
+    ] == [700]
+    # The year really renewed: twelve times each plain monthly subscription
+    # (the last one a draft at the end), once each yearly one.
+    renewals = sum(i["billing_reason"] == "subscription_cycle" for i in emu.objects("invoices"))
+    plain_monthly = CUSTOMERS - FAILS - 1 - len(YEARLY)
+    assert renewals >= 12 * plain_monthly + len(YEARLY)
     failed = conn.execute(
         "SELECT count(*) FROM integration.webhook_events WHERE status = 'failed'"
     ).fetchone()

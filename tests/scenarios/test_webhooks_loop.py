@@ -13,15 +13,20 @@ import pytest
 
 from stripe_emulator.server import EmulatorServer
 
-from daemons import DaemonProcess, receiving_webhooks
+from daemons import WEBHOOK_SECRET, DaemonProcess
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 @pytest.fixture
 def daemon(dsn: str, emulator: EmulatorServer) -> Iterator[DaemonProcess]:
-    with receiving_webhooks(dsn, emulator) as d:
+    d = DaemonProcess(dsn, emulator.base_url, STRIPE_SYNC_SWEEP_INTERVAL="0.5")
+    try:
+        d.start()
+        emulator.emulator.add_webhook_endpoint(f"{d.url}/webhooks/stripe", [WEBHOOK_SECRET])
         yield d
+    finally:
+        d.stop()
 
 
 def wait_for(

@@ -6,8 +6,11 @@ official SDK; the `emulator` fixture holds the traffic to Stripe's OpenAPI spec.
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import stripe
 from emulator_helpers import recurring_price
@@ -87,6 +90,9 @@ def test_clock_create_retrieve_list_advance_delete(
     assert [c.id for c in listed.data] == [clock]
     cus = _customer(stripe_client, clock)
     assert (cus.test_clock, cus.created) == (clock, START)
+    stripe_client.v1.customers.create(params={"email": "no-clock@example.com"})
+    on_clock = stripe_client.v1.customers.list(params={"test_clock": clock})
+    assert [c.id for c in on_clock.data] == [cus.id]
 
     answer = _advance(stripe_client, clock, START + DAY)
     assert answer.status == "advancing"
@@ -98,6 +104,13 @@ def test_clock_create_retrieve_list_advance_delete(
     assert later.created == START
     sub = _subscribe(stripe_client, cus.id)
     assert (sub.created, sub.test_clock) == (START + DAY, clock)
+    subs = stripe_client.v1.subscriptions.list(params={"test_clock": clock})
+    assert [s.id for s in subs.data] == [sub.id]
+
+    # A request that names an object of the customer's by another parameter too.
+    pi = stripe_client.v1.payment_intents.list(params={"customer": cus.id}).data[0]
+    refund = stripe_client.v1.refunds.create(params={"payment_intent": pi.id, "amount": 100})
+    assert refund.created == START + DAY
 
     deleted = stripe_client.v1.test_helpers.test_clocks.delete(clock)
     assert deleted.deleted is True
@@ -112,6 +125,18 @@ def test_clock_create_retrieve_list_advance_delete(
         "test_helpers.test_clock.ready",
         "test_helpers.test_clock.deleted",
     ]
+
+
+def test_clock_shapes_are_stripes(emulator: EmulatorServer) -> None:
+    """Every field of Stripe's fixtures for a test clock and a deleted one, no other."""
+    fixtures = json.loads(
+        (Path(__file__).parents[1] / "data" / "stripe_openapi_fixtures.json").read_text()
+    )["resources"]
+    api = httpx.Client(base_url=emulator.base_url, auth=("sk_test_x", ""))
+    made = api.post("/v1/test_helpers/test_clocks", data={"frozen_time": START}).json()
+    assert set(made) == set(fixtures["test_helpers.test_clock"])
+    deleted = api.delete(f"/v1/test_helpers/test_clocks/{made['id']}").json()
+    assert set(deleted) == set(fixtures["deleted_test_helpers.test_clock"])
 
 
 def test_advance_is_limited_to_two_intervals_of_the_shortest_subscription(
@@ -170,6 +195,26 @@ def test_renewal_rolls_the_period_then_drafts_finalizes_and_pays_in_time_order(
     assert (renewal.status, renewal.amount_paid, renewal.attempt_count) == ("paid", 1000, 1)
     assert renewal.lines.data[0].period.start == feb_end
     assert stripe_client.v1.subscriptions.retrieve(sub.id).latest_invoice == renewal.id
+
+
+def test_before_api_2025_03_31_the_subscription_carries_its_period_too(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    config = emulator.emulator.config
+    current, config.api_version = config.api_version, "2024-06-20"
+    try:
+        clock, _, sub = _subscribed(stripe_client)
+        assert (sub["current_period_start"], sub["current_period_end"]) == (START, _ts(2026, 2, 28))
+        _advance(stripe_client, clock, _ts(2026, 2, 28) + 2 * HOUR)
+    finally:
+        config.api_version = current
+    [rolled] = emulator.emulator.events_of_type("customer.subscription.updated")
+    now = rolled["data"]["object"]
+    assert (now["current_period_start"], now["current_period_end"]) == (
+        _ts(2026, 2, 28),
+        _ts(2026, 3, 31),
+    )
+    assert rolled["data"]["previous_attributes"]["current_period_end"] == _ts(2026, 2, 28)
 
 
 def test_trial_warns_three_days_before_then_bills_the_first_period(
@@ -245,6 +290,83 @@ def test_pending_prorations_land_on_the_next_invoice_with_the_new_quantity(
     assert all(ii["invoice"] == renewal.id for ii in emulator.emulator.objects("invoiceitems"))
 
 
+@pytest.mark.parametrize(
+    ("behavior", "status", "event"),
+    [
+        ("keep_as_draft", "draft", None),
+        ("void", "void", "invoice.voided"),
+        ("mark_uncollectible", "uncollectible", "invoice.marked_uncollectible"),
+    ],
+)
+def test_paused_collection_leaves_renewals_unpaid_until_it_resumes(
+    stripe_client: stripe.StripeClient,
+    emulator: EmulatorServer,
+    behavior: str,
+    status: str,
+    event: str | None,
+) -> None:
+    clock, _, sub = _subscribed(stripe_client)
+    resumes = _ts(2026, 3, 15)
+    params: Any = {"pause_collection": {"behavior": behavior, "resumes_at": resumes}}
+    stripe_client.v1.subscriptions.update(sub.id, params=params)
+    _advance(stripe_client, clock, _ts(2026, 2, 28) + 2 * HOUR)
+    paused = stripe_client.v1.subscriptions.retrieve(sub.id)
+    invoice = stripe_client.v1.invoices.retrieve(str(paused.latest_invoice))
+    assert (invoice.status, invoice.amount_paid) == (status, 0)
+    if event is not None:
+        assert [e["data"]["object"]["id"] for e in emulator.emulator.events_of_type(event)] == [
+            invoice.id
+        ]
+    _advance(stripe_client, clock, _ts(2026, 3, 31) + 2 * HOUR)
+    resumed = stripe_client.v1.subscriptions.retrieve(sub.id)
+    assert (resumed.pause_collection, resumed.status) == (None, "active")
+    renewal = stripe_client.v1.invoices.retrieve(str(resumed.latest_invoice))
+    assert (renewal.status, renewal.amount_paid) == ("paid", 1000)
+
+
+def test_a_subscription_that_sends_invoices_is_not_charged_at_renewal(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    clock, _, sub = _subscribed(stripe_client)
+    params: Any = {"collection_method": "send_invoice", "days_until_due": 14}
+    stripe_client.v1.subscriptions.update(sub.id, params=params)
+    _advance(stripe_client, clock, _ts(2026, 2, 28) + 2 * HOUR)
+    now = stripe_client.v1.subscriptions.retrieve(sub.id)
+    invoice = stripe_client.v1.invoices.retrieve(str(now.latest_invoice))
+    assert (invoice.status, invoice.collection_method, invoice.attempt_count) == (
+        "open",
+        "send_invoice",
+        0,
+    )
+    assert invoice.due_date == _ts(2026, 2, 28) + HOUR + 14 * DAY
+    assert now.status == "active"
+    assert emulator.emulator.events_of_type("invoice.sent")
+
+
+def test_invoice_items_land_on_the_next_renewal_invoice(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    clock, cus, sub = _subscribed(stripe_client)
+    items = stripe_client.v1.invoice_items
+    setup = items.create(
+        params={"customer": cus, "subscription": sub.id, "amount": 500, "currency": "usd"}
+    )
+    extra: Any = {"customer": cus, "amount": 250, "currency": "usd", "description": "Extra seat"}
+    seat = items.create(params=extra)
+    assert (setup.invoice, seat.test_clock, seat.date) == (None, clock, START)
+    pending = items.list(params={"customer": cus, "pending": True}).data
+    assert {ii.id for ii in pending} == {setup.id, seat.id}
+    _advance(stripe_client, clock, _ts(2026, 2, 28) + 2 * HOUR)
+    renewal = stripe_client.v1.invoices.retrieve(
+        str(stripe_client.v1.subscriptions.retrieve(sub.id).latest_invoice)
+    )
+    assert [line.amount for line in renewal.lines.data] == [1000, 500, 250]
+    assert renewal.lines.data[2].description == "Extra seat"
+    assert renewal.amount_paid == 1750
+    assert {items.retrieve(ii).invoice for ii in (setup.id, seat.id)} == {renewal.id}
+    assert items.list(params={"customer": cus, "pending": True}).data == []
+
+
 def _failing_default(client: stripe.StripeClient, customer: str, card: str) -> None:
     pm = client.v1.payment_methods.attach(card, params={"customer": customer})
     client.v1.customers.update(
@@ -261,6 +383,7 @@ def test_a_failed_renewal_is_past_due_until_a_new_card_pays_a_retry(
     _advance(stripe_client, clock, renewal_at + HOUR)
     now = stripe_client.v1.subscriptions.retrieve(sub.id)
     assert now.status == "past_due"
+    assert stripe_client.v1.customers.retrieve(cus).delinquent is True
     invoice = stripe_client.v1.invoices.retrieve(str(now.latest_invoice))
     assert (invoice.status, invoice.attempt_count) == ("open", 1)
     assert invoice.next_payment_attempt == renewal_at + 3 * DAY
@@ -271,6 +394,7 @@ def test_a_failed_renewal_is_past_due_until_a_new_card_pays_a_retry(
     now = stripe_client.v1.subscriptions.retrieve(sub.id)
     invoice = stripe_client.v1.invoices.retrieve(invoice.id, params={"expand": ["payments"]})
     assert (now.status, invoice.status, invoice.attempt_count) == ("active", "paid", 2)
+    assert stripe_client.v1.customers.retrieve(cus).delinquent is False
     assert invoice.payments is not None
     [payment] = invoice.payments.data
     pi = stripe_client.v1.payment_intents.retrieve(str(payment.payment.payment_intent))
@@ -302,6 +426,37 @@ def test_exhausted_retries_end_the_subscription_as_the_setting_says(
         assert emulator.emulator.events_of_type("customer.subscription.deleted")
     invoice = stripe_client.v1.invoices.retrieve(str(now.latest_invoice))
     assert (invoice.status, invoice.next_payment_attempt) == ("open", None)
+
+
+def test_the_emulator_clock_renews_what_is_on_no_test_clock(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    """Subscriptions on no test clock live in real time, which the emulator's clock
+    stands for: moving it renews them; a test clock's stay where it is."""
+    emu = emulator.emulator
+    clock, _, on_clock = _subscribed(stripe_client)
+    customer = stripe_client.v1.customers.create(params={"email": "real@example.com"})
+    product = stripe_client.v1.products.create(params={"name": "Weekly"})
+    weekly: Any = {"product": product.id, "currency": "usd", "unit_amount": 300}
+    weekly["recurring"] = {"interval": "week"}
+    price = stripe_client.v1.prices.create(params=weekly)
+    real = stripe_client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": price.id}]}
+    )
+    period_end = real["items"]["data"][0].current_period_end
+    emu.advance_clock(period_end - emu.clock.timestamp() + 2 * HOUR)
+    renewed = stripe_client.v1.subscriptions.retrieve(real.id)
+    assert renewed["items"]["data"][0].current_period_start == period_end
+    invoice = stripe_client.v1.invoices.retrieve(str(renewed.latest_invoice))
+    assert (invoice.billing_reason, invoice.status, invoice.created) == (
+        "subscription_cycle",
+        "paid",
+        period_end,
+    )
+    assert stripe_client.v1.subscriptions.retrieve(on_clock.id).latest_invoice == (
+        on_clock.latest_invoice
+    )
+    assert stripe_client.v1.test_helpers.test_clocks.retrieve(clock).frozen_time == START
 
 
 def test_the_emulator_clock_and_test_clocks_agree(

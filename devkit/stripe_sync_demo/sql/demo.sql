@@ -74,7 +74,9 @@ SELECT (SELECT count(*) FROM integration.outbox WHERE status = 'done') AS outbox
        (SELECT count(*) FROM billing.payments WHERE status = 'succeeded') AS payments,
        (SELECT count(*) FROM billing.payments WHERE refund_status = 'full') AS refunded,
        (SELECT count(*) FROM billing.disputes) AS disputes,
-       (SELECT count(*) FROM billing.subscriptions WHERE cancel_at_period_end) AS cancelling
+       (SELECT count(*) FROM billing.subscriptions WHERE cancel_at_period_end) AS cancelling,
+       (SELECT count(*) FROM billing.invoices i JOIN billing.accounts a ON a.id = i.account_id
+         WHERE a.email = 'katherine@example.com' AND i.status = 'paid') AS year_paid
 
 -- name: cancel_ada
 -- Ada cancels in the member console: the app inserts an outbox row; the daemon asks
@@ -91,6 +93,20 @@ JOIN stripe.customer_mappings c ON c.account_id = a.id
 CROSS JOIN billing.prices bp
 JOIN stripe.price_mappings p ON p.price_id = bp.id
 WHERE a.email = 'ada@example.com' AND bp.nickname = 'member monthly'
+
+-- name: clock_member
+-- Katherine's account. The outbox cannot put a customer on a Stripe test clock,
+-- so the demo creates her customer itself and maps it (map_customer) as the outbox would.
+INSERT INTO billing.accounts (email, name) VALUES ('katherine@example.com', 'Katherine Johnson')
+RETURNING id
+
+-- name: map_customer
+INSERT INTO stripe.customer_mappings (account_id, stripe_customer_id)
+VALUES (%(account)s, %(customer)s) RETURNING id
+
+-- name: monthly_price
+SELECT m.stripe_price_id FROM stripe.price_mappings m JOIN billing.prices p ON p.id = m.price_id
+WHERE p.nickname = 'member monthly'
 
 -- name: customer
 SELECT c.stripe_customer_id FROM billing.accounts a
@@ -128,18 +144,24 @@ LEFT JOIN billing.subscription_items i ON i.subscription_id = s.id
 LEFT JOIN billing.prices p ON p.id = i.price_id
 GROUP BY s.id, a.name
 UNION ALL
-SELECT 2, v.id, 'billing.invoices ' || v.id,
-       a.name || ', ' || upper(v.currency) || ' ' || to_char(v.total / 100.0, 'FM999990.00'),
-       v.status
-FROM billing.invoices v JOIN billing.accounts a ON a.id = v.account_id
+-- Alike invoices and payments (a year of renewals) are one line: ids first-last, N times.
+SELECT 2, min(id), 'billing.invoices ' || min(id) || CASE WHEN count(*) > 1 THEN '-' || max(id) ELSE '' END,
+       what || CASE WHEN count(*) > 1 THEN ', ' || count(*) || ' times' ELSE '' END, state
+FROM (SELECT v.id, a.name || ', ' || upper(v.currency) || ' ' || to_char(v.total / 100.0, 'FM999990.00') AS what,
+             v.status AS state
+      FROM billing.invoices v JOIN billing.accounts a ON a.id = v.account_id) AS v
+GROUP BY what, state
 UNION ALL
-SELECT 3, y.id, 'billing.payments ' || y.id,
-       coalesce(a.name || ', ', '') || upper(y.currency) || ' ' || to_char(y.amount / 100.0, 'FM999990.00')
-         || CASE WHEN y.amount_refunded > 0
-                 THEN ', refunded ' || to_char(y.amount_refunded / 100.0, 'FM999990.00') ELSE '' END,
-       y.status || CASE WHEN y.refund_status <> 'none' THEN ' (refund: ' || y.refund_status || ')'
-                        ELSE '' END
-FROM billing.payments y LEFT JOIN billing.accounts a ON a.id = y.account_id
+SELECT 3, min(id), 'billing.payments ' || min(id) || CASE WHEN count(*) > 1 THEN '-' || max(id) ELSE '' END,
+       what || CASE WHEN count(*) > 1 THEN ', ' || count(*) || ' times' ELSE '' END, state
+FROM (SELECT y.id,
+             coalesce(a.name || ', ', '') || upper(y.currency) || ' ' || to_char(y.amount / 100.0, 'FM999990.00')
+               || CASE WHEN y.amount_refunded > 0
+                       THEN ', refunded ' || to_char(y.amount_refunded / 100.0, 'FM999990.00') ELSE '' END AS what,
+             y.status || CASE WHEN y.refund_status <> 'none' THEN ' (refund: ' || y.refund_status || ')'
+                              ELSE '' END AS state
+      FROM billing.payments y LEFT JOIN billing.accounts a ON a.id = y.account_id) AS y
+GROUP BY what, state
 UNION ALL
 SELECT 4, d.id, 'billing.disputes ' || d.id,
        coalesce(a.name || ', ', '') || upper(d.currency) || ' ' || to_char(d.amount / 100.0, 'FM999990.00')
