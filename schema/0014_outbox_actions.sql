@@ -4,7 +4,7 @@
 -- The valid actions are written once, in integration.outbox_actions(): the
 -- CHECK (same set as 0011's, so the same rows pass) and the trigger that names
 -- them both read it. A migration that adds an action replaces the function
--- (CREATE OR REPLACE); tests/integration/test_schema.py holds it to the
+-- (CREATE OR REPLACE); tests/integration/test_outbox.py holds it to the
 -- daemon's executors (outbox/execute.py).
 CREATE FUNCTION integration.outbox_actions() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

@@ -108,11 +108,6 @@ def test_an_unknown_action_type_is_refused_naming_the_valid_ones(conn: Conn) -> 
         conn.execute("UPDATE integration.outbox SET action_type = 'update'")
 
 
-def test_the_valid_actions_are_the_daemons_executors(conn: Conn) -> None:
-    row = conn.execute("SELECT integration.outbox_actions()").fetchone()
-    assert row is not None and row[0] == list(EXECUTORS)
-
-
 def test_webhook_event_id_is_unique(conn: Conn) -> None:
     insert = (
         "INSERT INTO integration.webhook_events "
