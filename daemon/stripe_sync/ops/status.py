@@ -18,6 +18,7 @@ from ..config import DEFAULTS
 from ..db import connect, queries
 from .queue_counts import QueueRow, queue_rows
 from .tables import show_table
+from .waiting import Lag, Waiting, age, read_apply_lag, read_waiting, waited_too_long
 
 
 class Failure(msgspec.Struct):
@@ -41,40 +42,6 @@ class OpenDispute(msgspec.Struct):
     amount: int
     currency: str
     evidence_due_by: datetime | None
-
-
-class Reason(msgspec.Struct):
-    """Pending rows of one queue that wait for one reason (their last_error,
-    Stripe ids blanked; None: not tried yet)."""
-
-    reason: str | None
-    count: int
-    oldest_seconds: float  # since the oldest of them arrived
-    # Since the oldest of them that was tried arrived (None: none was): a row in
-    # backoff, not a new one nor one `stripe-sync retry` just made due again.
-    oldest_tried_seconds: float | None = None
-
-
-class Waiting(msgspec.Struct):
-    """Why a queue's pending rows wait: the reasons of at most 10,000 of them,
-    the most common first (sql/ops.sql, waiting)."""
-
-    queue: str
-    oldest_seconds: float  # since the oldest pending row arrived
-    reasons: list[Reason]
-
-
-class Lag(msgspec.Struct):
-    """Seconds from arrival to applied of the rows a queue finished in the last
-    hour (at most 1,000): first tries, or rows that were retried."""
-
-    queue: str
-    retried: bool
-    rows: int
-    p50: float
-    p95: float
-    p99: float
-    max: float
 
 
 class UnlinkedCustomer(msgspec.Struct):
@@ -134,17 +101,17 @@ async def collect(
     unlinked: int = 5,
     endpoint: EndpointCheck | None = None,
 ) -> Status:
-    """What the queues hold; a due row or a pending row older than ``wait_alarm``
-    seconds (STRIPE_SYNC_WAIT_ALARM; 0: never) is a problem; with ``endpoint``,
-    so is what is wrong with the webhook endpoint in Stripe."""
+    """What the queues hold; a row due, or in backoff since it arrived, for longer
+    than ``wait_alarm`` seconds (STRIPE_SYNC_WAIT_ALARM; 0: never) is a problem;
+    with ``endpoint``, so is what is wrong with the webhook endpoint in Stripe."""
     sql = queries("ops")
     async with connect(dsn, "status") as conn:
         rows = await queue_rows(conn)
         recent = [Failure(*r) for r in await _all(conn, sql["recent_failures"], limit=failures)]
         stuck = (await _all(conn, sql["stuck"]))[0][0] or 0
-        oldest = (await _all(conn, sql["webhook_lag"]))[0][0]
-        waiting = _waiting(await _all(conn, sql["waiting"]))
-        apply_lag = [Lag(*r) for r in await _all(conn, sql["apply_lag"])]
+        oldest = (await _all(conn, sql["webhook_oldest_waiting"]))[0][0]
+        waiting = await read_waiting(conn)
+        apply_lag = await read_apply_lag(conn)
         daemons = (await _all(conn, sql["daemons"]))[0][0] or 0
         by_customer = await _all(conn, sql["unlinked_customers"], limit=unlinked)
         open_disputes = [
@@ -158,7 +125,7 @@ async def collect(
         problems.append(f"{failed} failed row(s)")
     if stuck:
         problems.append(f"{stuck} claim(s) stuck past their lease")
-    problems += _waited_too_long(rows, waiting, wait_alarm)
+    problems += waited_too_long(rows, waiting, wait_alarm)
     pending = sum(r.count for r in rows if r.status in ("pending", "processing"))
     if pending and not daemons:
         problems.append("work is waiting and no daemon is listening")
@@ -196,57 +163,6 @@ async def collect(
         ignored_unlinked_24h=ignored_unlinked,
         top_unlinked_customers=top,
     )
-
-
-def _waiting(found: list[Any]) -> list[Waiting]:
-    """The rows of sql/ops.sql's waiting (queue, oldest, reason, count, its oldest) by queue."""
-    by_queue: dict[str, Waiting] = {}
-    for queue, oldest, *reason in found:
-        by_queue.setdefault(queue, Waiting(queue, oldest, [])).reasons.append(Reason(*reason))
-    return list(by_queue.values())
-
-
-def _waited_too_long(rows: list[QueueRow], waiting: list[Waiting], alarm: float) -> list[str]:
-    """Per queue, the one problem of rows waiting longer than ``alarm``: a due row
-    (no daemon keeps up), else a row in backoff since it arrived (retried too long).
-    Rows new or made due again are not in backoff: the due age covers them."""
-    if not alarm:
-        return []
-    found = {
-        r.queue: f"{r.queue}: the oldest due row waits {age(r.oldest_due_seconds)}"
-        for r in rows
-        if (r.oldest_due_seconds or 0) > alarm
-    }
-    for w in waiting:
-        tried = [r for r in w.reasons if r.oldest_tried_seconds is not None]
-        oldest = max(tried, key=lambda r: r.oldest_tried_seconds or 0.0, default=None)
-        if w.queue in found or oldest is None or (oldest.oldest_tried_seconds or 0.0) <= alarm:
-            continue
-        found[w.queue] = (
-            f"{w.queue}: a row retried with backoff has waited {age(oldest.oldest_tried_seconds)} "
-            f"since it arrived (STRIPE_SYNC_WAIT_ALARM {age(alarm)}), on: "
-            f"{oldest.reason or 'no error recorded'}"
-        )
-    return list(found.values())
-
-
-def age(seconds: float | None) -> str:
-    """A duration as people read it: 850 ms, 12.5 s, 4m 10s, 3h 20m, 2d 5h."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    for unit, size, sub, sub_size in (
-        ("d", 86400, "h", 3600),
-        ("h", 3600, "m", 60),
-        ("m", 60, "s", 1),
-    ):
-        if seconds >= size:
-            rest = int(seconds % size // sub_size)
-            return f"{int(seconds // size)}{unit}" + (f" {rest}{sub}" if rest else "")
-    raise AssertionError("unreachable")
 
 
 async def _all(conn: psycopg.AsyncConnection[Any], query: str, **params: Any) -> list[Any]:

@@ -62,7 +62,7 @@ SELECT (SELECT count(*) FROM integration.outbox
      + (SELECT count(*) FROM integration.webhook_events
         WHERE status = 'processing' AND locked_until < now() - interval '1 minute')
 
--- name: webhook_lag
+-- name: webhook_oldest_waiting
 -- The age of the oldest webhook event still waiting (each status on its
 -- partial index).
 SELECT extract(epoch FROM now() - least(
