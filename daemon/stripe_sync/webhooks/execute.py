@@ -290,7 +290,7 @@ def make_handler(ctx: WebhookContext) -> Handler:
                     return await _tie(with_current, by_id, applied, job, envelope)
             except MissingReference as missing:
                 outcome = await references.supply(
-                    ctx, missing, budget, apply_fetched, envelope.id or ""
+                    ctx, missing, budget, apply_fetched, envelope.id or "", envelope.created or 0
                 )
                 if outcome is not None:
                     return outcome

@@ -11,8 +11,8 @@ happens (``supply``, called by execute.make_handler when a handler raises
   and applied exactly as an event carrying the object would be, by the same
   handler (references it names in turn are fetched too, at most
   ``MAX_FETCHES`` per attempt of the event), in a transaction of its own;
-  then the event is applied. The object's key is (the second it was fetched,
-  its status's rank, ``fetched for evt_…``): a newer applied state is never
+  then the event is applied. The object's key is (the ``created`` of the
+  event that named it, its status's rank, ``fetched for evt_…``): a newer applied state is never
   overwritten by it, and an event older than the fetch that arrives later is
   stale. The request is paced with every other call (StripeApi's pacer).
 - **Objects MC creates itself** (customers, prices, products: the outbox):
@@ -32,7 +32,6 @@ every missing reference waits as before.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -81,6 +80,7 @@ async def supply(
     budget: Budget,
     apply: ApplyFetched,
     event_id: str,
+    event_created: int,
 ) -> Done | None:
     """Make good a reference the event's handler found missing.
 
@@ -111,7 +111,13 @@ async def supply(
         if not budget.take():
             raise missing
         stripe_id = pi_id
-    fetched_at = int(time.time())
+    # The object is ordered at the second of the event that named it, on Stripe's
+    # clock, not the daemon's: a test clock's objects live on the clock's time
+    # (months ahead or behind), and a daemon whose clock runs ahead would call
+    # the events of those seconds stale for good. An event older than this one
+    # that arrives later is stale; a newer one applies over the fetched state,
+    # and the newest event of the object, which every change has, wins.
+    fetched_at = event_created
     found = await _retrieve(ctx, family.resource, family.noun, stripe_id)
     if found is None:
         return ignored(f"{family.noun} {stripe_id} does not exist in Stripe (404)")
