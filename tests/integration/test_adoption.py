@@ -392,7 +392,7 @@ async def test_backfill_and_a_webhook_racing_end_in_the_newer_state(
 
 async def backfill_with(dsn: str, emulator: EmulatorServer, **kwargs: Any) -> BackfillResult:
     api = StripeApi(Secret(API_KEY), api_base=emulator.base_url, rate_limit=0)
-    async with api, make_pool(dsn, size=backfill.APPLY_AT_ONCE + 1) as pool:
+    async with api, make_pool(dsn, size=2 * backfill.APPLY_AT_ONCE + 1) as pool:
         return await Backfill(api, pool, **kwargs).run()
 
 

@@ -268,6 +268,7 @@ class Backfill:
     before_apply: Callable[[str, list[JSON]], Awaitable[None]] | None = None
     linked: set[str] = field(default_factory=set)
     _held: AsyncConnection[Any] | None = None  # the dry run's one connection
+    _requests: dict[str, FamilyResult] = field(default_factory=dict)  # list requests counted
 
     @property
     def scope(self) -> str:
@@ -330,23 +331,48 @@ class Backfill:
     async def _families(
         self, result: BackfillResult, saved: dict[str, tuple[str | None, bool]]
     ) -> None:
-        for source in SOURCES:
+        """The families in order, but payment methods beside the rest: they are
+        listed a customer at a time (most of a run's requests) and depend on
+        nothing but customers, which come first. A dry run's one transaction
+        takes them one after another."""
+
+        async def one(source: Source) -> None:
             cursor, done = saved.get(source.name, (None, False))
-            family = result.families.setdefault(source.name, FamilyResult())
+            family = result.families[source.name]
             if done:
-                continue
-            t0, c0 = time.monotonic(), self.api.calls
+                return
+            t0 = time.monotonic()
             if source.per_customer:
                 pages = self._per_customer(source, family, cursor)
             else:
                 pages = self._listed(source, family, cursor)
             await self._import(source, family, pages)
             family.seconds = time.monotonic() - t0
-            family.requests = self.api.calls - c0
+
+        for source in SOURCES:
+            result.families[source.name] = FamilyResult()
+        self._requests = result.families
+        first, *others = SOURCES
+        await one(first)
+        if self._held is not None:
+            for source in others:
+                await one(source)
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                for source in others:
+                    if source.per_customer:
+                        tg.start_soon(one, source)
+                for source in others:
+                    if not source.per_customer:
+                        await one(source)
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
 
     # -- listing -----------------------------------------------------------------------
     async def _list(self, source: Source, params: JSON) -> tuple[list[JSON], bool, int]:
         """One page: its objects, whether there are more, and when it was asked for."""
+        self._requests[source.name].requests += 1
         asked = int(time.time())
         response = await call_with_retries(
             self.api,
@@ -383,6 +409,7 @@ class Backfill:
     async def _retrieve_customer(self) -> JSON:
         assert self.customer is not None
         path = f"/v1/customers/{self.customer}"
+        self._requests["customers"].requests += 1
         response = await call_with_retries(
             self.api,
             f"retrieve {self.customer}",
@@ -703,7 +730,7 @@ async def _clients(settings: Settings) -> AsyncIterator[tuple[StripeApi, AsyncCo
     )
     async with (
         from_settings(share) as api,
-        make_pool(settings.database_url, size=APPLY_AT_ONCE + 1, role="backfill") as pool,
+        make_pool(settings.database_url, size=2 * APPLY_AT_ONCE + 1, role="backfill") as pool,
     ):
         yield api, pool
 
