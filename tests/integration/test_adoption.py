@@ -10,6 +10,10 @@ has its MC row, equal field by field, and nothing else is in MC."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import psycopg
@@ -27,7 +31,7 @@ from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.common import WebhookContext
 from stripe_sync.webhooks.execute import make_handler
 
-from daemons import API_KEY, cli_env, run_cli
+from daemons import API_KEY, cli_env, poll, run_cli
 from pipeline import all_settled, eventually, outbox_pipeline
 
 pytestmark = pytest.mark.anyio
@@ -623,3 +627,46 @@ async def test_the_commands_help_json_and_one_line_errors(
     assert since.returncode == 2 and "is neither a duration" in since.stderr.splitlines()[-1]
     unset = run_cli("backfill", env={"DATABASE_URL": dsn})
     assert unset.returncode == 78 and "STRIPE_API_KEY" in unset.stderr.strip(), unset.stderr
+
+
+def stopped(dsn: str, env: dict[str, str], signum: int, progress: str) -> tuple[int, str]:
+    """`stripe-sync backfill` as a process, sent ``signum`` once ``progress`` (SQL) holds."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stripe_sync.cli", "backfill"],
+        env={**base, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with psycopg.connect(dsn, autocommit=True) as watch:
+        poll(lambda: proc.poll() is not None or watch.execute(progress).fetchone() == (True,))
+    assert proc.poll() is None, "the backfill ended before it could be stopped"
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
+async def test_backfill_stopped_by_sigterm_or_killed_resumes(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    await adopted(dsn, conn, emulator, customers=30, months=2)
+    # Paced at 2 requests/s, so that it is still listing cards when stopped.
+    slow = {**cli_env(dsn, emulator.base_url), "STRIPE_SYNC_RATE_LIMIT": "4"}
+    some_cards = (
+        "SELECT count(*) > 0 FROM integration.backfill_checkpoints WHERE family = 'payment_methods'"
+    )
+    code, err = stopped(dsn, slow, signal.SIGTERM, some_cards)
+    assert code == 130, err
+    assert err.strip().splitlines() == ["stripe-sync backfill: stopped; run it again to resume"]
+    more_cards = (
+        "SELECT objects > (SELECT count(*) FROM stripe.payment_method_mappings) - 20 "
+        "FROM integration.backfill_checkpoints WHERE family = 'payment_methods' AND NOT done "
+        "AND cursor > (SELECT min(stripe_customer_id) FROM stripe.customer_mappings)"
+    )
+    code, err = stopped(dsn, slow, signal.SIGKILL, more_cards)
+    assert code == -signal.SIGKILL, err
+    rerun = run_cli("backfill", "--json", env=cli_env(dsn, emulator.base_url))
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["resumed"] is True
+    assert_equal_state(conn, emulator)
