@@ -466,6 +466,13 @@ async def test_backfill_one_customer_and_dry_run(
     want = stripe_state(emulator, {one})
     assert mc_state(conn) == want and want
 
+    # The first customer's charge was disputed: its import takes the dispute, and a
+    # later import of another customer does not take it again.
+    disputed = history.customers[0]
+    assert (await run_backfill(dsn, emulator, customer=disputed)).families["disputes"].imported
+    assert not (await run_backfill(dsn, emulator, customer=one)).families["disputes"].imported
+    assert mc_state(conn) == stripe_state(emulator, {one, disputed})
+
 
 def stripe_client(emulator: EmulatorServer) -> Any:
     import stripe

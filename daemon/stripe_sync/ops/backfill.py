@@ -522,7 +522,10 @@ class Backfill:
             return [o for o in objects if _ref(o.get("customer")) in self.linked]
         wanted = [pi for o in objects if (pi := _ref(o.get("payment_intent")))]
         async with self._transaction() as conn:
-            cur = await conn.execute(queries("backfill")["mapped_payment_intents"], {"ids": wanted})
+            cur = await conn.execute(
+                queries("backfill")["mapped_payment_intents"],
+                {"ids": wanted, "customer": self.customer},
+            )
             mapped = {r[0] for r in await cur.fetchall()}
         return [o for o in objects if _ref(o.get("payment_intent")) in mapped]
 

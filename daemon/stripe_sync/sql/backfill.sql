@@ -10,8 +10,13 @@ WHERE sync_status = 'synced' AND stripe_customer_id IS NOT NULL
 ORDER BY stripe_customer_id
 
 -- name: mapped_payment_intents
-SELECT stripe_payment_intent_id FROM stripe.payment_mappings
-WHERE stripe_payment_intent_id = ANY (%(ids)s)
+-- Which of these PaymentIntents MC has (refunds and disputes are imported for
+-- those); with %(customer)s, only that customer's.
+SELECT m.stripe_payment_intent_id FROM stripe.payment_mappings m
+JOIN billing.payments p ON p.id = m.payment_id
+LEFT JOIN stripe.customer_mappings c ON c.account_id = p.account_id
+WHERE m.stripe_payment_intent_id = ANY (%(ids)s)
+  AND (%(customer)s::text IS NULL OR c.stripe_customer_id = %(customer)s)
 
 -- name: checkpoints
 SELECT family, cursor, done, objects FROM integration.backfill_checkpoints
