@@ -326,6 +326,7 @@ class Backfill:
                 yield self._held
             return
         async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(queries("backfill")["relaxed"])
             yield conn
 
     async def _families(

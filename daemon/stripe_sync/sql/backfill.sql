@@ -26,9 +26,16 @@ WHERE scope = %(scope)s
 -- A new run of the scope: the previous one finished (or never started).
 DELETE FROM integration.backfill_checkpoints WHERE scope = %(scope)s
 
+-- name: relaxed
+-- A page's commit need not wait for the WAL flush: a page lost in a crash
+-- lost the checkpoint after it too (the WAL keeps their order), so the rerun
+-- applies it again.
+SELECT set_config('synchronous_commit', 'off', true)
+
 -- name: checkpoint
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO integration.backfill_checkpoints AS c (scope, family, cursor, done, objects)
-VALUES (%(scope)s, %(family)s, %(cursor)s, %(done)s, %(objects)s)
+SELECT %(scope)s, %(family)s, %(cursor)s, %(done)s, %(objects)s FROM relaxed
 ON CONFLICT (scope, family) DO UPDATE
 SET cursor = coalesce(EXCLUDED.cursor, c.cursor), done = EXCLUDED.done,
     objects = c.objects + EXCLUDED.objects, updated_at = now()
