@@ -48,20 +48,11 @@ from psycopg_pool import AsyncConnectionPool
 from ..config import Settings
 from ..db import bound_query, make_pool, queries
 from ..errors import PermanentError, TransientError, UsageError
-from ..mappings import (
-    CREDIT_NOTES,
-    DISPUTES,
-    INVOICES,
-    PAYMENT_METHODS,
-    PAYMENTS,
-    SUBSCRIPTIONS,
-    Family,
-)
-from ..mappings import CUSTOMERS as CUSTOMER_FAMILY
 from ..queue.jobs import Job
 from ..stripe_api import StripeApi, call_with_retries, from_settings
 from ..webhooks.common import WebhookContext
 from ..webhooks.execute import make_handler
+from .backfill_sources import JSON, NAMES, SOURCES, Source, events_of
 
 PAGE_SIZE = 100  # Stripe's maximum
 PAGE_ATTEMPTS = 5  # a page that meets a deadlock or a race is tried again this often
@@ -69,97 +60,6 @@ CUSTOMERS_AT_ONCE = 8  # payment methods are listed per customer: this many requ
 # Pages applied side by side, each on a connection of its own: a page's time is
 # mostly round trips to PostgreSQL, which overlap.
 APPLY_AT_ONCE = 4
-
-JSON = dict[str, Any]
-
-
-def _pi_event(pi: JSON) -> str:
-    status = pi.get("status")
-    if status == "requires_payment_method" and pi.get("last_payment_error"):
-        return "payment_intent.payment_failed"
-    return {
-        "succeeded": "payment_intent.succeeded",
-        "canceled": "payment_intent.canceled",
-        "processing": "payment_intent.processing",
-        "requires_action": "payment_intent.requires_action",
-        "requires_capture": "payment_intent.amount_capturable_updated",
-    }.get(str(status), "payment_intent.created")
-
-
-_CLOSED_DISPUTES = {"won", "lost", "warning_closed", "prevented"}
-
-
-@dataclass(frozen=True)
-class Source:
-    """One family as the backfill lists it and the event type it applies it as."""
-
-    name: str  # the checkpoint's family, and what the report calls it
-    path: str  # the list endpoint
-    event_type: Callable[[JSON], str]
-    family: Family | None  # whose fingerprint tells whether a page changed anything
-    # Listed per linked customer (payment methods: Stripe lists them only so).
-    per_customer: bool = False
-    # Belongs to a linked customer by its own `customer` field (else by its
-    # PaymentIntent, which must be mapped: refunds, disputes).
-    by_customer: bool = True
-    params: tuple[tuple[str, Any], ...] = ()
-    # The list takes created[gte] (payment methods' and credit notes' do not:
-    # --since is applied to what they list).
-    created: bool = True
-
-
-SOURCES: tuple[Source, ...] = (
-    Source("customers", "/v1/customers", lambda _c: "customer.updated", CUSTOMER_FAMILY),
-    Source(
-        "payment_methods",
-        "/v1/payment_methods",
-        lambda _pm: "payment_method.attached",
-        PAYMENT_METHODS,
-        per_customer=True,
-        created=False,
-    ),
-    Source(
-        "subscriptions",
-        "/v1/subscriptions",
-        lambda s: (
-            "customer.subscription." + ("deleted" if s.get("status") == "canceled" else "updated")
-        ),
-        SUBSCRIPTIONS,
-        params=(("status", "all"),),
-    ),
-    Source("payment_intents", "/v1/payment_intents", _pi_event, PAYMENTS),
-    Source(
-        "invoices",
-        "/v1/invoices",
-        lambda _i: "invoice.updated",
-        INVOICES,
-        params=(("expand", ["data.payments"]),),
-    ),
-    Source(
-        "refunds",
-        "/v1/refunds",
-        lambda r: "refund.failed" if r.get("status") == "failed" else "refund.updated",
-        None,
-        by_customer=False,
-    ),
-    Source(
-        "disputes",
-        "/v1/disputes",
-        lambda d: (
-            "charge.dispute." + ("closed" if d.get("status") in _CLOSED_DISPUTES else "updated")
-        ),
-        DISPUTES,
-        by_customer=False,
-    ),
-    Source(
-        "credit_notes",
-        "/v1/credit_notes",
-        lambda c: "credit_note.voided" if c.get("status") == "void" else "credit_note.updated",
-        CREDIT_NOTES,
-        created=False,
-    ),
-)
-NAMES = tuple(s.name for s in SOURCES)
 
 
 @dataclass
@@ -585,7 +485,7 @@ class Backfill:
         asked: int,
         counts: _Counts,
     ) -> None:
-        for event_type, payload in _events(source, obj, asked):
+        for event_type, payload in events_of(source, obj, asked):
             job = Job(0, event_type, 1, payload)
             last = ""
             for _ in range(PAGE_ATTEMPTS):
@@ -696,33 +596,6 @@ async def _fingerprints(
         for stripe_id, text in await cur.fetchall():
             found[stripe_id] = found.get(stripe_id, "") + "#" + (text or "")
     return found
-
-
-def _events(source: Source, obj: JSON, asked: int) -> list[tuple[str, str]]:
-    """The synthetic events of one object: its own, and for an invoice the
-    invoice_payment.paid of each payment that paid it (after it)."""
-    payments = obj.pop("payments", None) if source.name == "invoices" else None
-    event_type = source.event_type(obj)
-    found = [(event_type, _envelope(event_type, obj, asked))]
-    for payment in (payments or {}).get("data") or []:
-        if payment.get("status") == "paid":
-            found.append(
-                ("invoice_payment.paid", _envelope("invoice_payment.paid", payment, asked))
-            )
-    return found
-
-
-def _envelope(event_type: str, obj: JSON, asked: int) -> str:
-    return msgspec.json.encode(
-        {
-            "id": f"evt_backfill_{asked}",
-            "object": "event",
-            "type": event_type,
-            "created": asked,
-            "livemode": bool(obj.get("livemode")),
-            "data": {"object": obj},
-        }
-    ).decode()
 
 
 @asynccontextmanager
