@@ -587,20 +587,26 @@ async def test_seed_links_twins_instead_of_creating_them(
     # Account 1 changed its email since; its customer carries our metadata.
     conn.execute("UPDATE billing.accounts SET email = 'renamed@example.com' WHERE id = 1")
     # Account 3's email now has two customers: neither linked nor created.
-    stripe_client(emulator).v1.customers.create(params={"email": email_of(2)})
+    client = stripe_client(emulator)
+    client.v1.customers.create(params={"email": email_of(2)})
+    # Product 1 exists in Stripe with this database's metadata (its mapping was lost).
+    ours = {"mc_product_id": "1", "mc_source": source_of(conn)}
+    product = client.v1.products.create(params={"name": "Basic", "metadata": ours})
     env = cli_env(dsn, emulator.base_url)
     seeded = run_cli("seed", "--json", env=env)
     assert seeded.returncode == 0, seeded.stderr
     report = json.loads(seeded.stdout)
-    assert report["looked"] and len(report["linked"]) == 3, report
+    assert report["looked"] and len(report["linked"]) == 4, report
+    assert f"billing.products id=1 ↔ {product.id}" in report["linked"]
     assert len(report["ambiguous"]) == 1 and history.customers[2] in report["ambiguous"][0]
-    # The account Stripe does not know, the three products and their prices.
-    assert report["enqueued"] == 7
+    # The account Stripe does not know, two products and the three prices.
+    assert report["enqueued"] == 6
     assert linked_customers(conn) == {history.customers[i] for i in (0, 1, 3)}
     async with outbox_pipeline(dsn, emulator.base_url):
         await eventually(lambda: all_settled(dsn))
     customers = emulator.emulator.objects("customers")
     assert len(customers) == 6 + 1 + 1  # only nobody@example.com was created
+    assert len(emulator.emulator.objects("products")) == 3 + 1 + 2
     again = run_cli("seed", env=env)
     assert again.returncode == 0 and "enqueued 0 " in again.stdout, again.stdout
 
