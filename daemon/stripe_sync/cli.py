@@ -203,16 +203,22 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from .ops.progress import backfill_progress
 
     settings = _stripe_settings(args)
-    with _stops("backfill", EX_FAILURE), backfill_progress() as on_page:
-        collect = partial(
-            run,
-            settings,
-            customer=args.customer,
-            since=args.since,
-            dry_run=args.dry_run,
-            on_page=on_page,
-        )
-        result = anyio.run(collect)
+    # SIGTERM stops it as Ctrl-C does: every committed page stays, the rerun resumes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with _stops("backfill", EX_FAILURE), backfill_progress() as on_page:
+            collect = partial(
+                run,
+                settings,
+                customer=args.customer,
+                since=args.since,
+                dry_run=args.dry_run,
+                on_page=on_page,
+            )
+            result = anyio.run(collect)
+    except KeyboardInterrupt:
+        print("stripe-sync backfill: stopped; run it again to resume", file=sys.stderr)
+        return 130
     return show(result, json=args.json)
 
 

@@ -113,7 +113,15 @@ class StripeApi:
 
         ``what`` names the call in errors, e.g. ``create customer``.
         """
-        await self.pacer.wait()
+        try:
+            await self.pacer.wait()
+        except BaseException:
+            # Cancelled (Ctrl-C, SIGTERM) while paced: the request was never sent;
+            # close its coroutine, or Python warns at exit that it was never awaited.
+            close = getattr(request, "close", None)
+            if close is not None:
+                close()
+            raise
         self.calls += 1
         # "create customer for billing.accounts id=1" → "create customer": no ids in labels
         timer = STRIPE_SECONDS.labels(" ".join(what.split()[:2])).time()

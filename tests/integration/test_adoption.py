@@ -10,6 +10,10 @@ has its MC row, equal field by field, and nothing else is in MC."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import psycopg
@@ -27,7 +31,7 @@ from stripe_sync.stripe_api import StripeApi
 from stripe_sync.webhooks.common import WebhookContext
 from stripe_sync.webhooks.execute import make_handler
 
-from daemons import API_KEY, cli_env, run_cli
+from daemons import API_KEY, cli_env, poll, run_cli
 from pipeline import all_settled, eventually, outbox_pipeline
 
 pytestmark = pytest.mark.anyio
@@ -392,7 +396,7 @@ async def test_backfill_and_a_webhook_racing_end_in_the_newer_state(
 
 async def backfill_with(dsn: str, emulator: EmulatorServer, **kwargs: Any) -> BackfillResult:
     api = StripeApi(Secret(API_KEY), api_base=emulator.base_url, rate_limit=0)
-    async with api, make_pool(dsn, size=backfill.APPLY_AT_ONCE + 1) as pool:
+    async with api, make_pool(dsn, size=2 * backfill.APPLY_AT_ONCE + 1) as pool:
         return await Backfill(api, pool, **kwargs).run()
 
 
@@ -461,6 +465,13 @@ async def test_backfill_one_customer_and_dry_run(
     assert done.changed == dry.changed
     want = stripe_state(emulator, {one})
     assert mc_state(conn) == want and want
+
+    # The first customer's charge was disputed: its import takes the dispute, and a
+    # later import of another customer does not take it again.
+    disputed = history.customers[0]
+    assert (await run_backfill(dsn, emulator, customer=disputed)).families["disputes"].imported
+    assert not (await run_backfill(dsn, emulator, customer=one)).families["disputes"].imported
+    assert mc_state(conn) == stripe_state(emulator, {one, disputed})
 
 
 def stripe_client(emulator: EmulatorServer) -> Any:
@@ -575,18 +586,27 @@ async def test_seed_links_twins_instead_of_creating_them(
     account(conn, history)
     # Account 1 changed its email since; its customer carries our metadata.
     conn.execute("UPDATE billing.accounts SET email = 'renamed@example.com' WHERE id = 1")
+    # Account 3's email now has two customers: neither linked nor created.
+    client = stripe_client(emulator)
+    client.v1.customers.create(params={"email": email_of(2)})
+    # Product 1 exists in Stripe with this database's metadata (its mapping was lost).
+    ours = {"mc_product_id": "1", "mc_source": source_of(conn)}
+    product = client.v1.products.create(params={"name": "Basic", "metadata": ours})
     env = cli_env(dsn, emulator.base_url)
     seeded = run_cli("seed", "--json", env=env)
     assert seeded.returncode == 0, seeded.stderr
     report = json.loads(seeded.stdout)
-    assert report["looked"] and len(report["linked"]) == 4
-    # The account Stripe does not know, the three products and their prices.
-    assert report["enqueued"] == 7
-    assert linked_customers(conn) == set(history.customers[:4])
+    assert report["looked"] and len(report["linked"]) == 4, report
+    assert f"billing.products id=1 ↔ {product.id}" in report["linked"]
+    assert len(report["ambiguous"]) == 1 and history.customers[2] in report["ambiguous"][0]
+    # The account Stripe does not know, two products and the three prices.
+    assert report["enqueued"] == 6
+    assert linked_customers(conn) == {history.customers[i] for i in (0, 1, 3)}
     async with outbox_pipeline(dsn, emulator.base_url):
         await eventually(lambda: all_settled(dsn))
     customers = emulator.emulator.objects("customers")
-    assert len(customers) == 6 + 1  # only nobody@example.com was created
+    assert len(customers) == 6 + 1 + 1  # only nobody@example.com was created
+    assert len(emulator.emulator.objects("products")) == 3 + 1 + 2
     again = run_cli("seed", env=env)
     assert again.returncode == 0 and "enqueued 0 " in again.stdout, again.stdout
 
@@ -620,3 +640,46 @@ async def test_the_commands_help_json_and_one_line_errors(
     assert since.returncode == 2 and "is neither a duration" in since.stderr.splitlines()[-1]
     unset = run_cli("backfill", env={"DATABASE_URL": dsn})
     assert unset.returncode == 78 and "STRIPE_API_KEY" in unset.stderr.strip(), unset.stderr
+
+
+def stopped(dsn: str, env: dict[str, str], signum: int, progress: str) -> tuple[int, str]:
+    """`stripe-sync backfill` as a process, sent ``signum`` once ``progress`` (SQL) holds."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "DATABASE_URL"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stripe_sync.cli", "backfill"],
+        env={**base, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with psycopg.connect(dsn, autocommit=True) as watch:
+        poll(lambda: proc.poll() is not None or watch.execute(progress).fetchone() == (True,))
+    assert proc.poll() is None, "the backfill ended before it could be stopped"
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
+async def test_backfill_stopped_by_sigterm_or_killed_resumes(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    await adopted(dsn, conn, emulator, customers=30, months=2)
+    # Paced at 2 requests/s, so that it is still listing cards when stopped.
+    slow = {**cli_env(dsn, emulator.base_url), "STRIPE_SYNC_RATE_LIMIT": "4"}
+    some_cards = (
+        "SELECT count(*) > 0 FROM integration.backfill_checkpoints WHERE family = 'payment_methods'"
+    )
+    code, err = stopped(dsn, slow, signal.SIGTERM, some_cards)
+    assert code == 130, err
+    assert err.strip().splitlines() == ["stripe-sync backfill: stopped; run it again to resume"]
+    more_cards = (
+        "SELECT objects > (SELECT count(*) FROM stripe.payment_method_mappings) - 20 "
+        "FROM integration.backfill_checkpoints WHERE family = 'payment_methods' AND NOT done "
+        "AND cursor > (SELECT min(stripe_customer_id) FROM stripe.customer_mappings)"
+    )
+    code, err = stopped(dsn, slow, signal.SIGKILL, more_cards)
+    assert code == -signal.SIGKILL, err
+    rerun = run_cli("backfill", "--json", env=cli_env(dsn, emulator.base_url))
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["resumed"] is True
+    assert_equal_state(conn, emulator)

@@ -48,20 +48,11 @@ from psycopg_pool import AsyncConnectionPool
 from ..config import Settings
 from ..db import bound_query, make_pool, queries
 from ..errors import PermanentError, TransientError, UsageError
-from ..mappings import (
-    CREDIT_NOTES,
-    DISPUTES,
-    INVOICES,
-    PAYMENT_METHODS,
-    PAYMENTS,
-    SUBSCRIPTIONS,
-    Family,
-)
-from ..mappings import CUSTOMERS as CUSTOMER_FAMILY
 from ..queue.jobs import Job
 from ..stripe_api import StripeApi, call_with_retries, from_settings
 from ..webhooks.common import WebhookContext
 from ..webhooks.execute import make_handler
+from .backfill_sources import JSON, NAMES, SOURCES, Source, events_of
 
 PAGE_SIZE = 100  # Stripe's maximum
 PAGE_ATTEMPTS = 5  # a page that meets a deadlock or a race is tried again this often
@@ -69,97 +60,6 @@ CUSTOMERS_AT_ONCE = 8  # payment methods are listed per customer: this many requ
 # Pages applied side by side, each on a connection of its own: a page's time is
 # mostly round trips to PostgreSQL, which overlap.
 APPLY_AT_ONCE = 4
-
-JSON = dict[str, Any]
-
-
-def _pi_event(pi: JSON) -> str:
-    status = pi.get("status")
-    if status == "requires_payment_method" and pi.get("last_payment_error"):
-        return "payment_intent.payment_failed"
-    return {
-        "succeeded": "payment_intent.succeeded",
-        "canceled": "payment_intent.canceled",
-        "processing": "payment_intent.processing",
-        "requires_action": "payment_intent.requires_action",
-        "requires_capture": "payment_intent.amount_capturable_updated",
-    }.get(str(status), "payment_intent.created")
-
-
-_CLOSED_DISPUTES = {"won", "lost", "warning_closed", "prevented"}
-
-
-@dataclass(frozen=True)
-class Source:
-    """One family as the backfill lists it and the event type it applies it as."""
-
-    name: str  # the checkpoint's family, and what the report calls it
-    path: str  # the list endpoint
-    event_type: Callable[[JSON], str]
-    family: Family | None  # whose fingerprint tells whether a page changed anything
-    # Listed per linked customer (payment methods: Stripe lists them only so).
-    per_customer: bool = False
-    # Belongs to a linked customer by its own `customer` field (else by its
-    # PaymentIntent, which must be mapped: refunds, disputes).
-    by_customer: bool = True
-    params: tuple[tuple[str, Any], ...] = ()
-    # The list takes created[gte] (payment methods' and credit notes' do not:
-    # --since is applied to what they list).
-    created: bool = True
-
-
-SOURCES: tuple[Source, ...] = (
-    Source("customers", "/v1/customers", lambda _c: "customer.updated", CUSTOMER_FAMILY),
-    Source(
-        "payment_methods",
-        "/v1/payment_methods",
-        lambda _pm: "payment_method.attached",
-        PAYMENT_METHODS,
-        per_customer=True,
-        created=False,
-    ),
-    Source(
-        "subscriptions",
-        "/v1/subscriptions",
-        lambda s: (
-            "customer.subscription." + ("deleted" if s.get("status") == "canceled" else "updated")
-        ),
-        SUBSCRIPTIONS,
-        params=(("status", "all"),),
-    ),
-    Source("payment_intents", "/v1/payment_intents", _pi_event, PAYMENTS),
-    Source(
-        "invoices",
-        "/v1/invoices",
-        lambda _i: "invoice.updated",
-        INVOICES,
-        params=(("expand", ["data.payments"]),),
-    ),
-    Source(
-        "refunds",
-        "/v1/refunds",
-        lambda r: "refund.failed" if r.get("status") == "failed" else "refund.updated",
-        None,
-        by_customer=False,
-    ),
-    Source(
-        "disputes",
-        "/v1/disputes",
-        lambda d: (
-            "charge.dispute." + ("closed" if d.get("status") in _CLOSED_DISPUTES else "updated")
-        ),
-        DISPUTES,
-        by_customer=False,
-    ),
-    Source(
-        "credit_notes",
-        "/v1/credit_notes",
-        lambda c: "credit_note.voided" if c.get("status") == "void" else "credit_note.updated",
-        CREDIT_NOTES,
-        created=False,
-    ),
-)
-NAMES = tuple(s.name for s in SOURCES)
 
 
 @dataclass
@@ -268,6 +168,7 @@ class Backfill:
     before_apply: Callable[[str, list[JSON]], Awaitable[None]] | None = None
     linked: set[str] = field(default_factory=set)
     _held: AsyncConnection[Any] | None = None  # the dry run's one connection
+    _requests: dict[str, FamilyResult] = field(default_factory=dict)  # list requests counted
 
     @property
     def scope(self) -> str:
@@ -325,28 +226,54 @@ class Backfill:
                 yield self._held
             return
         async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(queries("backfill")["relaxed"])
             yield conn
 
     async def _families(
         self, result: BackfillResult, saved: dict[str, tuple[str | None, bool]]
     ) -> None:
-        for source in SOURCES:
+        """The families in order, but payment methods beside the rest: they are
+        listed a customer at a time (most of a run's requests) and depend on
+        nothing but customers, which come first. A dry run's one transaction
+        takes them one after another."""
+
+        async def one(source: Source) -> None:
             cursor, done = saved.get(source.name, (None, False))
-            family = result.families.setdefault(source.name, FamilyResult())
+            family = result.families[source.name]
             if done:
-                continue
-            t0, c0 = time.monotonic(), self.api.calls
+                return
+            t0 = time.monotonic()
             if source.per_customer:
                 pages = self._per_customer(source, family, cursor)
             else:
                 pages = self._listed(source, family, cursor)
             await self._import(source, family, pages)
             family.seconds = time.monotonic() - t0
-            family.requests = self.api.calls - c0
+
+        for source in SOURCES:
+            result.families[source.name] = FamilyResult()
+        self._requests = result.families
+        first, *others = SOURCES
+        await one(first)
+        if self._held is not None:
+            for source in others:
+                await one(source)
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                for source in others:
+                    if source.per_customer:
+                        tg.start_soon(one, source)
+                for source in others:
+                    if not source.per_customer:
+                        await one(source)
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
 
     # -- listing -----------------------------------------------------------------------
     async def _list(self, source: Source, params: JSON) -> tuple[list[JSON], bool, int]:
         """One page: its objects, whether there are more, and when it was asked for."""
+        self._requests[source.name].requests += 1
         asked = int(time.time())
         response = await call_with_retries(
             self.api,
@@ -383,6 +310,7 @@ class Backfill:
     async def _retrieve_customer(self) -> JSON:
         assert self.customer is not None
         path = f"/v1/customers/{self.customer}"
+        self._requests["customers"].requests += 1
         response = await call_with_retries(
             self.api,
             f"retrieve {self.customer}",
@@ -495,7 +423,10 @@ class Backfill:
             return [o for o in objects if _ref(o.get("customer")) in self.linked]
         wanted = [pi for o in objects if (pi := _ref(o.get("payment_intent")))]
         async with self._transaction() as conn:
-            cur = await conn.execute(queries("backfill")["mapped_payment_intents"], {"ids": wanted})
+            cur = await conn.execute(
+                queries("backfill")["mapped_payment_intents"],
+                {"ids": wanted, "customer": self.customer},
+            )
             mapped = {r[0] for r in await cur.fetchall()}
         return [o for o in objects if _ref(o.get("payment_intent")) in mapped]
 
@@ -554,7 +485,7 @@ class Backfill:
         asked: int,
         counts: _Counts,
     ) -> None:
-        for event_type, payload in _events(source, obj, asked):
+        for event_type, payload in events_of(source, obj, asked):
             job = Job(0, event_type, 1, payload)
             last = ""
             for _ in range(PAGE_ATTEMPTS):
@@ -667,33 +598,6 @@ async def _fingerprints(
     return found
 
 
-def _events(source: Source, obj: JSON, asked: int) -> list[tuple[str, str]]:
-    """The synthetic events of one object: its own, and for an invoice the
-    invoice_payment.paid of each payment that paid it (after it)."""
-    payments = obj.pop("payments", None) if source.name == "invoices" else None
-    event_type = source.event_type(obj)
-    found = [(event_type, _envelope(event_type, obj, asked))]
-    for payment in (payments or {}).get("data") or []:
-        if payment.get("status") == "paid":
-            found.append(
-                ("invoice_payment.paid", _envelope("invoice_payment.paid", payment, asked))
-            )
-    return found
-
-
-def _envelope(event_type: str, obj: JSON, asked: int) -> str:
-    return msgspec.json.encode(
-        {
-            "id": f"evt_backfill_{asked}",
-            "object": "event",
-            "type": event_type,
-            "created": asked,
-            "livemode": bool(obj.get("livemode")),
-            "data": {"object": obj},
-        }
-    ).decode()
-
-
 @asynccontextmanager
 async def _clients(settings: Settings) -> AsyncIterator[tuple[StripeApi, AsyncConnectionPool]]:
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
@@ -703,7 +607,7 @@ async def _clients(settings: Settings) -> AsyncIterator[tuple[StripeApi, AsyncCo
     )
     async with (
         from_settings(share) as api,
-        make_pool(settings.database_url, size=APPLY_AT_ONCE + 1, role="backfill") as pool,
+        make_pool(settings.database_url, size=2 * APPLY_AT_ONCE + 1, role="backfill") as pool,
     ):
         yield api, pool
 

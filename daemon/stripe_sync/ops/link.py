@@ -383,8 +383,12 @@ class SeedResult:
         print(f"enqueued {self.enqueued} outbox row(s) for MC rows without a mapping", file=out)
 
     def to_json(self) -> str:
+        looked = {"enqueued": self.enqueued, "looked": self.looked}
+        if not self.looked:
+            return json.dumps(looked)
         found = json.loads(self.found.to_json())
-        return json.dumps({"enqueued": self.enqueued, "looked": self.looked, **found})
+        del found["dry_run"]
+        return json.dumps({**looked, **found})
 
 
 async def seed(settings: Settings) -> SeedResult:

@@ -1,5 +1,5 @@
-"""``stripe-sync seed``, ``retry`` and ``replay``: what an operator does to the
-queues, each an async collect (one connection, the SQL of ``sql/ops.sql``)
+"""``stripe-sync retry``, ``dismiss`` and ``replay``: what an operator does to the
+queues (``seed``: link.py), each an async collect (one connection, the SQL of ``sql/ops.sql``)
 whose result renders as text or JSON and names its exit code."""
 
 from __future__ import annotations
@@ -11,23 +11,6 @@ from ..errors import UsageError
 from .outcome import Record
 
 Table = Literal["outbox", "webhooks"]
-
-
-class Seeded(Record):
-    enqueued: int
-
-    @property
-    def exit_code(self) -> int:
-        return 0
-
-    def render(self, out: TextIO, err: TextIO) -> None:
-        print(f"enqueued {self.enqueued} outbox row(s) for MC rows without a mapping", file=out)
-
-
-async def seed(dsn: str) -> Seeded:
-    async with connect(dsn, "seed") as conn:
-        row = await (await conn.execute(queries("ops")["seed"])).fetchone()
-    return Seeded(int(row[0]) if row and row[0] is not None else 0)
 
 
 class Rows(NamedTuple):

@@ -10,8 +10,13 @@ WHERE sync_status = 'synced' AND stripe_customer_id IS NOT NULL
 ORDER BY stripe_customer_id
 
 -- name: mapped_payment_intents
-SELECT stripe_payment_intent_id FROM stripe.payment_mappings
-WHERE stripe_payment_intent_id = ANY (%(ids)s)
+-- Which of these PaymentIntents MC has (refunds and disputes are imported for
+-- those); with %(customer)s, only that customer's.
+SELECT m.stripe_payment_intent_id FROM stripe.payment_mappings m
+JOIN billing.payments p ON p.id = m.payment_id
+LEFT JOIN stripe.customer_mappings c ON c.account_id = p.account_id
+WHERE m.stripe_payment_intent_id = ANY (%(ids)s)
+  AND (%(customer)s::text IS NULL OR c.stripe_customer_id = %(customer)s)
 
 -- name: checkpoints
 SELECT family, cursor, done, objects FROM integration.backfill_checkpoints
@@ -21,9 +26,16 @@ WHERE scope = %(scope)s
 -- A new run of the scope: the previous one finished (or never started).
 DELETE FROM integration.backfill_checkpoints WHERE scope = %(scope)s
 
+-- name: relaxed
+-- A page's commit need not wait for the WAL flush: a page lost in a crash
+-- lost the checkpoint after it too (the WAL keeps their order), so the rerun
+-- applies it again.
+SELECT set_config('synchronous_commit', 'off', true)
+
 -- name: checkpoint
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO integration.backfill_checkpoints AS c (scope, family, cursor, done, objects)
-VALUES (%(scope)s, %(family)s, %(cursor)s, %(done)s, %(objects)s)
+SELECT %(scope)s, %(family)s, %(cursor)s, %(done)s, %(objects)s FROM relaxed
 ON CONFLICT (scope, family) DO UPDATE
 SET cursor = coalesce(EXCLUDED.cursor, c.cursor), done = EXCLUDED.done,
     objects = c.objects + EXCLUDED.objects, updated_at = now()

@@ -1,10 +1,6 @@
 -- Operator commands: status, seed, retry, replay. Read-mostly, and cheap on
 -- the partial indexes.
 
--- name: seed
--- Outbox creates for MC rows that have no mapping yet (schema: integration.seed_outbox).
-SELECT integration.seed_outbox()
-
 -- name: queue_counts
 -- The same cost at 10 million rows as at 10: live rows (pending, processing,
 -- failed) are counted exactly, each on its partial index; finished rows are
