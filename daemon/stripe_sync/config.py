@@ -242,14 +242,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     webhook_refetch: bool = _setting(
         "STRIPE_SYNC_WEBHOOK_REFETCH", False, "true: refetch objects before applying events"
     )
-    # Issue 24: an event naming an object MC lacks asks Stripe for it instead of
-    # waiting; off for a key that cannot read those objects.
-    fetch_references: bool = _setting(
-        "STRIPE_SYNC_FETCH_REFERENCES",
-        True,
-        "false: an event naming an object MC lacks waits for that object's own event "
-        "instead of fetching it from Stripe",
-    )
     log_format: Literal["logfmt", "json"] = _setting(
         "STRIPE_SYNC_LOG_FORMAT", "logfmt", "logfmt or json"
     )

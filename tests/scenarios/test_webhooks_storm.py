@@ -331,10 +331,6 @@ def daemon(dsn: str, emulator: EmulatorServer) -> Iterator[DaemonProcess]:
         STRIPE_SYNC_RETRY_MAX_SECONDS=16,
         STRIPE_SYNC_SWEEP_INTERVAL=1,
         STRIPE_SYNC_LOG_LEVEL="warning",
-        # The storm's objects exist only in its events, not in the emulator: this
-        # scenario holds the ordering rules of the event path, where a shuffled
-        # parent is waited for (fetching it is tests/integration/test_references.py's).
-        STRIPE_SYNC_FETCH_REFERENCES="false",
     )
     try:
         yield d.start()

@@ -154,12 +154,7 @@ class Daemon:
             OUTBOX, outbox_handler(Context(self.pool, self.api, source, s.search_lag))
         )
         webhook_ctx = WebhookContext(
-            pool=self.pool,
-            api=self.api,
-            mode=mode,
-            refetch=s.webhook_refetch,
-            source=source,
-            fetch_references=s.fetch_references,
+            pool=self.pool, api=self.api, mode=mode, refetch=s.webhook_refetch, source=source
         )
         webhooks = self._worker(
             WEBHOOKS,

@@ -159,9 +159,6 @@ class WebhookContext:
     # First backoff step of those waits; doubles per attempt (with 8
     # attempts and 1 s: about 1.5 minutes in all).
     reference_backoff: float = 1.0
-    # Ask Stripe for an object an event names that MC lacks (references.py);
-    # False: wait for its own event, reference_attempts times.
-    fetch_references: bool = True
     # How same-second ties are decided: ASK unless there is no API client to
     # ask (then BY_ID) or every object is refetched anyway (then CURRENT).
     ties: Ties = Ties.ASK

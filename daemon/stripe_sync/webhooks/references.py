@@ -26,8 +26,7 @@ happens (``supply``, called by execute.make_handler when a handler raises
   a person links it and retries the event.
 - **Stripe answers 404**: the event is ``ignored`` with the reason.
 
-Without an API client (tests, tools), or with STRIPE_SYNC_FETCH_REFERENCES=false,
-every missing reference waits as before.
+Without an API client (tests, tools) every missing reference waits as before.
 """
 
 from __future__ import annotations
@@ -88,7 +87,7 @@ async def supply(
     event's outcome (ignored, with the reason). Raises ``missing`` again when
     the event must wait for it, PermanentError when it can never be applied.
     """
-    if ctx.api is None or not ctx.fetch_references:
+    if ctx.api is None:
         raise missing
     family, stripe_id = missing.family, missing.stripe_id
     if family is CUSTOMERS and stripe_id in ctx.unlinked:
