@@ -131,6 +131,44 @@ async def test_an_invoice_naming_a_subscription_mc_lacks_fetches_it_and_orders_a
     assert one(conn, "SELECT status FROM billing.subscriptions") == "past_due"
 
 
+async def test_invoice_payment_paid_alone_fetches_its_invoice_subscription_and_payment(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    ctx: WebhookContext,
+    emulator: Any,
+    stripe_client: Any,
+) -> None:
+    """A chain: the link names an invoice and a payment, the invoice its
+    subscription; MC knows only the customer and the price. One retrieve each."""
+    customer, price, sub = subscribe(stripe_client)
+    add_account(conn, customer.id)
+    add_price(conn, price.id)
+    [link] = recorded(emulator, "invoice_payment.paid")
+    counts = emulator.emulator.request_counts
+    counts.clear()
+    await run(pool, ctx, link)
+
+    assert outcomes(conn)[link["id"]] == ("processed", 1, None)
+    assert one(
+        conn,
+        "SELECT sm.stripe_subscription_id, im.stripe_invoice_id, pm.stripe_payment_intent_id "
+        "FROM billing.payments p "
+        "JOIN stripe.payment_mappings pm ON pm.payment_id = p.id "
+        "JOIN stripe.invoice_mappings im ON im.invoice_id = p.invoice_id "
+        "JOIN billing.invoices i ON i.id = p.invoice_id "
+        "JOIN stripe.subscription_mappings sm ON sm.subscription_id = i.subscription_id",
+    ) == (
+        sub.id,
+        link["data"]["object"]["invoice"],
+        link["data"]["object"]["payment"]["payment_intent"],
+    )
+    assert {k: v for k, v in counts.items() if v} == {
+        "GET /v1/invoices/{id}": 1,
+        "GET /v1/subscriptions/{id}": 1,
+        "GET /v1/payment_intents/{id}": 1,
+    }
+
+
 async def test_a_refund_naming_only_its_charge_fetches_the_payment(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],

@@ -341,7 +341,9 @@ async def _refetched(ctx: WebhookContext, applied: Applied, job: Job, envelope: 
     if resource is None or not object_id:
         return job
     service: Any = getattr(ctx.api.client.v1, resource)
-    fetched = await ctx.api.call(f"retrieve {object_id}", service.retrieve_async(object_id))
+    # "retrieve <family>" first: the metrics label (StripeApi.call) takes two words, no id.
+    what = f"retrieve {applied.prefix} {object_id}"
+    fetched = await ctx.api.call(what, service.retrieve_async(object_id))
     event: dict[str, Any] = msgspec.json.decode(job.payload)
     event["data"]["object"] = fetched.to_dict(recursive=True, for_json=True)
     return job._replace(payload=msgspec.json.encode(event).decode())
