@@ -181,6 +181,9 @@ class ApiApp:
                 emu.count_rate_limited()
                 await error(errors.rate_limited(), _SHOULD_RETRY)
                 return
+            elif rule.kind == "403":
+                await error(errors.permission_denied(method, path))
+                return
             elif rule.stored:
                 inside = rule
             else:  # a 500 from in front of the API: nothing ran, nothing is saved

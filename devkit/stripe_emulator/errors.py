@@ -93,6 +93,15 @@ def authentication(message: str) -> StripeError:
     return StripeError(401, message)
 
 
+def permission_denied(method: str, path: str) -> StripeError:
+    """A restricted key without the permission an endpoint needs (Stripe's 403)."""
+    return StripeError(
+        403,
+        f"The provided key does not have the required permissions for this endpoint "
+        f"({method} {path}).",
+    )
+
+
 def rate_limited() -> StripeError:
     return StripeError(
         429,

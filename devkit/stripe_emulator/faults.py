@@ -9,7 +9,8 @@ object and its events came into being first); `latency` holds the request before
 it executes, or with `executing` after it began executing (its idempotency key is
 taken: another request with that key meanwhile gets Stripe's 409
 `idempotency_key_in_use`); `applied_response_lost` executes and saves, then drops
-the connection before the response.
+the connection before the response; `403` is a restricted key's refusal of an
+endpoint it has no permission for (nothing executed).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("rate_limit", "500", "503", "latency", "drop", "applied_response_lost")
+KINDS = ("rate_limit", "500", "503", "latency", "drop", "applied_response_lost", "403")
 SERVER_ERRORS = ("500", "503")
 
 

@@ -278,6 +278,37 @@ async def test_a_customer_our_outbox_is_creating_waits_for_its_mapping(
     assert one(conn, "SELECT account_id FROM billing.subscriptions") == account
 
 
+async def test_a_reference_the_key_may_not_read_is_waited_for_as_before(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    api: StripeApi,
+    emulator: Any,
+    stripe_client: Any,
+) -> None:
+    """A restricted key without read permission for subscriptions (Stripe's 403):
+    the invoice waits for its subscription's own event, as before issue 24."""
+    customer, price, _ = subscribe(stripe_client)
+    add_account(conn, customer.id)
+    add_price(conn, price.id)
+    emulator.emulator.add_fault("403", "GET /v1/subscriptions/{id}", rate=1.0)
+    [paid] = recorded(emulator, "invoice.paid")
+    [created] = recorded(emulator, "customer.subscription.created")
+    ctx = WebhookContext(
+        pool, api=api, source=SOURCE, reference_attempts=50, reference_backoff=0.02
+    )
+    async with running_worker(pool, ctx, max_attempts=50, base_seconds=0.02) as worker:
+        await store(pool, paid)
+        worker.wake()
+        while (row := outcomes(conn)[paid["id"]])[1] < 2:
+            await anyio.sleep(0.02)
+        assert row[0] in ("pending", "processing"), row
+        await store(pool, created)
+        worker.wake()
+        await wait_idle(pool)
+    assert outcomes(conn)[paid["id"]][0] == "processed"
+    assert one(conn, "SELECT count(*) FROM billing.invoices WHERE subscription_id IS NOT NULL") == 1
+
+
 async def test_a_reference_stripe_does_not_have_ignores_the_event_with_the_reason(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],

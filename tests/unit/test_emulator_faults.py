@@ -19,6 +19,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def test_permission_fault_is_a_restricted_keys_403(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    customer = stripe_client.v1.customers.create()
+    emulator.emulator.add_fault("403", "GET /v1/customers/{id}", rate=1.0)
+    for _ in range(2):  # until cleared
+        with pytest.raises(stripe.PermissionError) as err:
+            stripe_client.v1.customers.retrieve(customer.id)
+        assert err.value.http_status == 403
+        assert "does not have the required permissions" in str(err.value)
+    emulator.emulator.clear_faults()
+    assert stripe_client.v1.customers.retrieve(customer.id).id == customer.id
+
+
 def test_rate_limit_fault(stripe_client: stripe.StripeClient, emulator: EmulatorServer) -> None:
     emulator.emulator.add_fault("rate_limit", "POST /v1/customers", count=1)
     with pytest.raises(stripe.RateLimitError) as err:

@@ -10,10 +10,10 @@ happens (``supply``, called by execute.make_handler when a handler raises
   credit notes, payment methods; a payment named by its charge): retrieved
   and applied exactly as an event carrying the object would be, by the same
   handler (references it names in turn are fetched too, at most
-  ``MAX_FETCHES`` per attempt of the event), in a transaction of its own;
+  ``MAX_FETCHES`` retrieves per attempt of the event), in a transaction of its own;
   then the event is applied. The object's key is (the ``created`` of the
   event that named it, its status's rank, ``fetched for evt_…``): a newer applied state is never
-  overwritten by it, and an event older than the fetch that arrives later is
+  overwritten by it, and an event older than that event that arrives later is
   stale. The request is paced with every other call (StripeApi's pacer).
 - **Objects MC creates itself** (customers, prices, products: the outbox):
   retrieved to see whose they are. One whose metadata names an MC row and
@@ -31,6 +31,7 @@ Without an API client (tests, tools) every missing reference waits as before.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,11 +42,15 @@ from ..stripe_api import object_path
 from .common import MissingReference, WebhookContext, ignored
 from .events import metadata_id
 
-# Fetches per attempt of one event: an invoice_payment.paid whose payment,
-# invoice and the invoice's subscription MC all lack is three (a payment
-# named by its charge one more). A chain longer than this waits and goes on
-# at the next attempt.
-MAX_FETCHES = 4
+log = logging.getLogger(__name__)
+
+# Retrieves per attempt of one event. The longest chains Stripe's objects
+# make are four: a refund or dispute naming only its charge → the charge →
+# its PaymentIntent → the invoice it names (before API 2025-03-31) → that
+# invoice's subscription. Each attempt starts the chain from the top, so a
+# longer one never completes: it waits like any missing reference, then fails
+# naming the object it lacks.
+MAX_FETCHES = 6
 
 # Families the outbox creates: never fetched and applied, only checked for ownership.
 _OWNED = (CUSTOMERS, PRICES, PRODUCTS)
@@ -98,7 +103,7 @@ async def supply(
         raise missing
     if family is PAYMENTS and not stripe_id.startswith("pi_"):
         # Named by its charge (a refund, a dispute): the charge names its PaymentIntent.
-        charge = await _retrieve(ctx, "charges", "charge", stripe_id)
+        charge = await _retrieve(missing, ctx, "charges", "charge", stripe_id)
         if charge is None:
             return ignored(f"charge {stripe_id} does not exist in Stripe (404)")
         pi = charge.get("payment_intent")
@@ -117,7 +122,7 @@ async def supply(
     # that arrives later is stale; a newer one applies over the fetched state,
     # and the newest event of the object, which every change has, wins.
     fetched_at = event_created
-    found = await _retrieve(ctx, family.resource, family.noun, stripe_id)
+    found = await _retrieve(missing, ctx, family.resource, family.noun, stripe_id)
     if found is None:
         return ignored(f"{family.noun} {stripe_id} does not exist in Stripe (404)")
     done = await apply(family, found, fetched_at, f"fetched for {event_id}")
@@ -133,7 +138,7 @@ async def supply(
 async def _owned(ctx: WebhookContext, missing: MissingReference) -> Done | None:
     """A customer, price or product MC lacks: ours in flight (wait), or not ours."""
     family, stripe_id = missing.family, missing.stripe_id
-    found = await _retrieve(ctx, family.resource, family.noun, stripe_id)
+    found = await _retrieve(missing, ctx, family.resource, family.noun, stripe_id)
     if found is None:
         return ignored(f"{family.noun} {stripe_id} does not exist in Stripe (404)")
     if _ours(ctx, family, found):
@@ -159,8 +164,18 @@ def _ours(ctx: WebhookContext, family: Family, found: dict[str, Any]) -> bool:
 
 
 async def _retrieve(
-    ctx: WebhookContext, resource: str, noun: str, stripe_id: str
+    missing: MissingReference, ctx: WebhookContext, resource: str, noun: str, stripe_id: str
 ) -> dict[str, Any] | None:
+    """The object as Stripe has it now; None on a 404. When Stripe refuses to
+    say for good (a restricted key without read permission for it: 403), the
+    event waits for the reference as it did before references were fetched."""
     assert ctx.api is not None
-    # "retrieve <noun>" first: the call's metrics label (StripeApi.call) has no id.
-    return await ctx.api.get(f"retrieve {noun} {stripe_id}", object_path(resource, stripe_id))
+    try:
+        # "retrieve <noun>" first: the call's metrics label (StripeApi.call) has no id.
+        return await ctx.api.get(f"retrieve {noun} {stripe_id}", object_path(resource, stripe_id))
+    except PermanentError as exc:
+        log.warning(
+            "cannot retrieve an object an event names; waiting for it instead",
+            extra={"object": stripe_id, "reason": str(exc)},
+        )
+        raise missing from exc
