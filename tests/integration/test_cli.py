@@ -45,7 +45,7 @@ def test_help_everywhere(command: list[str]) -> None:
 def test_every_setting_is_in_some_commands_help() -> None:
     from stripe_sync.config import ENV_NAMES
 
-    out = "".join(stripe_sync(c, "--help").stdout for c in ("run", "status", "prune"))
+    out = "".join(stripe_sync(c, "--help").stdout for c in ("run", "status", "prune", "backfill"))
     missing = [name for name in ENV_NAMES if name not in out]
     assert missing == []
 

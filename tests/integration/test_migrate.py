@@ -35,6 +35,7 @@ EXPECTED_TABLES = {
     ("integration", "outbox"),
     ("integration", "webhook_events"),
     ("integration", "schema_migrations"),
+    ("integration", "backfill_checkpoints"),
 }
 
 
@@ -194,4 +195,5 @@ def test_a_database_filled_before_0010_migrates_with_no_data_loss(
         "stripe.payment_method_mappings",
         "billing.credit_notes",
         "stripe.credit_note_mappings",
+        "integration.backfill_checkpoints",
     }
