@@ -313,7 +313,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                         await others.wait()
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    # uvloop (a dependency on Linux and macOS) runs the same asyncio code with a
+    # faster loop: docs/benchmarks.md, issue 27; plain asyncio where it is absent.
+    anyio.run(main, backend_options={"use_uvloop": True})
     if others is not None and others.failed:
         print(f"stripe-sync: {others.failed}", file=sys.stderr)
         return 1
