@@ -295,5 +295,6 @@ def test_a_year_on_one_test_clock(
         "SELECT count(*) FROM integration.webhook_events WHERE status = 'failed'"
     ).fetchone()
     assert failed == (0,)
-    elapsed = time.monotonic() - began
-    assert elapsed < 60, f"a year of billing took {elapsed:.1f}s"
+    # Speed is the bench's to show, never a timed assertion's: the time is reported
+    # (`-s`), 26-48 s here by the machine's load.
+    print(f"a year of billing on one test clock took {time.monotonic() - began:.1f}s")
