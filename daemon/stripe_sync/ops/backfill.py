@@ -50,7 +50,7 @@ from ..db import bound_query, make_pool, queries
 from ..errors import PermanentError, TransientError, UsageError
 from ..queue.jobs import Job
 from ..stripe_api import StripeApi, call_with_retries, from_settings
-from ..webhooks.common import WebhookContext
+from ..webhooks.common import MissingReference, WebhookContext
 from ..webhooks.execute import make_handler
 from .backfill_sources import JSON, NAMES, SOURCES, Source, events_of
 
@@ -497,12 +497,13 @@ class Backfill:
                     if done.apply is not None:
                         await done.apply(conn)
                     break
+                except MissingReference as exc:
+                    # A reference MC lacks (and the handler could not supply):
+                    # the object cannot be imported.
+                    counts.skipped[_reason(str(exc))] += 1
+                    return
                 except TransientError as exc:
-                    # A webhook's apply raced ours (Raced): look again; a
-                    # reference MC lacks: the object cannot be imported.
-                    if "no mapping for" in str(exc):
-                        counts.skipped[_reason(str(exc))] += 1
-                        return
+                    # A webhook's apply raced ours (Raced): look again.
                     last = str(exc)
                 except PermanentError as exc:
                     counts.skipped[_reason(str(exc))] += 1
