@@ -182,6 +182,12 @@ class EmulatorProc(Proc):
         result: dict[str, Any] = httpx.get(f"{self.url}/_emulator/requests", timeout=10).json()
         return result
 
+    def put_objects(self, kind: str, objects: list[dict[str, Any]]) -> None:
+        """Objects the emulator is to hold as Stripe would (POST /_emulator/objects/KIND)."""
+        response = httpx.post(f"{self.url}/_emulator/objects/{kind}", json={"data": objects},
+                              timeout=30)  # fmt: skip
+        response.raise_for_status()
+
     def request_log(self, since: float = 0.0) -> list[dict[str, Any]]:
         response = httpx.get(
             f"{self.url}/_emulator/request_log", params={"since": since}, timeout=30

@@ -274,9 +274,17 @@ def _main_stack(
             results["T2"] = webhooks(dsn, daemon, events=counts.t2_events, warmup=counts.t2_warmup)
             memory["after_t2_mb"] = rss_mb(daemon.pid)
             step(f"T2 mix: stripe-sync-engine's sample events, {counts.t2_mix_events} events")
+            before = emulator.stats()["counts"]
             results["T2_mix"] = webhooks_mix(
-                dsn, daemon, events=counts.t2_mix_events, warmup=counts.t2_mix_warmup
-            )
+                dsn, daemon, events=counts.t2_mix_events, warmup=counts.t2_mix_warmup,
+                emulator=emulator,
+            )  # fmt: skip
+            # What the daemon asked Stripe during the mix (warm-up included): same-second
+            # ties and references it fetched; the emulator knows none of the mix's objects.
+            after = emulator.stats()["counts"]
+            results["T2_mix"]["stripe_requests"] = {
+                k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)
+            }
     finally:
         daemon.stop()
         emulator.stop()

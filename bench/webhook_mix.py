@@ -14,7 +14,10 @@ the events of one copy touch each other's objects as the originals do and no two
 contend for a row. For ours, every customer, product and price a copy names is mapped
 (as if the outbox had created it), and its subscriptions, payments and invoices exist
 (as earlier events would have left them): every event of a type we sync is applied,
-none waits for a reference. The peer needs nothing: it upserts what it is sent.
+none waits for a reference. The emulator holds each copy's objects as its newest event
+shows them (``stripe_objects``), so what ours asks Stripe (a same-second tie) is answered
+as the real Stripe would, not with a 404 for an object it never had. The peer needs
+nothing: it upserts what it is sent.
 """
 
 from __future__ import annotations
@@ -65,6 +68,41 @@ def bodies(n: int, tag: str) -> list[bytes]:
         event = _suffixed(events[sample], f"x{tag}{copy}")
         event["id"] = f"evt_{tag}{i:010d}"
         out.append(json.dumps(event, separators=(",", ":")).encode())
+    return out
+
+
+# The kinds whose objects ours may ask Stripe for (a same-second tie, a reference).
+_KINDS = {
+    "charge": "charges",
+    "credit_note": "credit_notes",
+    "customer": "customers",
+    "dispute": "disputes",
+    "invoice": "invoices",
+    "payment_intent": "payment_intents",
+    "payment_method": "payment_methods",
+    "price": "prices",
+    "product": "products",
+    "refund": "refunds",
+    "subscription": "subscriptions",
+}
+
+
+def stripe_objects(bodies: list[bytes]) -> dict[str, list[dict[str, Any]]]:
+    """What Stripe would hold for these events' objects, by emulator kind: each
+    object as its newest event shows it (by ``created``, the later body on a
+    tie). Given to the emulator, a same-second tie or a fetched reference is
+    answered as Stripe would, not with a 404 about an object it never had."""
+    newest: dict[str, tuple[int, dict[str, Any]]] = {}
+    for body in bodies:
+        event = json.loads(body)
+        obj = event.get("data", {}).get("object", {})
+        if obj.get("object") in _KINDS and isinstance(obj.get("id"), str):
+            held = newest.get(obj["id"])
+            if held is None or event.get("created", 0) >= held[0]:
+                newest[obj["id"]] = (event.get("created", 0), obj)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for _, obj in newest.values():
+        out.setdefault(_KINDS[obj["object"]], []).append(obj)
     return out
 
 

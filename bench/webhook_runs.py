@@ -25,6 +25,7 @@ from harness import (
     WEBHOOK_SECRET,
     BenchError,
     DaemonProc,
+    EmulatorProc,
     cpu_seconds,
     latency_summary,
     wait_until,
@@ -163,13 +164,24 @@ def webhooks(
 
 
 def webhooks_mix(
-    dsn: str, daemon: DaemonProc, *, events: int, warmup: int, clients: int = 16
+    dsn: str,
+    daemon: DaemonProc,
+    *,
+    events: int,
+    warmup: int,
+    clients: int = 16,
+    emulator: EmulatorProc | None = None,
 ) -> dict[str, Any]:
-    """T2 mix: stripe-sync-engine's sample events (webhook_mix); none may fail."""
+    """T2 mix: stripe-sync-engine's sample events (webhook_mix); none may fail.
+    With ``emulator``, it holds the events' objects as Stripe would."""
 
     def prepare(admin: psycopg.Connection[Any], n: int, tag: str) -> list[bytes]:
         webhook_mix.references(admin, n, tag)
-        return webhook_mix.bodies(n, tag)
+        bodies = webhook_mix.bodies(n, tag)
+        if emulator is not None:
+            for kind, objects in webhook_mix.stripe_objects(bodies).items():
+                emulator.put_objects(kind, objects)
+        return bodies
 
     def check(admin: psycopg.Connection[Any], n: int, tag: str) -> dict[str, Any]:
         rows = admin.execute(

@@ -324,6 +324,19 @@ def _control_routes(emu: Emulator) -> list[Route]:
             return JSONResponse({"error": f"unknown kind {kind!r}"}, status_code=404)
         return JSONResponse({"kind": kind, "count": len(data), "data": data})
 
+    async def put_objects(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        payload = await _json(request)
+        try:
+            if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+                raise ValueError('objects takes {"data": [object, ...]}')
+            count = emu.put_objects(kind, payload["data"])
+        except KeyError:
+            return JSONResponse({"error": f"unknown kind {kind!r}"}, status_code=404)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"kind": kind, "count": count})
+
     async def history(request: Request) -> Response:
         payload = await _json(request)
         allowed = {"customers", "months", "seed", "mc_source", "metadata_every", "disputes"}
@@ -347,6 +360,7 @@ def _control_routes(emu: Emulator) -> list[Route]:
         Route("/_emulator/webhook_endpoints", list_endpoints, methods=["GET"]),
         Route("/_emulator/clock", clock, methods=["POST"]),
         Route("/_emulator/objects/{kind}", objects, methods=["GET"]),
+        Route("/_emulator/objects/{kind}", put_objects, methods=["POST"]),
     ]
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import pytest
 import stripe
 
 from stripe_emulator import EmulatorServer
+
+# stripe-sync-engine's recorded events (tests/data/events/LICENSES says whose).
+SAMPLES = Path(__file__).resolve().parent.parent / "data/events/stripe-sync-engine"
 
 # The SDK hands httpx a pre-encoded form body; httpx prefers content= but works fine.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -480,3 +486,23 @@ def test_string_limits_and_empty_strings_as_stripe(stripe_client: stripe.StripeC
     with pytest.raises(stripe.InvalidRequestError) as err:
         stripe_client.v1.prices.update(price.id, params={"nickname": ""})
     assert err.value.param == "nickname"
+
+
+def test_objects_made_outside_the_emulator_are_held_and_retrieved_as_stripe_would(
+    stripe_client: stripe.StripeClient, emulator: EmulatorServer
+) -> None:
+    """POST /_emulator/objects/KIND (the T2 mix bench gives it its recorded events'
+    objects, so a same-second tie is answered, not refused with a 404)."""
+    sample = SAMPLES / "charge_dispute_created.json"
+    dispute = json.loads(sample.read_text())["data"]["object"]
+    url = f"{emulator.base_url}/_emulator/objects/disputes"
+    assert httpx.post(url, json={"data": [dispute]}).json() == {"kind": "disputes", "count": 1}
+    got = stripe_client.v1.disputes.retrieve(dispute["id"])
+    assert got.id == dispute["id"] and got.amount == dispute["amount"]
+
+    assert (
+        httpx.post(f"{emulator.base_url}/_emulator/objects/nope", json={"data": []}).status_code
+        == 404
+    )
+    refused = httpx.post(url, json={"data": [{"object": "dispute"}]})
+    assert refused.status_code == 400 and "string id" in refused.json()["error"]
