@@ -150,11 +150,15 @@ class StripeApi:
         data: dict[str, Any] = (await self.call(what, self.raw_post(path, params, options))).data
         return data
 
-    async def get(self, what: str, path: str) -> dict[str, Any] | None:
-        """A GET (a retrieve) through ``call``, its answer as parsed JSON, as
-        ``post`` reads it; None when Stripe has no such object (404)."""
+    async def get(
+        self, what: str, path: str, params: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """A GET (a retrieve, or a list with ``params`` as its query) through
+        ``call``, its answer as parsed JSON, as ``post`` reads it; None when
+        Stripe has no such object (404)."""
         try:
-            response = await self.call(what, self.client.raw_request_async("get", path))
+            request = self.client.raw_request_async("get", path, **(params or {}))
+            response = await self.call(what, request)
         except PermanentError as exc:
             if is_missing(exc):
                 return None

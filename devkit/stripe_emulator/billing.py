@@ -319,7 +319,7 @@ def collect(
             return False
         pi["payment_method"] = method
         succeed_payment(emu, req, pi)
-        inv["payments"]["data"] = [invoice_payment(emu, req, inv, pi)]
+        paid_by(emu, req, inv, pi)
     inv.update(
         status="paid",
         amount_paid=due,
@@ -353,6 +353,7 @@ def _invoice_intent(
     emu.store.put("payment_intents", pi)
     emu.time.invoice_intents[inv["id"]] = pi["id"]
     emu.record_event(req, "payment_intent.created", pi)
+    inv["payments"]["data"] = [_invoice_payment(emu, inv, pi)]
     return pi
 
 
@@ -369,13 +370,15 @@ def _invoice_method(emu: Emulator, sub: JSON, cus: JSON) -> str:
     )
 
 
-def invoice_payment(emu: Emulator, req: ApiRequest | None, inv: JSON, pi: JSON) -> JSON:
-    """The invoice's payment (API 2025-03-31+), announced by invoice_payment.paid:
-    since then the only event that links a payment to its invoice."""
+def _invoice_payment(emu: Emulator, inv: JSON, pi: JSON) -> JSON:
+    """The invoice's default InvoicePayment (API 2025-03-31+), made with the
+    payment intent that is to pay it: ``open`` until it is paid, and what
+    ``GET /v1/invoice_payments?payment[payment_intent]=`` finds from the start
+    (no event announces it)."""
     payment = {
         "id": new_id("inpay"),
         "object": "invoice_payment",
-        "amount_paid": pi["amount_received"],
+        "amount_paid": None,  # Stripe: null until paid
         "amount_requested": pi["amount"],
         "created": emu.now(),
         "currency": pi["currency"],
@@ -383,10 +386,21 @@ def invoice_payment(emu: Emulator, req: ApiRequest | None, inv: JSON, pi: JSON) 
         "is_default": True,
         "livemode": inv["livemode"],
         "payment": {"payment_intent": pi["id"], "type": "payment_intent"},
-        "status": "paid",
-        "status_transitions": {"canceled_at": None, "paid_at": emu.now()},
+        "status": "open",
+        "status_transitions": {"canceled_at": None, "paid_at": None},
     }
     emu.store.put("invoice_payments", payment)
+    return payment
+
+
+def paid_by(emu: Emulator, req: ApiRequest | None, inv: JSON, pi: JSON) -> JSON:
+    """The invoice's payment by `pi` is paid, announced by invoice_payment.paid:
+    since API 2025-03-31 the only event that links a payment to its invoice."""
+    payment: JSON = next(
+        p for p in inv["payments"]["data"] if p["payment"].get("payment_intent") == pi["id"]
+    )
+    payment.update(amount_paid=pi["amount_received"], status="paid")
+    payment["status_transitions"]["paid_at"] = emu.now()
     emu.record_event(req, "invoice_payment.paid", payment)
     return payment
 

@@ -97,6 +97,8 @@ def _creditable(inv: JSON) -> int:
 def _charge_of(emu: Emulator, inv: JSON) -> JSON | None:
     """The succeeded charge that paid the invoice, if a payment intent did."""
     for payment in inv["payments"]["data"]:
+        if payment["status"] != "paid":
+            continue  # an attempt that has not paid (yet): its charge carried nothing
         pi = emu.store.get("payment_intents", payment["payment"].get("payment_intent") or "")
         if pi is not None and pi["latest_charge"]:
             return emu.store.get("charges", pi["latest_charge"])

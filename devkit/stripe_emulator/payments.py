@@ -268,6 +268,58 @@ def list_refunds(emu: Emulator, req: ApiRequest) -> JSON:
     return list_objects(emu.store, req.params, "refunds", equal=("charge", "payment_intent"))
 
 
+# -- invoice payments (API 2025-03-31+: which invoice a payment pays) -----------------
+_PAYMENT_TYPES = ("payment_intent", "payment_record")
+_INVOICE_PAYMENT_STATUSES = ("canceled", "open", "paid")
+
+
+def retrieve_invoice_payment(emu: Emulator, req: ApiRequest) -> JSON:
+    return emu.store.require("invoice_payments", req.path_params["invoice_payment"])
+
+
+def list_invoice_payments(emu: Emulator, req: ApiRequest) -> JSON:
+    """By invoice, by payment (``payment[type]`` required, then the id of that
+    type), by status; newest first, paginated."""
+    p = req.params
+    status = get_str(p, "status")
+    if status is not None and status not in _INVOICE_PAYMENT_STATUSES:
+        raise invalid(
+            "status",
+            f"Invalid status: must be one of {', '.join(_INVOICE_PAYMENT_STATUSES)}",
+            "parameter_invalid_string",
+        )
+    payment = get_dict(p, "payment")
+    wanted: dict[str, str] = {}
+    if payment is not None:
+        check_known(payment, {"type", *_PAYMENT_TYPES})
+        kind = get_str(payment, "type")
+        if kind is None:
+            raise invalid(
+                "payment[type]", "Missing required param: payment[type].", "parameter_missing"
+            )
+        if kind not in _PAYMENT_TYPES:
+            raise invalid(
+                "payment[type]",
+                f"Invalid payment[type]: must be one of {', '.join(_PAYMENT_TYPES)}",
+                "parameter_invalid_string",
+            )
+        wanted["type"] = kind
+        if (named := get_str(payment, kind)) is not None:
+            wanted[kind] = named
+
+    def keep(obj: JSON) -> bool:
+        return all(obj["payment"].get(name) == value for name, value in wanted.items())
+
+    return list_objects(
+        emu.store,
+        req.params,
+        "invoice_payments",
+        equal=("invoice", "status"),
+        known=("payment",),
+        keep=keep,
+    )
+
+
 # -- disputes -------------------------------------------------------------------------
 def retrieve_dispute(emu: Emulator, req: ApiRequest) -> JSON:
     return emu.store.require("disputes", req.path_params["dispute"], "dispute")
@@ -303,6 +355,8 @@ ROUTES = [
     ("POST", "/v1/refunds", create_refund),
     ("GET", "/v1/refunds", list_refunds),
     ("GET", "/v1/refunds/{id}", retrieve_refund),
+    ("GET", "/v1/invoice_payments", list_invoice_payments),
+    ("GET", "/v1/invoice_payments/{invoice_payment}", retrieve_invoice_payment),
     ("GET", "/v1/disputes", list_disputes),
     ("GET", "/v1/disputes/{dispute}", retrieve_dispute),
     ("POST", "/v1/disputes/{dispute}/close", close_dispute),

@@ -13,10 +13,12 @@ from conftest import SPEC, fresh_database
 from emulator_helpers import text_of_length
 
 from stripe_emulator.server import EmulatorServer
-from stripe_sync.db import queries
+from stripe_sync.db import make_pool, queries
 from stripe_sync.outbox.execute import EXECUTORS
+from stripe_sync.webhooks.execute import WebhookContext
 
 from pipeline import all_settled, eventually, outbox_pipeline, outbox_rows
+from webhook_helpers import running_worker, statuses, store, wait_idle
 
 pytestmark = pytest.mark.anyio
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -153,6 +155,103 @@ async def test_updates_and_archives(dsn: str, conn: Conn, emulator: EmulatorServ
     )
     assert mapping(conn, "product", "product_id") == (product["id"], "deleted")
     assert mapping(conn, "price", "price_id") == (price["id"], "deleted")
+
+
+async def test_an_archive_survives_its_own_webhook_and_an_update_unarchives(
+    dsn: str, conn: Conn, emulator: EmulatorServer, stripe_client: Any
+) -> None:
+    """The product.updated/price.updated (active=false) Stripe sends for an
+    archive MC asked for keeps the mapping deleted, whichever of the outbox's
+    record and the webhook comes first; an update of the MC row made active
+    again un-archives, and its webhook keeps the mapping synced. An archive made
+    in Stripe alone (the MC row active) leaves it synced: reconcile reports it."""
+    catalog(conn)
+    emu = emulator.emulator
+    applied = 0
+
+    async def webhooks() -> None:
+        """The catalog events the emulator made since the last call, applied."""
+        nonlocal applied
+        made = emu.objects("events")
+        new = [e for e in made[applied:] if e["type"].startswith(("product.", "price."))]
+        applied = len(made)
+        async with make_pool(dsn, size=2) as pool, running_worker(pool, WebhookContext(pool)):
+            await store(pool, *new)  # (stored already: replayed as they are)
+            await wait_idle(pool)
+        assert {e["id"]: statuses(conn)[e["id"]][0] for e in new} == {
+            e["id"]: "processed" for e in new
+        }
+
+    def statuses_of_mappings() -> tuple[Any, ...]:
+        return (mapping(conn, "product", "product_id"), mapping(conn, "price", "price_id"))
+
+    async def run(*actions: str) -> None:
+        for action in actions:
+            noun = action.rsplit("_", 1)[1]
+            enqueue(conn, action, f'{{"{noun}_id": 1}}')
+        async with outbox_pipeline(dsn, emulator.base_url):
+            rows = await eventually(lambda: all_settled(dsn))
+        assert [r[2] for r in rows] == ["done"] * len(rows), rows
+
+    await run("create_stripe_product", "create_stripe_price")
+    await webhooks()
+    [product], [price] = emu.objects("products"), emu.objects("prices")
+    assert statuses_of_mappings() == ((product["id"], "synced"), (price["id"], "synced"))
+
+    conn.execute("UPDATE billing.prices SET active = false")
+    conn.execute("UPDATE billing.products SET active = false")
+    await run("archive_stripe_price", "archive_stripe_product")
+    archived = ((product["id"], "deleted"), (price["id"], "deleted"))
+    assert statuses_of_mappings() == archived
+    await webhooks()  # the archive's own events, after the outbox recorded it
+    assert statuses_of_mappings() == archived
+    # The other order: the webhooks before the outbox's record (which writes deleted).
+    for table in ("product", "price"):
+        conn.execute(
+            f"UPDATE stripe.{table}_mappings SET sync_status = 'synced', "
+            "last_event_created = NULL, last_event_rank = NULL, last_event_id = NULL"
+        )
+    conn.execute("UPDATE integration.webhook_events SET status = 'pending', attempts = 0")
+    applied = 0
+    await webhooks()
+    assert statuses_of_mappings() == archived
+
+    # Un-archived: MC's row active again, pushed by an update.
+    conn.execute("UPDATE billing.products SET active = true")
+    conn.execute("UPDATE billing.prices SET active = true")
+    await run("update_stripe_product", "update_stripe_price")
+    assert (emu.objects("products")[0]["active"], emu.objects("prices")[0]["active"]) == (
+        True,
+        True,
+    )
+    live = ((product["id"], "synced"), (price["id"], "synced"))
+    assert statuses_of_mappings() == live
+    await webhooks()
+    assert statuses_of_mappings() == live
+
+    # Archived in Stripe alone while MC's row is active: drift, left for reconcile to see.
+    stripe_client.v1.prices.update(price["id"], params={"active": False})
+    await webhooks()
+    assert statuses_of_mappings() == live
+
+    # Archived again by MC: an archive, not "already archived".
+    conn.execute("UPDATE billing.prices SET active = false")
+    conn.execute("UPDATE billing.products SET active = false")
+    await run("archive_stripe_price", "archive_stripe_product")
+    await webhooks()
+    assert statuses_of_mappings() == archived
+    assert [r[4] for r in outbox_rows(dsn)[-2:]] == [None, None]  # sent, not skipped
+
+    # An archived row's other fields still reach Stripe; it stays archived.
+    conn.execute("UPDATE billing.prices SET nickname = 'retired'")
+    await run("update_stripe_price")
+    assert (emu.objects("prices")[0]["nickname"], emu.objects("prices")[0]["active"]) == (
+        "retired",
+        False,
+    )
+    assert statuses_of_mappings() == archived
+    await webhooks()
+    assert statuses_of_mappings() == archived
 
 
 async def test_values_stripe_would_refuse_fail_before_any_request(

@@ -225,12 +225,16 @@ async def test_an_archive_of_an_active_row_is_refused_and_reconcile_agrees(
         rows = await eventually(lambda: all_settled(dsn))
     assert rows[-1][1:3] == ("archive_stripe_price", "done"), rows[-1]
     assert [p["active"] for p in emulator.emulator.objects("prices")] == [False]
-    # The price.updated webhook that follows marks the mapping synced again (an
-    # archived object stays synced, webhooks/catalog.py): reconcile then compares it.
-    conn.execute("UPDATE stripe.price_mappings SET sync_status = 'synced' WHERE price_id = 1")
+    # Archived as MC asked: the mapping is deleted (its price.updated webhook keeps
+    # it so, webhooks/catalog.py), a confirmed archive reconcile does not compare.
+    assert conn.execute(
+        "SELECT sync_status FROM stripe.price_mappings WHERE price_id = 1"
+    ).fetchone() == ("deleted",)
     clean = cli(env=env)
     assert clean.returncode == 0, clean.stdout
-    # An archive made in Stripe alone is drift, and the line says how MC keeps it.
+    # An archive made in Stripe alone (MC's row active: its webhook leaves the
+    # mapping synced) is drift, and the line says how MC keeps it.
+    conn.execute("UPDATE stripe.price_mappings SET sync_status = 'synced' WHERE price_id = 1")
     conn.execute("UPDATE billing.prices SET active = true WHERE id = 1")
     drift = cli(env=env)
     assert drift.returncode == 1

@@ -176,8 +176,9 @@ async def test_a_refund_naming_only_its_charge_fetches_the_payment(
     emulator: Any,
     stripe_client: Any,
 ) -> None:
-    customer, _, _ = subscribe(stripe_client)
+    customer, price, _ = subscribe(stripe_client)
     account = add_account(conn, customer.id)
+    add_price(conn, price.id)  # the payment's invoice is applied with it (its subscription's)
     [charge] = emulator.emulator.objects("charges")
     stripe_client.v1.refunds.create(params={"charge": charge["id"], "amount": 500})
     [refund] = recorded(emulator, "refund.created")
@@ -350,15 +351,19 @@ async def test_a_reference_stripe_does_not_have_ignores_the_event_with_the_reaso
     assert not conn.execute("SELECT * FROM billing.invoices").fetchall()
 
 
+@pytest.mark.parametrize("version", ["2024-06-20", "emulator's"])
 async def test_a_subscription_on_a_price_mc_does_not_know_is_set_aside_whole(
     pool: AsyncConnectionPool,
     conn: psycopg.Connection[Any],
     ctx: WebhookContext,
     emulator: Any,
     stripe_client: Any,
+    version: str,
 ) -> None:
-    """Nothing of it is applied: the subscription, its invoice and the payment
-    that names the invoice fail at once with one reason; linked, they apply."""
+    """Nothing of it is applied: the subscription, its invoice and its payment
+    fail at once with one reason; linked, they apply. Before API 2025-03-31 the
+    payment names its invoice; since, Stripe's InvoicePayments say which it pays
+    (the emulator's events are of a version since)."""
     customer, price, _ = subscribe(stripe_client)
     add_account(conn, customer.id)
     wanted = (
@@ -366,13 +371,18 @@ async def test_a_subscription_on_a_price_mc_does_not_know_is_set_aside_whole(
         "invoice.created",
         "invoice.finalized",
         "invoice.paid",
+        "payment_intent.created",
         "payment_intent.succeeded",
+        "charge.succeeded",
         "invoice_payment.paid",
     )
     events = recorded(emulator, *wanted)
     [invoice] = emulator.emulator.objects("invoices")
-    for evt in events:  # the payment as API versions before 2025-03-31 show it: its invoice named
-        if evt["type"] == "payment_intent.succeeded":
+    assert all(e["api_version"] >= "2025-03-31" for e in events)
+    for evt in events:
+        if version != "emulator's" and evt["type"].startswith(("payment_intent.", "charge.")):
+            # As versions before 2025-03-31 show them: the invoice named.
+            evt["api_version"] = version
             evt["data"]["object"]["invoice"] = invoice["id"]
     await run(pool, ctx, *events)
 
@@ -398,6 +408,101 @@ async def test_a_subscription_on_a_price_mc_does_not_know_is_set_aside_whole(
         "JOIN billing.invoices i ON i.id = p.invoice_id "
         "JOIN billing.subscriptions s ON s.id = i.subscription_id",
     ) == ("active", "paid", "succeeded")
+
+
+async def test_a_payment_mc_lacks_is_applied_with_the_invoice_stripe_says_it_pays(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    ctx: WebhookContext,
+    emulator: Any,
+    stripe_client: Any,
+) -> None:
+    """API 2025-03-31+: the PaymentIntent names no invoice. For a payment new to
+    MC, Stripe is asked once which invoice it pays; that invoice (and its
+    subscription) is fetched and the payment linked at once. A payment MC has,
+    one paying no invoice, and one of an older version cost no more asking."""
+    customer, price, sub = subscribe(stripe_client)
+    account = add_account(conn, customer.id)
+    add_price(conn, price.id)
+    [succeeded] = recorded(emulator, "payment_intent.succeeded")
+    [invoice] = emulator.emulator.objects("invoices")
+    counts = emulator.emulator.request_counts
+    counts.clear()
+    await run(pool, ctx, succeeded)  # before any event of its invoice or subscription
+
+    assert outcomes(conn)[succeeded["id"]] == ("processed", 1, None)
+    payments = (
+        "SELECT m.stripe_payment_intent_id, p.account_id, im.stripe_invoice_id, p.status "
+        "FROM billing.payments p JOIN stripe.payment_mappings m ON m.payment_id = p.id "
+        "LEFT JOIN stripe.invoice_mappings im ON im.invoice_id = p.invoice_id "
+        "ORDER BY p.id"
+    )
+    pi_id = succeeded["data"]["object"]["id"]
+    assert conn.execute(payments).fetchall() == [(pi_id, account, invoice["id"], "succeeded")]
+    assert one(conn, "SELECT stripe_subscription_id FROM stripe.subscription_mappings") == sub.id
+    asked = {k: v for k, v in counts.items() if v}
+    assert asked == {
+        "GET /v1/invoice_payments": 1,  # once: its answer is kept for the run after the fetch
+        "GET /v1/invoices/{id}": 1,
+        "GET /v1/subscriptions/{id}": 1,
+    }
+
+    # Known now: a newer event of it is applied without asking.
+    again = {**succeeded, "id": "evt_again", "created": succeeded["created"] + 1}
+    # A payment for no invoice: asked, applied without one.
+    one_off = stripe_client.v1.payment_intents.create(
+        params={
+            "customer": customer.id,
+            "amount": 700,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        }
+    )
+    [alone] = [
+        e
+        for e in recorded(emulator, "payment_intent.succeeded")
+        if e["data"]["object"]["id"] == one_off.id
+    ]
+    # An older version: its PaymentIntent would name an invoice; it names none.
+    older = {
+        **alone,
+        "id": "evt_older",
+        "api_version": "2024-06-20",
+        "data": {"object": {**alone["data"]["object"], "id": "pi_older", "invoice": None}},
+    }
+    counts.clear()
+    await run(pool, ctx, again, alone, older)
+    assert {e["id"]: outcomes(conn)[e["id"]][0] for e in (again, alone, older)} == {
+        e["id"]: "processed" for e in (again, alone, older)
+    }
+    assert {k: v for k, v in counts.items() if v} == {"GET /v1/invoice_payments": 1}
+    assert conn.execute(payments).fetchall() == [
+        (pi_id, account, invoice["id"], "succeeded"),
+        (one_off.id, account, None, "succeeded"),
+        ("pi_older", account, None, "succeeded"),
+    ]
+
+
+async def test_a_key_that_may_not_read_invoice_payments_applies_the_payment_as_before(
+    pool: AsyncConnectionPool,
+    conn: psycopg.Connection[Any],
+    ctx: WebhookContext,
+    emulator: Any,
+    stripe_client: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stripe's 403 for a restricted key: said in the log, the payment applied
+    without its invoice (invoice_payment.paid links it later), never stuck."""
+    customer, price, _ = subscribe(stripe_client)
+    account = add_account(conn, customer.id)
+    add_price(conn, price.id)
+    emulator.emulator.add_fault("403", "GET /v1/invoice_payments", rate=1.0)
+    [succeeded] = recorded(emulator, "payment_intent.succeeded")
+    await run(pool, ctx, succeeded)
+    assert outcomes(conn)[succeeded["id"]] == ("processed", 1, None)
+    assert one(conn, "SELECT account_id, invoice_id FROM billing.payments") == (account, None)
+    assert "cannot list the invoice payments of a PaymentIntent" in caplog.text
 
 
 async def test_a_checkout_link_brings_back_the_events_ignored_before_it(

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 import stripe
+from stripe.params import InvoicePaymentListParamsPayment
 
 from stripe_emulator import EmulatorServer
 
@@ -433,6 +434,44 @@ def test_payment_intents_and_refunds(stripe_client: stripe.StripeClient) -> None
     )
     canceled = stripe_client.v1.payment_intents.cancel(declined.id)
     assert canceled.status == "canceled"
+
+
+def test_invoice_payments_say_which_invoice_a_payment_pays(
+    stripe_client: stripe.StripeClient,
+) -> None:
+    """API 2025-03-31+: a PaymentIntent no longer names its invoice; its
+    InvoicePayment does, found by the payment (or by the invoice)."""
+    cus = stripe_client.v1.customers.create()
+    sub = stripe_client.v1.subscriptions.create(
+        params={"customer": cus.id, "items": [{"price": _recurring_price(stripe_client).id}]}
+    )
+    invoice_payments = stripe_client.v1.invoice_payments
+    [link] = invoice_payments.list(params={"invoice": str(sub.latest_invoice)}).data
+    pi_id = str(link.payment.payment_intent)
+    assert (link.invoice, link.status, link.is_default, link.amount_paid) == (
+        sub.latest_invoice,
+        "paid",
+        True,
+        1500,
+    )
+    by_payment: InvoicePaymentListParamsPayment = {
+        "type": "payment_intent",
+        "payment_intent": pi_id,
+    }
+    found = invoice_payments.list(params={"payment": by_payment, "status": "paid"}).data
+    assert [p.id for p in found] == [link.id]
+    assert not invoice_payments.list(params={"payment": by_payment, "status": "open"}).data
+    other = stripe_client.v1.payment_intents.create(params={"amount": 100, "currency": "usd"})
+    assert not invoice_payments.list(
+        params={"payment": {"type": "payment_intent", "payment_intent": other.id}}
+    ).data  # a payment made for no invoice
+    assert invoice_payments.retrieve(link.id).invoice == sub.latest_invoice
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        invoice_payments.list(params={"payment": {"payment_intent": pi_id}})  # type: ignore[arg-type]
+    assert err.value.param == "payment[type]"
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        invoice_payments.retrieve("inpay_missing")
+    assert err.value.http_status == 404
 
 
 def test_account_and_expand(stripe_client: stripe.StripeClient, emulator: EmulatorServer) -> None:

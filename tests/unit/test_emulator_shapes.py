@@ -69,6 +69,9 @@ def test_every_fixture_field_present(
         "subscription": subscription,
         "subscription_item": subscription["items"]["data"][0],
         "invoice": invoice,
+        "invoice_payment": _raw(
+            emulator, f"/v1/invoice_payments/{invoice['payments']['data'][0]['id']}"
+        ),
         "payment_intent": payment_intent,
         "charge": _raw(emulator, f"/v1/charges/{payment_intent['latest_charge']}"),
         "refund": _raw(emulator, f"/v1/refunds/{refund.id}"),

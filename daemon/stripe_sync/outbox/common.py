@@ -260,12 +260,17 @@ class Pushed(Generic[R]):
         return await create_or_adopt(ctx, self.family, job, mc_id, row, params)
 
     async def update(self, ctx: Context, job: Job) -> Done:
+        """Push MC's row. A product or price archived (its mapping ``deleted``)
+        is updated too: with ``active`` true again, that un-archives it."""
         mc_id = decode(job.payload, self.family)
         row = await self._claimed_or_load(ctx, job, mc_id)
-        stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
+        if row.status == "deleted" and _archivable(row) and row.stripe_id is not None:
+            stripe_id = row.stripe_id  # (one Stripe deleted for good answers 404: failed)
+        else:
+            stripe_id = require_synced(self.family, mc_id, row.stripe_id, row.status)
         params = self._params(ctx, mc_id, row, update=True)
         await self._update(ctx, job, "update", stripe_id, params)
-        return Done(written=MappingWrite(self.family, mc_id, stripe_id))
+        return Done(written=MappingWrite(self.family, mc_id, stripe_id, _status(row)))
 
     async def archive(self, ctx: Context, job: Job) -> Done:
         """Stripe keeps objects that others refer to; archiving is ``active=false``."""
@@ -331,6 +336,18 @@ class Pushed(Generic[R]):
             return sent
 
         await send_write(ctx, job, f"{verb} {self.family.noun} {stripe_id}", update)
+
+
+def _archivable(row: MappedRow) -> bool:
+    """Products and prices: Stripe archives them (``active``), and MC's row says whether."""
+    return isinstance(getattr(row, "active", None), bool)
+
+
+def _status(row: MappedRow) -> str:
+    """The mapping's status once Stripe has MC's row: ``deleted`` for a product
+    or price archived in both (as the archive and its webhook record it,
+    webhooks/catalog.py), else ``synced``."""
+    return "deleted" if getattr(row, "active", None) is False else "synced"
 
 
 async def send_write(

@@ -79,6 +79,23 @@ AND (m.last_event_created IS NULL
                   ELSE %(current)s AND %(event_id)s::text <> m.last_event_id END))
 RETURNING m.{mc_col}
 
+-- name: archived_product
+-- An event shows the product archived (active=false) and MC's row is inactive
+-- too: archived as MC asked, so the mapping is deleted, as the outbox's archive
+-- records it (an archive in Stripe alone, MC's row active, stays synced: drift
+-- that reconcile reports). Runs after mark_if_newer, in its transaction.
+UPDATE stripe.product_mappings AS m
+SET sync_status = 'deleted', updated_at = now()
+FROM billing.products AS p
+WHERE m.product_id = %(mc_id)s AND p.id = m.product_id AND NOT p.active
+
+-- name: archived_price
+-- The same for a price (and a legacy plan).
+UPDATE stripe.price_mappings AS m
+SET sync_status = 'deleted', updated_at = now()
+FROM billing.prices AS p
+WHERE m.price_id = %(mc_id)s AND p.id = m.price_id AND NOT p.active
+
 -- name: mark_mapping
 UPDATE {mapping}
 SET {stripe_col} = %(stripe_id)s, sync_status = %(status)s,

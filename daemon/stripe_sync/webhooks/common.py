@@ -167,6 +167,9 @@ class WebhookContext:
     preloaded: Preloaded = field(default_factory=Preloaded)
     # Customers known not to be MC's (references.py).
     unlinked: Unlinked = field(default_factory=Unlinked)
+    # The invoice a PaymentIntent pays, as Stripe said while MC lacked that
+    # invoice: kept for the event's run once it is fetched (references.paid_invoice).
+    paid_invoices: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ties is Ties.ASK and (self.api is None or self.refetch):
@@ -449,11 +452,14 @@ async def write_object(
     key: Key,
     status: str,
     prepare: Callable[[AsyncConnection[Any]], Awaitable[Write]],
+    *,
+    first: Callable[[AsyncConnection[Any]], Awaitable[Write]] | None = None,
 ) -> Done:
     """Subscriptions, invoices and payments: apply the whole state an event shows.
 
     A stale or duplicate event is recorded with a note before ``prepare``
-    resolves the references it names (so it never waits for them). The apply
+    resolves the references it names (so it never waits for them); ``first``,
+    when given, prepares instead while MC has no mapping for the object. The apply
     locks the object (its mapping row may not exist yet), inserts the MC row
     and its mapping on first sight or else updates both, then runs
     ``Write.then``; the mapping ends at ``status`` (synced or deleted).
@@ -468,7 +474,7 @@ async def write_object(
                 tie = _tie_note(row, stripe_id)
             elif note := stale_note(key, row.last):
                 return Done(note=note)
-        write = await prepare(conn)
+        write = await (first or prepare)(conn) if row is None else await prepare(conn)
 
     async def apply(conn: AsyncConnection[Any]) -> None:
         q = queries("webhooks")

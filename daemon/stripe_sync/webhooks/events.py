@@ -7,8 +7,10 @@ Structs below (``Customer``, ``Subscription``, ``Invoice``, …).
 Real events come in every API version since 2015, so every field has a
 default and unknown fields are ignored: the handlers read whichever of the
 alternative places holds a value (``invoice.subscription`` or
-``invoice.parent.subscription_details.subscription``, and so on) and never
-look at ``api_version``.
+``invoice.parent.subscription_details.subscription``, and so on). One thing
+no field can say is read from ``api_version``: whether a PaymentIntent's
+missing invoice means it pays none, or that its version (2025-03-31 and later)
+no longer names it (``invoice_unnamed``, payments.py).
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class Event(Lenient, Generic[T], kw_only=True):
     created: int = 0
     livemode: bool = False
     account: str | None = None
+    # The version that shaped data.object; none on the events the daemon makes
+    # itself (a backfill's), except those of an object it fetched (execute.py).
+    api_version: str | None = None
     data: EventData[T]
 
 
@@ -236,7 +241,7 @@ class PaymentError(Lenient):
 class PaymentIntent(Lenient):
     id: str = ""
     customer: Expandable = None
-    invoice: Expandable = None
+    invoice: Expandable = None  # before API 2025-03-31 (since: invoice_unnamed)
     status: str | None = None
     currency: str | None = None
     amount: int | None = None
@@ -355,6 +360,17 @@ def decode_event(raw: str | bytes, obj_type: type[S]) -> Event[S]:
         raise PermanentError(f"event is not valid JSON ({exc})") from None
     except RecursionError:
         raise PermanentError("event is nested too deeply to read") from None
+
+
+# The API version from which a PaymentIntent (and a charge) no longer names its
+# invoice: only an InvoicePayment links the two (Stripe's changelog, 2025-03-31.basil).
+INVOICE_UNNAMED_SINCE = "2025-03-31"
+
+
+def invoice_unnamed(api_version: str | None) -> bool:
+    """Objects of this API version ("2025-03-31.basil", "2024-06-20") do not name
+    a payment's invoice; False when the version is unknown."""
+    return api_version is not None and api_version[:10] >= INVOICE_UNNAMED_SINCE
 
 
 def metadata_id(metadata: dict[str, Any] | None, key: str) -> int | None:

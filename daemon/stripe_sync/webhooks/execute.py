@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from .. import STRIPE_API_VERSION
 from ..errors import PermanentError
 from ..mappings import (
     CREDIT_NOTES,
@@ -276,6 +277,8 @@ def make_handler(ctx: WebhookContext) -> Handler:
                 "type": kind,
                 "created": created,
                 "livemode": bool(obj.get("livemode", envelope.livemode)),
+                # Retrieved with the daemon's Stripe-Version: its shape.
+                "api_version": STRIPE_API_VERSION,
                 "data": {"object": obj},
             }
             payload = msgspec.json.encode(event)
@@ -346,4 +349,5 @@ async def _refetched(ctx: WebhookContext, applied: Applied, job: Job, envelope: 
     fetched = await ctx.api.call(what, service.retrieve_async(object_id))
     event: dict[str, Any] = msgspec.json.decode(job.payload)
     event["data"]["object"] = fetched.to_dict(recursive=True, for_json=True)
+    event["api_version"] = STRIPE_API_VERSION  # the shape it now has
     return job._replace(payload=msgspec.json.encode(event).decode())

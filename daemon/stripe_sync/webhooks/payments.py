@@ -7,6 +7,15 @@ since then only invoice_payment.paid does (an invoice's ``payments`` list is
 includable, so no event carries it). A link once made is never undone by an
 event that names no invoice.
 
+Never half-applied: a payment whose invoice cannot be applied (a subscription
+on a price MC does not know) is set aside with it, for the same reason. Before
+2025-03-31 the PaymentIntent names the invoice, which is resolved like any
+reference. Since then, for a payment MC does not have yet (its first event, or
+one fetched because a charge, refund or dispute named it) of a customer of
+MC's, Stripe is asked once which invoice it pays (references.paid_invoice) and
+that invoice is resolved the same way; one paying none is applied as before.
+A payment MC has is not asked about again: its first event decided.
+
 MC tracks payments by PaymentIntent: the first payment_intent event creates
 the row and its mapping. Charge and refund events only add to a payment
 that exists (they wait for it like any reference), and a charge without a
@@ -45,7 +54,16 @@ from .common import (
     stale_note,
     write_object,
 )
-from .events import Charge, InvoicePayment, PaymentIntent, Refund, decode_event, ref_id
+from .events import (
+    Charge,
+    InvoicePayment,
+    PaymentIntent,
+    Refund,
+    decode_event,
+    invoice_unnamed,
+    ref_id,
+)
+from .references import keep_paid_invoice, paid_invoice
 
 _PI_RANKS = {
     "requires_payment_method": 0,
@@ -82,10 +100,25 @@ async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
         # amount/amount_received may have changed what "full" means.
         await _recompute_refunds(conn, written.mc_id)
 
-    async def prepare(conn: AsyncConnection[Any]) -> Write:
+    # Which invoice it pays must be asked of Stripe (when MC lacks the payment).
+    unnamed = ctx.api is not None and invoice_unnamed(seen.event.api_version)
+
+    async def prepare(conn: AsyncConnection[Any], *, new: bool = False) -> Write:
+        account_id = await resolve_one(ctx, conn, CUSTOMERS, ref_id(pi.customer))
+        invoice = ref_id(pi.invoice)
+        asked = new and unnamed and invoice is None and account_id is not None
+        if asked:
+            invoice = await paid_invoice(ctx, pi.id)
+        try:
+            # An invoice that cannot be applied sets the payment aside with it.
+            invoice_id = await resolve_one(ctx, conn, INVOICES, invoice)
+        except MissingReference:
+            if asked and invoice is not None:
+                keep_paid_invoice(ctx, pi.id, invoice)  # fetched now; the event runs again
+            raise
         values = {
-            "account_id": await resolve_one(ctx, conn, CUSTOMERS, ref_id(pi.customer)),
-            "invoice_id": await resolve_one(ctx, conn, INVOICES, ref_id(pi.invoice)),
+            "account_id": account_id,
+            "invoice_id": invoice_id,
             "status": pi.status or "unknown",
             "currency": pi.currency or "",
             "amount": pi.amount or 0,
@@ -94,7 +127,10 @@ async def payment_intent(ctx: WebhookContext, job: Job) -> Done:
         }
         return Write(values, then=charge_and_refunds)
 
-    return await write_object(ctx, PAYMENTS, pi.id, seen.key, "synced", prepare)
+    async def first(conn: AsyncConnection[Any]) -> Write:
+        return await prepare(conn, new=True)
+
+    return await write_object(ctx, PAYMENTS, pi.id, seen.key, "synced", prepare, first=first)
 
 
 async def _payment(
@@ -188,7 +224,12 @@ async def invoice_payment(ctx: WebhookContext, job: Job) -> Done:
         # The invoice first: one that cannot be applied (a subscription on a
         # price MC does not know) sets this aside before its payment is fetched.
         invoice_id = await resolve_one(ctx, conn, INVOICES, invoice)
-        await _payment(ctx, conn, pi_id)
+        try:
+            await _payment(ctx, conn, pi_id)
+        except MissingReference:
+            # This event says which invoice it pays: the payment, fetched, need not ask.
+            keep_paid_invoice(ctx, pi_id, invoice)
+            raise
     assert invoice_id is not None
 
     async def apply(conn: AsyncConnection[Any]) -> None:

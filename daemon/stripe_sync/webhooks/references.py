@@ -26,6 +26,12 @@ happens (``supply``, called by execute.make_handler when a handler raises
   a person links it and retries the event.
 - **Stripe answers 404**: the event is ``ignored`` with the reason.
 
+One reference no field names: since API 2025-03-31 a PaymentIntent does not
+name its invoice. ``paid_invoice`` asks Stripe's InvoicePayments which invoice
+it pays (``GET /v1/invoice_payments?payment[type]=payment_intent&payment[payment_intent]=…``,
+paced like a retrieve), once per payment new to MC (payments.py): the payment
+is then applied with that invoice, or set aside with it when it cannot be.
+
 Without an API client (tests, tools) every missing reference waits as before.
 """
 
@@ -150,6 +156,50 @@ async def _owned(ctx: WebhookContext, missing: MissingReference) -> Done | None:
         f"{family.noun} {stripe_id} is not linked to any row of {family.mc_table} (it was "
         f"made outside MC), so the event cannot be applied whole; link it, then retry the event"
     )
+
+
+# Answers kept for runs of an event again (WebhookContext.paid_invoices); more
+# means they are not being taken (events that ended otherwise): start over.
+_KEPT_ANSWERS = 1_000
+
+
+async def paid_invoice(ctx: WebhookContext, pi_id: str) -> str | None:
+    """The invoice a PaymentIntent pays, as its InvoicePayments say: the one it
+    is not canceled for, else any (Stripe makes one per invoice the payment was
+    for; a payment made for an invoice belongs to it even once canceled, as the
+    PaymentIntent of older versions names it). None: it pays no invoice, or the
+    key may not read invoice payments (403: logged; the payment is applied
+    without, as before). A temporary failure raises: the event is retried."""
+    if (kept := ctx.paid_invoices.pop(pi_id, None)) is not None:
+        return kept
+    assert ctx.api is not None
+    params = {"payment": {"type": "payment_intent", "payment_intent": pi_id}}
+    try:
+        found = await ctx.api.get(
+            f"list invoice_payments {pi_id}", object_path("invoice_payments"), params
+        )
+    except PermanentError as exc:
+        log.warning(
+            "cannot list the invoice payments of a PaymentIntent; applying it without its invoice",
+            extra={"object": pi_id, "reason": str(exc)},
+        )
+        return None
+    links = [link for link in (found or {}).get("data") or [] if isinstance(link, dict)]
+    links.sort(key=lambda link: link.get("status") == "canceled")
+    for link in links:
+        invoice = link.get("invoice")
+        invoice_id = invoice.get("id") if isinstance(invoice, dict) else invoice
+        if isinstance(invoice_id, str) and invoice_id:
+            return invoice_id
+    return None
+
+
+def keep_paid_invoice(ctx: WebhookContext, pi_id: str, invoice_id: str) -> None:
+    """Keep Stripe's answer for the run of the event again once MC has the
+    invoice (fetched now), so that run does not ask again."""
+    if len(ctx.paid_invoices) >= _KEPT_ANSWERS:
+        ctx.paid_invoices.clear()
+    ctx.paid_invoices[pi_id] = invoice_id
 
 
 def _ours(ctx: WebhookContext, family: Family, found: dict[str, Any]) -> bool:
