@@ -168,7 +168,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                         f"{_num(r['objects_per_s'])} objects/s, {r['requests_per_s']:.1f} req/s "
                         f"({r['objects']:,} objects, {r['changed']:,} changed, "
                         f"{r['requests']:,} requests, {r['seconds']:.1f} s); "
-                        f"{r['cpu_ms_per_object']:.2f} ms CPU/object; load {r['load_average']:.1f}",
+                        f"CPU/object: backfill {r['cpu_ms_per_object']:.2f} ms, PostgreSQL "
+                        f"{r['pg_cpu_ms_per_object']:.2f} ms; load {r['load_average']:.1f}",
                         "", "",
                         f"≥{B1_TARGET:,.0f} objects/s: " + _verdict(r["objects_per_s"] >= B1_TARGET)
                         if first else ""))  # fmt: skip
