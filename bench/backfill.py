@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import API_KEY, EmulatorProc, _clean_env, create_database
+from harness import API_KEY, BenchError, EmulatorProc, _clean_env, create_database
 
 from stripe_sync_demo.devcluster import ThrowawayCluster
 
@@ -51,7 +52,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         timeout=3600,
     )
     if done.returncode != 0:
-        raise SystemExit(f"stripe-sync {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+        raise BenchError(f"stripe-sync {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
     return done
 
 
@@ -83,14 +84,32 @@ def link(env: dict[str, str], history: dict[str, Any]) -> float:
     cli("link", *catalog, env=env)
     linked = json.loads(cli("link", "--by-email", "--json", env=env).stdout)
     if linked["refused"] or linked["ambiguous"]:
-        raise SystemExit(f"link --by-email: {linked['refused'] or linked['ambiguous']}")
+        raise BenchError(f"link --by-email: {linked['refused'] or linked['ambiguous']}")
     return time.monotonic() - started
 
 
-def backfill(env: dict[str, str]) -> dict[str, Any]:
+def postmaster_pid(server_dsn: str) -> int:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        row = conn.execute("SHOW data_directory").fetchone()
+    assert row is not None
+    return int((Path(row[0]) / "postmaster.pid").read_text().split()[0])
+
+
+def exited_children_cpu(pid: int) -> float:
+    """CPU seconds of a process's children that have exited (cutime + cstime,
+    /proc/<pid>/stat): for the postmaster, its backends that have ended."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def backfill(env: dict[str, str], postmaster: int) -> dict[str, Any]:
     started = time.monotonic()
+    pg_before = exited_children_cpu(postmaster)
     report: dict[str, Any] = json.loads(cli("backfill", "--json", env=env).stdout)
     wall = time.monotonic() - started
+    # The backfill's connections have closed with it: their backends' CPU is the
+    # postmaster's children's now (the WAL writer and checkpointer are not in it).
+    pg_cpu = exited_children_cpu(postmaster) - pg_before
     objects, seconds = report["objects"], report["seconds"]
     return {
         "objects": objects,
@@ -101,7 +120,71 @@ def backfill(env: dict[str, str]) -> dict[str, Any]:
         "objects_per_s": objects / seconds if seconds else 0.0,
         "requests_per_s": report["requests"] / seconds if seconds else 0.0,
         "cpu_ms_per_object": 1000 * report["cpu_seconds"] / objects if objects else 0.0,
+        "pg_cpu_ms_per_object": 1000 * pg_cpu / objects if objects else 0.0,
+        "load_average": os.getloadavg()[0],  # the last minute's, as the run ends
     }
+
+
+RUNS = ("paced", "again", "unpaced")
+
+
+def measure(server_dsn: str, run_dir: Path, *, customers: int, months: int) -> dict[str, Any]:
+    """The whole of B1 on a cluster of the caller's (``./dev bench`` or ``main``):
+    an emulator of its own seeded with the history, then the three runs, each
+    with the load average beside it (wall-clock rates move with it; CPU per
+    object and the request count hardly do)."""
+    results: dict[str, Any] = {"customers": customers, "months": months}
+    postmaster = postmaster_pid(server_dsn)
+    emulator = EmulatorProc(run_dir, tag="-b1").start()
+    try:
+        started = time.monotonic()
+        history = httpx.post(
+            f"{emulator.url}/_emulator/history",
+            json={"customers": customers, "months": months, "seed": 1},
+            timeout=600,
+        ).json()
+        results["history"] = {
+            "objects": history["objects"],
+            "counts": history["counts"],
+            "seconds": time.monotonic() - started,
+        }
+        print(f"    B1 history: {history['objects']} objects {history['counts']}", flush=True)
+        for name, rate in (("paced", None), ("unpaced", "0")):
+            dsn = mc_rows(create_database(server_dsn, f"b1_{name}"), history)
+            env = {
+                "DATABASE_URL": dsn,
+                "STRIPE_API_KEY": API_KEY,
+                "STRIPE_API_BASE": emulator.url,
+                "STRIPE_SYNC_RATE_LIMIT": "0",
+            }
+            results[f"link_{name}_seconds"] = link(env, history)
+            if rate is None:
+                del env["STRIPE_SYNC_RATE_LIMIT"]  # the test-mode default, 25 req/s
+            results[name] = backfill(env, postmaster)
+            print(f"    B1 {name}: {json.dumps(results[name])}", flush=True)
+            if name == "paced":
+                results["again"] = backfill(env, postmaster)
+                print(f"    B1 again: {json.dumps(results['again'])}", flush=True)
+    finally:
+        emulator.stop()
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"B1 backfill, {results['customers']} customers, {results['months']} months of history",
+        f"{'run':<10}{'objects':>9}{'changed':>9}{'requests':>10}{'s':>8}"
+        f"{'objects/s':>11}{'req/s':>8}{'CPU ms/object':>15}{'PG CPU ms/obj':>15}{'load':>7}",
+    ]
+    for name in RUNS:
+        r = results[name]
+        lines.append(
+            f"{name:<10}{r['objects']:>9}{r['changed']:>9}{r['requests']:>10}{r['seconds']:>8.1f}"
+            f"{r['objects_per_s']:>11.0f}{r['requests_per_s']:>8.1f}"
+            f"{r['cpu_ms_per_object']:>15.3f}{r['pg_cpu_ms_per_object']:>15.3f}"
+            f"{r['load_average']:>7.1f}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,52 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     run_dir = Path(tempfile.mkdtemp(prefix="stripe-sync-b1-"))
-    results: dict[str, Any] = {"customers": args.customers, "months": args.months}
     try:
         with ThrowawayCluster(durable=True) as cluster:
-            emulator = EmulatorProc(run_dir).start()
-            try:
-                started = time.monotonic()
-                history = httpx.post(
-                    f"{emulator.url}/_emulator/history",
-                    json={"customers": args.customers, "months": args.months, "seed": 1},
-                    timeout=600,
-                ).json()
-                results["history"] = {
-                    "objects": history["objects"],
-                    "counts": history["counts"],
-                    "seconds": time.monotonic() - started,
-                }
-                print(f"history: {history['objects']} objects {history['counts']}", flush=True)
-                for name, rate in (("paced", None), ("unpaced", "0")):
-                    dsn = mc_rows(create_database(cluster.dsn, f"b1_{name}"), history)
-                    env = {
-                        "DATABASE_URL": dsn,
-                        "STRIPE_API_KEY": API_KEY,
-                        "STRIPE_API_BASE": emulator.url,
-                        "STRIPE_SYNC_RATE_LIMIT": "0",
-                    }
-                    results[f"link_{name}_seconds"] = link(env, history)
-                    if rate is None:
-                        del env["STRIPE_SYNC_RATE_LIMIT"]  # the test-mode default, 25 req/s
-                    results[name] = backfill(env)
-                    print(f"{name}: {json.dumps(results[name])}", flush=True)
-                    if name == "paced":
-                        results["again"] = backfill(env)
-                        print(f"again: {json.dumps(results['again'])}", flush=True)
-            finally:
-                emulator.stop()
+            results = measure(cluster.dsn, run_dir, customers=args.customers, months=args.months)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     print()
-    print(f"B1 backfill, {args.customers} customers, {args.months} months of history")
-    print(f"{'run':<10}{'objects':>9}{'changed':>9}{'requests':>10}{'s':>8}"
-          f"{'objects/s':>11}{'req/s':>8}{'CPU ms/object':>15}")  # fmt: skip
-    for name in ("paced", "again", "unpaced"):
-        r = results[name]
-        print(f"{name:<10}{r['objects']:>9}{r['changed']:>9}{r['requests']:>10}{r['seconds']:>8.1f}"
-              f"{r['objects_per_s']:>11.0f}{r['requests_per_s']:>8.1f}"
-              f"{r['cpu_ms_per_object']:>15.3f}")  # fmt: skip
+    print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backfill import measure as backfill_measure
 from graphile_peer import available as graphile_version
 from graphile_peer import run_graphile
 from harness import (
@@ -47,7 +48,7 @@ from webhook_runs import webhooks, webhooks_mix
 
 from stripe_sync_demo.devcluster import ThrowawayCluster
 
-MEASUREMENTS = ("L1", "T1", "T2", "P", "M", "PEER")
+MEASUREMENTS = ("L1", "T1", "T2", "P", "M", "B1", "PEER")
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,13 @@ class Counts:
     # T2 mix: stripe-sync-engine's 69 sample events, in turn; warm-up: one round of them.
     t2_mix_events: int
     t2_mix_warmup: int
+    # B1: the emulator's history of this many customers over this many months.
+    b1_customers: int
+    b1_months: int
 
 
-FULL = Counts(1000, 200, 40, 30.0, 20_000, 1_000, 20_000, 1_000, 30.0, 10_350, 69)
-QUICK = Counts(50, 10, 4, 4.0, 500, 50, 500, 50, 5.0, 138, 69)
+FULL = Counts(1000, 200, 40, 30.0, 20_000, 1_000, 20_000, 1_000, 30.0, 10_350, 69, 500, 24)
+QUICK = Counts(50, 10, 4, 4.0, 500, 50, 500, 50, 5.0, 138, 69, 20, 3)
 SWEEP_INTERVAL = 5.0  # the daemon's default STRIPE_SYNC_SWEEP_INTERVAL
 
 
@@ -183,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     daemon.stop()
                     emulator.stop()
+            if "B1" in only:
+                step(f"B1 backfill: {counts.b1_customers} customers, {counts.b1_months} months")
+                results["B1"] = backfill_measure(
+                    cluster.dsn, run_dir, customers=counts.b1_customers, months=counts.b1_months
+                )
             if "PEER" in only:
                 peers = [
                     ("peer", "procrastinate", peer_version, run_peer,

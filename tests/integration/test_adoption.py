@@ -9,6 +9,7 @@ has its MC row, equal field by field, and nothing else is in MC."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from stripe_emulator.history import History, email_of, seed_history
+from stripe_emulator.history import MONTH, History, email_of, seed_history
 from stripe_emulator.server import EmulatorServer
 from stripe_sync.config import Secret, load_settings
 from stripe_sync.db import make_pool
@@ -472,6 +473,53 @@ async def test_backfill_one_customer_and_dry_run(
     assert (await run_backfill(dsn, emulator, customer=disputed)).families["disputes"].imported
     assert not (await run_backfill(dsn, emulator, customer=one)).families["disputes"].imported
     assert mc_state(conn) == stripe_state(emulator, {one, disputed})
+
+
+async def test_backfill_skips_an_object_whose_reference_it_cannot_get(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    """An object naming a reference MC lacks, which the handler cannot supply, is
+    skipped with a reason that names what it lacks (MissingReference), neither
+    failing the run nor retried as a race. Here: --since leaves the
+    subscriptions out (made before it) while their renewal invoices are in, and
+    the key may not read subscriptions (a restricted key's 403), so the
+    subscription an invoice names can be neither found nor fetched."""
+    await adopted(dsn, conn, emulator, customers=4, months=2)
+    emu = emulator.emulator
+    since = int(emu.clock.now()) - 3 * MONTH + MONTH // 2  # the history began 3 months ago
+    emu.add_fault("403", "GET /v1/subscriptions/{id}", rate=1.0)
+    result = await backfill_with(dsn, emulator, since=since)
+
+    linked = linked_customers(conn)
+    lacking = [
+        i["id"]
+        for i in emu.objects("invoices")
+        if i["customer"] in linked and i["created"] >= since and subscription_of(i)
+    ]
+    invoices = result.families["invoices"]
+    assert lacking and invoices.skipped == {"no mapping for sub_…": len(lacking)}, invoices
+    assert invoices.imported == len(lacking) and invoices.changed == 0
+    assert result.families["subscriptions"].imported == 0
+    assert result.families["payment_intents"].changed > 0  # the rest is imported
+    mapped = conn.execute(
+        "SELECT count(*) FROM stripe.invoice_mappings WHERE stripe_invoice_id = ANY (%s)",
+        (lacking,),
+    ).fetchone()
+    assert mapped == (0,)
+    assert f"skipped {len(lacking)}: no mapping for sub_…" in rendered(result)
+
+
+def subscription_of(invoice: JSON) -> str | None:
+    """The subscription an invoice names (under parent since API 2025-03-31)."""
+    details = (invoice.get("parent") or {}).get("subscription_details") or {}
+    found = details.get("subscription") or invoice.get("subscription")
+    return str(found) if found else None
+
+
+def rendered(result: BackfillResult) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    result.render(out, err)
+    return out.getvalue()
 
 
 def stripe_client(emulator: EmulatorServer) -> Any:

@@ -34,10 +34,16 @@ def test_quick_bench_runs_and_names_every_measurement(tmp_path: Path) -> None:
     table = proc.stdout
     for name in ("L1", "T1", "T2", "P", "M", "pickup, NOTIFY", "sweep only", "outbox drain",
                  "50 ms Stripe latency", "webhooks accepted", "stored and applied",
-                 "mix: stripe-sync-engine's", "pacing", "daemon RSS"):  # fmt: skip
+                 "mix: stripe-sync-engine's", "pacing", "daemon RSS", "B1", "backfill",
+                 "idempotent"):  # fmt: skip
         assert name in table, f"{name!r} missing from:\n{table}"
     results = json.loads(out.read_text())
-    assert {"L1", "L1_sweep", "T1", "T1_latency", "T2", "T2_mix", "P", "M"} <= results.keys()
+    assert {"L1", "L1_sweep", "T1", "T1_latency", "T2", "T2_mix", "P", "M", "B1"} <= results.keys()
     assert results["P"]["rate_limited"] >= 0
+    b1 = results["B1"]
+    # The same objects each run; the second run into the same database changes nothing.
+    assert b1["paced"]["objects"] == b1["again"]["objects"] == b1["unpaced"]["objects"] > 0
+    assert b1["paced"]["changed"] == b1["unpaced"]["changed"] > 0
+    assert b1["again"]["changed"] == 0
     if "peer" in results:  # only when the bench extra is installed
         assert "procrastinate" in table
