@@ -87,6 +87,12 @@ class StripeApi:
         # the largest single cost of a synced row. Its session opens on the
         # first call, in the event loop that makes it; aclose() ends it.
         self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout))
+        # No client telemetry (the SDK's header reporting each last request's
+        # duration to Stripe, and its platform string in the user agent): work
+        # before every request on the pickup path that nothing here reads
+        # (docs/benchmarks.md, issue 27, pickup round 3). A process-wide SDK
+        # setting; the daemon and the operator commands alike.
+        stripe.enable_telemetry = False
         self.client = stripe.StripeClient(
             api_key.reveal(),
             base_addresses={"api": api_base} if api_base else None,
