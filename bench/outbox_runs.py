@@ -43,7 +43,7 @@ def new_accounts(conn: psycopg.Connection[Any], n: int, tag: str) -> list[int]:
     return sorted(row[0] for row in cur.fetchall())
 
 
-def _arrivals(emulator: EmulatorProc, since: float) -> dict[int, float]:
+def request_arrivals(emulator: EmulatorProc, since: float) -> dict[int, float]:
     """account id → when its create request reached the emulator (first one)."""
     arrivals: dict[int, float] = {}
     for req in emulator.request_log(since):
@@ -112,7 +112,7 @@ def pickup_latency(
             "WHERE id = ANY(%s)",
             [list(committed_at)],
         ).fetchall()
-    arrivals = _arrivals(emulator, since)
+    arrivals = request_arrivals(emulator, since)
     missing = [a for a in committed if a not in arrivals]
     if missing:
         raise BenchError(f"L1: {len(missing)} requests not in the emulator's log")
@@ -158,7 +158,7 @@ def sweep_latency(
         finally:
             admin.execute("ALTER TABLE integration.outbox ENABLE TRIGGER outbox_insert_notify")
         _check_failed(admin)
-    arrivals = _arrivals(emulator, since)
+    arrivals = request_arrivals(emulator, since)
     result = latency_summary([arrivals[a] - t0 for a, t0 in committed.items() if a in arrivals])
     result["sweep_interval_s"] = sweep_interval
     return result
