@@ -153,7 +153,9 @@ class StripeApi:
         answer (``.data``) is not turned into a ``StripeObject``; that cost ~15 % of
         the daemon's CPU in T1, for the ``id`` the outbox reads (docs/benchmarks.md,
         issue 11, step 9). ``path``: :func:`object_path`; ``options``: the SDK's
-        (``idempotency_key``, the only one used)."""
+        ``idempotency_key`` and no other (the headers are the client's, built once)."""
+        if options.keys() != {"idempotency_key"}:
+            raise TypeError(f"raw_post takes an idempotency_key and no other option: {options}")
         return self._post(path, params, options["idempotency_key"])
 
     async def _post(self, path: str, params: dict[str, Any], key: str) -> Any:
@@ -163,10 +165,10 @@ class StripeApi:
         and reused with each request's idempotency key, and its request and
         response logging (five logfmt lines formatted per request whether or not
         anything logs them) is skipped; the body is the SDK's encoding, the answer
-        and its errors the SDK's (``_interpret_response``). About a fifth of the
-        daemon's CPU per created customer (docs/benchmarks.md, issue 27, pickup
-        round 3); tests/unit/test_stripe_api.py holds it to ``raw_request_async``'s
-        request byte for byte."""
+        and its errors the SDK's (``_interpret_response``). A quarter of the CPU of
+        an outbox create, 39 % of its instructions (docs/benchmarks.md, issue 27,
+        pickup round 3); tests/unit/test_stripe_api.py holds it to
+        ``raw_request_async``'s request byte for byte."""
         requestor = self.client._requestor
         if self._post_headers is None:
             headers = requestor.request_headers(

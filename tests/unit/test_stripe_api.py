@@ -150,3 +150,12 @@ async def test_post_refused_raises_what_the_sdk_raises() -> None:
         await api.post("create customer", "/v1/customers", {"email": "e"}, {"idempotency_key": "k"})
     assert isinstance(refused.value.__cause__, stripe.InvalidRequestError)
     assert "No such thing" in str(refused.value)
+
+
+def test_post_takes_an_idempotency_key_and_no_other_option() -> None:
+    # Its headers are the client's, built once: an option such as stripe_account
+    # would be dropped silently, so it is refused.
+    api = StripeApi(Secret("sk_test_same"), api_base="http://stripe.invalid", rate_limit=0)
+    for options in ({}, {"idempotency_key": "k", "stripe_account": "acct_1"}):
+        with pytest.raises(TypeError):
+            api.raw_post("/v1/customers", {}, options)
