@@ -73,7 +73,9 @@ def one_run(
         if args.l1:
             lat = pickup_latency(dsn, emulator, daemon, samples=args.l1, warmup=30)
             out.update(l1_p50=lat["p50_ms"], l1_p99=lat["p99_ms"],
-                       l1_mapping_p50=lat["mapping_p50_ms"])  # fmt: skip
+                       l1_mapping_p50=lat["mapping_p50_ms"],
+                       l1_cpu_ms_per_row=lat["daemon_cpu_ms_per_row"],
+                       load=os.getloadavg()[0])  # fmt: skip
             spy = _stop(spy)
         if args.profile and (args.rows or args.events):
             spy = _spy(daemon.pid, f"{args.profile}-{name}.txt", rate=200)

@@ -3,7 +3,7 @@
 Each piece under test runs as its own OS process (PostgreSQL, the emulator,
 the daemon, procrastinate's worker), so the harness never competes with them
 for a GIL; on a 2-core machine they still compete for CPU, as they would in
-production on such a box.
+production on such a box, unless :func:`pin` gives the daemon a core of its own.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import psycopg
@@ -70,16 +70,22 @@ def cpu_seconds(pid: int) -> float:
     started (a daemon with STRIPE_SYNC_PROCESSES > 1) have used so far, from
     utime and stime of /proc/<pid>/stat. Unlike a rate, it hardly depends on
     what else the machine runs: the figure to compare on a loaded box."""
-    total = 0
+    total = sum(
+        int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+        for other, fields in _stats()
+        if other == pid or fields[1] == str(pid)
+    )
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _stats() -> Iterator[tuple[int, list[str]]]:
+    """Every process's pid and the fields of its /proc/<pid>/stat after the command name."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             # The command name (field 2) may hold spaces: split after its closing ")".
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            yield int(stat.parent.name), stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -88,6 +94,64 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return math.nan
+
+
+def cpus_allowed(pid: int) -> str:
+    """The CPUs a process may run on (``Cpus_allowed_list`` of /proc/<pid>/status), e.g. "1"."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started that still run (a daemon's STRIPE_SYNC_PROCESSES > 1)."""
+    return sorted(other for other, fields in _stats() if fields[1] == str(pid))
+
+
+def pin(daemon: set[int], others: set[int]) -> None:
+    """Daemons on the CPUs ``daemon``, everything else on ``others``: this process
+    now, and so whatever it starts from here on (PostgreSQL and its backends, the
+    emulator, the peers; affinity is inherited across fork and exec), except the
+    daemons, which :class:`DaemonProc` starts on ``daemon`` (and the processes a
+    daemon starts inherit that)."""
+    usable = os.sched_getaffinity(0)
+    if not (daemon | others) <= usable:
+        raise BenchError(f"--pin needs CPUs {sorted(daemon | others)}; this process may use "
+                         f"{sorted(usable)}")  # fmt: skip
+    os.sched_setaffinity(0, others)
+    DaemonProc.cpus = frozenset(daemon)
+
+
+def affinity(dsn: str, procs: dict[str, int]) -> dict[str, str]:
+    """Where each process may run, read back from /proc: this one, PostgreSQL (its
+    postmaster, and the backends serving the daemon and us), and ``procs`` by name
+    with the processes each started (a daemon's STRIPE_SYNC_PROCESSES > 1)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        ours = int(row[0])
+        daemons = [int(pid) for (pid,) in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'stripe-sync%%'"
+        ).fetchall()]  # fmt: skip
+    postmaster = int(Path(f"/proc/{ours}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    out = {
+        f"bench (pid {os.getpid()})": cpus_allowed(os.getpid()),
+        f"postgres (pid {postmaster})": cpus_allowed(postmaster),
+        "postgres backend of the bench": cpus_allowed(ours),
+        f"postgres backends of the daemons ({len(daemons)})": _same(daemons),
+    }
+    for name, pid in procs.items():
+        out[f"{name} (pid {pid})"] = cpus_allowed(pid)
+        if started := children(pid):
+            out[f"{name}: the processes it started ({len(started)})"] = _same(started)
+    return out
+
+
+def _same(pids: list[int]) -> str:
+    """The CPUs of several processes: one list when all agree, else each."""
+    found = {cpus_allowed(pid) for pid in pids}
+    return found.pop() if len(found) == 1 else " | ".join(sorted(found)) or "none"
 
 
 @dataclass
@@ -99,12 +163,16 @@ class Proc:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # The CPUs it runs on (set before it executes anything); None: as this process.
+    cpus: ClassVar[frozenset[int] | None] = None
 
     def start(self) -> Proc:
         log = self.log_path.open("ab")
+        cpus = self.cpus
         self.proc = subprocess.Popen(
-            self.args, env=self.env or None, stdout=log, stderr=subprocess.STDOUT
-        )
+            self.args, env=self.env or None, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+        )  # fmt: skip
         log.close()
         return self
 

@@ -43,7 +43,7 @@ def new_accounts(conn: psycopg.Connection[Any], n: int, tag: str) -> list[int]:
     return sorted(row[0] for row in cur.fetchall())
 
 
-def _arrivals(emulator: EmulatorProc, since: float) -> dict[int, float]:
+def request_arrivals(emulator: EmulatorProc, since: float) -> dict[int, float]:
     """account id → when its create request reached the emulator (first one)."""
     arrivals: dict[int, float] = {}
     for req in emulator.request_log(since):
@@ -72,7 +72,8 @@ def pickup_latency(
 ) -> dict[str, Any]:
     """L1: one row at a time; INSERT, COMMIT, wait until done, pause, next.
 
-    Also commit → mapping committed (``mapping_p50_ms``…): from the wall clock just
+    Also the daemon's CPU per sample (``daemon_cpu_ms_per_row``), and commit → mapping
+    committed (``mapping_p50_ms``…): from the wall clock just
     before the COMMIT to the row's ``processed_at``, the start of the statement that
     wrote its mapping and marked it done (its own commit follows within it); the
     daemon and PostgreSQL run on this machine, so both read the same clock.
@@ -80,10 +81,13 @@ def pickup_latency(
     with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn) as conn:
         ids = new_accounts(admin, warmup + samples, "l1")
         since = time.monotonic()
+        cpu0 = 0.0
         committed: dict[int, float] = {}
         committed_at: dict[int, float] = {}  # outbox id → wall clock before COMMIT
         commit_ms: list[float] = []
         for i, account in enumerate(ids):
+            if i == warmup:
+                cpu0 = cpu_seconds(daemon.pid)
             cur = conn.execute(INSERT_ROW + " RETURNING id", [account])
             row = cur.fetchone()
             assert row is not None
@@ -101,13 +105,14 @@ def pickup_latency(
                 timeout=30, interval=0.002, watch=[daemon, emulator],
             )  # fmt: skip
             time.sleep(spacing)
+        cpu1 = cpu_seconds(daemon.pid)
         _check_failed(admin)
         done = admin.execute(
             "SELECT id, extract(epoch FROM processed_at)::float8 FROM integration.outbox "
             "WHERE id = ANY(%s)",
             [list(committed_at)],
         ).fetchall()
-    arrivals = _arrivals(emulator, since)
+    arrivals = request_arrivals(emulator, since)
     missing = [a for a in committed if a not in arrivals]
     if missing:
         raise BenchError(f"L1: {len(missing)} requests not in the emulator's log")
@@ -115,6 +120,9 @@ def pickup_latency(
     result["commit_p50_ms"] = sorted(commit_ms)[len(commit_ms) // 2]
     mapped = latency_summary([at - committed_at[id_] for id_, at in done])
     result.update(mapping_p50_ms=mapped["p50_ms"], mapping_p99_ms=mapped["p99_ms"])
+    # The daemon's CPU per sample, all of it (pickup, request, completion, and
+    # whatever it does meanwhile: the LISTEN check, the sweep): load hardly moves it.
+    result["daemon_cpu_ms_per_row"] = (cpu1 - cpu0) * 1000 / samples
     return result
 
 
@@ -150,7 +158,7 @@ def sweep_latency(
         finally:
             admin.execute("ALTER TABLE integration.outbox ENABLE TRIGGER outbox_insert_notify")
         _check_failed(admin)
-    arrivals = _arrivals(emulator, since)
+    arrivals = request_arrivals(emulator, since)
     result = latency_summary([arrivals[a] - t0 for a, t0 in committed.items() if a in arrivals])
     result["sweep_interval_s"] = sweep_interval
     return result
@@ -201,6 +209,8 @@ def drain(
                     "rows_per_s": n / seconds,
                     "daemon_cpu_ms_per_row": (cpu1[0] - cpu0[0]) * 1000 / n,
                     "emulator_cpu_ms_per_row": (cpu1[1] - cpu0[1]) * 1000 / n,
+                    # The daemon's cores busy over the drain (all its processes).
+                    "daemon_cores": (cpu1[0] - cpu0[0]) / seconds,
                 }
     raise BenchError("T1: nothing to drain")
 

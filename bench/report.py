@@ -72,8 +72,18 @@ def _cpu_line(r: dict[str, Any], unit: str, target: float) -> tuple[str, str, st
     text = f"daemon {_num(ours, 2)} ms/{unit}"
     if "emulator_cpu_ms_per_row" in r:
         text += f", emulator {_num(r['emulator_cpu_ms_per_row'], 2)} ms/row"
+    text += _per_core(r, unit)
     return ("", f"  CPU time per {unit} (utime+stime, /proc)", text, "", "",
             f"daemon ≤{target} ms/{unit}: {_verdict(ours <= target)}")  # fmt: skip
+
+
+def _per_core(r: dict[str, Any], unit: str) -> str:
+    """What a core buys: the daemon's cores busy (CPU s / wall s, all its processes),
+    and its rate per busy core (the rate / cores busy: 1 s / its CPU per unit)."""
+    cpu = r.get(f"daemon_cpu_ms_per_{unit}", math.nan)
+    if "daemon_cores" not in r or not cpu or math.isnan(cpu):
+        return ""
+    return f"; busy {r['daemon_cores']:.2f} cores, {_num(1000 / cpu)} {unit}s/s per core"
 
 
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
@@ -91,8 +101,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         if g := results.get("peer_graphile"):
             out.append(("", f"  peer {g['name']}: no-op job pickup", "", _lat(g["pickup"]),
                         _ratio(g["pickup"]["p50_ms"], r["p50_ms"]) + " (p50)", ""))  # fmt: skip
-        out.append(("", f"  samples over 10 ms (stalls): {r['over_stall']}; "
-                    f"COMMIT itself p50 {r['commit_p50_ms']:.2f} ms", "", "", "", ""))  # fmt: skip
+        cpu = (f"; daemon CPU {r['daemon_cpu_ms_per_row']:.2f} ms/row"
+               if "daemon_cpu_ms_per_row" in r else "")  # fmt: skip
+        out.append(("", f"  samples over 10 ms (stalls): {r['over_stall']}; COMMIT "
+                    f"itself p50 {r['commit_p50_ms']:.2f} ms{cpu}", "", "", "", ""))  # fmt: skip
         if "mapping_p50_ms" in r:
             ok = r["mapping_p50_ms"] <= 4 and r["mapping_p99_ms"] <= 8
             out.append(("", "  commit → mapping committed (processed_at)",
@@ -143,7 +155,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     ""))  # fmt: skip
         out.append(("T2", f"    all stored and applied ({outcomes})",
                     f"{_num(r['applied_per_s'])} ev/s ({r['applied_seconds']:.1f} s); "
-                    f"{r['daemon_cpu_ms_per_event']:.2f} ms CPU/ev", "", "",
+                    f"{r['daemon_cpu_ms_per_event']:.2f} ms CPU/ev" + _per_core(r, "event"),
+                    "", "",
                     f"≥{T2_MIX_TARGET:,.0f} ev/s: "
                     + _verdict(r["applied_per_s"] >= T2_MIX_TARGET)))  # fmt: skip
         if s := results.get("peer_sse_mix"):
@@ -216,4 +229,7 @@ def table(results: dict[str, Any], only: set[str]) -> str:
                     f"{peer['concurrency']}, no-op tasks; deferred with its own SQL, timed "
                     f"from just before COMMIT like ours")  # fmt: skip
     text += [f"note: {n}" for n in results.get("notes", [])]
+    if pinned := results.get("affinity"):
+        text.append("affinity (Cpus_allowed_list, read back): "
+                    + "; ".join(f"{k}: {v}" for k, v in pinned.items()))  # fmt: skip
     return "\n".join(text)

@@ -3,11 +3,24 @@
     ./dev bench                 # the full run (~5 minutes on 2 cores)
     ./dev bench --quick         # small counts: a smoke run (~1 minute)
     ./dev bench --only L1,T1 --json results.json
+    ./dev bench --only T1,T2 --pin --processes 2   # what a core buys
 
 Starts a durable throwaway PostgreSQL cluster (fsync on), the Stripe emulator
 (no added latency unless a measurement asks) and ``stripe-sync run``, each as
 its own process, runs every measurement after a warm-up, and prints one
 table. docs/benchmarks.md says what each measurement does.
+
+Per core: T1's and T2's CPU lines give the daemon's CPU per row/event, the
+cores it kept busy (its CPU seconds over the wall seconds of the run) and its
+rate per busy core (rows or events per second of its CPU). With ``--processes
+N`` both are summed over its N processes: per core is what one core of them buys.
+
+``--pin`` puts the daemon (every process of it, ``--processes N`` included) on
+CPU 1 and everything else on CPU 0: this process pins itself first, so
+PostgreSQL and its backends, the emulators, the peers and the load generators
+(T2's clients run in this process) inherit CPU 0, and each daemon is started on
+CPU 1. The run prints each one's ``Cpus_allowed_list`` read back from /proc.
+Other work on the machine is not pinned: it still shares both cores.
 """
 
 from __future__ import annotations
@@ -34,7 +47,9 @@ from harness import (
     BenchError,
     DaemonProc,
     EmulatorProc,
+    affinity,
     create_database,
+    pin,
     rss_mb,
     server_version,
 )
@@ -73,6 +88,9 @@ class Counts:
 FULL = Counts(1000, 200, 40, 30.0, 20_000, 1_000, 20_000, 1_000, 30.0, 10_350, 69, 500, 24)
 QUICK = Counts(50, 10, 4, 4.0, 500, 50, 500, 50, 5.0, 138, 69, 20, 3)
 SWEEP_INTERVAL = 5.0  # the daemon's default STRIPE_SYNC_SWEEP_INTERVAL
+# --pin: the daemon's core, and everything else's.
+PIN_DAEMON = {1}
+PIN_OTHERS = {0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,6 +126,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         metavar="N",
         help="STRIPE_SYNC_PROCESSES of the daemons (default 1); CPU is then summed over all N",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the daemon process(es) on CPU 1, everything else (PostgreSQL, the emulator, "
+        "the peers, this process and its load generators) on CPU 0: what a core buys",
     )
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the run directory with every process's log"
@@ -147,10 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     daemon_env = {"STRIPE_SYNC_LOG_LEVEL": args.log_level}
     if args.processes != 1:
         daemon_env["STRIPE_SYNC_PROCESSES"] = str(args.processes)
-        notes.append(f"each daemon ran as {args.processes} processes (STRIPE_SYNC_PROCESSES)")
+        notes.append(f"each daemon ran as {args.processes} processes (STRIPE_SYNC_PROCESSES); "
+                     "CPU per row/event and cores busy are their sum")  # fmt: skip
     ok = False
     started = time.monotonic()
     try:
+        if args.pin:
+            # Before anything starts: everything started from here inherits CPU 0.
+            pin(daemon=PIN_DAEMON, others=PIN_OTHERS)
+            notes.append("pinned (--pin): the daemon's processes on CPU 1; PostgreSQL, the "
+                         "emulator, the peers and the load generators on CPU 0")  # fmt: skip
         with ThrowawayCluster(durable=True) as cluster:
             results["machine"] = {**machine(), "postgresql": server_version(cluster.dsn)}
             dsn = create_database(cluster.dsn, "bench")
@@ -262,6 +292,11 @@ def _main_stack(
     try:
         time.sleep(2.0)  # settle: pool connections opened, first sweep done
         memory["idle_mb"] = rss_mb(daemon.pid)
+        if DaemonProc.cpus is not None:  # --pin: what the kernel was told, read back
+            pinned = affinity(dsn, {"daemon": daemon.pid, "emulator": emulator.pid})
+            results["affinity"] = pinned
+            shown = "; ".join(f"{k}: {v}" for k, v in pinned.items())
+            print(f"    affinity (Cpus_allowed_list): {shown}", flush=True)
         if "L1" in only:
             step(f"L1 pickup latency, {counts.l1_samples} samples")
             results["L1"] = pickup_latency(

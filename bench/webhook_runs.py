@@ -240,6 +240,8 @@ def _timed(
                 applied_seconds=applied_at - start,
                 applied_per_s=n / (applied_at - start),
                 daemon_cpu_ms_per_event=(cpu1 - cpu0) * 1000 / n,
+                # The daemon's cores busy until all were applied (all its processes).
+                daemon_cores=(cpu1 - cpu0) / (applied_at - start),
                 **outcome,
             )
             return result

@@ -16,12 +16,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 import anyio
 import stripe
 from psycopg_pool import AsyncConnectionPool
+
+# The SDK's own pieces of the request raw_request_async sends (StripeApi._post).
+from stripe._encode import _api_encode
+from stripe._request_options import merge_options
 
 from . import STRIPE_API_VERSION
 from .config import DEFAULTS, RATE_LIMITS, Secret, Settings
@@ -87,6 +91,12 @@ class StripeApi:
         # the largest single cost of a synced row. Its session opens on the
         # first call, in the event loop that makes it; aclose() ends it.
         self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout))
+        # No client telemetry (the SDK's header reporting each last request's
+        # duration to Stripe, and its platform string in the user agent): work
+        # before every request on the pickup path that nothing here reads
+        # (docs/benchmarks.md, issue 27, pickup round 3). A process-wide SDK
+        # setting; the daemon and the operator commands alike.
+        stripe.enable_telemetry = False
         self.client = stripe.StripeClient(
             api_key.reveal(),
             base_addresses={"api": api_base} if api_base else None,
@@ -94,6 +104,8 @@ class StripeApi:
             max_network_retries=0,
             stripe_version=STRIPE_API_VERSION,  # chosen, not the SDK's (__init__.py)
         )
+        self._post_headers: dict[str, str] | None = None  # _post's, built on its first call
+        self._api_base = ""
         self.pacer = Pacer(rate_limit)
         self.calls = 0
         self.rate_limited = 0
@@ -136,12 +148,40 @@ class StripeApi:
 
     def raw_post(self, path: str, params: dict[str, Any], options: dict[str, Any]) -> Any:
         """A POST (a create, an update) whose answer the caller reads as plain JSON,
-        to be awaited through ``call``: the SDK's ``raw_request_async`` (the request
-        of its service methods, the same errors), whose answer (``.data``) is not
-        turned into a ``StripeObject``; that cost ~15 % of the daemon's CPU in T1,
-        for the ``id`` the outbox reads (docs/benchmarks.md, issue 11, step 9).
-        ``path``: :func:`object_path`; ``options``: the SDK's (``idempotency_key``)."""
-        return self.client.raw_request_async("post", path, **options, **params)
+        to be awaited through ``call``: the request the SDK's ``raw_request_async``
+        sends (the SDK's headers, encoding, HTTP client and error classes), whose
+        answer (``.data``) is not turned into a ``StripeObject``; that cost ~15 % of
+        the daemon's CPU in T1, for the ``id`` the outbox reads (docs/benchmarks.md,
+        issue 11, step 9). ``path``: :func:`object_path`; ``options``: the SDK's
+        ``idempotency_key`` and no other (the headers are the client's, built once)."""
+        if options.keys() != {"idempotency_key"}:
+            raise TypeError(f"raw_post takes an idempotency_key and no other option: {options}")
+        return self._post(path, params, options["idempotency_key"])
+
+    async def _post(self, path: str, params: dict[str, Any], key: str) -> Any:
+        """``raw_request_async("post", …)`` with what is the same for every request
+        done once: the SDK's own headers (``request_headers``: its user agent JSON,
+        a scan of the environment, the key and version) are built on the first POST
+        and reused with each request's idempotency key, and its request and
+        response logging (five logfmt lines formatted per request whether or not
+        anything logs them) is skipped; the body is the SDK's encoding, the answer
+        and its errors the SDK's (``_interpret_response``). A quarter of the CPU of
+        an outbox create, 39 % of its instructions (docs/benchmarks.md, issue 27,
+        pickup round 3); tests/unit/test_stripe_api.py holds it to
+        ``raw_request_async``'s request byte for byte."""
+        requestor = self.client._requestor
+        if self._post_headers is None:
+            headers = requestor.request_headers(
+                "post", "V1", merge_options(requestor._options, None)
+            )
+            headers.pop("Idempotency-Key", None)  # a random one: each request sets its own
+            self._post_headers = headers
+            self._api_base = requestor._options.base_addresses.get("api") or stripe.api_base
+        body = urlencode(list(_api_encode(params))).replace("%5B", "[").replace("%5D", "]")
+        rbody, rcode, rheaders = await self._http.request_async(
+            "post", f"{self._api_base}{path}", {**self._post_headers, "Idempotency-Key": key}, body
+        )
+        return requestor._interpret_response(rbody, rcode, rheaders, "V1")
 
     async def post(
         self, what: str, path: str, params: dict[str, Any], options: dict[str, Any]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import inspect
 import random
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import anyio
 import pytest
 import stripe
 
+from stripe_sync.config import Secret
 from stripe_sync.errors import PermanentError, TransientError
-from stripe_sync.stripe_api import Pacer, classify
+from stripe_sync.stripe_api import Pacer, StripeApi, classify
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:
@@ -100,3 +103,59 @@ def test_the_request_version_is_chosen_and_known_to_the_installed_sdk(
     monkeypatch.setattr(_ApiVersion, "CURRENT", sdk_version)
     release = STRIPE_API_VERSION.rpartition(".")[2]
     assert STRIPE_API_VERSION <= _ApiVersion.CURRENT and _ApiVersion.CURRENT.endswith(release)
+
+
+def capturing(api: StripeApi, status: int, body: bytes) -> list[tuple[object, ...]]:
+    """Requests ``api`` sends, answered with ``status`` and ``body`` (no network)."""
+    sent: list[tuple[object, ...]] = []
+
+    async def request_async(
+        method: str, url: str, headers: Mapping[str, str], post_data: object = None
+    ) -> tuple[bytes, int, dict[str, str]]:
+        sent.append((method, url, dict(headers), post_data))
+        return body, status, {"Request-Id": "req_1"}
+
+    api._http.request_async = request_async  # type: ignore[method-assign]
+    return sent
+
+
+@pytest.mark.anyio
+async def test_post_sends_the_request_the_sdks_raw_request_sends() -> None:
+    # StripeApi.post builds the SDK's headers once and skips its logging: the
+    # request must stay the SDK's own, byte for byte (key, version, user agent,
+    # content type, the encoding of nested and non-ASCII values).
+    api = StripeApi(Secret("sk_test_same"), api_base="http://stripe.invalid", rate_limit=0)
+    sent = capturing(api, 200, b'{"id": "cus_1", "object": "customer"}')
+    params: dict[str, Any] = {
+        "email": "a+b c@example.com",
+        "name": "Zoë [x] & y",
+        "metadata": {"mc_account_id": "7", "mc_source": "db'x/0"},
+    }
+    for key in ("key-1", "key-2"):  # the second reuses the headers built by the first
+        ours = await api.post("create customer", "/v1/customers", params, {"idempotency_key": key})
+        sdk = await api.client.raw_request_async(
+            "post", "/v1/customers", idempotency_key=key, **params
+        )
+        assert ours == sdk.data == {"id": "cus_1", "object": "customer"}
+        assert sent[-2] == sent[-1]
+        assert sent[-1][2]["Idempotency-Key"] == key  # type: ignore[index]
+
+
+@pytest.mark.anyio
+async def test_post_refused_raises_what_the_sdk_raises() -> None:
+    api = StripeApi(Secret("sk_test_same"), api_base="http://stripe.invalid", rate_limit=0)
+    body = b'{"error": {"type": "invalid_request_error", "message": "No such thing", "param": "x"}}'
+    capturing(api, 400, body)
+    with pytest.raises(PermanentError) as refused:
+        await api.post("create customer", "/v1/customers", {"email": "e"}, {"idempotency_key": "k"})
+    assert isinstance(refused.value.__cause__, stripe.InvalidRequestError)
+    assert "No such thing" in str(refused.value)
+
+
+def test_post_takes_an_idempotency_key_and_no_other_option() -> None:
+    # Its headers are the client's, built once: an option such as stripe_account
+    # would be dropped silently, so it is refused.
+    api = StripeApi(Secret("sk_test_same"), api_base="http://stripe.invalid", rate_limit=0)
+    for options in ({}, {"idempotency_key": "k", "stripe_account": "acct_1"}):
+        with pytest.raises(TypeError):
+            api.raw_post("/v1/customers", {}, options)

@@ -282,3 +282,22 @@ async def test_shutdown_hands_back_rows_waiting_for_their_key_at_once() -> None:
         }
         jobs.finish(1)
     assert store.rows[1].status == "done" and jobs.started == [1]
+
+
+async def test_rows_claimed_start_before_the_worker_asks_when_the_next_is_due() -> None:
+    """A short claim's rows go first (their requests are L1's path): the store's
+    next_due is asked on the next pass, and a row due later still runs on time."""
+    store = FakeStore()
+    [first] = store.insert()
+    [later] = store.insert()
+    store.rows[later].next_attempt_at = store.now() + 0.2
+    asked: dict[int, int] = {}
+
+    async def handler(job: Job) -> Done:
+        asked[job.id] = store.count("next_due")
+        return Done()
+
+    async with make(store, handler).in_background():
+        # The sweep is an hour away: only next_due's answer brings the later row.
+        await until(lambda: store.statuses()[later] == "done", "the later row, on time")
+    assert asked[first] == 0

@@ -84,6 +84,7 @@ class Worker:
         self._buffer: deque[Job] = deque()
         self._active = 0
         self._maybe_due = True  # cleared when a claim comes back short
+        self._ask_next_due = False  # set when it does: ask the store's next_due
         self._retries_due: list[float] = []  # heap of our own backoff retries' due times
         self.running = False
         self._wakeup = anyio.Event()
@@ -132,6 +133,7 @@ class Worker:
         while not self._stopping.is_set():
             if self._wakeup.is_set():
                 self._wakeup = anyio.Event()  # reset before the claim, never after
+            claimed = False
             self._start_buffered(work)
             wait = self._until_own_retry()
             room = self.concurrency + self.prefetch - len(self.in_flight)
@@ -167,9 +169,16 @@ class Worker:
                         self._maybe_due = True
                         continue  # more may be due: claim again before sleeping
                     # Nothing else is due now: sleep until the next backoff retry.
-                    next_due = await self._next_due_safe()
-                    if next_due is not None:
-                        wait = min(wait, max(next_due, 0.0) + 0.001)
+                    self._ask_next_due = True
+                    claimed = bool(jobs)
+            # Rows just claimed send their requests first: when the next row is
+            # due is asked on the next pass (a slot freed, a wake-up), not on
+            # their pickup path (docs/benchmarks.md, issue 27, pickup round 3).
+            if self._ask_next_due and not claimed:
+                self._ask_next_due = False
+                next_due = await self._next_due_safe()
+                if next_due is not None:
+                    wait = min(wait, max(next_due, 0.0) + 0.001)
             with anyio.move_on_after(wait) as timer:
                 await self._wakeup.wait()
             if timer.cancelled_caught:
