@@ -324,7 +324,7 @@ def _main_stack(
                 emulator=emulator,
             )  # fmt: skip
             # What the daemon asked Stripe during the mix (warm-up included): same-second
-            # ties and references it fetched; the emulator knows none of the mix's objects.
+            # ties and references it fetched, answered from the objects the mix gave it.
             after = emulator.stats()["counts"]
             results["T2_mix"]["stripe_requests"] = {
                 k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)
