@@ -379,6 +379,7 @@ async def confirm(
     key: Key,
     status: str,
     then: Callable[[AsyncConnection[Any], int], Awaitable[None]] | None = None,
+    default: str | None = None,
 ) -> Done:
     """Customers and catalog: confirm the mapping of an object the outbox created.
 
@@ -388,6 +389,13 @@ async def confirm(
     It writes state from the event (a customer's default payment method), so
     with it a same-second tie asks Stripe as ``write_object`` does; without
     it, which of two tied events wins changes nothing but the key.
+
+    The apply comes as data too (``ConfirmWrite``): the webhook queue marks the
+    mappings of a group's events in one statement (webhooks/queue.py), as long
+    as ``then`` would write nothing: the mapping's ``default_payment_method``
+    is ``default`` already (customers: ``then`` is ``set_default``; the other
+    families have no such column and name none). Otherwise, and for a newer key
+    or a tie met there, the statement declines the event and ``apply`` runs.
     """
     assert family.metadata_key is not None, f"the outbox does not create {family.noun}s"
     mc_id = metadata_id(metadata, family.metadata_key)
@@ -418,7 +426,30 @@ async def confirm(
         if then is not None:
             await then(conn, _returned_id(await cur.fetchone()))
 
-    return Done(apply=apply, note=_tie_note(row, stripe_id) if current else None)
+    write = ConfirmWrite(family, stripe_id, mc_id, status, key, default, **flags)
+    return Done(apply=apply, written=write, note=_tie_note(row, stripe_id) if current else None)
+
+
+@dataclass(frozen=True)
+class ConfirmWrite:
+    """``confirm``'s apply as data, for ``confirm_rows`` of sql/webhooks.sql
+    (webhooks/queue.py records a group's in one statement): mark the mapping
+    with ``key`` where ``mark_if_newer`` would, and where its
+    ``default_payment_method`` is ``default``."""
+
+    family: Family
+    stripe_id: str
+    mc_id: int | None
+    status: str
+    key: Key
+    default: str | None
+    current: bool
+    ask: bool
+
+    @property
+    def group(self) -> Family:
+        """Events of one family share a statement (queue.jobs.Written)."""
+        return self.family
 
 
 @dataclass(frozen=True)
