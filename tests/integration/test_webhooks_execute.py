@@ -1021,6 +1021,44 @@ async def test_confirm_checks_the_row_preloaded_for_its_batch(
     assert done.apply is None and done.note is not None and done.note.startswith("stale")
 
 
+async def test_the_claim_reads_what_the_preload_needs(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """The webhook queue's claim reads each event's ids and, for customer,
+    product, price and plan events, its object's mapping row: the preload then
+    keeps those rows without a query of its own."""
+    from typing import cast
+
+    from stripe_sync.queue.store import PostgresStore
+    from stripe_sync.webhooks.execute import claimed, make_preload, object_of
+    from stripe_sync.webhooks.queue import WEBHOOKS
+
+    account = add_account(conn, "cus_A")
+    add_price(conn, "price_A")
+    await store(
+        pool,
+        event("customer.updated", {"id": "cus_A", "object": "customer"}, event_id="evt_c"),
+        event("plan.updated", {"id": "price_A", "object": "plan"}, event_id="evt_p"),
+        event("customer.updated", {"id": "cus_X", "object": "customer"}, event_id="evt_x"),
+        event("customer.subscription.updated", sub_obj("cus_A"), event_id="evt_s"),
+    )
+    jobs = await PostgresStore(WEBHOOKS, pool).claim(10, "w", 30)
+    read = {job.type + " " + str(object_of(job)): claimed(job) for job in jobs}
+    customer = read["customer.updated cus_A"]
+    assert customer is not None and customer.event == "evt_c" and customer.row is not None
+    assert (customer.row.mc_id, customer.row.sync_status) == (account, "synced")
+    plan = read["plan.updated price_A"]
+    assert plan is not None and plan.row is not None
+    unknown = read["customer.updated cus_X"]
+    assert unknown is not None and unknown.row is None
+    subscription = read["customer.subscription.updated cus_A"]
+    assert subscription is not None and subscription.row is None  # not a mapping it checks
+    # No pool to read from: what the handlers check came with the claim.
+    ctx = WebhookContext(cast(AsyncConnectionPool, None))
+    await make_preload(ctx)(jobs)
+    assert len(ctx.preloaded) == 2
+
+
 async def test_an_object_with_two_events_in_the_batch_is_not_preloaded(
     pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
 ) -> None:

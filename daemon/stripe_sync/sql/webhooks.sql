@@ -17,6 +17,41 @@ SELECT * FROM unnest(%(ids)b::text[], %(types)b::text[], %(versions)b::text[],
 ON CONFLICT (stripe_event_id) DO NOTHING
 RETURNING stripe_event_id
 
+-- name: claim
+-- The webhook queue's claim: queue.sql's (queue_claim), and per event what the
+-- worker reads before its handler runs (Job.loaded, JSON): the event and object
+-- ids the endpoint stored, and for an event of two-part type (customer.updated,
+-- not customer.subscription.updated) of the customers, products, prices or
+-- plans the object's mapping row by Stripe id (find_mappings' columns; null
+-- when there is none): execute.make_preload's read, in the claim's round trip.
+-- Which events' handlers check that row is the dispatch table's to say.
+WITH claimed AS ({queue_claim})
+SELECT c.id, c.event_type, c.attempts, c.payload,
+       json_build_object(
+           'event', e.stripe_event_id,
+           'object', e.object_id,
+           'row', CASE
+               WHEN k.kind = 'customer' THEN (
+                   SELECT to_json(m) FROM (
+                       SELECT id, account_id AS mc_id, sync_status, last_event_created,
+                              last_event_rank, last_event_id
+                       FROM stripe.customer_mappings WHERE stripe_customer_id = e.object_id) m)
+               WHEN k.kind = 'product' THEN (
+                   SELECT to_json(m) FROM (
+                       SELECT id, product_id AS mc_id, sync_status, last_event_created,
+                              last_event_rank, last_event_id
+                       FROM stripe.product_mappings WHERE stripe_product_id = e.object_id) m)
+               WHEN k.kind IN ('price', 'plan') THEN (
+                   SELECT to_json(m) FROM (
+                       SELECT id, price_id AS mc_id, sync_status, last_event_created,
+                              last_event_rank, last_event_id
+                       FROM stripe.price_mappings WHERE stripe_price_id = e.object_id) m)
+               END)::text
+FROM claimed c
+JOIN integration.webhook_events e ON e.id = c.id,
+LATERAL (SELECT CASE WHEN c.event_type NOT LIKE '%%.%%.%%'
+                     THEN split_part(c.event_type, '.', 1) END AS kind) k
+
 -- name: find_mapping
 -- By Stripe id, or (customers, products, prices) by the MC id its metadata
 -- names while the outbox has not recorded the Stripe id yet.

@@ -57,9 +57,10 @@ class Preloaded:
     (or forgotten when the event's handler ends).
 
     The pre-check read of ``confirm`` costs a pool checkout and a round trip
-    per event; the webhook worker reads the rows of a whole batch at once
-    instead (``execute.make_preload``: one query per family) and each handler
-    takes its event's row. A row read a few milliseconds before the handler
+    per event; the webhook queue's claim reads the rows of a whole batch with
+    it instead (``execute.Claimed``; ``execute.make_preload`` keeps them, and
+    reads those of jobs claimed otherwise in one query per family) and each
+    handler takes its event's row. A row read a few milliseconds before the handler
     runs is as good as its own read: the pre-check only sorts stale and
     unmapped events out early, and the apply locks the row and checks the key
     again. Only rows found are kept: an event without one reads its own (the
@@ -81,8 +82,14 @@ class Preloaded:
                 found = {row[0]: MappingRow(*row[1:]) for row in await cur.fetchall()}
                 for job_id, (event_id, stripe_id) in jobs.items():
                     if (row := found.get(stripe_id)) is not None:
-                        self._rows[event_id] = (family, stripe_id, row)
-                        self._events[job_id] = event_id
+                        self.keep(job_id, event_id, family, stripe_id, row)
+
+    def keep(
+        self, job_id: int, event_id: str, family: Family, stripe_id: str, row: MappingRow
+    ) -> None:
+        """Keep a row read elsewhere (the webhook queue's claim reads them: execute.Claimed)."""
+        self._rows[event_id] = (family, stripe_id, row)
+        self._events[job_id] = event_id
 
     def take(self, event_id: str, family: Family, stripe_id: str) -> MappingRow | None:
         """The row pre-loaded for this event's object, once; None when there is none."""

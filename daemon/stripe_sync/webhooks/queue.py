@@ -1,5 +1,7 @@
 """The webhook queue as the queue engine (``queue/``) sees it: its table and
-channel. Its claim is queue.sql's own; its handlers' writes are statements
+channel. Its claim is queue.sql's, wrapped by ``claim`` of sql/webhooks.sql,
+which also reads for each event what the worker's preload needs
+(``Job.loaded``: execute.Claimed). Its handlers' writes are statements
 (``Done.apply``), recorded in the group's transaction, except ``confirm``'s
 (customers, products, prices), which come as data as well
 (:class:`~.common.ConfirmWrite`): the events of one family that finish
@@ -9,10 +11,12 @@ together are one ``confirm_rows`` statement, mapping marks and finishes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
+from ..db import queries
 from ..errors import LeaseLost
 from ..queue.jobs import Declined
 from ..queue.store import Finished, QueueSpec, finished_params
@@ -44,6 +48,13 @@ async def record_confirms(
     return [None if r.id in done else Declined() if r.id in ours else LeaseLost(r.id) for r in rows]
 
 
+@cache
+def compose_claim(queue_claim: bytes) -> bytes:
+    """The ``claim`` of sql/webhooks.sql around queue.sql's (``{queue_claim}`` in it)."""
+    text = queries("webhooks")["claim"]
+    return sql.SQL(text).format(queue_claim=sql.SQL(queue_claim.decode())).as_bytes()
+
+
 WEBHOOKS = QueueSpec(
     "webhooks",
     "integration.webhook_events",
@@ -51,5 +62,6 @@ WEBHOOKS = QueueSpec(
     "stripe_sync_webhooks",
     "processed",
     group_commit=True,
+    compose_claim=compose_claim,
     record_written=record_confirms,
 )
