@@ -92,9 +92,9 @@ class QueueSpec:
     group_commit: bool = False
     # Groups recorded at once (GroupCommit.max_leaders). The outbox's completions
     # are one statement per group, so one at a time keeps the groups large
-    # without queueing behind BEGIN/COMMIT round trips; a webhook group is a
-    # transaction of several statements, so three run side by side
-    # (docs/benchmarks.md, issue 11: steps 3 and 10).
+    # without queueing behind BEGIN/COMMIT round trips; a group that is a
+    # transaction of several statements keeps the pool busier with a few side by
+    # side (docs/benchmarks.md, issue 11: steps 3 and 10; issue 27, round 3).
     group_leads: int = 3
     # The pipeline's claim: given queue.sql's claim (bound to this table), the
     # statement to run instead, which may read more for each row (Job.loaded).

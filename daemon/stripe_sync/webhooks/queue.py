@@ -62,6 +62,9 @@ WEBHOOKS = QueueSpec(
     "stripe_sync_webhooks",
     "processed",
     group_commit=True,
+    # One group at a time: most groups are now one confirm_rows statement, and
+    # one lead makes them larger (docs/benchmarks.md, issue 27, round 3).
+    group_leads=1,
     compose_claim=compose_claim,
     record_written=record_confirms,
 )
