@@ -892,6 +892,97 @@ async def test_confirm_applies_only_over_an_older_key(
     assert mapping() == ("deleted", T0 + 1, 100, "evt_c")
 
 
+async def test_confirms_that_finish_together_are_one_statement(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """Customer events finishing together mark their mappings and finish in one
+    statement (confirm_rows); one that changes the default, or whose key is no
+    longer the newest, is declined there and recorded through its own apply."""
+    import anyio
+    from psycopg import AsyncConnection
+
+    from stripe_sync.queue.store import PostgresStore
+    from stripe_sync.webhooks.common import Raced
+    from stripe_sync.webhooks.execute import make_handler
+    from stripe_sync.webhooks.queue import WEBHOOKS
+
+    customers = ["cus_H", "cus_A", "cus_B", "cus_C", "cus_D"]
+    for customer in customers:
+        add_account(conn, customer)
+    default = {"cus_C": {"invoice_settings": {"default_payment_method": "pm_C"}}}
+    await store(
+        pool,
+        *(
+            event(
+                "customer.updated",
+                {"id": c, "object": "customer", **default.get(c, {})},
+                event_id=f"evt_{c}",
+                created=T0,
+            )
+            for c in customers
+        ),
+    )
+    queue = PostgresStore(WEBHOOKS, pool)
+    queue.completions.max_leaders = 1  # one group at a time: the others queue behind it
+    jobs = await queue.claim(10, "w", 30)
+    handle = make_handler(WebhookContext(pool))
+    dones = {job.id: await handle(job) for job in jobs}
+    by_event = {json.loads(job.payload)["id"]: job.id for job in jobs}
+    # After cus_D's check, a newer event of it is applied.
+    conn.execute(
+        "UPDATE stripe.customer_mappings SET last_event_created = %s "
+        "WHERE stripe_customer_id = 'cus_D'",
+        [T0 + 1],
+    )
+    release = anyio.Event()
+
+    async def hold(c: AsyncConnection[Any]) -> None:
+        await release.wait()
+
+    outcomes: dict[str, Any] = {}
+
+    async def finish(event_id: str) -> None:
+        job_id, done = by_event[event_id], dones[by_event[event_id]]
+        apply = hold if event_id == "evt_cus_H" else done.apply
+        written = None if event_id == "evt_cus_H" else done.written
+        try:
+            await queue.finish(job_id, "w", "processed", done.note, apply, written)
+            outcomes[event_id] = "done"
+        except Exception as exc:
+            outcomes[event_id] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish, "evt_cus_H")
+        await anyio.wait_all_tasks_blocked()
+        for customer in customers[1:]:
+            tg.start_soon(finish, f"evt_{customer}")
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+
+    assert isinstance(outcomes.pop("evt_cus_D"), Raced)
+    assert outcomes == dict.fromkeys(["evt_cus_H", "evt_cus_A", "evt_cus_B", "evt_cus_C"], "done")
+    events = dict(
+        conn.execute(
+            "SELECT stripe_event_id, (status, xmin::text) FROM integration.webhook_events"
+        ).fetchall()
+    )
+    mappings = dict(
+        conn.execute(
+            "SELECT stripe_customer_id, (last_event_id, default_payment_method, xmin::text) "
+            "FROM stripe.customer_mappings"
+        ).fetchall()
+    )
+    group = events["evt_cus_A"][1]
+    for c in ("cus_A", "cus_B"):  # one statement: one transaction wrote both
+        assert events[f"evt_{c}"] == ("processed", group)
+        assert mappings[c] == (f"evt_{c}", None, group)
+    # A new default: its apply (set_default) in a transaction of its own.
+    assert events["evt_cus_C"][0] == "processed" and events["evt_cus_C"][1] != group
+    assert mappings["cus_C"][:2] == ("evt_cus_C", "pm_C")
+    assert events["evt_cus_D"][0] == "processing"  # the worker records the retry
+    assert mappings["cus_D"][0] is None
+
+
 async def test_confirm_checks_the_row_preloaded_for_its_batch(
     pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
 ) -> None:
@@ -928,6 +1019,44 @@ async def test_confirm_checks_the_row_preloaded_for_its_batch(
     # Without a preloaded row the handler reads its own, and finds the event stale.
     done = await handle(jobs[0])
     assert done.apply is None and done.note is not None and done.note.startswith("stale")
+
+
+async def test_the_claim_reads_what_the_preload_needs(
+    pool: AsyncConnectionPool, conn: psycopg.Connection[Any]
+) -> None:
+    """The webhook queue's claim reads each event's ids and, for customer,
+    product, price and plan events, its object's mapping row: the preload then
+    keeps those rows without a query of its own."""
+    from typing import cast
+
+    from stripe_sync.queue.store import PostgresStore
+    from stripe_sync.webhooks.execute import claimed, make_preload, object_of
+    from stripe_sync.webhooks.queue import WEBHOOKS
+
+    account = add_account(conn, "cus_A")
+    add_price(conn, "price_A")
+    await store(
+        pool,
+        event("customer.updated", {"id": "cus_A", "object": "customer"}, event_id="evt_c"),
+        event("plan.updated", {"id": "price_A", "object": "plan"}, event_id="evt_p"),
+        event("customer.updated", {"id": "cus_X", "object": "customer"}, event_id="evt_x"),
+        event("customer.subscription.updated", sub_obj("cus_A"), event_id="evt_s"),
+    )
+    jobs = await PostgresStore(WEBHOOKS, pool).claim(10, "w", 30)
+    read = {job.type + " " + str(object_of(job)): claimed(job) for job in jobs}
+    customer = read["customer.updated cus_A"]
+    assert customer is not None and customer.event == "evt_c" and customer.row is not None
+    assert (customer.row.mc_id, customer.row.sync_status) == (account, "synced")
+    plan = read["plan.updated price_A"]
+    assert plan is not None and plan.row is not None
+    unknown = read["customer.updated cus_X"]
+    assert unknown is not None and unknown.row is None
+    subscription = read["customer.subscription.updated cus_A"]
+    assert subscription is not None and subscription.row is None  # not a mapping it checks
+    # No pool to read from: what the handlers check came with the claim.
+    ctx = WebhookContext(cast(AsyncConnectionPool, None))
+    await make_preload(ctx)(jobs)
+    assert len(ctx.preloaded) == 2
 
 
 async def test_an_object_with_two_events_in_the_batch_is_not_preloaded(

@@ -15,7 +15,10 @@ refused row costs the others nothing. **A callback** (a webhook handler's
 writes, which read what they lock before they write), with its row's data: the
 group runs in one transaction, BEGIN, each callback in turn, then the rows'
 ``finish_rows`` (one statement for all of them), COMMIT. Any row that is no
-longer ours fails the whole transaction, which is redone row by row.
+longer ours fails the whole transaction, which is redone row by row. **Both**
+(a webhook's mapping mark: ``Done`` with ``apply`` and ``written``): data
+first, and a row the statement declines (:class:`~.jobs.Declined`) is then
+recorded through its callback, alone, in the same group's turn.
 
 A row's outcome never depends on another's: if a group's statement or
 transaction fails (a lease lost or a mapping refused in a callback, the
@@ -36,7 +39,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..db import queries
-from .jobs import Apply
+from .jobs import Apply, Declined
 
 # Records data completions of one group (run_row's ``group``) in one autocommit
 # statement; each row's error (None: recorded). Raises when the statement failed.
@@ -50,6 +53,8 @@ class Completion:
     apply: Apply | None  # its statements, run in a transaction
     row: Any = None  # its data, for ``finish_rows`` (after ``apply``, if any)
     group: object = None  # data of one group shares a statement
+    # Data that the statement may decline: then this callback records the row.
+    fallback: Completion | None = None
     error: Exception | None = None
     settled: bool = False
     lead: bool = False  # it holds one of the leads: it must run a group or pass the lead on
@@ -80,10 +85,14 @@ class GroupCommit:
         raise its error (which rolls back ``apply``'s writes)."""
         await self._complete(Completion(apply, row))
 
-    async def run_row(self, row: Any, group: object = None) -> None:
+    async def run_row(
+        self, row: Any, group: object = None, fallback: tuple[Apply, Any] | None = None
+    ) -> None:
         """Record ``row`` with ``finish_rows``, maybe with others of its ``group``
-        (one statement records one group); raise its error."""
-        await self._complete(Completion(None, row, group))
+        (one statement records one group); raise its error. If the statement
+        declines it, ``fallback`` records it instead: (apply, row) as ``run``'s."""
+        alone = None if fallback is None else Completion(*fallback)
+        await self._complete(Completion(None, row, group, fallback=alone))
 
     async def _complete(self, me: Completion) -> None:
         self._queue.append(me)
@@ -195,13 +204,28 @@ class GroupCommit:
             else:
                 self.groups += 1
                 for c, error in zip(rows, errors, strict=True):
-                    c.error, c.settled = error, True
+                    await self._settle(conn, c, error)
                 return
         for c in rows:
             try:
-                [c.error] = await self.finish_rows(conn, [c.row])
+                [error] = await self.finish_rows(conn, [c.row])
             except Exception as exc:
                 if conn.broken:
                     raise
-                c.error = exc
-            c.settled = True
+                error = exc
+            await self._settle(conn, c, error)
+
+    async def _settle(
+        self, conn: AsyncConnection[Any], c: Completion, error: Exception | None
+    ) -> None:
+        """A data completion's answer; one declined is recorded through its fallback."""
+        if isinstance(error, Declined) and c.fallback is not None:
+            try:
+                async with conn.transaction():
+                    await self._calls(conn, [c.fallback])
+                error = None
+            except Exception as exc:
+                if conn.broken:
+                    raise
+                error = exc
+        c.error, c.settled = error, True

@@ -44,15 +44,22 @@ class Written(Protocol):
 @dataclass(frozen=True)
 class Done:
     """A handler's success: ``apply`` runs in the transaction that records it;
-    ``written`` is recorded in the statement that records it (one or the other)."""
+    ``written`` is recorded in the statement that records it. With both,
+    ``written`` is ``apply``'s writes as data: a store that groups completions
+    records it in its pipeline's statement, which may decline a row
+    (:class:`Declined`), and that row is then recorded through ``apply``; any
+    other caller (the backfill, a test) just runs ``apply``."""
 
     apply: Apply | None = None
     status: str | None = None  # default: the queue's done status
     note: str | None = None  # kept in the row's note, e.g. why an event was ignored
     written: Written | None = None
 
-    def __post_init__(self) -> None:
-        assert self.apply is None or self.written is None, "Done: apply or written, not both"
+
+class Declined(Exception):
+    """A pipeline's statement did not record this row's writes as data (a
+    webhook's mapping changed in a way only its ``apply`` handles): it is
+    recorded through the ``apply`` it came with, in a transaction of its own."""
 
 
 Handler = Callable[[Job], Awaitable[Done]]

@@ -92,9 +92,9 @@ class QueueSpec:
     group_commit: bool = False
     # Groups recorded at once (GroupCommit.max_leaders). The outbox's completions
     # are one statement per group, so one at a time keeps the groups large
-    # without queueing behind BEGIN/COMMIT round trips; a webhook group is a
-    # transaction of several statements, so three run side by side
-    # (docs/benchmarks.md, issue 11: steps 3 and 10).
+    # without queueing behind BEGIN/COMMIT round trips; a group that is a
+    # transaction of several statements keeps the pool busier with a few side by
+    # side (docs/benchmarks.md, issue 11: steps 3 and 10; issue 27, round 3).
     group_leads: int = 3
     # The pipeline's claim: given queue.sql's claim (bound to this table), the
     # statement to run instead, which may read more for each row (Job.loaded).
@@ -149,7 +149,8 @@ class Store(Protocol):
         written: Written | None = None,
     ) -> None:
         """Record ``status`` and ``note`` (last_error is cleared) together with ``apply``'s
-        writes or ``written`` (at most one of them), atomically; raise :class:`LeaseLost`,
+        writes or ``written`` (with both, ``written`` is ``apply``'s writes as data:
+        either is recorded, see ``Done``), atomically; raise :class:`LeaseLost`,
         keeping none of them, when the row is no longer this worker's, and
         :class:`PermanentError` when the pipeline refuses ``written``."""
         ...
@@ -218,7 +219,15 @@ class PostgresStore:
             if error is not None:
                 raise error
             return
-        assert written is None, "finish: apply or written, not both"
+        if written is not None and self.spec.group_commit:
+            # apply's writes as data: recorded with its group's in the pipeline's
+            # statement, or through apply if that statement declines the row.
+            await self.completions.run_row(
+                Finished(job_id, worker, status, note, written),
+                written.group,
+                (apply, Finished(job_id, worker, status, note, None)),
+            )
+            return
         if self.spec.group_commit:
             # The apply, then the row's status with those of its group in one
             # finish_rows, all in the group's transaction: a lost lease rolls

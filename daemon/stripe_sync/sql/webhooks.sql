@@ -17,6 +17,41 @@ SELECT * FROM unnest(%(ids)b::text[], %(types)b::text[], %(versions)b::text[],
 ON CONFLICT (stripe_event_id) DO NOTHING
 RETURNING stripe_event_id
 
+-- name: claim
+-- The webhook queue's claim: queue.sql's (queue_claim), and per event what the
+-- worker reads before its handler runs (Job.loaded, JSON): the event and object
+-- ids the endpoint stored, and for an event of two-part type (customer.updated,
+-- not customer.subscription.updated) of the customers, products, prices or
+-- plans the object's mapping row by Stripe id (find_mappings' columns; null
+-- when there is none): execute.make_preload's read, in the claim's round trip.
+-- Which events' handlers check that row is the dispatch table's to say.
+WITH claimed AS ({queue_claim})
+SELECT c.id, c.event_type, c.attempts, c.payload,
+       json_build_object(
+           'event', e.stripe_event_id,
+           'object', e.object_id,
+           'row', CASE
+               WHEN k.kind = 'customer' THEN (
+                   SELECT to_json(m) FROM (
+                       SELECT id, account_id AS mc_id, sync_status, last_event_created,
+                              last_event_rank, last_event_id
+                       FROM stripe.customer_mappings WHERE stripe_customer_id = e.object_id) m)
+               WHEN k.kind = 'product' THEN (
+                   SELECT to_json(m) FROM (
+                       SELECT id, product_id AS mc_id, sync_status, last_event_created,
+                              last_event_rank, last_event_id
+                       FROM stripe.product_mappings WHERE stripe_product_id = e.object_id) m)
+               WHEN k.kind IN ('price', 'plan') THEN (
+                   SELECT to_json(m) FROM (
+                       SELECT id, price_id AS mc_id, sync_status, last_event_created,
+                              last_event_rank, last_event_id
+                       FROM stripe.price_mappings WHERE stripe_price_id = e.object_id) m)
+               END)::text
+FROM claimed c
+JOIN integration.webhook_events e ON e.id = c.id,
+LATERAL (SELECT CASE WHEN c.event_type NOT LIKE '%%.%%.%%'
+                     THEN split_part(c.event_type, '.', 1) END AS kind) k
+
 -- name: find_mapping
 -- By Stripe id, or (customers, products, prices) by the MC id its metadata
 -- names while the outbox has not recorded the Stripe id yet.
@@ -95,6 +130,79 @@ UPDATE stripe.price_mappings AS m
 SET sync_status = 'deleted', updated_at = now()
 FROM billing.prices AS p
 WHERE m.price_id = %(mc_id)s AND p.id = m.price_id AND NOT p.active
+
+-- name: confirm_rows
+-- confirm's apply (mark_if_newer) and queue.sql's finish for a group of events
+-- of one family in one statement (common.ConfirmWrite, webhooks/queue.py): row
+-- i of the arrays is one event. Per row, independently of the others: lock the
+-- event if it is still its worker's (else nothing: the lease was lost), mark
+-- its mapping where mark_if_newer would (the same key and tie rules) and where
+-- the mapping's default_payment_method is the event's (customers: set_default
+-- then has nothing to write; the other families have no such column, which
+-- to_jsonb reads as NULL, and their events name none), and finish the event
+-- only if its mapping was marked. Returns (id, marked) per event still ours;
+-- one not marked (a newer key, a tie, a new default, no row) is declined and
+-- its apply runs alone (group_commit.py), which says why. Mappings are locked
+-- in id order, so two groups never wait for each other in opposite orders.
+-- Relaxed, as queue.sql's finish: a lost commit applies the event again.
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
+ours AS (
+    SELECT r.* FROM integration.webhook_events e
+    JOIN unnest(%(ids)s::bigint[], %(workers)s::text[], %(statuses)s::text[],
+                %(notes)s::text[], %(stripe_ids)s::text[], %(mc_ids)s::bigint[],
+                %(map_statuses)s::text[], %(created)s::bigint[], %(ranks)s::integer[],
+                %(event_ids)s::text[], %(currents)s::boolean[], %(asks)s::boolean[],
+                %(defaults)s::text[])
+        AS r(id, worker, status, note, stripe_id, mc_id, map_status, created, rank,
+             event_id, current, ask, default_pm) ON e.id = r.id
+    WHERE e.locked_by = r.worker AND e.status = 'processing'
+    FOR UPDATE OF e
+),
+targets AS (
+    SELECT o.*, (SELECT m.id FROM {mapping} m
+                 WHERE m.{stripe_col} = o.stripe_id
+                    OR (m.{stripe_col} IS NULL AND m.{mc_col} = o.mc_id)
+                 ORDER BY m.{stripe_col} IS NULL
+                 LIMIT 1) AS mapping_id
+    FROM ours o
+),
+locked AS (
+    SELECT m.id FROM {mapping} m
+    WHERE m.id IN (SELECT mapping_id FROM targets)
+    ORDER BY m.id
+    FOR UPDATE
+),
+marked AS (
+    UPDATE {mapping} AS m
+    SET {stripe_col} = t.stripe_id, sync_status = t.map_status,
+        last_event_created = t.created, last_event_rank = t.rank,
+        last_event_id = CASE
+            WHEN (m.last_event_created, coalesce(m.last_event_rank, -1)) = (t.created, t.rank)
+            THEN greatest(t.event_id COLLATE "C", m.last_event_id COLLATE "C")
+            ELSE t.event_id END,
+        synced_at = now(), updated_at = now()
+    FROM targets t
+    WHERE m.id = t.mapping_id AND m.id IN (SELECT id FROM locked)
+      AND (m.{stripe_col} = t.stripe_id OR (m.{stripe_col} IS NULL AND m.{mc_col} = t.mc_id))
+      AND (to_jsonb(m) ->> 'default_payment_method') IS NOT DISTINCT FROM t.default_pm
+      AND (m.last_event_created IS NULL
+           OR (t.created, t.rank) > (m.last_event_created, coalesce(m.last_event_rank, -1))
+           OR ((t.created, t.rank) = (m.last_event_created, coalesce(m.last_event_rank, -1))
+               AND CASE WHEN m.sync_status = 'deleted' OR t.map_status = 'deleted'
+                          OR NOT (t.current OR t.ask)
+                        THEN t.event_id COLLATE "C" > coalesce(m.last_event_id, '') COLLATE "C"
+                        ELSE t.current AND t.event_id <> m.last_event_id END))
+    RETURNING t.id
+),
+done AS (
+    UPDATE integration.webhook_events AS e
+    SET status = o.status, locked_by = NULL, locked_until = NULL,
+        note = o.note, last_error = NULL, processed_at = now()
+    FROM ours o, relaxed
+    WHERE e.id = o.id AND o.id IN (SELECT id FROM marked)
+    RETURNING e.id
+)
+SELECT o.id, o.id IN (SELECT id FROM done) FROM ours o
 
 -- name: mark_mapping
 UPDATE {mapping}

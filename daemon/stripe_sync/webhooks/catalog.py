@@ -40,7 +40,9 @@ async def _handle(ctx: WebhookContext, job: Job, family: Family) -> Done:
         # Decided under the mapping's lock, by MC's row as it is now.
         await conn.execute(queries("webhooks")[f"archived_{family.noun}"], {"mc_id": mc_id})
 
-    return await confirm(ctx, family, obj.id, obj.metadata, seen.key, status, archived)
+    return await confirm(
+        ctx, family, obj.id, obj.metadata, seen.key, status, archived, as_data=False
+    )
 
 
 def _liveness(obj: CatalogObject, _: str) -> str:

@@ -57,9 +57,10 @@ class Preloaded:
     (or forgotten when the event's handler ends).
 
     The pre-check read of ``confirm`` costs a pool checkout and a round trip
-    per event; the webhook worker reads the rows of a whole batch at once
-    instead (``execute.make_preload``: one query per family) and each handler
-    takes its event's row. A row read a few milliseconds before the handler
+    per event; the webhook queue's claim reads the rows of a whole batch with
+    it instead (``execute.Claimed``; ``execute.make_preload`` keeps them, and
+    reads those of jobs claimed otherwise in one query per family) and each
+    handler takes its event's row. A row read a few milliseconds before the handler
     runs is as good as its own read: the pre-check only sorts stale and
     unmapped events out early, and the apply locks the row and checks the key
     again. Only rows found are kept: an event without one reads its own (the
@@ -81,8 +82,14 @@ class Preloaded:
                 found = {row[0]: MappingRow(*row[1:]) for row in await cur.fetchall()}
                 for job_id, (event_id, stripe_id) in jobs.items():
                     if (row := found.get(stripe_id)) is not None:
-                        self._rows[event_id] = (family, stripe_id, row)
-                        self._events[job_id] = event_id
+                        self.keep(job_id, event_id, family, stripe_id, row)
+
+    def keep(
+        self, job_id: int, event_id: str, family: Family, stripe_id: str, row: MappingRow
+    ) -> None:
+        """Keep a row read elsewhere (the webhook queue's claim reads them: execute.Claimed)."""
+        self._rows[event_id] = (family, stripe_id, row)
+        self._events[job_id] = event_id
 
     def take(self, event_id: str, family: Family, stripe_id: str) -> MappingRow | None:
         """The row pre-loaded for this event's object, once; None when there is none."""
@@ -382,6 +389,9 @@ async def confirm(
     key: Key,
     status: str,
     then: Callable[[AsyncConnection[Any], int], Awaitable[None]] | None = None,
+    default: str | None = None,
+    *,
+    as_data: bool = True,
 ) -> Done:
     """Customers and catalog: confirm the mapping of an object the outbox created.
 
@@ -391,6 +401,15 @@ async def confirm(
     It writes state from the event (a customer's default payment method), so
     with it a same-second tie asks Stripe as ``write_object`` does; without
     it, which of two tied events wins changes nothing but the key.
+
+    The apply comes as data too (``ConfirmWrite``): the webhook queue marks the
+    mappings of a group's events in one statement (webhooks/queue.py), as long
+    as ``then`` would write nothing: the mapping's ``default_payment_method``
+    is ``default`` already (customers: ``then`` is ``set_default``; the other
+    families have no such column and name none). Otherwise, and for a newer key
+    or a tie met there, the statement declines the event and ``apply`` runs.
+    ``as_data=False`` when ``then`` writes what that statement cannot (the
+    catalog's archive, decided by MC's row): ``apply`` alone records it.
     """
     assert family.metadata_key is not None, f"the outbox does not create {family.noun}s"
     mc_id = metadata_id(metadata, family.metadata_key)
@@ -421,7 +440,34 @@ async def confirm(
         if then is not None:
             await then(conn, _returned_id(await cur.fetchone()))
 
-    return Done(apply=apply, note=_tie_note(row, stripe_id) if current else None)
+    write = ConfirmWrite(family, stripe_id, mc_id, status, key, default, **flags)
+    return Done(
+        apply=apply,
+        written=write if as_data else None,
+        note=_tie_note(row, stripe_id) if current else None,
+    )
+
+
+@dataclass(frozen=True)
+class ConfirmWrite:
+    """``confirm``'s apply as data, for ``confirm_rows`` of sql/webhooks.sql
+    (webhooks/queue.py records a group's in one statement): mark the mapping
+    with ``key`` where ``mark_if_newer`` would, and where its
+    ``default_payment_method`` is ``default``."""
+
+    family: Family
+    stripe_id: str
+    mc_id: int | None
+    status: str
+    key: Key
+    default: str | None
+    current: bool
+    ask: bool
+
+    @property
+    def group(self) -> Family:
+        """Events of one family share a statement (queue.jobs.Written)."""
+        return self.family
 
 
 @dataclass(frozen=True)

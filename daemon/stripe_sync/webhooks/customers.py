@@ -34,7 +34,9 @@ async def handle(ctx: WebhookContext, job: Job) -> Done:
     async def then(conn: AsyncConnection[Any], account_id: int) -> None:
         await set_default(conn, account_id, default)
 
-    return await confirm(ctx, CUSTOMERS, customer.id, customer.metadata, seen.key, status, then)
+    return await confirm(
+        ctx, CUSTOMERS, customer.id, customer.metadata, seen.key, status, then, default
+    )
 
 
 def _stage(customer: Customer, event_type: str) -> str:

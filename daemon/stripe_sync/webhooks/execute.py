@@ -48,7 +48,15 @@ from . import (
     references,
     subscriptions,
 )
-from .common import EventHandler, MissingReference, SameSecond, Ties, WebhookContext, ignored
+from .common import (
+    EventHandler,
+    MappingRow,
+    MissingReference,
+    SameSecond,
+    Ties,
+    WebhookContext,
+    ignored,
+)
 from .events import Envelope, ObjectHead
 from .references import Budget
 
@@ -181,17 +189,38 @@ def applied_event_types() -> frozenset[str]:
     return frozenset(_BY_TYPE)
 
 
+class Claimed(msgspec.Struct):
+    """What the webhook queue's claim read for an event (``Job.loaded``; ``claim``
+    of sql/webhooks.sql): its ids, and its object's mapping row when it names one."""
+
+    event: str
+    object: str | None = None
+    row: MappingRow | None = None
+
+
+def claimed(job: Job) -> Claimed | None:
+    """The claim's reading of the job; None when its claim read nothing (a test's job)."""
+    return None if job.loaded is None else msgspec.json.decode(job.loaded, type=Claimed)
+
+
 def make_preload(ctx: WebhookContext) -> Callable[[Sequence[Job]], Awaitable[None]]:
     """The worker's ``preload``: the mapping rows a claimed batch's handlers will
-    check, in one query per family (common.Preloaded says why that is safe)."""
+    check (common.Preloaded says why that is safe). The claim has read them
+    (``Claimed``); for jobs it did not (``Job.loaded`` None), one query per family."""
 
     async def preload(jobs: Sequence[Job]) -> None:
         wanted: dict[Family, dict[int, tuple[str, str]]] = {}
+        rows: dict[int, MappingRow | None] = {}  # read by the claim, by job id
         for job in jobs:
             applied = _BY_TYPE.get(job.type)
             if applied is None or not applied.confirms or applied.family is None:
                 continue
             family = applied.family
+            if (read := claimed(job)) is not None:
+                if read.object is not None:
+                    wanted.setdefault(family, {})[job.id] = (read.event, read.object)
+                    rows[job.id] = read.row
+                continue
             try:
                 envelope = msgspec.json.decode(job.payload, type=Envelope)
                 if envelope.id is None or envelope.data is None:
@@ -207,8 +236,15 @@ def make_preload(ctx: WebhookContext) -> Callable[[Sequence[Job]], Awaitable[Non
             seen = Counter(stripe_id for _, stripe_id in jobs_of.values())
             for job_id in [j for j, (_, sid) in jobs_of.items() if seen[sid] > 1]:
                 del jobs_of[job_id]
-        if any(wanted.values()):
-            await ctx.preloaded.load(ctx.pool, wanted)
+        unread: dict[Family, dict[int, tuple[str, str]]] = {}
+        for family, jobs_of in wanted.items():
+            for job_id, (event_id, stripe_id) in jobs_of.items():
+                if job_id not in rows:
+                    unread.setdefault(family, {})[job_id] = (event_id, stripe_id)
+                elif (row := rows[job_id]) is not None:
+                    ctx.preloaded.keep(job_id, event_id, family, stripe_id, row)
+        if unread:
+            await ctx.preloaded.load(ctx.pool, unread)
 
     return preload
 
@@ -218,6 +254,8 @@ def object_of(job: Job) -> str | None:
     events then run one after another: side by side, the older one's apply
     would find the newer one's key and fail its whole group (``Raced``)."""
     try:
+        if (read := claimed(job)) is not None:
+            return read.object
         envelope = msgspec.json.decode(job.payload, type=Envelope)
         if envelope.data is None or not len(envelope.data.object):
             return None
