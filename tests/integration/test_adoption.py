@@ -17,6 +17,7 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 
@@ -507,6 +508,53 @@ async def test_backfill_skips_an_object_whose_reference_it_cannot_get(
     ).fetchone()
     assert mapped == (0,)
     assert f"skipped {len(lacking)}: no mapping for sub_…" in rendered(result)
+
+
+async def test_backfill_takes_the_whole_limit_alone_and_half_beside_a_daemon(
+    dsn: str, conn: Conn, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STRIPE_SYNC_BACKFILL_SHARE unset: the whole limit while no daemon runs on the
+    database, half while one does (its LISTEN connection's application_name), a
+    daemon that starts meanwhile slowing it down; set, it is obeyed whatever runs.
+    The shares the run reports, not its timing."""
+    await adopted(dsn, conn, emulator, customers=3, months=1)
+    fast = {**cli_env(dsn, emulator.base_url), "STRIPE_SYNC_RATE_LIMIT": "1000"}
+
+    alone = await backfill.run(load_settings({}, **fast))
+    assert [(c.share, c.why, c.rate) for c in alone.shares] == [(1.0, "no daemon running", 1000)]
+    assert json.loads(alone.to_json())["share"] == 1.0
+    assert "share 1 (no daemon running, 1000 req/s)" in alone.summary()
+
+    with psycopg.connect(dsn, application_name="stripe-sync/listen"):
+        beside = await backfill.run(load_settings({}, **fast))
+        assert [(c.share, c.why, c.rate) for c in beside.shares] == [
+            (0.5, "1 daemon(s) running", 500)
+        ]
+        explicit = await backfill.run(load_settings({}, **fast, STRIPE_SYNC_BACKFILL_SHARE="0.8"))
+        assert [(c.share, c.why) for c in explicit.shares] == [(0.8, "STRIPE_SYNC_BACKFILL_SHARE")]
+    explicit = await backfill.run(load_settings({}, **fast, STRIPE_SYNC_BACKFILL_SHARE="0.3"))
+    assert [c.share for c in explicit.shares] == [0.3]
+
+    # A daemon started in the middle of a run: the run slows down to half.
+    monkeypatch.setattr(backfill, "SHARE_CHECK_SECONDS", 0.05)
+    api = StripeApi(Secret(API_KEY), api_base=emulator.base_url, rate_limit=0)
+    started: list[psycopg.Connection[Any]] = []
+
+    async def daemon_starts(family: str, objects: list[JSON]) -> None:
+        if family == "subscriptions" and not started:
+            started.append(psycopg.connect(dsn, application_name="stripe-sync/listen"))
+            with anyio.fail_after(30):
+                while api.pacer.rate != 500:
+                    await anyio.sleep(0.05)
+
+    try:
+        async with api, make_pool(dsn, size=2 * backfill.APPLY_AT_ONCE + 1) as pool:
+            midway = await Backfill(api, pool, rate_limit=1000, before_apply=daemon_starts).run()
+    finally:
+        for daemon in started:
+            daemon.close()
+    assert [(c.share, c.rate) for c in midway.shares] == [(1.0, 1000), (0.5, 500)]
+    assert midway.shares[1].at > 0
 
 
 def subscription_of(invoice: JSON) -> str | None:

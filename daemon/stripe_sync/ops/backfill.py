@@ -3,7 +3,7 @@
 For each family (customers, payment methods, subscriptions, payments,
 invoices with the payments that paid them, refunds, disputes, credit notes)
 the objects of linked customers are listed from Stripe (100 a page, newest
-first, paced at ``STRIPE_SYNC_BACKFILL_SHARE`` of the rate limit) and each
+first, paced at a share of the rate limit, see below) and each
 is applied exactly as a webhook event carrying it would be: a synthetic
 event envelope of the matching type (``customer.subscription.updated``,
 ``invoice.updated``, ``invoice_payment.paid``, …) goes through the webhook
@@ -26,11 +26,19 @@ anywhere resumes after the last committed page; a run that finished leaves
 the next one to start over. Safe beside the daemon: the handlers lock each
 object as they do for events; a deadlock or a race with a webhook retries the
 page.
+
+Its share of the rate limit: ``STRIPE_SYNC_BACKFILL_SHARE`` when set; unset,
+the whole limit while no daemon runs on this database (the runbook's link,
+backfill, run) and half while one does (its LISTEN connection,
+``application_name`` 'stripe-sync/listen', sql/ops.sql ``daemons``), looked at
+again every SHARE_CHECK_SECONDS, so a daemon started meanwhile gets its half.
+The pacer is the client's one, its rate changed in place.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import Counter
@@ -40,7 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
 import anyio
-import msgspec
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -54,12 +61,18 @@ from ..webhooks.common import MissingReference, WebhookContext
 from ..webhooks.execute import make_handler
 from .backfill_sources import JSON, NAMES, SOURCES, Source, events_of
 
+log = logging.getLogger(__name__)
+
 PAGE_SIZE = 100  # Stripe's maximum
 PAGE_ATTEMPTS = 5  # a page that meets a deadlock or a race is tried again this often
 CUSTOMERS_AT_ONCE = 8  # payment methods are listed per customer: this many requests in flight
 # Pages applied side by side, each on a connection of its own: a page's time is
 # mostly round trips to PostgreSQL, which overlap.
 APPLY_AT_ONCE = 4
+# STRIPE_SYNC_BACKFILL_SHARE unset: the share beside a running daemon, and how
+# often the backfill looks whether one runs.
+SHARE_BESIDE_DAEMON = 0.5
+SHARE_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -75,6 +88,16 @@ class FamilyResult:
 
 
 @dataclass
+class ShareChange:
+    """The share of the rate limit the backfill took from a moment of the run on."""
+
+    at: float  # seconds into the run
+    share: float
+    why: str  # "STRIPE_SYNC_BACKFILL_SHARE", "no daemon running", "1 daemon running"
+    rate: float  # requests/s (0: unpaced)
+
+
+@dataclass
 class BackfillResult:
     scope: str
     dry_run: bool
@@ -83,6 +106,12 @@ class BackfillResult:
     seconds: float = 0.0
     requests: int = 0
     cpu_seconds: float = 0.0
+    shares: list[ShareChange] = field(default_factory=list)  # the first, then each change
+
+    @property
+    def share(self) -> float:
+        """The share the run began with (``shares`` says when it changed)."""
+        return self.shares[0].share if self.shares else 1.0
 
     @property
     def objects(self) -> int:
@@ -106,7 +135,7 @@ class BackfillResult:
         )
         if not self.changed and not self.dry_run:
             text += "; nothing to change: MC already holds Stripe's state"
-        return text
+        return text + "; " + "; then ".join(_share_text(c) for c in self.shares)
 
     def render(self, out: TextIO, err: TextIO) -> None:
         print(self.summary(), file=out)
@@ -130,12 +159,22 @@ class BackfillResult:
                 "requests": self.requests,
                 "seconds": round(self.seconds, 3),
                 "cpu_seconds": round(self.cpu_seconds, 3),
+                "share": self.share,
+                "shares": [
+                    {**vars(c), "at": round(c.at, 3), "rate": round(c.rate, 3)} for c in self.shares
+                ],
                 "families": {
                     name: {**vars(f), "skipped": dict(f.skipped), "seconds": round(f.seconds, 3)}
                     for name, f in self.families.items()
                 },
             }
         )
+
+
+def _share_text(change: ShareChange) -> str:
+    rate = f"{change.rate:g} req/s" if change.rate else "unpaced"
+    at = f" from {change.at:.0f} s" if change.at else ""
+    return f"share {change.share:g} ({change.why}, {rate}){at}"
 
 
 class _OneConnection:
@@ -167,6 +206,10 @@ class Backfill:
     # webhook, a crash after N objects).
     before_apply: Callable[[str, list[JSON]], Awaitable[None]] | None = None
     linked: set[str] = field(default_factory=set)
+    # The rate limit whose share the backfill takes (0: unpaced), and the share
+    # set by STRIPE_SYNC_BACKFILL_SHARE (None: follow whether a daemon runs).
+    rate_limit: float = 0.0
+    share: float | None = None
     _held: AsyncConnection[Any] | None = None  # the dry run's one connection
     _requests: dict[str, FamilyResult] = field(default_factory=dict)  # list requests counted
 
@@ -198,6 +241,49 @@ class Backfill:
                 if not self.dry_run:
                     await conn.execute(queries("backfill")["restart"], {"scope": self.scope})
             result.resumed = bool(saved)
+        await self._pace(result, started)
+        try:
+            async with anyio.create_task_group() as tg:
+                if self.share is None:
+                    tg.start_soon(self._follow_daemons, result, started)
+                try:
+                    await self._run_families(result, saved)
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+        result.seconds = time.monotonic() - started
+        result.cpu_seconds = time.process_time() - cpu
+        result.requests = self.api.calls - calls
+        return result
+
+    async def _pace(self, result: BackfillResult, started: float) -> None:
+        """Set the pacer to the share this moment calls for; a change is reported."""
+        if self.share is not None:
+            share, why = self.share, "STRIPE_SYNC_BACKFILL_SHARE"
+        else:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(queries("ops")["daemons"])
+                row = await cur.fetchone()
+            daemons = row[0] if row else 0
+            share = SHARE_BESIDE_DAEMON if daemons else 1.0
+            why = f"{daemons} daemon(s) running" if daemons else "no daemon running"
+        if result.shares and result.shares[-1].share == share:
+            return
+        rate = self.rate_limit * share
+        self.api.pacer.set_rate(rate)
+        change = ShareChange(time.monotonic() - started, share, why, rate)
+        result.shares.append(change)
+        log.info("backfill: %s", _share_text(change))
+
+    async def _follow_daemons(self, result: BackfillResult, started: float) -> None:
+        while True:
+            await anyio.sleep(SHARE_CHECK_SECONDS)
+            await self._pace(result, started)
+
+    async def _run_families(
+        self, result: BackfillResult, saved: dict[str, tuple[str | None, bool]]
+    ) -> None:
         if not self.dry_run:
             await self._families(result, saved)
         else:
@@ -213,10 +299,6 @@ class Backfill:
                     pass
                 finally:
                     self._held = None
-        result.seconds = time.monotonic() - started
-        result.cpu_seconds = time.process_time() - cpu
-        result.requests = self.api.calls - calls
-        return result
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -623,13 +705,11 @@ async def _fingerprints(
 
 @asynccontextmanager
 async def _clients(settings: Settings) -> AsyncIterator[tuple[StripeApi, AsyncConnectionPool]]:
+    """The client (its pacer set by ``Backfill`` to its share) and the pool."""
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
     assert settings.database_url is not None
-    share = msgspec.structs.replace(
-        settings, rate_limit=settings.effective_rate_limit * settings.backfill_share
-    )
     async with (
-        from_settings(share) as api,
+        from_settings(settings) as api,
         make_pool(settings.database_url, size=2 * APPLY_AT_ONCE + 1, role="backfill") as pool,
     ):
         yield api, pool
@@ -647,6 +727,13 @@ async def run(
         raise UsageError(f"--customer: expected a cus_ id, got {customer!r}")
     async with _clients(settings) as (api, pool):
         backfill = Backfill(
-            api, pool, customer=customer, since=since, dry_run=dry_run, on_page=on_page
+            api,
+            pool,
+            customer=customer,
+            since=since,
+            dry_run=dry_run,
+            on_page=on_page,
+            rate_limit=settings.effective_rate_limit,
+            share=settings.backfill_share,
         )
         return await backfill.run()
