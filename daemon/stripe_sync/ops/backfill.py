@@ -1,7 +1,7 @@
 """``stripe-sync backfill``: import Stripe's current state for linked customers.
 
-For each family (customers, payment methods, subscriptions, payments,
-invoices with the payments that paid them, refunds, disputes, credit notes)
+For each family (customers, payment methods, subscriptions, invoices,
+payments with the invoice each paid, refunds, disputes, credit notes)
 the objects of linked customers are listed from Stripe (100 a page, newest
 first, paced at a share of the rate limit, see below) and each
 is applied exactly as a webhook event carrying it would be: a synthetic
@@ -22,7 +22,9 @@ Idempotent: a page's fingerprint of the MC rows it touches (sql/backfill.sql)
 is taken before and after; a page that changed nothing is rolled back, so a
 second run writes nothing and says so. Resumable: each page commits with its
 checkpoint (integration.backfill_checkpoints, schema/0013), so a run stopped
-anywhere resumes after the last committed page; a run that finished leaves
+anywhere resumes after the last committed page (the invoices' pages are read
+again while the payments are not done: the payments learn from them which
+invoice each paid, and whether it was skipped); a run that finished leaves
 the next one to start over. Safe beside the daemon: the handlers lock each
 object as they do for events; a deadlock or a race with a webhook retries the
 page.
@@ -59,7 +61,7 @@ from ..queue.jobs import Job
 from ..stripe_api import StripeApi, call_with_retries, from_settings
 from ..webhooks.common import MissingReference, WebhookContext
 from ..webhooks.execute import make_handler
-from .backfill_sources import JSON, NAMES, SOURCES, Source, events_of
+from .backfill_sources import JSON, NAMES, SOURCES, Source, events_of, paid_by
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,10 @@ class Backfill:
     share: float | None = None
     _held: AsyncConnection[Any] | None = None  # the dry run's one connection
     _requests: dict[str, FamilyResult] = field(default_factory=dict)  # list requests counted
+    # PaymentIntent → invoice → (why the invoice was skipped, or None; the
+    # invoice_payment.paid event that links them), learnt from the invoices'
+    # pages, which come before the payments' (backfill_sources.SOURCES).
+    _paid: dict[str, dict[str, tuple[str | None, tuple[str, str]]]] = field(default_factory=dict)
 
     @property
     def scope(self) -> str:
@@ -241,6 +247,11 @@ class Backfill:
                 if not self.dry_run:
                     await conn.execute(queries("backfill")["restart"], {"scope": self.scope})
             result.resumed = bool(saved)
+            if not saved.get("payment_intents", (None, False))[1]:
+                # The payments learn their invoices from the invoices' pages of
+                # this run: those are listed again (what they committed is
+                # found unchanged).
+                saved.pop("invoices", None)
         await self._pace(result, started)
         try:
             async with anyio.create_task_group() as tg:
@@ -568,7 +579,35 @@ class Backfill:
         asked: int,
         counts: _Counts,
     ) -> None:
-        for event_type, payload in events_of(source, obj, asked):
+        """An object's events; an invoice's payments are remembered for theirs,
+        with the invoice's outcome: a payment whose invoice was skipped is
+        skipped for the same reason, never imported without it."""
+        if source.name == "invoices":
+            paid = paid_by(obj, asked)
+            skipped = await self._apply_events(conn, handler, events_of(source, obj, asked), counts)
+            invoice = str(obj.get("id"))
+            for pi_id, link in paid:
+                self._paid.setdefault(pi_id, {})[invoice] = (skipped, link)
+            return
+        events = events_of(source, obj, asked)
+        if source.name == "payment_intents":
+            invoices = self._paid.get(str(obj.get("id")), {})
+            for reason, _ in invoices.values():
+                if reason is not None:
+                    counts.skipped[reason] += 1
+                    return
+            events += [link for _, link in invoices.values()]
+        await self._apply_events(conn, handler, events, counts)
+
+    async def _apply_events(
+        self,
+        conn: AsyncConnection[Any],
+        handler: Callable[[Job], Awaitable[Any]],
+        events: list[tuple[str, str]],
+        counts: _Counts,
+    ) -> str | None:
+        """Apply an object's events in order; why it was skipped, or None."""
+        for event_type, payload in events:
             job = Job(0, event_type, 1, payload)
             last = ""
             for _ in range(PAGE_ATTEMPTS):
@@ -583,24 +622,21 @@ class Backfill:
                 except MissingReference as exc:
                     # A reference MC lacks (and the handler could not supply):
                     # the object cannot be imported.
-                    counts.skipped[_reason(str(exc))] += 1
-                    return
+                    return counts.skip(str(exc))
                 except TransientError as exc:
                     # A webhook's apply raced ours (Raced): look again.
                     last = str(exc)
                 except PermanentError as exc:
-                    counts.skipped[_reason(str(exc))] += 1
-                    return
+                    return counts.skip(str(exc))
             else:
-                counts.skipped[_reason(f"not applied in {PAGE_ATTEMPTS} attempts: {last}")] += 1
-                return
+                return counts.skip(f"not applied in {PAGE_ATTEMPTS} attempts: {last}")
             if event_type.startswith("invoice_payment."):
-                continue  # the invoice's own outcome counts
+                continue  # the payment's own outcome counts
             if done.status == "ignored":
-                counts.skipped[_reason(done.note or "ignored")] += 1
-                return
+                return counts.skip(done.note or "ignored")
             if done.note and done.note.startswith("stale"):
                 counts.stale += 1
+        return None
 
 
 @dataclass
@@ -621,6 +657,12 @@ class _Counts:
     unchanged: int = 0
     stale: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+
+    def skip(self, why: str) -> str:
+        """Count an object skipped; its reason, as counted."""
+        reason = _reason(why)
+        self.skipped[reason] += 1
+        return reason
 
 
 # Families whose handlers read a statement's rowcount as soon as it is executed
