@@ -284,8 +284,11 @@ class Backfill:
         rate = self.rate_limit * share
         self.api.pacer.set_rate(rate)
         change = ShareChange(time.monotonic() - started, share, why, rate)
+        # A change during the run is worth a line on the terminal too (an
+        # operator command logs warnings and above to stderr).
+        level = logging.WARNING if result.shares else logging.INFO
         result.shares.append(change)
-        log.info("backfill: %s", _share_text(change))
+        log.log(level, "backfill: %s", _share_text(change))
 
     async def _follow_daemons(self, result: BackfillResult, started: float) -> None:
         while True:
