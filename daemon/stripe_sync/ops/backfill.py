@@ -95,7 +95,7 @@ class ShareChange:
 
     at: float  # seconds into the run
     share: float
-    why: str  # "STRIPE_SYNC_BACKFILL_SHARE", "no daemon running", "1 daemon running"
+    why: str  # "STRIPE_SYNC_BACKFILL_SHARE", "no daemon running", "1 daemon(s) running"
     rate: float  # requests/s (0: unpaced)
 
 
