@@ -9,19 +9,24 @@ own process), seeds the emulator with an account's past (POST
 same catalog, links them (`stripe-sync link --product/--price`, then
 `--by-email`), and runs `stripe-sync backfill --json` as an operator would:
 
-- paced: the default STRIPE_SYNC_BACKFILL_SHARE of the test-mode default rate
-  limit (25 req/s), as it runs beside a daemon;
+- paced: the test-mode default rate limit (25 req/s) with STRIPE_SYNC_BACKFILL_SHARE
+  unset and no daemon running: the whole limit (the runbook's link -> backfill -> run);
 - again: the idempotent second run (nothing to change);
-- unpaced (STRIPE_SYNC_RATE_LIMIT=0) into a second, fresh database: what the
+- beside: the same default into a second, fresh database while a daemon runs on
+  it (its LISTEN connection, application_name 'stripe-sync/listen', held open
+  for the run): half the limit;
+- unpaced (STRIPE_SYNC_RATE_LIMIT=0) into a third, fresh database: what the
   database side and the CPU allow.
 
-Each run's objects/s, requests/s and the backfill process's CPU per object
-(its own process_time, as its --json reports it) go in one table.
+Each run's objects/s, requests/s, the share it took (its --json's) and the
+backfill process's CPU per object (its own process_time, as its --json
+reports it) go in one table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -112,6 +117,8 @@ def backfill(env: dict[str, str], postmaster: int) -> dict[str, Any]:
     pg_cpu = exited_children_cpu(postmaster) - pg_before
     objects, seconds = report["objects"], report["seconds"]
     return {
+        "share": report["share"],
+        "shares": report["shares"],
         "objects": objects,
         "changed": report["changed"],
         "requests": report["requests"],
@@ -125,7 +132,7 @@ def backfill(env: dict[str, str], postmaster: int) -> dict[str, Any]:
     }
 
 
-RUNS = ("paced", "again", "unpaced")
+RUNS = ("paced", "again", "beside", "unpaced")
 
 
 def measure(server_dsn: str, run_dir: Path, *, customers: int, months: int) -> dict[str, Any]:
@@ -149,7 +156,7 @@ def measure(server_dsn: str, run_dir: Path, *, customers: int, months: int) -> d
             "seconds": time.monotonic() - started,
         }
         print(f"    B1 history: {history['objects']} objects {history['counts']}", flush=True)
-        for name, rate in (("paced", None), ("unpaced", "0")):
+        for name, rate in (("paced", None), ("beside", None), ("unpaced", "0")):
             dsn = mc_rows(create_database(server_dsn, f"b1_{name}"), history)
             env = {
                 "DATABASE_URL": dsn,
@@ -160,7 +167,11 @@ def measure(server_dsn: str, run_dir: Path, *, customers: int, months: int) -> d
             results[f"link_{name}_seconds"] = link(env, history)
             if rate is None:
                 del env["STRIPE_SYNC_RATE_LIMIT"]  # the test-mode default, 25 req/s
-            results[name] = backfill(env, postmaster)
+            with contextlib.ExitStack() as stack:
+                if name == "beside":
+                    # A daemon as the backfill sees one: its LISTEN connection.
+                    stack.enter_context(psycopg.connect(dsn, application_name="stripe-sync/listen"))
+                results[name] = backfill(env, postmaster)
             print(f"    B1 {name}: {json.dumps(results[name])}", flush=True)
             if name == "paced":
                 results["again"] = backfill(env, postmaster)
@@ -173,13 +184,14 @@ def measure(server_dsn: str, run_dir: Path, *, customers: int, months: int) -> d
 def table(results: dict[str, Any]) -> str:
     lines = [
         f"B1 backfill, {results['customers']} customers, {results['months']} months of history",
-        f"{'run':<10}{'objects':>9}{'changed':>9}{'requests':>10}{'s':>8}"
+        f"{'run':<10}{'objects':>9}{'changed':>9}{'requests':>10}{'s':>8}{'share':>7}"
         f"{'objects/s':>11}{'req/s':>8}{'CPU ms/object':>15}{'PG CPU ms/obj':>15}{'load':>7}",
     ]
     for name in RUNS:
         r = results[name]
         lines.append(
             f"{name:<10}{r['objects']:>9}{r['changed']:>9}{r['requests']:>10}{r['seconds']:>8.1f}"
+            f"{r['share']:>7g}"
             f"{r['objects_per_s']:>11.0f}{r['requests_per_s']:>8.1f}"
             f"{r['cpu_ms_per_object']:>15.3f}{r['pg_cpu_ms_per_object']:>15.3f}"
             f"{r['load_average']:>7.1f}"

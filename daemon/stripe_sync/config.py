@@ -171,12 +171,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         f"default {RATE_LIMITS['test']:g} test / {RATE_LIMITS['live']:g} live",
         STRIPE_COMMANDS,
     )
-    # `stripe-sync backfill` runs beside the daemon and shares the account's
-    # rate limit with it: it takes this share, the daemon keeps the rest.
-    backfill_share: float = _setting(
+    # `stripe-sync backfill` shares the account's rate limit with a daemon
+    # running on the same database, if one is: unset, it takes the whole limit
+    # while none runs (the runbook's link -> backfill -> run) and half while one
+    # does, looked at again every few seconds (ops/backfill.py); set, it takes
+    # this share whatever runs.
+    backfill_share: float | None = _setting(
         "STRIPE_SYNC_BACKFILL_SHARE",
-        0.5,
+        None,
         "share of STRIPE_SYNC_RATE_LIMIT that `backfill` uses (0 < share <= 1)",
+        "default 1 with no daemon running on the database, 0.5 while one runs",
         read_by=("backfill",),
     )
     concurrency: int = _setting("STRIPE_SYNC_CONCURRENCY", 16, "rows in flight at once, per queue")
@@ -270,7 +274,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 raise ValueError(f"{name}: expected a duration such as 90d, 12h or 0, got {text!r}")
         if self.search_lag < 0:
             raise ValueError(f"STRIPE_SYNC_SEARCH_LAG: must be >= 0, got {self.search_lag}")
-        if not 0 < self.backfill_share <= 1:
+        if self.backfill_share is not None and not 0 < self.backfill_share <= 1:
             raise ValueError(
                 f"STRIPE_SYNC_BACKFILL_SHARE: must be > 0 and <= 1, got {self.backfill_share}"
             )

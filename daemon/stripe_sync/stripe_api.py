@@ -53,10 +53,17 @@ class Pacer:
     WINDOW = 1.02  # seconds; a little over Stripe's second, for network jitter
 
     def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / (rate * 0.98) if rate > 0 else 0.0
-        self.limit = max(1, int(rate))
         self._next = 0.0
         self._sent: deque[float] = deque()
+        self.set_rate(rate)
+
+    def set_rate(self, rate: float) -> None:
+        """Change the rate at run time (``stripe-sync backfill`` slows down when a
+        daemon starts beside it). Calls already given a slot keep it; the window
+        of calls sent is kept, so a lower rate holds at once."""
+        self.rate = rate
+        self.interval = 1.0 / (rate * 0.98) if rate > 0 else 0.0
+        self.limit = max(1, int(rate))
 
     async def wait(self) -> None:
         if not self.interval:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 
@@ -412,14 +413,16 @@ async def test_backfill_resumes_where_it_stopped(
     """Stopped in the middle of a family (an exception after N objects, as a crash
     or Ctrl-C would), a rerun continues after the last committed page and the
     tables end as one uninterrupted run leaves them. Pages applied side by side
-    (at_once > 1) may have committed past the checkpoint: applied again, unchanged."""
+    (at_once > 1) may have committed past the checkpoint: applied again, unchanged.
+    The invoices are listed again while the payments are not done: the payments
+    learn their invoices from them."""
     monkeypatch.setattr(backfill, "PAGE_SIZE", 10)
     monkeypatch.setattr(backfill, "APPLY_AT_ONCE", at_once)
     await adopted(dsn, conn, emulator, customers=8, months=4)
     seen: list[int] = []
 
     async def crash_on_the_third_page(family: str, objects: list[JSON]) -> None:
-        if family == "invoices":
+        if family == "payment_intents":
             seen.append(len(objects))
             if len(seen) == 3:
                 raise Crash
@@ -431,21 +434,29 @@ async def test_backfill_resumes_where_it_stopped(
             "SELECT family, objects FROM integration.backfill_checkpoints WHERE NOT done"
         ).fetchall()
     )
-    imported = conn.execute("SELECT count(*) FROM stripe.invoice_mappings").fetchone()
+    imported = conn.execute("SELECT count(*) FROM stripe.payment_mappings").fetchone()
     assert imported is not None
     if at_once == 1:
-        assert set(checkpoints) == {"invoices"} and checkpoints["invoices"] > 0, checkpoints
-        assert imported[0] == checkpoints["invoices"]
+        assert set(checkpoints) == {"payment_intents"} and checkpoints["payment_intents"] > 0, (
+            checkpoints
+        )
+        assert imported[0] == checkpoints["payment_intents"]
     else:
-        assert imported[0] >= checkpoints.get("invoices", 0)
+        assert imported[0] >= checkpoints.get("payment_intents", 0)
 
     rerun = await backfill_with(dsn, emulator)
     assert rerun.resumed
-    # Only what the stopped run had not done: no family before invoices again.
-    assert rerun.families["payment_intents"].imported == 0
+    # Only what the stopped run had not done: no family before invoices again,
+    # the invoices listed again and found unchanged.
+    assert rerun.families["subscriptions"].imported == 0
     linked = linked_customers(conn)
     invoices = [i for i in emulator.emulator.objects("invoices") if i["customer"] in linked]
-    assert rerun.families["invoices"].imported == len(invoices) - checkpoints.get("invoices", 0)
+    assert rerun.families["invoices"].imported == len(invoices)
+    assert rerun.families["invoices"].changed == 0
+    payments = [p for p in emulator.emulator.objects("payment_intents") if p["customer"] in linked]
+    assert rerun.families["payment_intents"].imported == len(payments) - checkpoints.get(
+        "payment_intents", 0
+    )
     assert_equal_state(conn, emulator)
     # Finished: the next run starts over, and finds nothing to change.
     again = await backfill_with(dsn, emulator)
@@ -507,6 +518,98 @@ async def test_backfill_skips_an_object_whose_reference_it_cannot_get(
     ).fetchone()
     assert mapped == (0,)
     assert f"skipped {len(lacking)}: no mapping for sub_…" in rendered(result)
+
+
+async def test_backfill_never_imports_a_payment_without_its_invoice(
+    dsn: str, conn: Conn, emulator: EmulatorServer
+) -> None:
+    """A price that is not linked: its subscriptions cannot be imported, nor
+    their invoices, nor the payments that paid those: all skipped with the
+    price's reason (the payments learn it from their invoices' pages), no
+    billing.payments row for them; the rest is imported."""
+    history = seed_history(emulator.emulator, customers=6, months=3, mc_source=source_of(conn))
+    account(conn, history)
+    unlinked = history.prices[2]
+    pairs = [p for p in catalog_pairs(history) if p.stripe_id != unlinked]
+    result = await link.run(settings(dsn, emulator), pairs, by_email=True, dry_run=False)
+    assert not result.refused and not result.ambiguous, result
+
+    done = await run_backfill(dsn, emulator)
+    emu, linked = emulator.emulator, linked_customers(conn)
+    subs = {
+        s["id"]
+        for s in emu.objects("subscriptions")
+        if s["customer"] in linked and any(i["price"]["id"] == unlinked for i in s["items"]["data"])
+    }
+    invoices = [i for i in emu.objects("invoices") if subscription_of(i) in subs]
+    paid = [
+        p["payment"]["payment_intent"]
+        for i in invoices
+        for p in i["payments"]["data"]
+        if p["status"] == "paid"
+    ]
+    assert subs and invoices and paid, (subs, invoices)
+    reasons = {n: dict(f.skipped) for n, f in done.families.items() if f.skipped}
+    [reason] = reasons["subscriptions"]
+    assert "price_…" in reason, reasons
+    assert reasons == {
+        "subscriptions": {reason: len(subs)},
+        "invoices": {reason: len(invoices)},
+        "payment_intents": {reason: len(paid)},
+    }
+    imported = conn.execute(
+        "SELECT count(*) FROM stripe.payment_mappings WHERE stripe_payment_intent_id = ANY (%s)",
+        (paid,),
+    ).fetchone()
+    assert imported == (0,)
+    assert done.families["payment_intents"].changed > 0  # the rest is imported
+
+
+async def test_backfill_takes_the_whole_limit_alone_and_half_beside_a_daemon(
+    dsn: str, conn: Conn, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STRIPE_SYNC_BACKFILL_SHARE unset: the whole limit while no daemon runs on the
+    database, half while one does (its LISTEN connection's application_name), a
+    daemon that starts meanwhile slowing it down; set, it is obeyed whatever runs.
+    The shares the run reports, not its timing."""
+    await adopted(dsn, conn, emulator, customers=3, months=1)
+    fast = {**cli_env(dsn, emulator.base_url), "STRIPE_SYNC_RATE_LIMIT": "1000"}
+
+    alone = await backfill.run(load_settings({}, **fast))
+    assert [(c.share, c.why, c.rate) for c in alone.shares] == [(1.0, "no daemon running", 1000)]
+    assert json.loads(alone.to_json())["share"] == 1.0
+    assert "share 1 (no daemon running, 1000 req/s)" in alone.summary()
+
+    with psycopg.connect(dsn, application_name="stripe-sync/listen"):
+        beside = await backfill.run(load_settings({}, **fast))
+        assert [(c.share, c.why, c.rate) for c in beside.shares] == [
+            (0.5, "1 daemon(s) running", 500)
+        ]
+        explicit = await backfill.run(load_settings({}, **fast, STRIPE_SYNC_BACKFILL_SHARE="0.8"))
+        assert [(c.share, c.why) for c in explicit.shares] == [(0.8, "STRIPE_SYNC_BACKFILL_SHARE")]
+    explicit = await backfill.run(load_settings({}, **fast, STRIPE_SYNC_BACKFILL_SHARE="0.3"))
+    assert [c.share for c in explicit.shares] == [0.3]
+
+    # A daemon started in the middle of a run: the run slows down to half.
+    monkeypatch.setattr(backfill, "SHARE_CHECK_SECONDS", 0.05)
+    api = StripeApi(Secret(API_KEY), api_base=emulator.base_url, rate_limit=0)
+    started: list[psycopg.Connection[Any]] = []
+
+    async def daemon_starts(family: str, objects: list[JSON]) -> None:
+        if family == "subscriptions" and not started:
+            started.append(psycopg.connect(dsn, application_name="stripe-sync/listen"))
+            with anyio.fail_after(30):
+                while api.pacer.rate != 500:
+                    await anyio.sleep(0.05)
+
+    try:
+        async with api, make_pool(dsn, size=2 * backfill.APPLY_AT_ONCE + 1) as pool:
+            midway = await Backfill(api, pool, rate_limit=1000, before_apply=daemon_starts).run()
+    finally:
+        for daemon in started:
+            daemon.close()
+    assert [(c.share, c.rate) for c in midway.shares] == [(1.0, 1000), (0.5, 500)]
+    assert midway.shares[1].at > 0
 
 
 def subscription_of(invoice: JSON) -> str | None:

@@ -1,9 +1,9 @@
 """``stripe-sync backfill``: import Stripe's current state for linked customers.
 
-For each family (customers, payment methods, subscriptions, payments,
-invoices with the payments that paid them, refunds, disputes, credit notes)
+For each family (customers, payment methods, subscriptions, invoices,
+payments with the invoice each paid, refunds, disputes, credit notes)
 the objects of linked customers are listed from Stripe (100 a page, newest
-first, paced at ``STRIPE_SYNC_BACKFILL_SHARE`` of the rate limit) and each
+first, paced at a share of the rate limit, see below) and each
 is applied exactly as a webhook event carrying it would be: a synthetic
 event envelope of the matching type (``customer.subscription.updated``,
 ``invoice.updated``, ``invoice_payment.paid``, …) goes through the webhook
@@ -22,15 +22,25 @@ Idempotent: a page's fingerprint of the MC rows it touches (sql/backfill.sql)
 is taken before and after; a page that changed nothing is rolled back, so a
 second run writes nothing and says so. Resumable: each page commits with its
 checkpoint (integration.backfill_checkpoints, schema/0013), so a run stopped
-anywhere resumes after the last committed page; a run that finished leaves
+anywhere resumes after the last committed page (the invoices' pages are read
+again while the payments are not done: the payments learn from them which
+invoice each paid, and whether it was skipped); a run that finished leaves
 the next one to start over. Safe beside the daemon: the handlers lock each
 object as they do for events; a deadlock or a race with a webhook retries the
 page.
+
+Its share of the rate limit: ``STRIPE_SYNC_BACKFILL_SHARE`` when set; unset,
+the whole limit while no daemon runs on this database (the runbook's link,
+backfill, run) and half while one does (its LISTEN connection,
+``application_name`` 'stripe-sync/listen', sql/ops.sql ``daemons``), looked at
+again every SHARE_CHECK_SECONDS, so a daemon started meanwhile gets its half.
+The pacer is the client's one, its rate changed in place.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import Counter
@@ -40,7 +50,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
 import anyio
-import msgspec
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -52,7 +61,9 @@ from ..queue.jobs import Job
 from ..stripe_api import StripeApi, call_with_retries, from_settings
 from ..webhooks.common import MissingReference, WebhookContext
 from ..webhooks.execute import make_handler
-from .backfill_sources import JSON, NAMES, SOURCES, Source, events_of
+from .backfill_sources import JSON, NAMES, SOURCES, Source, events_of, paid_by
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # Stripe's maximum
 PAGE_ATTEMPTS = 5  # a page that meets a deadlock or a race is tried again this often
@@ -60,6 +71,10 @@ CUSTOMERS_AT_ONCE = 8  # payment methods are listed per customer: this many requ
 # Pages applied side by side, each on a connection of its own: a page's time is
 # mostly round trips to PostgreSQL, which overlap.
 APPLY_AT_ONCE = 4
+# STRIPE_SYNC_BACKFILL_SHARE unset: the share beside a running daemon, and how
+# often the backfill looks whether one runs.
+SHARE_BESIDE_DAEMON = 0.5
+SHARE_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -75,6 +90,16 @@ class FamilyResult:
 
 
 @dataclass
+class ShareChange:
+    """The share of the rate limit the backfill took from a moment of the run on."""
+
+    at: float  # seconds into the run
+    share: float
+    why: str  # "STRIPE_SYNC_BACKFILL_SHARE", "no daemon running", "1 daemon(s) running"
+    rate: float  # requests/s (0: unpaced)
+
+
+@dataclass
 class BackfillResult:
     scope: str
     dry_run: bool
@@ -83,6 +108,12 @@ class BackfillResult:
     seconds: float = 0.0
     requests: int = 0
     cpu_seconds: float = 0.0
+    shares: list[ShareChange] = field(default_factory=list)  # the first, then each change
+
+    @property
+    def share(self) -> float:
+        """The share the run began with (``shares`` says when it changed)."""
+        return self.shares[0].share if self.shares else 1.0
 
     @property
     def objects(self) -> int:
@@ -106,7 +137,7 @@ class BackfillResult:
         )
         if not self.changed and not self.dry_run:
             text += "; nothing to change: MC already holds Stripe's state"
-        return text
+        return text + "; " + "; then ".join(_share_text(c) for c in self.shares)
 
     def render(self, out: TextIO, err: TextIO) -> None:
         print(self.summary(), file=out)
@@ -130,12 +161,22 @@ class BackfillResult:
                 "requests": self.requests,
                 "seconds": round(self.seconds, 3),
                 "cpu_seconds": round(self.cpu_seconds, 3),
+                "share": self.share,
+                "shares": [
+                    {**vars(c), "at": round(c.at, 3), "rate": round(c.rate, 3)} for c in self.shares
+                ],
                 "families": {
                     name: {**vars(f), "skipped": dict(f.skipped), "seconds": round(f.seconds, 3)}
                     for name, f in self.families.items()
                 },
             }
         )
+
+
+def _share_text(change: ShareChange) -> str:
+    rate = f"{change.rate:g} req/s" if change.rate else "unpaced"
+    at = f" from {change.at:.0f} s" if change.at else ""
+    return f"share {change.share:g} ({change.why}, {rate}){at}"
 
 
 class _OneConnection:
@@ -167,8 +208,16 @@ class Backfill:
     # webhook, a crash after N objects).
     before_apply: Callable[[str, list[JSON]], Awaitable[None]] | None = None
     linked: set[str] = field(default_factory=set)
+    # The rate limit whose share the backfill takes (0: unpaced), and the share
+    # set by STRIPE_SYNC_BACKFILL_SHARE (None: follow whether a daemon runs).
+    rate_limit: float = 0.0
+    share: float | None = None
     _held: AsyncConnection[Any] | None = None  # the dry run's one connection
     _requests: dict[str, FamilyResult] = field(default_factory=dict)  # list requests counted
+    # PaymentIntent → invoice → (why the invoice was skipped, or None; the
+    # invoice_payment.paid event that links them), learnt from the invoices'
+    # pages, which come before the payments' (backfill_sources.SOURCES).
+    _paid: dict[str, dict[str, tuple[str | None, tuple[str, str]]]] = field(default_factory=dict)
 
     @property
     def scope(self) -> str:
@@ -198,6 +247,57 @@ class Backfill:
                 if not self.dry_run:
                     await conn.execute(queries("backfill")["restart"], {"scope": self.scope})
             result.resumed = bool(saved)
+            if not saved.get("payment_intents", (None, False))[1]:
+                # The payments learn their invoices from the invoices' pages of
+                # this run: those are listed again (what they committed is
+                # found unchanged).
+                saved.pop("invoices", None)
+        await self._pace(result, started)
+        try:
+            async with anyio.create_task_group() as tg:
+                if self.share is None:
+                    tg.start_soon(self._follow_daemons, result, started)
+                try:
+                    await self._run_families(result, saved)
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+        result.seconds = time.monotonic() - started
+        result.cpu_seconds = time.process_time() - cpu
+        result.requests = self.api.calls - calls
+        return result
+
+    async def _pace(self, result: BackfillResult, started: float) -> None:
+        """Set the pacer to the share this moment calls for; a change is reported."""
+        if self.share is not None:
+            share, why = self.share, "STRIPE_SYNC_BACKFILL_SHARE"
+        else:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(queries("ops")["daemons"])
+                row = await cur.fetchone()
+            daemons = row[0] if row else 0
+            share = SHARE_BESIDE_DAEMON if daemons else 1.0
+            why = f"{daemons} daemon(s) running" if daemons else "no daemon running"
+        if result.shares and result.shares[-1].share == share:
+            return
+        rate = self.rate_limit * share
+        self.api.pacer.set_rate(rate)
+        change = ShareChange(time.monotonic() - started, share, why, rate)
+        # A change during the run is worth a line on the terminal too (an
+        # operator command logs warnings and above to stderr).
+        level = logging.WARNING if result.shares else logging.INFO
+        result.shares.append(change)
+        log.log(level, "backfill: %s", _share_text(change))
+
+    async def _follow_daemons(self, result: BackfillResult, started: float) -> None:
+        while True:
+            await anyio.sleep(SHARE_CHECK_SECONDS)
+            await self._pace(result, started)
+
+    async def _run_families(
+        self, result: BackfillResult, saved: dict[str, tuple[str | None, bool]]
+    ) -> None:
         if not self.dry_run:
             await self._families(result, saved)
         else:
@@ -213,10 +313,6 @@ class Backfill:
                     pass
                 finally:
                     self._held = None
-        result.seconds = time.monotonic() - started
-        result.cpu_seconds = time.process_time() - cpu
-        result.requests = self.api.calls - calls
-        return result
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -486,7 +582,35 @@ class Backfill:
         asked: int,
         counts: _Counts,
     ) -> None:
-        for event_type, payload in events_of(source, obj, asked):
+        """An object's events; an invoice's payments are remembered for theirs,
+        with the invoice's outcome: a payment whose invoice was skipped is
+        skipped for the same reason, never imported without it."""
+        if source.name == "invoices":
+            paid = paid_by(obj, asked)
+            skipped = await self._apply_events(conn, handler, events_of(source, obj, asked), counts)
+            invoice = str(obj.get("id"))
+            for pi_id, link in paid:
+                self._paid.setdefault(pi_id, {})[invoice] = (skipped, link)
+            return
+        events = events_of(source, obj, asked)
+        if source.name == "payment_intents":
+            invoices = self._paid.get(str(obj.get("id")), {})
+            for reason, _ in invoices.values():
+                if reason is not None:
+                    counts.skipped[reason] += 1
+                    return
+            events += [link for _, link in invoices.values()]
+        await self._apply_events(conn, handler, events, counts)
+
+    async def _apply_events(
+        self,
+        conn: AsyncConnection[Any],
+        handler: Callable[[Job], Awaitable[Any]],
+        events: list[tuple[str, str]],
+        counts: _Counts,
+    ) -> str | None:
+        """Apply an object's events in order; why it was skipped, or None."""
+        for event_type, payload in events:
             job = Job(0, event_type, 1, payload)
             last = ""
             for _ in range(PAGE_ATTEMPTS):
@@ -501,24 +625,21 @@ class Backfill:
                 except MissingReference as exc:
                     # A reference MC lacks (and the handler could not supply):
                     # the object cannot be imported.
-                    counts.skipped[_reason(str(exc))] += 1
-                    return
+                    return counts.skip(str(exc))
                 except TransientError as exc:
                     # A webhook's apply raced ours (Raced): look again.
                     last = str(exc)
                 except PermanentError as exc:
-                    counts.skipped[_reason(str(exc))] += 1
-                    return
+                    return counts.skip(str(exc))
             else:
-                counts.skipped[_reason(f"not applied in {PAGE_ATTEMPTS} attempts: {last}")] += 1
-                return
+                return counts.skip(f"not applied in {PAGE_ATTEMPTS} attempts: {last}")
             if event_type.startswith("invoice_payment."):
-                continue  # the invoice's own outcome counts
+                continue  # the payment's own outcome counts
             if done.status == "ignored":
-                counts.skipped[_reason(done.note or "ignored")] += 1
-                return
+                return counts.skip(done.note or "ignored")
             if done.note and done.note.startswith("stale"):
                 counts.stale += 1
+        return None
 
 
 @dataclass
@@ -539,6 +660,12 @@ class _Counts:
     unchanged: int = 0
     stale: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+
+    def skip(self, why: str) -> str:
+        """Count an object skipped; its reason, as counted."""
+        reason = _reason(why)
+        self.skipped[reason] += 1
+        return reason
 
 
 # Families whose handlers read a statement's rowcount as soon as it is executed
@@ -623,13 +750,11 @@ async def _fingerprints(
 
 @asynccontextmanager
 async def _clients(settings: Settings) -> AsyncIterator[tuple[StripeApi, AsyncConnectionPool]]:
+    """The client (its pacer set by ``Backfill`` to its share) and the pool."""
     settings.require("DATABASE_URL", "STRIPE_API_KEY")
     assert settings.database_url is not None
-    share = msgspec.structs.replace(
-        settings, rate_limit=settings.effective_rate_limit * settings.backfill_share
-    )
     async with (
-        from_settings(share) as api,
+        from_settings(settings) as api,
         make_pool(settings.database_url, size=2 * APPLY_AT_ONCE + 1, role="backfill") as pool,
     ):
         yield api, pool
@@ -647,6 +772,13 @@ async def run(
         raise UsageError(f"--customer: expected a cus_ id, got {customer!r}")
     async with _clients(settings) as (api, pool):
         backfill = Backfill(
-            api, pool, customer=customer, since=since, dry_run=dry_run, on_page=on_page
+            api,
+            pool,
+            customer=customer,
+            since=since,
+            dry_run=dry_run,
+            on_page=on_page,
+            rate_limit=settings.effective_rate_limit,
+            share=settings.backfill_share,
         )
         return await backfill.run()

@@ -92,7 +92,10 @@ SOURCES: tuple[Source, ...] = (
         SUBSCRIPTIONS,
         params=(("status", "all"),),
     ),
-    Source("payment_intents", "/v1/payment_intents", _pi_event, PAYMENTS),
+    # Invoices before payments: an invoice's payments come with it (expanded),
+    # so a payment whose invoice cannot be imported is skipped with its reason
+    # rather than imported without it, and one whose invoice is imported is
+    # linked to it as it is imported (no request per payment).
     Source(
         "invoices",
         "/v1/invoices",
@@ -100,6 +103,7 @@ SOURCES: tuple[Source, ...] = (
         INVOICES,
         params=(("expand", ["data.payments"]),),
     ),
+    Source("payment_intents", "/v1/payment_intents", _pi_event, PAYMENTS),
     Source(
         "refunds",
         "/v1/refunds",
@@ -126,16 +130,24 @@ NAMES = tuple(s.name for s in SOURCES)
 
 
 def events_of(source: Source, obj: JSON, asked: int) -> list[tuple[str, str]]:
-    """The synthetic events of one object: its own, and for an invoice the
-    invoice_payment.paid of each payment that paid it (after it)."""
-    payments = obj.pop("payments", None) if source.name == "invoices" else None
+    """The synthetic event of one object (an invoice's payments: ``paid_by``)."""
     event_type = source.event_type(obj)
-    found = [(event_type, _envelope(event_type, obj, asked))]
-    for payment in (payments or {}).get("data") or []:
-        if payment.get("status") == "paid":
-            found.append(
-                ("invoice_payment.paid", _envelope("invoice_payment.paid", payment, asked))
-            )
+    return [(event_type, _envelope(event_type, obj, asked))]
+
+
+def paid_by(invoice: JSON, asked: int) -> list[tuple[str, tuple[str, str]]]:
+    """The payments that paid an invoice, from its expanded ``payments`` (taken
+    off it): each PaymentIntent's id and the invoice_payment.paid event that
+    links it to the invoice, applied after the PaymentIntent's own."""
+    payments = invoice.pop("payments", None) or {}
+    found = []
+    for payment in payments.get("data") or []:
+        target = payment.get("payment") or {}
+        pi = target.get("payment_intent")
+        pi_id = pi.get("id") if isinstance(pi, dict) else pi
+        if payment.get("status") == "paid" and isinstance(pi_id, str):
+            event = ("invoice_payment.paid", _envelope("invoice_payment.paid", payment, asked))
+            found.append((pi_id, event))
     return found
 
 
