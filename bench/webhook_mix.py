@@ -14,7 +14,10 @@ the events of one copy touch each other's objects as the originals do and no two
 contend for a row. For ours, every customer, product and price a copy names is mapped
 (as if the outbox had created it), and its subscriptions, payments and invoices exist
 (as earlier events would have left them): every event of a type we sync is applied,
-none waits for a reference. The emulator holds each copy's objects as its newest event
+none waits for a reference. Each event's ``created`` is the sample's plus its position
+among the samples: the samples give all the events of one object one second (and one
+object), which would make every event after an object's first a same-second tie, and
+real events of one object are not so. The emulator holds each copy's objects as its newest event
 shows them (``stripe_objects``), so what ours asks Stripe (a same-second tie) is answered
 as the real Stripe would, not with a 404 for an object it never had. The peer needs
 nothing: it upserts what it is sent.
@@ -67,6 +70,11 @@ def bodies(n: int, tag: str) -> list[bytes]:
         copy, sample = divmod(i, len(events))
         event = _suffixed(events[sample], f"x{tag}{copy}")
         event["id"] = f"evt_{tag}{i:010d}"
+        # The samples give every event of an object the same second and the same
+        # object (a dispute's five events, a PaymentIntent's eight): each would be
+        # a same-second tie that ours asks Stripe about. Real events of one object
+        # are seconds to days apart; a second apart per sample keeps that.
+        event["created"] = int(event.get("created") or 0) + sample
         out.append(json.dumps(event, separators=(",", ":")).encode())
     return out
 

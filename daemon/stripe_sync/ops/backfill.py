@@ -45,7 +45,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
@@ -218,6 +218,8 @@ class Backfill:
     # invoice_payment.paid event that links them), learnt from the invoices'
     # pages, which come before the payments' (backfill_sources.SOURCES).
     _paid: dict[str, dict[str, tuple[str | None, tuple[str, str]]]] = field(default_factory=dict)
+    # Payment-method lists in flight at once (made in _families: see there).
+    _beside: anyio.CapacityLimiter | None = None
 
     @property
     def scope(self) -> str:
@@ -355,6 +357,13 @@ class Backfill:
             for source in others:
                 await one(source)
             return
+        # Paced, the payment methods' many small lists would take most of the
+        # slots (the pacer gives them out in the order asked, and they ask
+        # CUSTOMERS_AT_ONCE at a time) and starve the other families, whose
+        # pages come one after another, each waiting for its cursor: while
+        # those are listed, one payment-method list at a time goes beside them.
+        paced = bool(self.api.pacer.interval)
+        self._beside = anyio.CapacityLimiter(1 if paced else CUSTOMERS_AT_ONCE)
         try:
             async with anyio.create_task_group() as tg:
                 for source in others:
@@ -363,6 +372,7 @@ class Backfill:
                 for source in others:
                     if not source.per_customer:
                         await one(source)
+                self._beside.total_tokens = CUSTOMERS_AT_ONCE
         except BaseExceptionGroup as group:
             raise _first(group) from None
 
@@ -432,7 +442,8 @@ class Backfill:
                 after: str | None = None
                 while True:
                     params = self._params(source, after, customer=customer)
-                    objects, more, _ = await self._list(source, params)
+                    async with self._beside or nullcontext():
+                        objects, more, _ = await self._list(source, params)
                     pages[i].extend(objects)
                     if not more or not objects:
                         return
