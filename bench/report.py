@@ -194,7 +194,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                         f"CPU/object: backfill {r['cpu_ms_per_object']:.2f} ms, PostgreSQL "
                         f"{r['pg_cpu_ms_per_object']:.2f} ms; load {r['load_average']:.1f}",
                         "", "",
-                        f"≥{B1_TARGET:,.0f} objects/s: " + _verdict(r["objects_per_s"] >= B1_TARGET)
+                        f"≥{B1_TARGET:,.0f} objects/s: "
+                        + _verdict(r["objects_per_s"] >= B1_TARGET, _b1_ceiling(r))
                         if name in ("paced", "beside") else ""))  # fmt: skip
     if m := results.get("M"):
         parts = [f"idle {m['idle_mb']:.1f}"] if "idle_mb" in m else []
@@ -205,6 +206,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             out.append(("M", "daemon RSS (VmRSS)", " / ".join(parts) + " MB", "", "",
                         f"idle ≤{IDLE_RSS_TARGET:g} MB: {_verdict(idle_ok)}"))  # fmt: skip
     return out
+
+
+def _b1_ceiling(r: dict[str, Any]) -> str:
+    """What the run's requests allow at its paced rate: its objects over the seconds
+    its requests need at that rate alone (however fast the database)."""
+    rate = (r.get("shares") or [{}])[-1].get("rate") or 0
+    if not rate or not r.get("requests"):
+        return ""
+    allowed = r["objects"] * rate / r["requests"]
+    return f"its {r['requests']:,} requests at {rate:g} req/s allow {allowed:,.0f}"
 
 
 def table(results: dict[str, Any], only: set[str]) -> str:
