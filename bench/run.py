@@ -1,6 +1,6 @@
 """stripe-sync benchmarks: one command, its own PostgreSQL, one table.
 
-    ./dev bench                 # the full run (~5 minutes on 2 cores)
+    ./dev bench                 # the full run (~8 minutes on a quiet 2-core machine)
     ./dev bench --quick         # small counts: a smoke run (~1 minute)
     ./dev bench --only L1,T1 --json results.json
     ./dev bench --only T1,T2 --pin --processes 2   # what a core buys
